@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what the local lab needs and is missing; safe to run again.
+#  - PostgreSQL 15 server binaries (Debian package `postgresql`), when root;
+#  - tansu 0.6.0, the Kafka-API broker, with its in-memory storage engine.
+set -euo pipefail
+
+have_postgres() {
+  [ -n "${TXLAB_PG_BIN:-}" ] && [ -x "$TXLAB_PG_BIN/initdb" ] && return 0
+  command -v initdb >/dev/null 2>&1 && return 0
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
+}
+
+if ! have_postgres; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing PostgreSQL (apt-get install postgresql)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  else
+    echo "setup: PostgreSQL server binaries (initdb, postgres) are missing." >&2
+    echo "       Install your distribution's postgresql package, or set TXLAB_PG_BIN." >&2
+    exit 1
+  fi
+fi
+
+tansu_bin="${TXLAB_TANSU:-$(command -v tansu || echo "${CARGO_HOME:-$HOME/.cargo}/bin/tansu")}"
+if [ ! -x "$tansu_bin" ]; then
+  echo "setup: installing tansu 0.6.0 (a Kafka-API broker; about 10 minutes on 2 cores, once)"
+  cargo install tansu --locked --version 0.6.0 --features dynostore --quiet
+fi
+echo "setup: PostgreSQL and tansu are ready"

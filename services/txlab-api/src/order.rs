@@ -1,0 +1,139 @@
+//! The public checkout API served by the order service.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// One line of an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderItem {
+    pub sku: String,
+    pub qty: i32,
+    /// Unit price in cents.
+    pub unit_price: i64,
+}
+
+/// `POST /orders`. Send an `Idempotency-Key` header to make retries safe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrder {
+    pub customer: String,
+    pub items: Vec<OrderItem>,
+    /// The courier slot to book.
+    pub slot: String,
+}
+
+impl CreateOrder {
+    /// Total in cents; `None` on overflow.
+    pub fn amount(&self) -> Option<i64> {
+        self.items.iter().try_fold(0i64, |acc, it| {
+            acc.checked_add(it.unit_price.checked_mul(i64::from(it.qty))?)
+        })
+    }
+
+    /// Checks what the type system cannot; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.customer.trim().is_empty() {
+            return Err("`customer` must not be empty".into());
+        }
+        if self.slot.trim().is_empty() {
+            return Err("`slot` must not be empty".into());
+        }
+        if self.items.is_empty() {
+            return Err("`items` must hold at least one item".into());
+        }
+        if self.items.len() > 100 {
+            return Err("`items` holds more than 100 items".into());
+        }
+        for (i, it) in self.items.iter().enumerate() {
+            if it.sku.trim().is_empty() {
+                return Err(format!("`items[{i}].sku` must not be empty"));
+            }
+            if it.qty <= 0 {
+                return Err(format!("`items[{i}].qty` must be positive, got {}", it.qty));
+            }
+            if it.unit_price < 0 {
+                return Err(format!("`items[{i}].unit_price` must not be negative"));
+            }
+        }
+        if self.amount().is_none() {
+            return Err("order total overflows".into());
+        }
+        Ok(())
+    }
+}
+
+/// Where an order stands. `Confirmed`, `Rejected` and `Cancelled` are terminal,
+/// though a confirmed order can still be cancelled (a business compensation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderState {
+    /// The transaction is running forward.
+    Pending,
+    /// Undoing the effects already applied (after a failure or a cancel).
+    Compensating,
+    Confirmed,
+    Rejected,
+    Cancelled,
+}
+
+impl OrderState {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, OrderState::Confirmed | OrderState::Rejected | OrderState::Cancelled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderState::Pending => "pending",
+            OrderState::Compensating => "compensating",
+            OrderState::Confirmed => "confirmed",
+            OrderState::Rejected => "rejected",
+            OrderState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<OrderState> {
+        [
+            OrderState::Pending,
+            OrderState::Compensating,
+            OrderState::Confirmed,
+            OrderState::Rejected,
+            OrderState::Cancelled,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for OrderState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An order as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderView {
+    pub id: Uuid,
+    pub state: OrderState,
+    pub customer: String,
+    pub amount: i64,
+    pub slot: String,
+    pub items: Vec<OrderItem>,
+    /// Why the order was rejected or cancelled, when it was.
+    pub reason: Option<String>,
+    pub method: String,
+    pub created_ms: i64,
+    pub decided_ms: Option<i64>,
+}
+
+/// Query of `GET /orders/{id}`: with `wait_ms` the call long-polls until the
+/// order is terminal or the time is up.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GetOrderQuery {
+    pub wait_ms: Option<u64>,
+}
+
+/// The header that carries the idempotency key of `POST /orders`.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";

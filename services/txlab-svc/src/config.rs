@@ -1,0 +1,113 @@
+//! The environment a service starts with. Everything is read once here, so
+//! a missing or malformed variable stops the service at start with a
+//! message naming it, never half-way through a request.
+
+use std::net::SocketAddr;
+
+use anyhow::{bail, Context};
+use txlab_api::{Role, TxMode};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub role: Role,
+    /// `LISTEN_ADDR`, default 127.0.0.1:8080.
+    pub listen: SocketAddr,
+    /// `DATABASE_URL`: this service's own database.
+    pub database_url: String,
+    /// `KAFKA_BROKERS`: needed by order (outbox relay) and notification.
+    pub kafka_brokers: Option<String>,
+    /// `TX_MODE`: the transaction method of this deployment.
+    pub tx_mode: TxMode,
+    /// `PAYMENT_URL`, `INVENTORY_URL`, `SHIPPING_URL`: the order service's peers.
+    pub peers: Peers,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Peers {
+    pub payment: String,
+    pub inventory: String,
+    pub shipping: String,
+}
+
+impl Config {
+    pub fn from_args_and_env(mut args: impl Iterator<Item = String>) -> anyhow::Result<Config> {
+        let role = match args.next() {
+            Some(r) => r.parse::<Role>().map_err(anyhow::Error::msg)?,
+            None => bail!("usage: txlab-svc <order|payment|inventory|shipping|notification>"),
+        };
+        Config::from_env(role, |k| std::env::var(k).ok())
+    }
+
+    /// Reads the configuration through `var` (the process environment in
+    /// production, a map in tests).
+    pub fn from_env(role: Role, var: impl Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
+        let required = |k: &str| var(k).filter(|v| !v.is_empty()).with_context(|| format!("{k} is not set"));
+        let listen = var("LISTEN_ADDR")
+            .unwrap_or_else(|| "127.0.0.1:8080".into())
+            .parse()
+            .context("LISTEN_ADDR is not an address like 127.0.0.1:8080")?;
+        let tx_mode: TxMode = var("TX_MODE")
+            .unwrap_or_else(|| "saga_orch".into())
+            .parse()
+            .map_err(anyhow::Error::msg)
+            .context("TX_MODE")?;
+        if !tx_mode.is_implemented() {
+            bail!("TX_MODE={tx_mode} has no engine in this build yet; use saga_orch");
+        }
+        let kafka_brokers = match role {
+            Role::Order | Role::Notification => Some(required("KAFKA_BROKERS")?),
+            _ => var("KAFKA_BROKERS"),
+        };
+        let peers = if role == Role::Order {
+            Peers {
+                payment: required("PAYMENT_URL")?,
+                inventory: required("INVENTORY_URL")?,
+                shipping: required("SHIPPING_URL")?,
+            }
+        } else {
+            Peers::default()
+        };
+        Ok(Config {
+            role,
+            listen,
+            database_url: required("DATABASE_URL")?,
+            kafka_brokers,
+            tx_mode,
+            peers,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn order_needs_its_peers_and_kafka() {
+        let err = Config::from_env(Role::Order, env(&[("DATABASE_URL", "postgres://x")])).unwrap_err();
+        assert_eq!(format!("{err:#}"), "KAFKA_BROKERS is not set");
+        let err = Config::from_env(Role::Order, env(&[("DATABASE_URL", "postgres://x"), ("KAFKA_BROKERS", "k:1")])).unwrap_err();
+        assert_eq!(format!("{err:#}"), "PAYMENT_URL is not set");
+    }
+
+    #[test]
+    fn unimplemented_methods_are_refused_at_start() {
+        let err = Config::from_env(Role::Payment, env(&[("DATABASE_URL", "postgres://x"), ("TX_MODE", "twopc")])).unwrap_err();
+        assert!(format!("{err:#}").contains("twopc has no engine"));
+        let err = Config::from_env(Role::Payment, env(&[("DATABASE_URL", "postgres://x"), ("TX_MODE", "xa")])).unwrap_err();
+        assert!(format!("{err:#}").contains("unknown transaction method `xa`"));
+    }
+
+    #[test]
+    fn a_participant_needs_only_its_database() {
+        let c = Config::from_env(Role::Payment, env(&[("DATABASE_URL", "postgres://x"), ("LISTEN_ADDR", "127.0.0.1:9")])).unwrap();
+        assert_eq!(c.listen.port(), 9);
+        assert_eq!(c.tx_mode, TxMode::SagaOrch);
+    }
+}

@@ -1,0 +1,113 @@
+//! Inventory: stock per SKU, reserved per order and released on compensation.
+
+use std::collections::BTreeMap;
+
+use sqlx::PgConnection;
+use txlab_api::admin::{InventorySnapshot, ReservationRow, StockLevel, StockRow};
+use txlab_api::participant::{reasons, ReserveLine, ReserveRequest};
+use txlab_api::Role;
+
+use crate::participant::{records, Participant, Refusal};
+
+pub struct Inventory;
+
+/// Quantities per SKU in SKU order: locking rows in one global order keeps
+/// concurrent reservations of overlapping baskets from deadlocking.
+fn per_sku(lines: &[ReserveLine]) -> BTreeMap<&str, i64> {
+    let mut m = BTreeMap::new();
+    for l in lines {
+        *m.entry(l.sku.as_str()).or_insert(0) += i64::from(l.qty);
+    }
+    m
+}
+
+impl Participant for Inventory {
+    const ROLE: Role = Role::Inventory;
+    const RECORDS: &'static str = "reservations";
+    const APPLIED: &'static str = "reserved";
+    const UNDONE: &'static str = "released";
+    const COLLECTION: &'static str = "reservations";
+    const FORWARD_OP: &'static str = "reserve";
+    const UNDO_OP: &'static str = "release";
+    type Request = ReserveRequest;
+
+    fn validate(req: &ReserveRequest) -> Result<(), String> {
+        if req.lines.is_empty() {
+            return Err("`lines` must hold at least one line".into());
+        }
+        match req.lines.iter().position(|l| l.qty <= 0) {
+            Some(i) => Err(format!("`lines[{i}].qty` must be positive")),
+            None => Ok(()),
+        }
+    }
+
+    async fn apply(conn: &mut PgConnection, req: &ReserveRequest) -> sqlx::Result<Result<(), Refusal>> {
+        for (sku, qty) in per_sku(&req.lines) {
+            let taken = sqlx::query("UPDATE stock SET available = available - $2 WHERE sku = $1 AND available >= $2")
+                .bind(sku)
+                .bind(qty)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            if taken == 0 {
+                let exists: Option<(i64,)> = sqlx::query_as("SELECT available FROM stock WHERE sku = $1")
+                    .bind(sku)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                return Ok(Err(match exists {
+                    None => Refusal { code: reasons::UNKNOWN_SKU, message: format!("no such SKU {sku}") },
+                    Some((available,)) => Refusal {
+                        code: reasons::OUT_OF_STOCK,
+                        message: format!("SKU {sku} has {available} available, needs {qty}"),
+                    },
+                }));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    async fn undo(conn: &mut PgConnection, req: &ReserveRequest) -> sqlx::Result<()> {
+        for (sku, qty) in per_sku(&req.lines) {
+            sqlx::query("UPDATE stock SET available = available + $2 WHERE sku = $1")
+                .bind(sku)
+                .bind(qty)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+pub async fn seed(conn: &mut PgConnection, stock: &[StockLevel]) -> sqlx::Result<usize> {
+    let skus: Vec<&str> = stock.iter().map(|s| s.sku.as_str()).collect();
+    let available: Vec<i64> = stock.iter().map(|s| s.available).collect();
+    sqlx::query(
+        "INSERT INTO stock (sku, available) SELECT * FROM UNNEST($1::text[], $2::bigint[]) \
+         ON CONFLICT (sku) DO UPDATE SET available = EXCLUDED.available, reserved = 0",
+    )
+    .bind(&skus)
+    .bind(&available)
+    .execute(conn)
+    .await?;
+    Ok(stock.len())
+}
+
+pub async fn snapshot(conn: &mut PgConnection) -> sqlx::Result<InventorySnapshot> {
+    let stock: Vec<(String, i64, i64)> = sqlx::query_as("SELECT sku, available, reserved FROM stock ORDER BY sku")
+        .fetch_all(&mut *conn)
+        .await?;
+    let reservations = records::<Inventory>(conn)
+        .await?
+        .into_iter()
+        .map(|r| ReservationRow {
+            order_id: r.order_id,
+            lines: serde_json::from_value::<ReserveRequest>(r.request).map(|q| q.lines).unwrap_or_default(),
+            state: r.state,
+            movements: r.movements,
+        })
+        .collect();
+    Ok(InventorySnapshot {
+        stock: stock.into_iter().map(|(sku, available, reserved)| StockRow { sku, available, reserved }).collect(),
+        reservations,
+    })
+}

@@ -1,0 +1,106 @@
+//! The five roles. Each builds its routes and background tasks; everything
+//! around them (health, metrics, errors, limits) comes from [`crate::http`].
+
+pub mod inventory;
+pub mod notification;
+pub mod order;
+pub mod payment;
+pub mod shipping;
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use txlab_api::admin::{Seed, Snapshot};
+use txlab_api::Role;
+
+use crate::config::Config;
+use crate::http::{common, ApiError, Metrics};
+
+/// State every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub metrics: Arc<Metrics>,
+}
+
+/// A built service: its router and the background tasks to wait for at shutdown.
+pub struct App {
+    pub router: Router,
+    pub background: Vec<JoinHandle<()>>,
+}
+
+pub async fn build(config: &Config, pool: PgPool, stop: watch::Receiver<bool>) -> anyhow::Result<App> {
+    let metrics = Arc::new(Metrics::new(config.role));
+    let state = AppState { pool, metrics: metrics.clone() };
+    let admin = admin_routes(config.role).with_state(state.clone());
+    let (routes, background) = match config.role {
+        Role::Order => order::build(config, state, stop).await?,
+        Role::Payment => (crate::participant::routes::<payment::Payment>().with_state(state), vec![]),
+        Role::Inventory => (crate::participant::routes::<inventory::Inventory>().with_state(state), vec![]),
+        Role::Shipping => (crate::participant::routes::<shipping::Shipping>().with_state(state), vec![]),
+        Role::Notification => notification::build(config, state, stop).await?,
+    };
+    Ok(App { router: common(routes.merge(admin), metrics), background })
+}
+
+/// `POST /admin/reset`, `POST /admin/seed`, `GET /admin/audit`: what the
+/// lab calls between cells.
+fn admin_routes(role: Role) -> Router<AppState> {
+    Router::new()
+        .route("/admin/reset", post(move |s: State<AppState>| reset(s, role)))
+        .route(
+            "/admin/seed",
+            post(move |s: State<AppState>, body: Result<Json<Seed>, axum::extract::rejection::JsonRejection>| seed(s, role, body)),
+        )
+        .route("/admin/audit", get(move |s: State<AppState>| audit(s, role)))
+}
+
+async fn reset(State(state): State<AppState>, role: Role) -> Result<Json<serde_json::Value>, ApiError> {
+    let tables = match role {
+        Role::Order => "orders, saga_steps, idempotency_keys, outbox",
+        Role::Payment => "wallets, payments",
+        Role::Inventory => "stock, reservations",
+        Role::Shipping => "slots, shipments",
+        Role::Notification => "notifications, inbox",
+    };
+    sqlx::query(&format!("TRUNCATE {tables} RESTART IDENTITY CASCADE")).execute(&state.pool).await?;
+    tracing::info!("reset");
+    Ok(Json(serde_json::json!({ "reset": tables })))
+}
+
+async fn seed(
+    State(state): State<AppState>,
+    role: Role,
+    body: Result<Json<Seed>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(seed) = body?;
+    let mut tx = state.pool.begin().await?;
+    let rows = match role {
+        Role::Payment => payment::seed(&mut tx, &seed.wallets).await?,
+        Role::Inventory => inventory::seed(&mut tx, &seed.stock).await?,
+        Role::Shipping => shipping::seed(&mut tx, &seed.slots).await?,
+        Role::Order | Role::Notification => 0,
+    };
+    tx.commit().await?;
+    Ok(Json(serde_json::json!({ "seeded": rows })))
+}
+
+async fn audit(State(state): State<AppState>, role: Role) -> Result<Json<Snapshot>, ApiError> {
+    // One repeatable-read transaction: every figure from the same instant.
+    let mut tx = state.pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
+    let snapshot = match role {
+        Role::Order => Snapshot::Order(order::snapshot(&mut tx).await?),
+        Role::Payment => Snapshot::Payment(payment::snapshot(&mut tx).await?),
+        Role::Inventory => Snapshot::Inventory(inventory::snapshot(&mut tx).await?),
+        Role::Shipping => Snapshot::Shipping(shipping::snapshot(&mut tx).await?),
+        Role::Notification => Snapshot::Notification(notification::snapshot(&mut tx).await?),
+    };
+    tx.commit().await?;
+    Ok(Json(snapshot))
+}

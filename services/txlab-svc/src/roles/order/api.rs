@@ -1,0 +1,201 @@
+//! The public handlers: create, read (with long-poll) and cancel orders.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use txlab_api::order::{CreateOrder, GetOrderQuery, OrderState, OrderView, IDEMPOTENCY_KEY_HEADER};
+use uuid::Uuid;
+
+use super::store::{load_order, STEPS};
+use super::Orders;
+use crate::faults::Faults;
+use crate::http::ApiError;
+
+/// Longest a `GET /orders/{id}?wait_ms=` may hold the connection.
+const MAX_WAIT_MS: u64 = 30_000;
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    match headers.get(IDEMPOTENCY_KEY_HEADER) {
+        None => Ok(None),
+        Some(v) => {
+            let key = v
+                .to_str()
+                .map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?;
+            if key.is_empty() || key.len() > 200 {
+                return Err(ApiError::BadRequest("Idempotency-Key must hold 1 to 200 characters".into()));
+            }
+            Ok(Some(key.to_string()))
+        }
+    }
+}
+
+/// Finds the order an idempotency key already created, if any; the same
+/// key with a different request is the client's mistake.
+async fn replay(orders: &Orders, key: &str, request: &serde_json::Value) -> Result<Option<OrderView>, ApiError> {
+    let found: Option<(serde_json::Value, Uuid)> =
+        sqlx::query_as("SELECT request, order_id FROM idempotency_keys WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&orders.app.pool)
+            .await?;
+    match found {
+        None => Ok(None),
+        Some((stored, _)) if &stored != request => Err(ApiError::refused(
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different request",
+        )),
+        Some((_, id)) => {
+            let mut conn = orders.app.pool.acquire().await?;
+            let order = load_order(&mut conn, id).await?;
+            Ok(order.map(|o| o.view()))
+        }
+    }
+}
+
+pub async fn create(
+    State(orders): State<Arc<Orders>>,
+    headers: HeaderMap,
+    faults: Faults,
+    body: Result<Json<CreateOrder>, JsonRejection>,
+) -> Result<(StatusCode, Json<OrderView>), ApiError> {
+    let Json(req) = body?;
+    req.validate().map_err(ApiError::BadRequest)?;
+    let key = idempotency_key(&headers)?;
+    let request = serde_json::to_value(&req).map_err(anyhow::Error::from)?;
+    if let Some(key) = &key {
+        if let Some(view) = replay(&orders, key, &request).await? {
+            return Ok((StatusCode::OK, Json(view)));
+        }
+    }
+    let id = Uuid::new_v4();
+    let now = txlab_tx::now_ms();
+    let amount = req.amount().ok_or_else(|| ApiError::BadRequest("order total overflows".into()))?;
+    let mut tx = orders.app.pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO orders (id, customer, items, amount, slot, method, state, fault, created_ms, updated_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $8)",
+    )
+    .bind(id)
+    .bind(&req.customer)
+    .bind(sqlx::types::Json(&req.items))
+    .bind(amount)
+    .bind(&req.slot)
+    .bind(orders.method.as_str())
+    .bind(&faults.raw)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    for (step, name) in STEPS.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO saga_steps (order_id, step, name, forward, compensation, updated_ms) \
+             VALUES ($1, $2, $3, 'not_started', 'not_started', $4)",
+        )
+        .bind(id)
+        .bind(step as i32)
+        .bind(name)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if let Some(key) = &key {
+        let inserted = sqlx::query("INSERT INTO idempotency_keys (key, request, order_id, created_ms) VALUES ($1, $2, $3, $4)")
+            .bind(key)
+            .bind(&request)
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await;
+        match inserted {
+            Ok(_) => {}
+            // A concurrent request with the same key won: answer with its order.
+            Err(e) if crate::db::is_unique_violation(&e) => {
+                drop(tx);
+                return match replay(&orders, key, &request).await? {
+                    Some(view) => Ok((StatusCode::OK, Json(view))),
+                    None => Err(ApiError::Unavailable("idempotency key race; retry".into())),
+                };
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    tx.commit().await?;
+    tracing::info!(order_id = %id, amount, "order accepted");
+    orders.app.metrics.event("order", "accepted");
+    orders.clone().drive(id);
+    let view = OrderView {
+        id,
+        state: OrderState::Pending,
+        customer: req.customer,
+        amount,
+        slot: req.slot,
+        items: req.items,
+        reason: None,
+        method: orders.method.to_string(),
+        created_ms: now,
+        decided_ms: None,
+    };
+    Ok((StatusCode::ACCEPTED, Json(view)))
+}
+
+pub async fn get(
+    State(orders): State<Arc<Orders>>,
+    path: Result<Path<Uuid>, PathRejection>,
+    query: Result<Query<GetOrderQuery>, QueryRejection>,
+) -> Result<Json<OrderView>, ApiError> {
+    let Path(id) = path?;
+    let Query(q) = query?;
+    let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(MAX_WAIT_MS));
+    let deadline = tokio::time::Instant::now() + wait;
+    // Subscribe before reading, so a decision between the read and the wait is not missed.
+    let mut decided = orders.decided.subscribe();
+    loop {
+        let order = {
+            let mut conn = orders.app.pool.acquire().await?;
+            load_order(&mut conn, id).await?
+        };
+        let order = order.ok_or_else(|| ApiError::NotFound(format!("no order {id}")))?;
+        let now = tokio::time::Instant::now();
+        if order.state().is_terminal() || now >= deadline {
+            return Ok(Json(order.view()));
+        }
+        // Another replica may decide the order, so re-read now and then even
+        // without a local wake-up.
+        let recheck = (deadline - now).min(Duration::from_millis(200));
+        tokio::select! {
+            _ = tokio::time::sleep(recheck) => {}
+            _ = async { while let Ok(d) = decided.recv().await { if d == id { break; } } } => {}
+        }
+    }
+}
+
+pub async fn cancel(
+    State(orders): State<Arc<Orders>>,
+    path: Result<Path<Uuid>, PathRejection>,
+) -> Result<(StatusCode, Json<OrderView>), ApiError> {
+    let Path(id) = path?;
+    let flagged: Option<String> = sqlx::query_scalar(
+        "UPDATE orders SET cancel_requested = true, updated_ms = $2 \
+         WHERE id = $1 AND state NOT IN ('rejected', 'cancelled') RETURNING state",
+    )
+    .bind(id)
+    .bind(txlab_tx::now_ms())
+    .fetch_optional(&orders.app.pool)
+    .await?;
+    let mut conn = orders.app.pool.acquire().await?;
+    let order = load_order(&mut conn, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no order {id}")))?;
+    if flagged.is_none() {
+        return Err(ApiError::Conflict {
+            code: "already_terminal",
+            message: format!("order {id} is already {}; there is nothing to cancel", order.state),
+        });
+    }
+    tracing::info!(order_id = %id, stage = %order.state, "cancel requested");
+    orders.app.metrics.event("order", "cancel_requested");
+    orders.clone().drive(id);
+    Ok((StatusCode::ACCEPTED, Json(order.view())))
+}

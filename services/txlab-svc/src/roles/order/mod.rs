@@ -1,0 +1,132 @@
+//! Order: the public checkout API and, under `saga_orch`, the orchestrator.
+//!
+//! - `POST /orders` stores the order, its saga log and its idempotency key
+//!   in one transaction, answers 202, and starts the saga in the background.
+//! - `GET /orders/{id}?wait_ms=` long-polls until the order is terminal.
+//! - `POST /orders/{id}/cancel` asks for compensation at any stage.
+//!
+//! Terminal outcomes leave through the outbox (one event per outcome), which
+//! the relay task publishes to Kafka for the notification service.
+
+mod api;
+mod orchestrator;
+mod store;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+use txlab_api::event::ORDER_EVENTS_TOPIC;
+use txlab_api::TxMode;
+use uuid::Uuid;
+
+use crate::config::{Config, Peers};
+use crate::roles::AppState;
+
+pub use store::snapshot;
+
+/// Everything the order handlers and the orchestrator share.
+pub struct Orders {
+    pub app: AppState,
+    pub http: reqwest::Client,
+    pub peers: Peers,
+    pub method: TxMode,
+    /// Orders whose saga runs in this process, and whether it must run once
+    /// more when it ends (a cancel arrived while it was finishing).
+    running: Mutex<HashMap<Uuid, bool>>,
+    /// Wakes long-polling readers when an order is decided here.
+    decided: broadcast::Sender<Uuid>,
+}
+
+pub async fn build(config: &Config, app: AppState, stop: watch::Receiver<bool>) -> anyhow::Result<(Router, Vec<JoinHandle<()>>)> {
+    let brokers = config.kafka_brokers.clone().unwrap_or_default();
+    ensure_topic_with_retry(&brokers).await?;
+    let relay = txlab_tx::outbox::Relay {
+        pool: app.pool.clone(),
+        producer: txlab_tx::kafka::producer(&brokers).context("creating the Kafka producer")?,
+        batch_size: 100,
+        poll_every: Duration::from_millis(500),
+    };
+    let relay_task = tokio::spawn(relay.run(crate::stopped(stop)));
+
+    let orders = Arc::new(Orders {
+        app,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(3))
+            .pool_max_idle_per_host(32)
+            .build()
+            .context("building the HTTP client")?,
+        peers: config.peers.clone(),
+        method: config.tx_mode,
+        running: Mutex::new(HashMap::new()),
+        decided: broadcast::channel(1024).0,
+    });
+    // Sagas that were in flight when the previous process stopped.
+    let open = store::open_orders(&orders.app.pool).await?;
+    if !open.is_empty() {
+        tracing::info!(count = open.len(), "resuming in-flight sagas");
+    }
+    for id in open {
+        orders.clone().drive(id);
+    }
+    let router = Router::new()
+        .route("/orders", post(api::create))
+        .route("/orders/{id}", get(api::get))
+        .route("/orders/{id}/cancel", post(api::cancel))
+        .with_state(orders);
+    Ok((router, vec![relay_task]))
+}
+
+/// The broker may still be starting when a service starts: retry for a while.
+pub async fn ensure_topic_with_retry(brokers: &str) -> anyhow::Result<()> {
+    let mut last = None;
+    for attempt in 1..=20u32 {
+        match txlab_tx::kafka::ensure_topic(brokers, ORDER_EVENTS_TOPIC, 3).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, attempt, "Kafka topic set-up failed; retrying");
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+    Err(last.map(anyhow::Error::from).unwrap_or_else(|| anyhow::anyhow!("no attempt made")))
+        .with_context(|| format!("creating topic {ORDER_EVENTS_TOPIC} on {brokers}"))
+}
+
+impl Orders {
+    /// Runs (or re-runs) the saga of `id` in the background, at most once at
+    /// a time per order in this process.
+    pub fn drive(self: Arc<Self>, id: Uuid) {
+        {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(again) = running.get_mut(&id) {
+                *again = true;
+                return;
+            }
+            running.insert(id, false);
+        }
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = orchestrator::run_saga(&self, id).await {
+                    // The records stay; a later drive (cancel, restart) resumes.
+                    tracing::error!(order_id = %id, error = format!("{e:#}"), "saga stopped on an error");
+                    self.app.metrics.event("saga", "error");
+                }
+                let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+                match running.get_mut(&id) {
+                    Some(again) if *again => *again = false,
+                    _ => {
+                        running.remove(&id);
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}

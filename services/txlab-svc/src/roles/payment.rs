@@ -1,0 +1,101 @@
+//! Payment: wallets, charged per order and refunded on compensation.
+
+use sqlx::PgConnection;
+use txlab_api::admin::{PaymentRow, PaymentSnapshot, Wallet, WalletRow};
+use txlab_api::participant::{reasons, ChargeRequest};
+use txlab_api::Role;
+
+use crate::participant::{records, Participant, Refusal};
+
+pub struct Payment;
+
+impl Participant for Payment {
+    const ROLE: Role = Role::Payment;
+    const RECORDS: &'static str = "payments";
+    const APPLIED: &'static str = "captured";
+    const UNDONE: &'static str = "refunded";
+    const COLLECTION: &'static str = "payments";
+    const FORWARD_OP: &'static str = "charge";
+    const UNDO_OP: &'static str = "refund";
+    type Request = ChargeRequest;
+
+    fn validate(req: &ChargeRequest) -> Result<(), String> {
+        if req.amount < 0 {
+            return Err("`amount` must not be negative".into());
+        }
+        if req.customer.is_empty() {
+            return Err("`customer` must not be empty".into());
+        }
+        Ok(())
+    }
+
+    async fn apply(conn: &mut PgConnection, req: &ChargeRequest) -> sqlx::Result<Result<(), Refusal>> {
+        let debited = sqlx::query("UPDATE wallets SET balance = balance - $2 WHERE customer = $1 AND balance >= $2")
+            .bind(&req.customer)
+            .bind(req.amount)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+        if debited == 1 {
+            return Ok(Ok(()));
+        }
+        let exists: Option<(i64,)> = sqlx::query_as("SELECT balance FROM wallets WHERE customer = $1")
+            .bind(&req.customer)
+            .fetch_optional(&mut *conn)
+            .await?;
+        Ok(Err(match exists {
+            None => Refusal { code: reasons::UNKNOWN_CUSTOMER, message: format!("no wallet for customer {}", req.customer) },
+            Some((balance,)) => Refusal {
+                code: reasons::INSUFFICIENT_FUNDS,
+                message: format!("customer {} has {balance}, needs {}", req.customer, req.amount),
+            },
+        }))
+    }
+
+    async fn undo(conn: &mut PgConnection, req: &ChargeRequest) -> sqlx::Result<()> {
+        sqlx::query("UPDATE wallets SET balance = balance + $2 WHERE customer = $1")
+            .bind(&req.customer)
+            .bind(req.amount)
+            .execute(conn)
+            .await
+            .map(drop)
+    }
+}
+
+pub async fn seed(conn: &mut PgConnection, wallets: &[Wallet]) -> sqlx::Result<usize> {
+    let customers: Vec<&str> = wallets.iter().map(|w| w.customer.as_str()).collect();
+    let balances: Vec<i64> = wallets.iter().map(|w| w.balance).collect();
+    sqlx::query(
+        "INSERT INTO wallets (customer, balance) SELECT * FROM UNNEST($1::text[], $2::bigint[]) \
+         ON CONFLICT (customer) DO UPDATE SET balance = EXCLUDED.balance, reserved = 0",
+    )
+    .bind(&customers)
+    .bind(&balances)
+    .execute(conn)
+    .await?;
+    Ok(wallets.len())
+}
+
+pub async fn snapshot(conn: &mut PgConnection) -> sqlx::Result<PaymentSnapshot> {
+    let wallets: Vec<(String, i64, i64)> = sqlx::query_as("SELECT customer, balance, reserved FROM wallets ORDER BY customer")
+        .fetch_all(&mut *conn)
+        .await?;
+    let payments = records::<Payment>(conn)
+        .await?
+        .into_iter()
+        .map(|r| {
+            let req: Option<ChargeRequest> = serde_json::from_value(r.request).ok();
+            PaymentRow {
+                order_id: r.order_id,
+                customer: req.as_ref().map(|q| q.customer.clone()).unwrap_or_default(),
+                amount: req.map(|q| q.amount).unwrap_or(0),
+                state: r.state,
+                movements: r.movements,
+            }
+        })
+        .collect();
+    Ok(PaymentSnapshot {
+        wallets: wallets.into_iter().map(|(customer, balance, reserved)| WalletRow { customer, balance, reserved }).collect(),
+        payments,
+    })
+}

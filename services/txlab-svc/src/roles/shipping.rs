@@ -1,0 +1,92 @@
+//! Shipping: courier slots with a capacity, booked per order.
+
+use sqlx::PgConnection;
+use txlab_api::admin::{ShipmentRow, ShippingSnapshot, Slot, SlotRow};
+use txlab_api::participant::{reasons, BookRequest};
+use txlab_api::Role;
+
+use crate::participant::{records, Participant, Refusal};
+
+pub struct Shipping;
+
+impl Participant for Shipping {
+    const ROLE: Role = Role::Shipping;
+    const RECORDS: &'static str = "shipments";
+    const APPLIED: &'static str = "booked";
+    const UNDONE: &'static str = "cancelled";
+    const COLLECTION: &'static str = "shipments";
+    const FORWARD_OP: &'static str = "book";
+    const UNDO_OP: &'static str = "cancel";
+    type Request = BookRequest;
+
+    fn validate(req: &BookRequest) -> Result<(), String> {
+        if req.slot.is_empty() {
+            return Err("`slot` must not be empty".into());
+        }
+        Ok(())
+    }
+
+    async fn apply(conn: &mut PgConnection, req: &BookRequest) -> sqlx::Result<Result<(), Refusal>> {
+        let booked = sqlx::query("UPDATE slots SET booked = booked + 1 WHERE slot = $1 AND booked < capacity")
+            .bind(&req.slot)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+        if booked == 1 {
+            return Ok(Ok(()));
+        }
+        let exists: Option<(i64,)> = sqlx::query_as("SELECT capacity FROM slots WHERE slot = $1")
+            .bind(&req.slot)
+            .fetch_optional(&mut *conn)
+            .await?;
+        Ok(Err(match exists {
+            None => Refusal { code: reasons::UNKNOWN_SLOT, message: format!("no courier slot {}", req.slot) },
+            Some((capacity,)) => Refusal {
+                code: reasons::NO_SLOT,
+                message: format!("courier slot {} is full ({capacity} booked)", req.slot),
+            },
+        }))
+    }
+
+    async fn undo(conn: &mut PgConnection, req: &BookRequest) -> sqlx::Result<()> {
+        sqlx::query("UPDATE slots SET booked = booked - 1 WHERE slot = $1")
+            .bind(&req.slot)
+            .execute(conn)
+            .await
+            .map(drop)
+    }
+}
+
+pub async fn seed(conn: &mut PgConnection, slots: &[Slot]) -> sqlx::Result<usize> {
+    let names: Vec<&str> = slots.iter().map(|s| s.slot.as_str()).collect();
+    let capacity: Vec<i64> = slots.iter().map(|s| s.capacity).collect();
+    sqlx::query(
+        "INSERT INTO slots (slot, capacity) SELECT * FROM UNNEST($1::text[], $2::bigint[]) \
+         ON CONFLICT (slot) DO UPDATE SET capacity = EXCLUDED.capacity, booked = 0",
+    )
+    .bind(&names)
+    .bind(&capacity)
+    .execute(conn)
+    .await?;
+    Ok(slots.len())
+}
+
+pub async fn snapshot(conn: &mut PgConnection) -> sqlx::Result<ShippingSnapshot> {
+    let slots: Vec<(String, i64, i64)> = sqlx::query_as("SELECT slot, capacity, booked FROM slots ORDER BY slot")
+        .fetch_all(&mut *conn)
+        .await?;
+    let shipments = records::<Shipping>(conn)
+        .await?
+        .into_iter()
+        .map(|r| ShipmentRow {
+            order_id: r.order_id,
+            slot: serde_json::from_value::<BookRequest>(r.request).map(|q| q.slot).unwrap_or_default(),
+            state: r.state,
+            movements: r.movements,
+        })
+        .collect();
+    Ok(ShippingSnapshot {
+        slots: slots.into_iter().map(|(slot, capacity, booked)| SlotRow { slot, capacity, booked }).collect(),
+        shipments,
+    })
+}

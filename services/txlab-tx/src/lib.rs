@@ -1,0 +1,29 @@
+//! The transaction machinery of txlab, shared by every service.
+//!
+//! Protocol state machines do no IO, so they are tested exhaustively in
+//! memory; the adapters beside them talk to PostgreSQL and Kafka.
+//!
+//! - [`saga`]: the orchestrated saga as a pure state machine: given what has
+//!   been persisted, it names the next action (run a step, compensate one,
+//!   finish). Resuming after a crash is just loading the records again.
+//! - [`retry`]: exponential backoff with jitter and a cap.
+//! - [`outbox`]: write an event in the caller's transaction; a relay
+//!   publishes it (`FOR UPDATE SKIP LOCKED`, woken by LISTEN/NOTIFY).
+//! - [`inbox`]: deduplicate consumed messages in the same transaction as
+//!   their effect.
+//! - [`kafka`]: producer, consumer and topic set-up with the settings the lab
+//!   records (idempotent producer, `linger.ms=0`).
+
+pub mod inbox;
+pub mod kafka;
+pub mod outbox;
+pub mod retry;
+pub mod saga;
+
+/// Milliseconds since the Unix epoch, the one clock format the lab stores.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,46 @@
+//! `txlab report <run-dir>`: the summary table and summary.csv of a run.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// A run directory, e.g. results/20261122-002806-quick; default: the newest under --results.
+    pub run: Option<PathBuf>,
+    /// Where runs are looked for when no run directory is given.
+    #[arg(long, default_value = "results", env = "TXLAB_RESULTS")]
+    pub results: PathBuf,
+    /// Where reports are written: <reports>/<run-id>/summary.csv.
+    #[arg(long, default_value = "reports")]
+    pub reports: PathBuf,
+}
+
+/// The newest run directory under `results` (names start with a timestamp).
+fn newest_run(results: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let mut runs: Vec<PathBuf> = std::fs::read_dir(results)
+        .with_context(|| format!("no results directory at {}; run `txlab run` first", results.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("run.json").is_file())
+        .collect();
+    runs.sort();
+    runs.pop()
+        .with_context(|| format!("no runs under {}; run `txlab run` first", results.display()))
+}
+
+pub fn execute(args: ReportArgs) -> anyhow::Result<()> {
+    let run = match args.run {
+        Some(r) => r,
+        None => newest_run(&args.results)?,
+    };
+    let summaries = crate::results::read_summaries(&run)?;
+    anyhow::ensure!(!summaries.is_empty(), "{} holds no finished cells", run.display());
+    let id = run.file_name().and_then(|n| n.to_str()).unwrap_or("run");
+    let out = args.reports.join(id);
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let csv_path = out.join("summary.csv");
+    std::fs::write(&csv_path, crate::report::csv(&summaries)).with_context(|| format!("writing {}", csv_path.display()))?;
+    println!("{}", crate::report::table(&summaries));
+    println!("wrote {}", csv_path.display());
+    Ok(())
+}

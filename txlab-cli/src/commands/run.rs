@@ -1,0 +1,269 @@
+//! `txlab run`: run a profile's matrix on the local platform.
+//!
+//! The profile is validated into a plan before anything starts; then each
+//! cell is deployed, reset and seeded, loaded, quiesced, audited and
+//! written out. Ctrl-C stops the run between or inside cells and still tears
+//! everything down.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use txlab_api::Role;
+
+use crate::audit::{check, quiesce};
+use crate::load::{drive, driver::Target};
+use crate::platform::local::{LocalOptions, LocalPlatform};
+use crate::platform::{Endpoints, Platform};
+use crate::results::{copy_log_slices, log_marks, rfc3339, write_cell, CellSummary, RunDir};
+use crate::spec::Plan;
+
+/// Exit code when the audit found violations.
+pub const EXIT_VIOLATIONS: u8 = 3;
+/// Exit code after Ctrl-C.
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The experiment profile to run.
+    #[arg(long, short, default_value = "profiles/quick.yaml")]
+    pub profile: PathBuf,
+    /// Run every cell of the profile's matrix (what `run` does unless --only narrows it).
+    #[arg(long)]
+    pub matrix: bool,
+    /// Run only cells whose id contains this text, e.g. `fail-payment`.
+    #[arg(long)]
+    pub only: Option<String>,
+    /// Directory of scenario files [default: scenarios/ beside the profile's folder].
+    #[arg(long)]
+    pub scenarios: Option<PathBuf>,
+    /// Where run directories are created.
+    #[arg(long, default_value = "results", env = "TXLAB_RESULTS")]
+    pub results: PathBuf,
+    /// Keep the scratch directory (PostgreSQL's data) after the run.
+    #[arg(long)]
+    pub keep: bool,
+    /// Use this PostgreSQL server (an admin URL) instead of starting one.
+    #[arg(long, env = "TXLAB_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Use this Kafka-API broker (host:port) instead of starting tansu.
+    #[arg(long, env = "TXLAB_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Check the profile and print the cells without running anything.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `scenarios/` beside the folder holding the profile (profiles/x.yaml → scenarios/).
+fn default_scenarios_dir(profile: &Path) -> PathBuf {
+    let dir = profile.parent().unwrap_or(Path::new("."));
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    dir.join("..").join("scenarios")
+}
+
+pub fn plan(args: &RunArgs) -> anyhow::Result<Plan> {
+    let scenarios = args.scenarios.clone().unwrap_or_else(|| default_scenarios_dir(&args.profile));
+    let mut plan = Plan::load(&args.profile, &scenarios)?;
+    if let Some(only) = &args.only {
+        plan.cells.retain(|c| c.id.contains(only.as_str()));
+        if plan.cells.is_empty() {
+            bail!("--only {only}: no cell of {} matches", args.profile.display());
+        }
+    }
+    Ok(plan)
+}
+
+pub async fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let plan = plan(&args)?;
+    if args.dry_run {
+        println!("{} is valid: {} cells", args.profile.display(), plan.cells.len());
+        for c in &plan.cells {
+            println!("  {}", c.id);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let run = RunDir::create(&args.results, &plan.profile.name)?;
+    eprintln!("txlab: run {} ({} cells) → {}", run.id, plan.cells.len(), run.root.display());
+    let started = SystemTime::now();
+    let opts = LocalOptions {
+        keep: args.keep,
+        database_url: args.database_url.clone(),
+        kafka_brokers: args.kafka_brokers.clone(),
+        log_dir: run.services_log_dir(),
+    };
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    let mut platform = tokio::select! {
+        p = LocalPlatform::start(opts) => p?,
+        _ = &mut interrupted => {
+            // The half-started platform was dropped; the reaper cleans up after it.
+            eprintln!("txlab: interrupted during start-up");
+            return Ok(ExitCode::from(EXIT_INTERRUPTED));
+        }
+    };
+    let scratch = platform.scratch_dir().to_path_buf();
+    let outcome = tokio::select! {
+        r = run_cells(&mut platform, &plan, &run) => Some(r),
+        _ = &mut interrupted => None,
+    };
+    let description = platform.describe();
+    eprintln!("txlab: stopping services and infrastructure");
+    platform.shutdown().await?;
+    if args.keep {
+        eprintln!("txlab: kept the scratch directory {}", scratch.display());
+    }
+    let summaries = match &outcome {
+        Some(Ok(s)) => s.clone(),
+        _ => crate::results::read_summaries(&run.root).unwrap_or_default(),
+    };
+    let status = match &outcome {
+        None => "interrupted".to_string(),
+        Some(Ok(_)) => "finished".to_string(),
+        Some(Err(e)) => format!("failed: {e:#}"),
+    };
+    run.write_json("run.json", &run_metadata(&plan, &run, started, &status, description).await)?;
+    if !summaries.is_empty() {
+        println!("{}", crate::report::table(&summaries));
+    }
+    println!("results: {}", run.root.display());
+    match outcome {
+        None => {
+            eprintln!("txlab: interrupted; finished cells are in {}", run.root.display());
+            Ok(ExitCode::from(EXIT_INTERRUPTED))
+        }
+        Some(Err(e)) => Err(e),
+        Some(Ok(s)) => {
+            let violations: usize = s.iter().map(|c| c.violations).sum();
+            if violations > 0 {
+                eprintln!("txlab: the audit found {violations} violations; see audit.json in each cell");
+                return Ok(ExitCode::from(EXIT_VIOLATIONS));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// POSTs `body` to `path` on every service.
+async fn broadcast(client: &reqwest::Client, endpoints: &Endpoints, path: &str, body: &serde_json::Value) -> anyhow::Result<()> {
+    for role in Role::ALL {
+        let url = format!("{}{path}", endpoints.url(role)?);
+        let resp = client.post(&url).json(body).send().await.with_context(|| format!("calling {url}"))?;
+        if !resp.status().is_success() {
+            bail!("{url} answered {}: {}", resp.status(), resp.text().await.unwrap_or_default());
+        }
+    }
+    Ok(())
+}
+
+/// Runs every cell in order, writing each as it finishes.
+pub async fn run_cells(platform: &mut impl Platform, plan: &Plan, run: &RunDir) -> anyhow::Result<Vec<CellSummary>> {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    let style = ProgressStyle::with_template("{prefix:>40} [{bar:30}] {pos}/{len} orders {msg}")
+        .expect("static progress template")
+        .progress_chars("=> ");
+    let mut summaries = Vec::new();
+    let total = plan.cells.len();
+    for (index, cell) in plan.cells.iter().enumerate() {
+        let endpoints = platform.deploy(cell.method).await.with_context(|| format!("deploying {}", cell.method))?;
+        broadcast(&client, &endpoints, "/admin/reset", &json!({})).await?;
+        broadcast(&client, &endpoints, "/admin/seed", &serde_json::to_value(&plan.seed.seed)?).await?;
+        let logs = platform.log_files();
+        let marks = log_marks(&logs);
+
+        let progress = ProgressBar::new(0).with_style(style.clone()).with_prefix(format!("[{}/{total}] {}", index + 1, cell.id));
+        let target = Target { base_url: endpoints.url(Role::Order)?, run_id: &run.id };
+        let load = drive(target, plan, cell, &progress).await?;
+        progress.set_message("quiescing");
+        let timeout = Duration::from_secs_f64(plan.profile.quiesce_timeout_s);
+        let (snapshots, waited, settled) = quiesce(&client, &endpoints, timeout).await?;
+        let audit = check(&plan.seed.seed, &snapshots);
+        progress.finish_and_clear();
+
+        let summary = CellSummary::new(index, cell, &load, &audit, waited.as_millis() as u64, settled);
+        let dir = run.cell_dir(&cell.id);
+        write_cell(&dir, cell, &summary, &load, &audit)?;
+        copy_log_slices(&dir, &logs, &marks)?;
+        eprintln!(
+            "[{}/{total}] {}: {} orders, {} decided ({} unexpected), decided p99 {:.1} ms, {} violations{}",
+            index + 1,
+            cell.id,
+            summary.sent,
+            summary.decided,
+            summary.unexpected,
+            summary.decided_ms.p99,
+            summary.violations,
+            if settled { "" } else { " — did not settle in time" }
+        );
+        summaries.push(summary);
+    }
+    Ok(summaries)
+}
+
+/// Everything needed to know later what this run was.
+async fn run_metadata(plan: &Plan, run: &RunDir, started: SystemTime, status: &str, platform: serde_json::Value) -> serde_json::Value {
+    json!({
+        "run_id": run.id,
+        "status": status,
+        "started": rfc3339(started),
+        "finished": rfc3339(SystemTime::now()),
+        "txlab_version": env!("CARGO_PKG_VERSION"),
+        "git": git_revision().await,
+        "profile_path": plan.profile_path,
+        "profile": plan.profile,
+        "seed": plan.profile.seed,
+        "cells": plan.cells.iter().map(|c| &c.id).collect::<Vec<_>>(),
+        "machine": machine(),
+        "platform": platform,
+    })
+}
+
+async fn git_revision() -> serde_json::Value {
+    let out = |args: &'static [&'static str]| async move {
+        tokio::process::Command::new("git")
+            .args(args)
+            .output()
+            .await
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let rev = out(&["rev-parse", "HEAD"]).await;
+    let dirty = out(&["status", "--porcelain", "--untracked-files=no"]).await.map(|s| !s.is_empty());
+    json!({ "revision": rev, "dirty": dirty })
+}
+
+fn machine() -> serde_json::Value {
+    let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_string()).ok();
+    let mem_kib = read("/proc/meminfo").and_then(|m| {
+        m.lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+    });
+    let cpu_model = read("/proc/cpuinfo").and_then(|c| {
+        c.lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':').map(|(_, v)| v.trim().to_string()))
+    });
+    json!({
+        "hostname": read("/proc/sys/kernel/hostname"),
+        "kernel": read("/proc/sys/kernel/osrelease"),
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).ok(),
+        "cpu_model": cpu_model,
+        "memory_kib": mem_kib,
+        "arch": std::env::consts::ARCH,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scenarios_default_to_the_sibling_folder_of_profiles() {
+        assert_eq!(default_scenarios_dir(Path::new("profiles/quick.yaml")), Path::new("profiles/../scenarios"));
+        assert_eq!(default_scenarios_dir(Path::new("quick.yaml")), Path::new("./../scenarios"));
+    }
+}

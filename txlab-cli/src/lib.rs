@@ -1,0 +1,58 @@
+//! txlab: a lab for distributed transactions.
+//!
+//! A run flows through these rooms, in order:
+//! - [`spec`]: profiles and scenarios (YAML) → a validated [`spec::Plan`].
+//! - [`platform`]: where the services run ([`platform::local`] by default).
+//! - [`load`]: open-loop arrivals, HDR latencies, a per-second series.
+//! - [`audit`]: after quiesce, were money, stock and slots all accounted for?
+//! - [`results`]: the self-describing run directory.
+//! - [`report`]: tables for the terminal and CSV.
+//!
+//! [`commands`] holds one file per CLI command; `main.rs` only calls [`main`].
+
+pub mod audit;
+pub mod commands;
+pub mod load;
+pub mod platform;
+pub mod report;
+pub mod results;
+pub mod spec;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// A lab for distributed transactions: one checkout, five transaction
+/// methods, measured under load and failure, audited for lost or doubled money.
+#[derive(Debug, Parser)]
+#[command(name = "txlab", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a profile's matrix of cells and write a results directory.
+    Run(commands::run::RunArgs),
+    /// Print the summary table of a finished run and write its summary.csv.
+    Report(commands::report::ReportArgs),
+}
+
+/// Sets up logging and runs the command; errors are printed with their causes.
+pub async fn main(cli: Cli) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TXLAB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).try_init();
+    let result = match cli.command {
+        Command::Run(args) => commands::run::execute(args).await,
+        Command::Report(args) => commands::report::execute(args).map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("txlab: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! Sends each order at its intended time and follows it to a decision.
+//!
+//! Latency is measured from the *intended* send time, so a stalled system
+//! shows up as latency instead of as fewer requests (no coordinated
+//! omission, per Gil Tene's "How NOT to Measure Latency").
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use indicatif::ProgressBar;
+use rand::{rngs::SmallRng, SeedableRng};
+use serde::Serialize;
+use tokio::time::Instant;
+use txlab_api::fault::FAULT_HEADER;
+use txlab_api::order::{CreateOrder, OrderState, OrderView, IDEMPOTENCY_KEY_HEADER};
+use uuid::Uuid;
+
+use super::{cell_seed, orders::make_order, schedule::arrivals};
+use crate::spec::{Cell, Plan};
+
+/// A send that starts this much after its intended time counts as late.
+const LATE_AFTER: Duration = Duration::from_millis(10);
+/// Longest an order is followed before it counts as undecided.
+const FOLLOW_LIMIT: Duration = Duration::from_secs(60);
+
+/// Per-second figures, by the second the orders were due in.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SecondStats {
+    pub second: u64,
+    pub sent: u64,
+    pub accepted: u64,
+    pub decided: u64,
+    pub errors: u64,
+    pub decided_p50_ms: f64,
+    pub decided_p99_ms: f64,
+}
+
+/// What a cell's load did, before and apart from the audit.
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    pub target_rate: f64,
+    pub duration_s: f64,
+    pub scheduled: u64,
+    pub sent: u64,
+    pub accepted: u64,
+    pub decided: u64,
+    /// Orders counted in the histograms (sent after the warm-up).
+    pub measured: u64,
+    pub late: u64,
+    pub dropped: u64,
+    pub errors: u64,
+    pub undecided: u64,
+    /// Orders whose outcome differed from the scenario's `expect`.
+    pub unexpected: u64,
+    pub outcomes: BTreeMap<String, u64>,
+    pub error_kinds: BTreeMap<String, u64>,
+    /// Microseconds from intended send to the POST's reply.
+    pub accepted_us: Histogram<u64>,
+    /// Microseconds from intended send to a terminal state.
+    pub decided_us: Histogram<u64>,
+    pub seconds: Vec<SecondStats>,
+    /// Sent orders per second over the load's actual length.
+    pub achieved_rate: f64,
+    pub order_ids: Vec<Uuid>,
+    /// A few unexpected outcomes, for the reader: (order, what happened).
+    pub unexpected_examples: Vec<(Uuid, String)>,
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs to 10 min at 3 significant digits.
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("static histogram bounds are valid")
+}
+
+struct Recorder {
+    report: LoadReport,
+    per_second: BTreeMap<u64, (SecondStats, Histogram<u64>)>,
+}
+
+impl Recorder {
+    fn second(&mut self, s: u64) -> &mut (SecondStats, Histogram<u64>) {
+        self.per_second
+            .entry(s)
+            .or_insert_with(|| (SecondStats { second: s, ..Default::default() }, histogram()))
+    }
+
+    fn error(&mut self, second: u64, kind: String) {
+        self.report.errors += 1;
+        *self.report.error_kinds.entry(kind).or_default() += 1;
+        self.second(second).0.errors += 1;
+    }
+}
+
+/// One order's journey, as seen from the client.
+struct Journey {
+    index: u64,
+    intended: Instant,
+    second: u64,
+    measured: bool,
+    order: CreateOrder,
+}
+
+/// Everything the driver needs to know about the system under test.
+pub struct Target<'a> {
+    pub base_url: &'a str,
+    pub run_id: &'a str,
+}
+
+/// Runs the cell's load and returns what it measured.
+pub async fn drive(target: Target<'_>, plan: &Plan, cell: &Cell, progress: &ProgressBar) -> anyhow::Result<LoadReport> {
+    let spec = &plan.profile.load;
+    let mut rng = SmallRng::seed_from_u64(cell_seed(plan.profile.seed, &cell.scenario.name, cell.repetition));
+    let offsets = arrivals(spec, &mut rng);
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(35))
+        .pool_max_idle_per_host(256)
+        .build()?;
+    let rec = Arc::new(Mutex::new(Recorder {
+        report: LoadReport {
+            target_rate: spec.rate,
+            duration_s: spec.duration_s,
+            scheduled: offsets.len() as u64,
+            sent: 0,
+            accepted: 0,
+            decided: 0,
+            measured: 0,
+            late: 0,
+            dropped: 0,
+            errors: 0,
+            undecided: 0,
+            unexpected: 0,
+            outcomes: BTreeMap::new(),
+            error_kinds: BTreeMap::new(),
+            accepted_us: histogram(),
+            decided_us: histogram(),
+            seconds: Vec::new(),
+            achieved_rate: 0.0,
+            order_ids: Vec::new(),
+            unexpected_examples: Vec::new(),
+        },
+        per_second: BTreeMap::new(),
+    }));
+    progress.set_length(offsets.len() as u64);
+    progress.set_position(0);
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let warmup = Duration::from_secs_f64(spec.warmup_s);
+    let start = Instant::now() + Duration::from_millis(20);
+    let mut tasks = Vec::with_capacity(offsets.len());
+    let mut last_send = start;
+    for (index, offset) in offsets.iter().enumerate() {
+        let order = make_order(&cell.scenario.order, &plan.seed, &mut rng);
+        let intended = start + *offset;
+        tokio::time::sleep_until(intended).await;
+        let now = Instant::now();
+        last_send = now;
+        let journey = Journey { index: index as u64, intended, second: offset.as_secs(), measured: *offset >= warmup, order };
+        {
+            let mut r = rec.lock().expect("recorder lock");
+            if now.duration_since(intended) > LATE_AFTER {
+                r.report.late += 1;
+            }
+            if in_flight.load(Ordering::Relaxed) >= spec.max_in_flight {
+                r.report.dropped += 1;
+                progress.inc(1);
+                continue;
+            }
+            r.report.sent += 1;
+            r.second(journey.second).0.sent += 1;
+        }
+        in_flight.fetch_add(1, Ordering::Relaxed);
+        let (client, rec, in_flight, progress) = (client.clone(), rec.clone(), in_flight.clone(), progress.clone());
+        let (base, run_id, cell_id) = (target.base_url.to_string(), target.run_id.to_string(), cell.id.clone());
+        let (fault, cancel_after, expect) = (cell.scenario.fault.clone(), cell.scenario.cancel_after_ms, cell.scenario.expect);
+        tasks.push(tokio::spawn(async move {
+            let key = format!("{run_id}/{cell_id}/{}", journey.index);
+            follow(&client, &base, &key, fault.as_deref(), cancel_after, expect, journey, &rec).await;
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+            progress.inc(1);
+        }));
+    }
+    // The load's real length: its planned window, or longer if sending fell behind.
+    let window = spec.duration_s.max(last_send.duration_since(start).as_secs_f64());
+    for t in tasks {
+        t.await?;
+    }
+    let mut r = Arc::try_unwrap(rec)
+        .map_err(|_| anyhow::anyhow!("load tasks still hold the recorder"))?
+        .into_inner()
+        .expect("recorder lock");
+    r.report.achieved_rate = r.report.sent as f64 / window;
+    r.report.seconds = r
+        .per_second
+        .into_values()
+        .map(|(mut s, h)| {
+            if !h.is_empty() {
+                s.decided_p50_ms = h.value_at_quantile(0.5) as f64 / 1000.0;
+                s.decided_p99_ms = h.value_at_quantile(0.99) as f64 / 1000.0;
+            }
+            s
+        })
+        .collect();
+    Ok(r.report)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn follow(
+    client: &reqwest::Client,
+    base: &str,
+    key: &str,
+    fault: Option<&str>,
+    cancel_after_ms: Option<u64>,
+    expect: OrderState,
+    j: Journey,
+    rec: &Mutex<Recorder>,
+) {
+    let mut post = client.post(format!("{base}/orders")).header(IDEMPOTENCY_KEY_HEADER, key).json(&j.order);
+    if let Some(f) = fault {
+        post = post.header(FAULT_HEADER, f);
+    }
+    let created: OrderView = match send_json(post).await {
+        Ok(v) => v,
+        Err(kind) => {
+            rec.lock().expect("recorder lock").error(j.second, format!("create: {kind}"));
+            return;
+        }
+    };
+    let accepted = j.intended.elapsed();
+    {
+        let mut r = rec.lock().expect("recorder lock");
+        r.report.accepted += 1;
+        r.report.order_ids.push(created.id);
+        r.second(j.second).0.accepted += 1;
+        if j.measured {
+            let _ = r.report.accepted_us.record(accepted.as_micros().max(1) as u64);
+        }
+    }
+    let mut cancelled = false;
+    if let Some(ms) = cancel_after_ms {
+        tokio::time::sleep_until(Instant::now() + Duration::from_millis(ms)).await;
+        let resp = client.post(format!("{base}/orders/{}/cancel", created.id)).send().await;
+        match resp {
+            Ok(r) if r.status().is_success() => cancelled = true,
+            // 409: already terminal; the outcome check below tells whether that was expected.
+            Ok(r) if r.status() == reqwest::StatusCode::CONFLICT => {}
+            Ok(r) => rec.lock().expect("recorder lock").error(j.second, format!("cancel: HTTP {}", r.status().as_u16())),
+            Err(e) => rec.lock().expect("recorder lock").error(j.second, format!("cancel: {}", transport_kind(&e))),
+        }
+    }
+    // A cancelled order is decided when its compensation is over, not when
+    // it was confirmed just before the cancel landed.
+    let settled = |s: OrderState| if cancelled { matches!(s, OrderState::Cancelled | OrderState::Rejected) } else { s.is_terminal() };
+    let deadline = j.intended + FOLLOW_LIMIT;
+    loop {
+        let view: Result<OrderView, String> =
+            send_json(client.get(format!("{base}/orders/{}?wait_ms=10000", created.id))).await;
+        match view {
+            Ok(v) if settled(v.state) => {
+                let decided = j.intended.elapsed();
+                let mut r = rec.lock().expect("recorder lock");
+                r.report.decided += 1;
+                *r.report.outcomes.entry(v.state.to_string()).or_default() += 1;
+                if v.state != expect {
+                    r.report.unexpected += 1;
+                    if r.report.unexpected_examples.len() < 10 {
+                        let what = format!("{} ({})", v.state, v.reason.unwrap_or_default());
+                        r.report.unexpected_examples.push((v.id, what));
+                    }
+                }
+                let sec = r.second(j.second);
+                sec.0.decided += 1;
+                let us = decided.as_micros().max(1) as u64;
+                let _ = sec.1.record(us);
+                if j.measured {
+                    r.report.measured += 1;
+                    let _ = r.report.decided_us.record(us);
+                }
+                return;
+            }
+            Ok(_) if Instant::now() < deadline => continue,
+            Ok(_) => {
+                rec.lock().expect("recorder lock").report.undecided += 1;
+                return;
+            }
+            Err(kind) if Instant::now() < deadline => {
+                tracing::debug!(order_id = %created.id, %kind, "follow failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(kind) => {
+                rec.lock().expect("recorder lock").error(j.second, format!("follow: {kind}"));
+                return;
+            }
+        }
+    }
+}
+
+fn transport_kind(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect"
+    } else {
+        "transport"
+    }
+}
+
+/// Sends and decodes a JSON reply; the error is a short kind for counting.
+async fn send_json<T: serde::de::DeserializeOwned>(req: reqwest::RequestBuilder) -> Result<T, String> {
+    let resp = req.send().await.map_err(|e| transport_kind(&e).to_string())?;
+    let status = resp.status();
+    if !status.is_success() {
+        let body: Option<txlab_api::ErrorBody> = resp.json().await.ok();
+        return Err(format!("HTTP {} {}", status.as_u16(), body.map(|b| b.error).unwrap_or_default()));
+    }
+    resp.json().await.map_err(|_| "bad reply body".to_string())
+}

@@ -1,0 +1,6 @@
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    txlab_cli::main(txlab_cli::Cli::parse()).await
+}

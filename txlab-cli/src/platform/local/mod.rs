@@ -1,0 +1,214 @@
+//! The embedded local platform: zero set-up, everything on loopback.
+//!
+//! `start` makes a scratch directory, starts a throw-away PostgreSQL cluster
+//! (as an unprivileged user when txlab is root) and a tansu broker, unless
+//! the user passed URLs of their own. `deploy` starts the five services for
+//! a method. `shutdown` stops them in order and removes the scratch
+//! directory; the [`reaper`] does the same if txlab is killed outright.
+
+mod postgres;
+mod process;
+mod reaper;
+mod services;
+mod tansu;
+mod tools;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::json;
+use txlab_api::{Role, TxMode};
+
+use super::{Endpoints, Platform};
+pub use postgres::{database_name, database_url};
+
+/// What the user chose for the local platform.
+#[derive(Debug, Clone, Default)]
+pub struct LocalOptions {
+    /// Keep the scratch directory (PostgreSQL's data) after the run.
+    pub keep: bool,
+    /// Use this PostgreSQL server (an admin URL) instead of starting one.
+    pub database_url: Option<String>,
+    /// Use this Kafka-API broker instead of starting tansu.
+    pub kafka_brokers: Option<String>,
+    /// Where the services' and infrastructure's logs go.
+    pub log_dir: PathBuf,
+}
+
+pub struct LocalPlatform {
+    opts: LocalOptions,
+    scratch: PathBuf,
+    reaper: reaper::Reaper,
+    postgres: Option<postgres::Postgres>,
+    tansu: Option<tansu::Tansu>,
+    services: BTreeMap<Role, services::Service>,
+    method: Option<TxMode>,
+    admin_url: String,
+    brokers: String,
+    service_bin: PathBuf,
+    versions: BTreeMap<&'static str, String>,
+}
+
+impl LocalPlatform {
+    /// Starts the infrastructure (not yet the services).
+    pub async fn start(opts: LocalOptions) -> anyhow::Result<LocalPlatform> {
+        // Find everything before starting anything, so a missing tool costs nothing.
+        let service_bin = tools::service_binary()?;
+        let pg_bin = match opts.database_url {
+            None => Some(tools::postgres_bin_dir()?),
+            Some(_) => None,
+        };
+        let tansu_bin = match opts.kafka_brokers {
+            None => Some(tools::tansu()?),
+            Some(_) => None,
+        };
+        let run_as = process::unprivileged_user()?;
+        std::fs::create_dir_all(&opts.log_dir).with_context(|| format!("creating {}", opts.log_dir.display()))?;
+
+        let scratch = std::env::temp_dir().join(format!("txlab-{}-{}", std::process::id(), unique_suffix()));
+        std::fs::create_dir_all(&scratch).with_context(|| format!("creating scratch directory {}", scratch.display()))?;
+        // The unprivileged PostgreSQL user must be able to enter it.
+        std::fs::set_permissions(&scratch, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        let mut reaper = reaper::Reaper::start()?;
+        reaper.watch_root(&scratch)?;
+        if opts.keep {
+            reaper.keep_root();
+        }
+        let mut platform = LocalPlatform {
+            scratch,
+            reaper,
+            postgres: None,
+            tansu: None,
+            services: BTreeMap::new(),
+            method: None,
+            admin_url: opts.database_url.clone().unwrap_or_default(),
+            brokers: opts.kafka_brokers.clone().unwrap_or_default(),
+            service_bin,
+            versions: BTreeMap::new(),
+            opts,
+        };
+        if let Err(e) = platform.start_infrastructure(pg_bin, tansu_bin, run_as).await {
+            let _ = platform.shutdown().await;
+            return Err(e);
+        }
+        Ok(platform)
+    }
+
+    async fn start_infrastructure(
+        &mut self,
+        pg_bin: Option<PathBuf>,
+        tansu_bin: Option<PathBuf>,
+        run_as: Option<process::RunAs>,
+    ) -> anyhow::Result<()> {
+        self.versions.insert("txlab-svc", tools::version_of(&self.service_bin).await);
+        if let Some(bin) = pg_bin {
+            self.versions.insert("postgres", tools::version_of(&bin.join("postgres")).await);
+            let log = self.opts.log_dir.join("postgres.log");
+            let pg = postgres::Postgres::start(&bin, &self.scratch, &log, run_as.as_ref(), &mut self.reaper).await?;
+            self.admin_url = pg.admin_url.clone();
+            self.postgres = Some(pg);
+        }
+        postgres::create_databases(&self.admin_url).await?;
+        if let Some(bin) = tansu_bin {
+            self.versions.insert("tansu", tools::version_of(&bin).await);
+            let log = self.opts.log_dir.join("tansu.log");
+            let t = tansu::Tansu::start(&bin, &log, &mut self.reaper).await?;
+            self.brokers = t.brokers.clone();
+            self.tansu = Some(t);
+        }
+        Ok(())
+    }
+
+    /// The PostgreSQL admin URL (for tests that inspect or corrupt state).
+    pub fn admin_url(&self) -> &str {
+        &self.admin_url
+    }
+
+    /// Kills one service abruptly and starts the whole set again, as a pod
+    /// restart would; used to show that in-flight work resumes.
+    pub async fn kill_and_restart(&mut self, role: Role) -> anyhow::Result<Endpoints> {
+        if let Some(svc) = self.services.get_mut(&role) {
+            svc.proc.stop(libc::SIGKILL, Duration::from_secs(5), &mut self.reaper).await;
+        }
+        self.stop_services().await;
+        let method = self.method.take().context("no services deployed")?;
+        self.deploy(method).await
+    }
+
+    async fn stop_services(&mut self) {
+        // The order service first: it drives the others.
+        if let Some(mut svc) = self.services.remove(&Role::Order) {
+            svc.proc.stop(libc::SIGTERM, Duration::from_secs(10), &mut self.reaper).await;
+        }
+        for (_, mut svc) in std::mem::take(&mut self.services) {
+            svc.proc.stop(libc::SIGTERM, Duration::from_secs(10), &mut self.reaper).await;
+        }
+    }
+
+    fn endpoints(&self) -> Endpoints {
+        Endpoints { urls: self.services.iter().map(|(r, s)| (*r, s.url.clone())).collect() }
+    }
+
+    /// The scratch directory (PostgreSQL's data), removed at shutdown unless kept.
+    pub fn scratch_dir(&self) -> &Path {
+        &self.scratch
+    }
+}
+
+/// A short unique suffix without pulling in a clock crate.
+fn unique_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() % 1_000_000_000)
+        .unwrap_or(0)
+}
+
+impl Platform for LocalPlatform {
+    async fn deploy(&mut self, method: TxMode) -> anyhow::Result<Endpoints> {
+        if self.method == Some(method) && !self.services.is_empty() {
+            return Ok(self.endpoints());
+        }
+        self.stop_services().await;
+        let wiring = services::Wiring {
+            binary: &self.service_bin,
+            admin_url: &self.admin_url,
+            brokers: &self.brokers,
+            method,
+            log_dir: &self.opts.log_dir,
+        };
+        self.services = services::start_all(&wiring, &mut self.reaper).await?;
+        self.method = Some(method);
+        Ok(self.endpoints())
+    }
+
+    fn log_files(&self) -> Vec<(Role, PathBuf)> {
+        Role::ALL.iter().map(|r| (*r, self.opts.log_dir.join(format!("{r}.log")))).collect()
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        json!({
+            "name": "local",
+            "postgres": if self.postgres.is_some() { "embedded".to_string() } else { postgres::redact(&self.admin_url) },
+            "postgres_settings": postgres::SETTINGS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+            "kafka": if self.tansu.is_some() { "embedded tansu (memory engine)".to_string() } else { self.brokers.clone() },
+            "kafka_producer": txlab_api::event::PRODUCER_SETTINGS.iter().copied().collect::<BTreeMap<_, _>>(),
+            "versions": self.versions,
+        })
+    }
+
+    async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.stop_services().await;
+        if let Some(mut t) = self.tansu.take() {
+            t.proc.stop(libc::SIGTERM, Duration::from_secs(5), &mut self.reaper).await;
+        }
+        if let Some(mut pg) = self.postgres.take() {
+            // SIGINT is PostgreSQL's "fast" shutdown: roll back and exit.
+            pg.proc.stop(libc::SIGINT, Duration::from_secs(10), &mut self.reaper).await;
+        }
+        // The reaper removes the scratch directory (unless kept) as it exits.
+        self.reaper.finish();
+        Ok(())
+    }
+}

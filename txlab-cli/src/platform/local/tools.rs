@@ -1,0 +1,105 @@
+//! Finding the programs the local platform runs, with advice when missing.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::bail;
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|f| f.is_file()))
+        .unwrap_or(None)
+}
+
+fn from_env(var: &str) -> anyhow::Result<Option<PathBuf>> {
+    match std::env::var_os(var) {
+        None => Ok(None),
+        Some(v) => {
+            let p = PathBuf::from(v);
+            if !p.exists() {
+                bail!("{var} points to {}, which does not exist", p.display());
+            }
+            Ok(Some(p))
+        }
+    }
+}
+
+/// The directory holding `initdb` and `postgres`: `TXLAB_PG_BIN`, then PATH,
+/// then Debian's versioned directories (newest first).
+pub fn postgres_bin_dir() -> anyhow::Result<PathBuf> {
+    if let Some(p) = from_env("TXLAB_PG_BIN")? {
+        return Ok(p);
+    }
+    if let Some(initdb) = on_path("initdb") {
+        if let Some(dir) = initdb.parent() {
+            if dir.join("postgres").is_file() {
+                return Ok(dir.to_path_buf());
+            }
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| Some((e.file_name().to_str()?.parse::<u32>().ok()?, e.path().join("bin"))))
+                .filter(|(_, bin)| bin.join("initdb").is_file() && bin.join("postgres").is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort();
+    match versions.pop() {
+        Some((_, bin)) => Ok(bin),
+        None => bail!(
+            "PostgreSQL was not found: no initdb on PATH and none under /usr/lib/postgresql/*/bin. \
+             Install it (Debian: apt-get install postgresql), set TXLAB_PG_BIN to the directory holding \
+             initdb and postgres, or pass --database-url to use a server you run"
+        ),
+    }
+}
+
+/// The tansu broker: `TXLAB_TANSU`, then PATH, then cargo's bin directory.
+pub fn tansu() -> anyhow::Result<PathBuf> {
+    if let Some(p) = from_env("TXLAB_TANSU")? {
+        return Ok(p);
+    }
+    if let Some(p) = on_path("tansu") {
+        return Ok(p);
+    }
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")));
+    if let Some(p) = cargo_home.map(|c| c.join("bin/tansu")).filter(|p| p.is_file()) {
+        return Ok(p);
+    }
+    bail!(
+        "tansu, the Kafka-API broker the local lab starts, was not found. Install it once with \
+         `cargo install tansu --locked --version 0.6.0 --features dynostore` (about 10 minutes on 2 cores; \
+         `make setup` does it), set TXLAB_TANSU to its path, or pass --kafka-brokers HOST:PORT to use a broker you run"
+    )
+}
+
+/// The `txlab-svc` binary: `TXLAB_SVC_BIN`, else next to this executable
+/// (or one level up, where test binaries live in `target/*/deps`).
+pub fn service_binary() -> anyhow::Result<PathBuf> {
+    if let Some(p) = from_env("TXLAB_SVC_BIN")? {
+        return Ok(p);
+    }
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(2) {
+        let candidate = dir.join("txlab-svc");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "the service binary txlab-svc was not found next to {}. Build it with `cargo build --release --workspace` \
+         (or `cargo build --workspace` for debug), or set TXLAB_SVC_BIN",
+        exe.display()
+    )
+}
+
+/// First line of `program --version`, for run.json.
+pub async fn version_of(program: &Path) -> String {
+    match tokio::process::Command::new(program).arg("--version").output().await {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim().to_string(),
+        Err(e) => format!("unknown ({e})"),
+    }
+}

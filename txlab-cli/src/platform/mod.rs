@@ -1,0 +1,43 @@
+//! Where a run happens. A [`Platform`] deploys the services for a cell and
+//! tears everything down afterwards; the rest of a run (seed, load, audit,
+//! results) only sees the [`Endpoints`] it hands out.
+//!
+//! - [`local`]: the embedded default: PostgreSQL, tansu and the services as
+//!   child processes on loopback, nothing left behind.
+
+pub mod local;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use txlab_api::{Role, TxMode};
+
+/// Base URLs of the services, e.g. `http://127.0.0.1:41234`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Endpoints {
+    pub urls: BTreeMap<Role, String>,
+}
+
+impl Endpoints {
+    pub fn url(&self, role: Role) -> anyhow::Result<&str> {
+        self.urls
+            .get(&role)
+            .map(String::as_str)
+            .with_context(|| format!("no endpoint for the {role} service"))
+    }
+}
+
+/// The cell lifecycle every platform offers.
+#[allow(async_fn_in_trait)]
+pub trait Platform {
+    /// Makes the services run `method` (restarting them if they ran another)
+    /// and returns where to reach them.
+    async fn deploy(&mut self, method: TxMode) -> anyhow::Result<Endpoints>;
+    /// Each service's log file, for copying a cell's share into its results.
+    fn log_files(&self) -> Vec<(Role, PathBuf)>;
+    /// Name, versions and settings, for the self-describing run.json.
+    fn describe(&self) -> serde_json::Value;
+    /// Stops everything this platform started.
+    async fn shutdown(self) -> anyhow::Result<()>;
+}

@@ -1,0 +1,93 @@
+//! Turning cell summaries into tables: the terminal table at the end of a
+//! run and `txlab report`'s summary.csv.
+
+use std::fmt::Write as _;
+
+use comfy_table::presets::UTF8_FULL_CONDENSED;
+use comfy_table::{Cell as TableCell, CellAlignment, Color, ContentArrangement, Table};
+
+use crate::results::CellSummary;
+
+fn outcome(s: &CellSummary, state: &str) -> u64 {
+    s.outcomes.get(state).copied().unwrap_or(0)
+}
+
+/// One row per cell: throughput, outcomes, latency, audit.
+pub fn table(summaries: &[CellSummary]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
+    t.set_header(vec![
+        "method", "scenario", "rate/s\ntarget→got", "orders", "confirmed", "rejected", "cancelled", "unexpected",
+        "errors", "accepted ms\np50 / p99", "decided ms\np50 / p99", "audit\nviolations",
+    ]);
+    for s in summaries {
+        let violations = if !s.settled {
+            TableCell::new(format!("{} (unsettled)", s.violations)).fg(Color::Red)
+        } else if s.violations == 0 {
+            TableCell::new("0").fg(Color::Green)
+        } else {
+            TableCell::new(s.violations).fg(Color::Red)
+        };
+        let scenario = if s.repetition > 1 { format!("{} #{}", s.scenario, s.repetition) } else { s.scenario.clone() };
+        t.add_row(vec![
+            TableCell::new(&s.method),
+            TableCell::new(scenario),
+            TableCell::new(format!("{:.0}→{:.1}", s.target_rate, s.achieved_rate)),
+            TableCell::new(s.sent),
+            TableCell::new(outcome(s, "confirmed")),
+            TableCell::new(outcome(s, "rejected")),
+            TableCell::new(outcome(s, "cancelled")),
+            if s.unexpected > 0 { TableCell::new(s.unexpected).fg(Color::Yellow) } else { TableCell::new(0) },
+            TableCell::new(s.errors + s.undecided + s.dropped),
+            TableCell::new(format!("{:.1} / {:.1}", s.accepted_ms.p50, s.accepted_ms.p99)),
+            TableCell::new(format!("{:.1} / {:.1}", s.decided_ms.p50, s.decided_ms.p99)),
+            violations,
+        ]);
+    }
+    for i in 2..12 {
+        if let Some(c) = t.column_mut(i) {
+            c.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    t
+}
+
+/// The same figures, one line per cell, for spreadsheets and scripts.
+pub fn csv(summaries: &[CellSummary]) -> String {
+    let mut out = String::from(
+        "cell,method,scenario,replicas,repetition,target_rate,achieved_rate,sent,confirmed,rejected,cancelled,\
+         unexpected,errors,undecided,dropped,late,accepted_p50_ms,accepted_p99_ms,decided_p50_ms,decided_p99_ms,\
+         decided_p999_ms,quiesce_ms,settled,violations\n",
+    );
+    for s in summaries {
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{},{},{:.3},{},{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{}",
+            s.cell,
+            s.method,
+            s.scenario,
+            s.replicas,
+            s.repetition,
+            s.target_rate,
+            s.achieved_rate,
+            s.sent,
+            outcome(s, "confirmed"),
+            outcome(s, "rejected"),
+            outcome(s, "cancelled"),
+            s.unexpected,
+            s.errors,
+            s.undecided,
+            s.dropped,
+            s.late,
+            s.accepted_ms.p50,
+            s.accepted_ms.p99,
+            s.decided_ms.p50,
+            s.decided_ms.p99,
+            s.decided_ms.p999,
+            s.quiesce_ms,
+            s.settled,
+            s.violations
+        );
+    }
+    out
+}

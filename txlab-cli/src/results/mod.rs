@@ -1,0 +1,185 @@
+//! The on-disk layout of results. Every run directory describes itself:
+//!
+//! ```text
+//! results/<run-id>/run.json          git revision, profile, seed, versions, machine, platform
+//! results/<run-id>/services/*.log    whole logs of the services and infrastructure
+//! results/<run-id>/cells/<cell>/     cell.json, summary.json, audit.json,
+//!                                    accepted.hdr, decided.hdr (HDR V2, deflated),
+//!                                    percentiles.csv, timeseries.csv, logs/<role>.log
+//! ```
+
+mod summary;
+mod time;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use hdrhistogram::serialization::{Serializer, V2DeflateSerializer};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+pub use summary::{CellSummary, Percentiles};
+pub use time::rfc3339;
+
+use crate::audit::AuditReport;
+use crate::load::LoadReport;
+use crate::spec::Cell;
+
+pub struct RunDir {
+    pub id: String,
+    pub root: PathBuf,
+}
+
+impl RunDir {
+    /// Creates `results/<timestamp>-<profile>` (with a suffix if taken).
+    pub fn create(results: &Path, profile: &str) -> anyhow::Result<RunDir> {
+        let stamp = time::compact(std::time::SystemTime::now());
+        let safe: String = profile.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+        for n in 0..100 {
+            let id = if n == 0 { format!("{stamp}-{safe}") } else { format!("{stamp}-{safe}-{n}") };
+            let root = results.join(&id);
+            if !root.exists() {
+                std::fs::create_dir_all(root.join("cells")).with_context(|| format!("creating {}", root.display()))?;
+                return Ok(RunDir { id, root });
+            }
+        }
+        anyhow::bail!("could not find a free run directory name under {}", results.display())
+    }
+
+    pub fn services_log_dir(&self) -> PathBuf {
+        self.root.join("services")
+    }
+
+    pub fn cell_dir(&self, cell_id: &str) -> PathBuf {
+        self.root.join("cells").join(cell_id)
+    }
+
+    pub fn write_json(&self, name: &str, value: &impl Serialize) -> anyhow::Result<()> {
+        write_json(&self.root.join(name), value)
+    }
+}
+
+pub fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+fn write_histogram(path: &Path, h: &Histogram<u64>) -> anyhow::Result<()> {
+    let mut buf = Vec::new();
+    V2DeflateSerializer::new()
+        .serialize(h, &mut buf)
+        .map_err(|e| anyhow::anyhow!("encoding histogram: {e:?}"))?;
+    std::fs::write(path, buf).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Quantiles written to percentiles.csv.
+const QUANTILES: [f64; 9] = [0.0, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 0.9999, 1.0];
+
+fn percentiles_csv(load: &LoadReport) -> String {
+    let mut out = String::from("latency,quantile,value_ms,count\n");
+    for (name, h) in [("accepted", &load.accepted_us), ("decided", &load.decided_us)] {
+        for q in QUANTILES {
+            let v = if h.is_empty() { 0.0 } else { h.value_at_quantile(q) as f64 / 1000.0 };
+            let _ = writeln!(out, "{name},{q},{v:.3},{}", h.len());
+        }
+    }
+    out
+}
+
+fn timeseries_csv(load: &LoadReport) -> String {
+    let mut out = String::from("second,sent,accepted,decided,errors,decided_p50_ms,decided_p99_ms\n");
+    for s in &load.seconds {
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{},{:.3},{:.3}",
+            s.second, s.sent, s.accepted, s.decided, s.errors, s.decided_p50_ms, s.decided_p99_ms
+        );
+    }
+    out
+}
+
+/// Writes everything a cell produced into its directory.
+pub fn write_cell(dir: &Path, cell: &Cell, summary: &CellSummary, load: &LoadReport, audit: &AuditReport) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    write_json(&dir.join("cell.json"), cell)?;
+    write_json(&dir.join("summary.json"), summary)?;
+    write_json(&dir.join("audit.json"), audit)?;
+    write_histogram(&dir.join("accepted.hdr"), &load.accepted_us)?;
+    write_histogram(&dir.join("decided.hdr"), &load.decided_us)?;
+    std::fs::write(dir.join("percentiles.csv"), percentiles_csv(load))?;
+    std::fs::write(dir.join("timeseries.csv"), timeseries_csv(load))?;
+    Ok(())
+}
+
+/// Sizes of the log files now, so a cell can keep just its own share.
+pub fn log_marks(files: &[(txlab_api::Role, PathBuf)]) -> Vec<u64> {
+    files.iter().map(|(_, p)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).collect()
+}
+
+/// Copies what each log gained since `marks` into `<cell>/logs/`.
+pub fn copy_log_slices(dir: &Path, files: &[(txlab_api::Role, PathBuf)], marks: &[u64]) -> anyhow::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    for ((role, path), &from) in files.iter().zip(marks) {
+        let Ok(mut f) = std::fs::File::open(path) else { continue };
+        f.seek(SeekFrom::Start(from))?;
+        let mut slice = Vec::new();
+        f.read_to_end(&mut slice)?;
+        std::fs::write(logs.join(format!("{role}.log")), slice)?;
+    }
+    Ok(())
+}
+
+/// Reads every cell summary of a run, in cell order.
+pub fn read_summaries(run: &Path) -> anyhow::Result<Vec<CellSummary>> {
+    let cells = run.join("cells");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&cells)
+        .with_context(|| format!("{} is not a run directory (no cells/ inside)", run.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("summary.json").is_file())
+        .collect();
+    dirs.sort();
+    let mut out: Vec<CellSummary> = dirs
+        .iter()
+        .map(|d| {
+            let path = d.join("summary.json");
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("decoding {}", path.display()))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    out.sort_by_key(|s| s.index);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_directories_never_collide() {
+        let base = std::env::temp_dir().join(format!("txlab-results-test-{}", std::process::id()));
+        let a = RunDir::create(&base, "quick run").unwrap();
+        let b = RunDir::create(&base, "quick run").unwrap();
+        assert_ne!(a.root, b.root);
+        assert!(a.id.ends_with("-quick_run"), "{}", a.id);
+        assert!(a.root.join("cells").is_dir());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn histograms_round_trip_through_their_file() {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap();
+        for v in [150u64, 2_000, 2_100, 90_000] {
+            h.record(v).unwrap();
+        }
+        let path = std::env::temp_dir().join(format!("txlab-hdr-test-{}.hdr", std::process::id()));
+        write_histogram(&path, &h).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let back: Histogram<u64> = hdrhistogram::serialization::Deserializer::new().deserialize(&mut bytes.as_slice()).unwrap();
+        assert_eq!(back.len(), 4);
+        assert_eq!(back.value_at_quantile(0.5), h.value_at_quantile(0.5));
+    }
+}

@@ -1,0 +1,112 @@
+//! The per-cell summary: what a report and a comparison read back.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::audit::AuditReport;
+use crate::load::LoadReport;
+use crate::spec::Cell;
+
+/// Latency figures in milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub mean: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    /// From a histogram of microseconds.
+    pub fn of(h: &Histogram<u64>) -> Percentiles {
+        if h.is_empty() {
+            return Percentiles::default();
+        }
+        let ms = |v: u64| v as f64 / 1000.0;
+        Percentiles {
+            count: h.len(),
+            mean: h.mean() / 1000.0,
+            p50: ms(h.value_at_quantile(0.5)),
+            p90: ms(h.value_at_quantile(0.9)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CellSummary {
+    /// Position in the plan, for ordering.
+    pub index: usize,
+    pub cell: String,
+    pub method: String,
+    pub scenario: String,
+    pub replicas: u32,
+    pub repetition: u32,
+    pub expect: String,
+    pub target_rate: f64,
+    pub achieved_rate: f64,
+    pub scheduled: u64,
+    pub sent: u64,
+    pub accepted: u64,
+    pub decided: u64,
+    pub late: u64,
+    pub dropped: u64,
+    pub errors: u64,
+    pub undecided: u64,
+    pub unexpected: u64,
+    pub outcomes: BTreeMap<String, u64>,
+    pub error_kinds: BTreeMap<String, u64>,
+    pub unexpected_examples: Vec<(uuid::Uuid, String)>,
+    pub accepted_ms: Percentiles,
+    pub decided_ms: Percentiles,
+    /// Time after the load until every order was terminal and notified.
+    pub quiesce_ms: u64,
+    pub settled: bool,
+    pub violations: usize,
+    pub violations_by_invariant: BTreeMap<String, usize>,
+    pub notification_lag_p50_ms: Option<i64>,
+    pub notification_lag_max_ms: Option<i64>,
+}
+
+impl CellSummary {
+    pub fn new(index: usize, cell: &Cell, load: &LoadReport, audit: &AuditReport, quiesce_ms: u64, settled: bool) -> CellSummary {
+        CellSummary {
+            index,
+            cell: cell.id.clone(),
+            method: cell.method.to_string(),
+            scenario: cell.scenario.name.clone(),
+            replicas: cell.replicas,
+            repetition: cell.repetition,
+            expect: cell.scenario.expect.to_string(),
+            target_rate: load.target_rate,
+            achieved_rate: load.achieved_rate,
+            scheduled: load.scheduled,
+            sent: load.sent,
+            accepted: load.accepted,
+            decided: load.decided,
+            late: load.late,
+            dropped: load.dropped,
+            errors: load.errors,
+            undecided: load.undecided,
+            unexpected: load.unexpected,
+            outcomes: load.outcomes.clone(),
+            error_kinds: load.error_kinds.clone(),
+            unexpected_examples: load.unexpected_examples.clone(),
+            accepted_ms: Percentiles::of(&load.accepted_us),
+            decided_ms: Percentiles::of(&load.decided_us),
+            quiesce_ms,
+            settled,
+            violations: audit.violations.len(),
+            violations_by_invariant: audit.by_invariant.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            notification_lag_p50_ms: audit.notification_lag_p50_ms,
+            notification_lag_max_ms: audit.notification_lag_max_ms,
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! What the user writes: scenarios and profiles as YAML, and the validated
+//! [`Plan`] built from them before anything is started.
+//!
+//! Raw files ([`Profile`], [`Scenario`]) are kept apart from the resolved
+//! plan, so every check happens up front and a mistake is reported with
+//! file, line and field instead of surfacing half-way through a run.
+
+mod plan;
+mod profile;
+mod scenario;
+mod yaml;
+
+pub use plan::{Cell, Plan, SeedPlan};
+pub use profile::{Arrival, LoadSpec, Profile, SeedData};
+pub use scenario::{OrderTemplate, Scenario};
+pub use yaml::{load_yaml, SpecError};

@@ -1,0 +1,95 @@
+//! An experiment profile: the matrix of cells to run and the load each gets.
+
+use serde::{Deserialize, Serialize};
+use txlab_api::TxMode;
+
+/// `profiles/<name>.yaml`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Seeds the arrival times and the generated orders, so a rerun sends
+    /// the same orders at the same offsets.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Transaction methods to compare.
+    pub methods: Vec<TxMode>,
+    /// Scenario names, each `scenarios/<name>.yaml`.
+    pub scenarios: Vec<String>,
+    /// Replicas per service; one cell per entry.
+    #[serde(default = "default_replicas")]
+    pub replicas: Vec<u32>,
+    /// Repetitions of every cell (comparisons use the spread across them).
+    #[serde(default = "default_repetitions")]
+    pub repetitions: u32,
+    pub load: LoadSpec,
+    /// Longest wait, after the load, for every order to settle.
+    #[serde(default = "default_quiesce")]
+    pub quiesce_timeout_s: f64,
+    #[serde(default)]
+    pub seed_data: SeedData,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arrival {
+    /// Evenly spaced arrivals.
+    Constant,
+    /// Exponential gaps: bursts and lulls, as real traffic has.
+    Poisson,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadSpec {
+    pub arrival: Arrival,
+    /// Target orders per second (open loop: sent on schedule whatever the latency).
+    pub rate: f64,
+    /// Length of the measured load, warm-up included.
+    pub duration_s: f64,
+    /// Orders sent in the first seconds are run and audited, not measured.
+    #[serde(default)]
+    pub warmup_s: f64,
+    /// Orders in flight beyond this are dropped (and counted) rather than queued.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+}
+
+/// How much of everything the cell starts with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedData {
+    pub customers: u32,
+    /// Starting balance of each customer, in cents.
+    pub balance: i64,
+    pub skus: u32,
+    /// Starting stock of each SKU.
+    pub stock: i64,
+    pub slots: u32,
+    /// Capacity of each courier slot.
+    pub capacity: i64,
+}
+
+impl Default for SeedData {
+    fn default() -> Self {
+        SeedData { customers: 200, balance: 10_000_000, skus: 50, stock: 100_000, slots: 20, capacity: 100_000 }
+    }
+}
+
+fn default_seed() -> u64 {
+    42
+}
+fn default_replicas() -> Vec<u32> {
+    vec![1]
+}
+fn default_repetitions() -> u32 {
+    1
+}
+fn default_quiesce() -> f64 {
+    30.0
+}
+fn default_max_in_flight() -> usize {
+    2_000
+}

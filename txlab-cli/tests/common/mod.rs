@@ -1,0 +1,79 @@
+//! Helpers shared by the integration tests. They start the real local
+//! platform (PostgreSQL and tansu, by the lab's own code), never mocks.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use txlab_cli::platform::local::{LocalOptions, LocalPlatform};
+use txlab_cli::platform::{Endpoints, Platform};
+use txlab_cli::spec::Plan;
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A fresh directory under the system temp dir, named for the test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("txlab-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The local platform with the services deployed for saga_orch.
+pub async fn deployed(name: &str) -> (LocalPlatform, Endpoints, PathBuf) {
+    let dir = temp_dir(name);
+    let mut p = LocalPlatform::start(LocalOptions { log_dir: dir.join("logs"), ..Default::default() })
+        .await
+        .expect("local platform starts (needs PostgreSQL and tansu: run `make setup`)");
+    let e = p.deploy(txlab_api::TxMode::SagaOrch).await.expect("services start");
+    (p, e, dir)
+}
+
+/// A plan from the repository's profiles and scenarios.
+pub fn plan(profile: &str) -> Plan {
+    Plan::load(&repo().join("profiles").join(profile), &repo().join("scenarios")).expect("profile is valid")
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+/// Processes whose parent is `pid`, from /proc.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        // The command name may hold spaces; the fields after its closing paren are fixed.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let ppid = rest.split_whitespace().nth(1).and_then(|s| s.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+/// `pid` and all its descendants, with their command lines.
+pub fn tree(pid: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let cmd = std::fs::read(format!("/proc/{p}/cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        out.push((p, cmd));
+        todo.extend(children_of(p));
+    }
+    out
+}
+
+/// Whether a process with this pid and command line still runs.
+pub fn alive(pid: u32, cmd: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " ") == cmd)
+        .unwrap_or(false)
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+}

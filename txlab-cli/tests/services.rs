@@ -1,0 +1,172 @@
+//! The services on the real local platform: the audit catches tampering,
+//! the API refuses bad input with JSON reasons, idempotency keys hold, and
+//! an in-flight saga survives a killed order service.
+
+mod common;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sqlx::Connection;
+use txlab_api::Role;
+use txlab_cli::audit::{check, collect, quiesce};
+use txlab_cli::platform::local::{database_name, database_url};
+use txlab_cli::platform::{Endpoints, Platform};
+
+async fn reset_and_seed(client: &reqwest::Client, e: &Endpoints, seed: &txlab_api::admin::Seed) {
+    for role in Role::ALL {
+        let url = e.url(role).unwrap();
+        assert!(client.post(format!("{url}/admin/reset")).send().await.unwrap().status().is_success());
+        let r = client.post(format!("{url}/admin/seed")).json(seed).send().await.unwrap();
+        assert!(r.status().is_success(), "{role} seed: {}", r.status());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_reports_money_taken_behind_the_sagas_back() {
+    let (mut platform, _, dir) = common::deployed("tamper").await;
+    let mut plan = common::plan("smoke.yaml");
+    plan.cells.retain(|c| c.scenario.name == "happy-path");
+    let run = txlab_cli::results::RunDir::create(&dir.join("results"), "tamper").unwrap();
+    let summaries = txlab_cli::commands::run::run_cells(&mut platform, &plan, &run).await.unwrap();
+    assert_eq!(summaries[0].violations, 0, "control: the honest run is clean");
+
+    // Debit one customer's wallet directly, as a buggy service might.
+    let url = database_url(platform.admin_url(), &database_name(Role::Payment));
+    let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+    let customer: String = sqlx::query_scalar("SELECT customer FROM payments WHERE state = 'captured' LIMIT 1")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE wallets SET balance = balance - 99 WHERE customer = $1").bind(&customer).execute(&mut db).await.unwrap();
+
+    let endpoints = platform.deploy(txlab_api::TxMode::SagaOrch).await.unwrap();
+    let snaps = collect(&common::client(), &endpoints).await.unwrap();
+    let report = check(&plan.seed.seed, &snaps);
+    assert_eq!(report.violations.len(), 1, "{:#?}", report.violations);
+    let v = &report.violations[0];
+    assert_eq!(v.invariant, "money");
+    assert!(v.detail.contains(&format!("customer {customer}")), "{}", v.detail);
+    assert!(!v.orders.is_empty(), "the customer's orders are named");
+    platform.shutdown().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_answers_bad_input_with_json_reasons_and_honours_idempotency_keys() {
+    let (platform, e, dir) = common::deployed("api").await;
+    let plan = common::plan("smoke.yaml");
+    let client = common::client();
+    reset_and_seed(&client, &e, &plan.seed.seed).await;
+    let order_url = format!("{}/orders", e.url(Role::Order).unwrap());
+    let good = json!({"customer": "c00001", "items": [{"sku": "sku-0001", "qty": 1, "unit_price": 250}], "slot": "slot-001"});
+
+    let cases = [
+        (client.post(&order_url).header("content-type", "application/json").body("{not json"), 400, "bad_request"),
+        (client.post(&order_url).json(&json!({"customer": "c00001", "items": [], "slot": "slot-001"})), 400, "bad_request"),
+        (client.post(&order_url).json(&json!({"customer": "c1", "items": [], "slot": "s", "coupon": 1})), 400, "bad_request"),
+        (client.post(&order_url).body(good.to_string()), 415, "unsupported_media_type"),
+        (client.post(&order_url).header("x-txlab-fault", "payment.nowhere=error").json(&good), 400, "bad_request"),
+        (client.get(format!("{order_url}/not-a-uuid")), 400, "bad_request"),
+        (client.get(format!("{order_url}/{}", uuid::Uuid::nil())), 404, "not_found"),
+        (client.delete(&order_url), 405, "method_not_allowed"),
+        (client.post(&order_url).header("content-type", "application/json").body(vec![b' '; 100 * 1024]), 413, "payload_too_large"),
+    ];
+    for (i, (req, status, code)) in cases.into_iter().enumerate() {
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), status, "case {i}");
+        if !code.is_empty() {
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["error"], code, "case {i}: {body}");
+            assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "case {i}: {body}");
+        }
+    }
+
+    // The same key and body: the same order, once.
+    let first = client.post(&order_url).header("idempotency-key", "k-1").json(&good).send().await.unwrap();
+    assert_eq!(first.status().as_u16(), 202);
+    let first: Value = first.json().await.unwrap();
+    let again = client.post(&order_url).header("idempotency-key", "k-1").json(&good).send().await.unwrap();
+    assert_eq!(again.status().as_u16(), 200);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(first["id"], again["id"]);
+    // The same key with another body is the client's mistake.
+    let mut other = good.clone();
+    other["slot"] = json!("slot-002");
+    let clash = client.post(&order_url).header("idempotency-key", "k-1").json(&other).send().await.unwrap();
+    assert_eq!(clash.status().as_u16(), 422);
+    assert_eq!(clash.json::<Value>().await.unwrap()["error"], "idempotency_key_reused");
+
+    let decided: Value = client
+        .get(format!("{order_url}/{}?wait_ms=10000", first["id"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(decided["state"], "confirmed");
+    let (snaps, _, settled) = quiesce(&client, &e, Duration::from_secs(20)).await.unwrap();
+    assert!(settled);
+    assert_eq!(snaps.order.orders.len(), 1, "one order for two requests with one key");
+    assert_eq!(snaps.payment.payments.len(), 1);
+    // Cancelling a cancelled order is refused with a reason.
+    let id = first["id"].as_str().unwrap();
+    assert_eq!(client.post(format!("{order_url}/{id}/cancel")).send().await.unwrap().status().as_u16(), 202);
+    let after: Value = client.get(format!("{order_url}/{id}?wait_ms=10000")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(after["state"], "cancelled", "cancel after confirm compensates everything");
+    let twice = client.post(format!("{order_url}/{id}/cancel")).send().await.unwrap();
+    assert_eq!(twice.status().as_u16(), 409);
+    assert_eq!(twice.json::<Value>().await.unwrap()["error"], "already_terminal");
+    let (snaps, _, settled) = quiesce(&client, &e, Duration::from_secs(20)).await.unwrap();
+    assert!(settled);
+    assert_eq!(check(&plan.seed.seed, &snaps).violations, vec![]);
+
+    let metrics = client.get(format!("{}/metrics", e.url(Role::Order).unwrap())).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("txlab_http_requests_total{") && metrics.contains("route=\"/orders\""), "{metrics}");
+    assert!(metrics.contains("txlab_http_request_duration_seconds_bucket"));
+    platform.shutdown().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_flight_saga_resumes_after_the_order_service_is_killed() {
+    let (mut platform, e, dir) = common::deployed("resume").await;
+    let plan = common::plan("smoke.yaml");
+    let client = common::client();
+    reset_and_seed(&client, &e, &plan.seed.seed).await;
+    let order = json!({"customer": "c00002", "items": [{"sku": "sku-0002", "qty": 2, "unit_price": 400}], "slot": "slot-002"});
+    // Hold the inventory step long enough to kill the orchestrator mid-saga.
+    let created: Value = client
+        .post(format!("{}/orders", e.url(Role::Order).unwrap()))
+        .header("x-txlab-fault", "inventory.before_db=delay:1500")
+        .json(&order)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let e = platform.kill_and_restart(Role::Order).await.unwrap();
+
+    let after: Value = client
+        .get(format!("{}/orders/{id}?wait_ms=20000", e.url(Role::Order).unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(after["state"], "confirmed", "{after}");
+    let (snaps, _, settled) = quiesce(&client, &e, Duration::from_secs(20)).await.unwrap();
+    assert!(settled);
+    assert_eq!(check(&plan.seed.seed, &snaps).violations, vec![]);
+    let payment = snaps.payment.payments.iter().find(|p| p.order_id.to_string() == id).unwrap();
+    assert_eq!((payment.state.as_str(), payment.movements), ("captured", 1), "charged exactly once");
+    let order_log = std::fs::read_to_string(dir.join("logs/order.log")).unwrap();
+    assert!(order_log.contains("resuming in-flight sagas"), "the restarted service says it resumed");
+    platform.shutdown().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
