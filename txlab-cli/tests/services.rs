@@ -34,7 +34,7 @@ async fn the_audit_reports_money_taken_behind_the_sagas_back() {
     // Debit one customer's wallet directly, as a buggy service might.
     let url = database_url(platform.admin_url(), &database_name(Role::Payment));
     let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
-    let customer: String = sqlx::query_scalar("SELECT customer FROM payments WHERE state = 'captured' LIMIT 1")
+    let customer: String = sqlx::query_scalar("SELECT request->>'customer' FROM payments WHERE state = 'captured' LIMIT 1")
         .fetch_one(&mut db)
         .await
         .unwrap();

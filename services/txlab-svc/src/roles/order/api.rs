@@ -177,7 +177,10 @@ pub async fn cancel(
 ) -> Result<(StatusCode, Json<OrderView>), ApiError> {
     let Path(id) = path?;
     let flagged: Option<String> = sqlx::query_scalar(
-        "UPDATE orders SET cancel_requested = true, updated_ms = $2 \
+        // A confirmed order turns back to compensating at once, so readers
+        // (and long-polls) never see it as settled while it is being undone.
+        "UPDATE orders SET cancel_requested = true, updated_ms = $2, \
+         state = CASE WHEN state = 'confirmed' THEN 'compensating' ELSE state END \
          WHERE id = $1 AND state NOT IN ('rejected', 'cancelled') RETURNING state",
     )
     .bind(id)

@@ -79,13 +79,10 @@ pub async fn load_saga(conn: &mut PgConnection, order: &OrderRow) -> sqlx::Resul
     Ok(saga)
 }
 
-/// Orders whose saga has work left: running, compensating, or confirmed
-/// with a cancel not yet carried out.
+/// Orders whose saga has work left (a cancel of a confirmed order turns it
+/// back to `compensating` in the same statement that records the cancel).
 pub async fn open_orders(pool: &PgPool) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar(
-        "SELECT id FROM orders WHERE state IN ('pending', 'compensating') \
-         OR (state = 'confirmed' AND cancel_requested) ORDER BY created_ms",
-    )
+    sqlx::query_scalar("SELECT id FROM orders WHERE state IN ('pending', 'compensating') ORDER BY created_ms")
     .fetch_all(pool)
     .await
 }
