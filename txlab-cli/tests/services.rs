@@ -97,14 +97,7 @@ async fn the_api_answers_bad_input_with_json_reasons_and_honours_idempotency_key
     assert_eq!(clash.status().as_u16(), 422);
     assert_eq!(clash.json::<Value>().await.unwrap()["error"], "idempotency_key_reused");
 
-    let decided: Value = client
-        .get(format!("{order_url}/{}?wait_ms=10000", first["id"].as_str().unwrap()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let decided = common::get_json(&client, &format!("{order_url}/{}?wait_ms=10000", first["id"].as_str().unwrap())).await;
     assert_eq!(decided["state"], "confirmed");
     let (snaps, _, settled) = quiesce(&client, &e, Duration::from_secs(20)).await.unwrap();
     assert!(settled);
@@ -113,7 +106,7 @@ async fn the_api_answers_bad_input_with_json_reasons_and_honours_idempotency_key
     // Cancelling a cancelled order is refused with a reason.
     let id = first["id"].as_str().unwrap();
     assert_eq!(client.post(format!("{order_url}/{id}/cancel")).send().await.unwrap().status().as_u16(), 202);
-    let after: Value = client.get(format!("{order_url}/{id}?wait_ms=10000")).send().await.unwrap().json().await.unwrap();
+    let after = common::get_json(&client, &format!("{order_url}/{id}?wait_ms=10000")).await;
     assert_eq!(after["state"], "cancelled", "cancel after confirm compensates everything");
     let twice = client.post(format!("{order_url}/{id}/cancel")).send().await.unwrap();
     assert_eq!(twice.status().as_u16(), 409);
@@ -151,14 +144,7 @@ async fn an_in_flight_saga_resumes_after_the_order_service_is_killed() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     let e = platform.kill_and_restart(Role::Order).await.unwrap();
 
-    let after: Value = client
-        .get(format!("{}/orders/{id}?wait_ms=20000", e.url(Role::Order).unwrap()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let after = common::get_json(&client, &format!("{}/orders/{id}?wait_ms=20000", e.url(Role::Order).unwrap())).await;
     assert_eq!(after["state"], "confirmed", "{after}");
     let (snaps, _, settled) = quiesce(&client, &e, Duration::from_secs(20)).await.unwrap();
     assert!(settled);

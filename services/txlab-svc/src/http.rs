@@ -195,3 +195,47 @@ pub fn common(role_routes: Router, metrics: Arc<Metrics>) -> Router {
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(metrics, track))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    async fn body_json(resp: Response) -> (StatusCode, serde_json::Value) {
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn internal_errors_keep_their_details_out_of_the_reply() {
+        let err = ApiError::Internal(anyhow::anyhow!("relation \"wallets\" does not exist: SELECT secret"));
+        let (status, body) = body_json(err.into_response()).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body, serde_json::json!({"error": "internal", "message": "internal error"}));
+    }
+
+    #[tokio::test]
+    async fn refusals_carry_their_business_code() {
+        let (status, body) = body_json(ApiError::refused("no_slot", "slot s1 is full").into_response()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(body["error"], "no_slot");
+        assert_eq!(body["message"], "slot s1 is full");
+    }
+
+    #[tokio::test]
+    async fn unknown_routes_and_methods_answer_in_json() {
+        let metrics = Arc::new(Metrics::new(txlab_api::Role::Payment));
+        let app = common(Router::new().route("/x", axum::routing::post(|| async { "ok" })), metrics.clone());
+        let (status, body) = body_json(app.clone().oneshot(Request::get("/nowhere").body(Body::empty()).unwrap()).await.unwrap()).await;
+        assert_eq!((status, body["error"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+        let (status, body) = body_json(app.clone().oneshot(Request::get("/x").body(Body::empty()).unwrap()).await.unwrap()).await;
+        assert_eq!((status, body["error"].as_str()), (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed")));
+        // Both were counted, under their route pattern.
+        let text = metrics.render();
+        assert!(text.contains(r#"txlab_http_requests_total{method="GET",route="unmatched",status="404",role="payment"} 1"#), "{text}");
+        assert!(text.contains(r#"route="/x",status="405",role="payment"} 1"#), "{text}");
+    }
+}

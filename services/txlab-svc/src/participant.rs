@@ -38,10 +38,20 @@ pub struct Refusal {
     pub message: String,
 }
 
+/// A participant's business table: one row per key (customer, SKU, slot)
+/// with an amount and how much of it is held (reserved or booked).
+pub struct BusinessTable {
+    pub table: &'static str,
+    pub key: &'static str,
+    pub amount: &'static str,
+    pub held: &'static str,
+}
+
 /// What a participant does to its business table; the record-keeping around
 /// it is shared (see the module docs).
 pub trait Participant: Send + Sync + 'static {
     const ROLE: Role;
+    const BUSINESS: BusinessTable;
     /// Table of per-order records.
     const RECORDS: &'static str;
     /// Record state once the forward operation applied, e.g. `captured`.
@@ -230,6 +240,30 @@ pub struct RecordRow {
     pub state: String,
     pub request: serde_json::Value,
     pub movements: i32,
+}
+
+/// Sets each business row's starting amount and clears what it held.
+pub async fn seed<P: Participant>(conn: &mut PgConnection, rows: &[(&str, i64)]) -> sqlx::Result<usize> {
+    let BusinessTable { table, key, amount, held } = P::BUSINESS;
+    let keys: Vec<&str> = rows.iter().map(|r| r.0).collect();
+    let amounts: Vec<i64> = rows.iter().map(|r| r.1).collect();
+    sqlx::query(&format!(
+        "INSERT INTO {table} ({key}, {amount}) SELECT * FROM UNNEST($1::text[], $2::bigint[]) \
+         ON CONFLICT ({key}) DO UPDATE SET {amount} = EXCLUDED.{amount}, {held} = 0"
+    ))
+    .bind(&keys)
+    .bind(&amounts)
+    .execute(conn)
+    .await?;
+    Ok(rows.len())
+}
+
+/// Every business row as (key, amount, held), for the audit snapshot.
+pub async fn business_rows<P: Participant>(conn: &mut PgConnection) -> sqlx::Result<Vec<(String, i64, i64)>> {
+    let BusinessTable { table, key, amount, held } = P::BUSINESS;
+    sqlx::query_as(&format!("SELECT {key}, {amount}, {held} FROM {table} ORDER BY {key}"))
+        .fetch_all(conn)
+        .await
 }
 
 /// Every record, for the audit snapshot.

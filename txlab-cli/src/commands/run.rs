@@ -97,7 +97,15 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
     let mut platform = tokio::select! {
-        p = LocalPlatform::start(opts) => p?,
+        p = LocalPlatform::start(opts) => match p {
+            Ok(p) => p,
+            Err(e) => {
+                // Keep the directory self-describing: it holds the start-up logs.
+                let status = format!("failed to start: {e:#}");
+                run.write_json("run.json", &run_metadata(&plan, &run, started, &status, json!({"name": "local"})).await)?;
+                return Err(e);
+            }
+        },
         _ = &mut interrupted => {
             // The half-started platform was dropped; the reaper cleans up after it.
             eprintln!("txlab: interrupted during start-up");

@@ -7,7 +7,7 @@ use txlab_api::admin::{InventorySnapshot, ReservationRow, StockLevel, StockRow};
 use txlab_api::participant::{reasons, ReserveLine, ReserveRequest};
 use txlab_api::Role;
 
-use crate::participant::{records, Participant, Refusal};
+use crate::participant::{business_rows, records, BusinessTable, Participant, Refusal};
 
 pub struct Inventory;
 
@@ -22,6 +22,7 @@ fn per_sku(lines: &[ReserveLine]) -> BTreeMap<&str, i64> {
 }
 
 impl Participant for Inventory {
+    const BUSINESS: BusinessTable = BusinessTable { table: "stock", key: "sku", amount: "available", held: "reserved" };
     const ROLE: Role = Role::Inventory;
     const RECORDS: &'static str = "reservations";
     const APPLIED: &'static str = "reserved";
@@ -79,23 +80,12 @@ impl Participant for Inventory {
 }
 
 pub async fn seed(conn: &mut PgConnection, stock: &[StockLevel]) -> sqlx::Result<usize> {
-    let skus: Vec<&str> = stock.iter().map(|s| s.sku.as_str()).collect();
-    let available: Vec<i64> = stock.iter().map(|s| s.available).collect();
-    sqlx::query(
-        "INSERT INTO stock (sku, available) SELECT * FROM UNNEST($1::text[], $2::bigint[]) \
-         ON CONFLICT (sku) DO UPDATE SET available = EXCLUDED.available, reserved = 0",
-    )
-    .bind(&skus)
-    .bind(&available)
-    .execute(conn)
-    .await?;
-    Ok(stock.len())
+    let rows: Vec<(&str, i64)> = stock.iter().map(|s| (s.sku.as_str(), s.available)).collect();
+    crate::participant::seed::<Inventory>(conn, &rows).await
 }
 
 pub async fn snapshot(conn: &mut PgConnection) -> sqlx::Result<InventorySnapshot> {
-    let stock: Vec<(String, i64, i64)> = sqlx::query_as("SELECT sku, available, reserved FROM stock ORDER BY sku")
-        .fetch_all(&mut *conn)
-        .await?;
+    let stock = business_rows::<Inventory>(conn).await?;
     let reservations = records::<Inventory>(conn)
         .await?
         .into_iter()

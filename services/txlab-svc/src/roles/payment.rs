@@ -5,11 +5,12 @@ use txlab_api::admin::{PaymentRow, PaymentSnapshot, Wallet, WalletRow};
 use txlab_api::participant::{reasons, ChargeRequest};
 use txlab_api::Role;
 
-use crate::participant::{records, Participant, Refusal};
+use crate::participant::{business_rows, records, BusinessTable, Participant, Refusal};
 
 pub struct Payment;
 
 impl Participant for Payment {
+    const BUSINESS: BusinessTable = BusinessTable { table: "wallets", key: "customer", amount: "balance", held: "reserved" };
     const ROLE: Role = Role::Payment;
     const RECORDS: &'static str = "payments";
     const APPLIED: &'static str = "captured";
@@ -63,23 +64,12 @@ impl Participant for Payment {
 }
 
 pub async fn seed(conn: &mut PgConnection, wallets: &[Wallet]) -> sqlx::Result<usize> {
-    let customers: Vec<&str> = wallets.iter().map(|w| w.customer.as_str()).collect();
-    let balances: Vec<i64> = wallets.iter().map(|w| w.balance).collect();
-    sqlx::query(
-        "INSERT INTO wallets (customer, balance) SELECT * FROM UNNEST($1::text[], $2::bigint[]) \
-         ON CONFLICT (customer) DO UPDATE SET balance = EXCLUDED.balance, reserved = 0",
-    )
-    .bind(&customers)
-    .bind(&balances)
-    .execute(conn)
-    .await?;
-    Ok(wallets.len())
+    let rows: Vec<(&str, i64)> = wallets.iter().map(|w| (w.customer.as_str(), w.balance)).collect();
+    crate::participant::seed::<Payment>(conn, &rows).await
 }
 
 pub async fn snapshot(conn: &mut PgConnection) -> sqlx::Result<PaymentSnapshot> {
-    let wallets: Vec<(String, i64, i64)> = sqlx::query_as("SELECT customer, balance, reserved FROM wallets ORDER BY customer")
-        .fetch_all(&mut *conn)
-        .await?;
+    let wallets = business_rows::<Payment>(conn).await?;
     let payments = records::<Payment>(conn)
         .await?
         .into_iter()

@@ -5,11 +5,12 @@ use txlab_api::admin::{ShipmentRow, ShippingSnapshot, Slot, SlotRow};
 use txlab_api::participant::{reasons, BookRequest};
 use txlab_api::Role;
 
-use crate::participant::{records, Participant, Refusal};
+use crate::participant::{business_rows, records, BusinessTable, Participant, Refusal};
 
 pub struct Shipping;
 
 impl Participant for Shipping {
+    const BUSINESS: BusinessTable = BusinessTable { table: "slots", key: "slot", amount: "capacity", held: "booked" };
     const ROLE: Role = Role::Shipping;
     const RECORDS: &'static str = "shipments";
     const APPLIED: &'static str = "booked";
@@ -58,23 +59,12 @@ impl Participant for Shipping {
 }
 
 pub async fn seed(conn: &mut PgConnection, slots: &[Slot]) -> sqlx::Result<usize> {
-    let names: Vec<&str> = slots.iter().map(|s| s.slot.as_str()).collect();
-    let capacity: Vec<i64> = slots.iter().map(|s| s.capacity).collect();
-    sqlx::query(
-        "INSERT INTO slots (slot, capacity) SELECT * FROM UNNEST($1::text[], $2::bigint[]) \
-         ON CONFLICT (slot) DO UPDATE SET capacity = EXCLUDED.capacity, booked = 0",
-    )
-    .bind(&names)
-    .bind(&capacity)
-    .execute(conn)
-    .await?;
-    Ok(slots.len())
+    let rows: Vec<(&str, i64)> = slots.iter().map(|s| (s.slot.as_str(), s.capacity)).collect();
+    crate::participant::seed::<Shipping>(conn, &rows).await
 }
 
 pub async fn snapshot(conn: &mut PgConnection) -> sqlx::Result<ShippingSnapshot> {
-    let slots: Vec<(String, i64, i64)> = sqlx::query_as("SELECT slot, capacity, booked FROM slots ORDER BY slot")
-        .fetch_all(&mut *conn)
-        .await?;
+    let slots = business_rows::<Shipping>(conn).await?;
     let shipments = records::<Shipping>(conn)
         .await?
         .into_iter()

@@ -125,10 +125,35 @@ impl Supervised {
     }
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// Ports handed to children come from below Linux's default ephemeral
+/// range (32768–60999): a port the kernel picks for `bind(0)` lives in that
+/// range, so outgoing connections made before the child binds (the lab's
+/// own, the services') could take it in between.
+const PORT_RANGE: std::ops::Range<u16> = 20_000..32_000;
+
+/// `n` distinct ports below the ephemeral range, free on 127.0.0.1 right
+/// now (each is held until all are found, so none is handed out twice).
+pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n * 200 {
+        if held.len() == n {
+            break;
+        }
+        let port = rng.gen_range(PORT_RANGE);
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+        }
+    }
+    if held.len() < n {
+        bail!("could not find {n} free ports on 127.0.0.1 between {} and {}", PORT_RANGE.start, PORT_RANGE.end);
+    }
+    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+}
+
 pub fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(l.local_addr()?.port())
+    Ok(free_ports(1)?[0])
 }
 
 /// The last lines of a log, for error messages.

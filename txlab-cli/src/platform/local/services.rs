@@ -8,7 +8,7 @@ use anyhow::bail;
 use txlab_api::{Role, TxMode};
 
 use super::postgres::{database_name, database_url};
-use super::process::{contain, free_port, log_sink, log_tail, Supervised};
+use super::process::{contain, free_ports, log_sink, log_tail, Supervised};
 use super::reaper::Reaper;
 
 pub struct Service {
@@ -28,7 +28,7 @@ pub struct Wiring<'a> {
 
 /// Starts all five services and waits until each answers `/health`.
 pub async fn start_all(w: &Wiring<'_>, reaper: &mut Reaper) -> anyhow::Result<BTreeMap<Role, Service>> {
-    let ports: BTreeMap<Role, u16> = Role::ALL.iter().map(|r| Ok((*r, free_port()?))).collect::<anyhow::Result<_>>()?;
+    let ports: BTreeMap<Role, u16> = Role::ALL.into_iter().zip(free_ports(Role::ALL.len())?).collect();
     let url = |r: Role| format!("http://127.0.0.1:{}", ports[&r]);
     let mut started = BTreeMap::new();
     for role in Role::ALL {

@@ -27,6 +27,9 @@ fn from_env(var: &str) -> anyhow::Result<Option<PathBuf>> {
 /// then Debian's versioned directories (newest first).
 pub fn postgres_bin_dir() -> anyhow::Result<PathBuf> {
     if let Some(p) = from_env("TXLAB_PG_BIN")? {
+        if !(p.join("initdb").is_file() && p.join("postgres").is_file()) {
+            bail!("TXLAB_PG_BIN={} holds no initdb and postgres; point it at PostgreSQL's bin directory", p.display());
+        }
         return Ok(p);
     }
     if let Some(initdb) = on_path("initdb") {
