@@ -4,14 +4,16 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Starts `txlab run` on the quick profile and waits until every service is up.
+/// The caller signals and waits for the returned child.
+#[allow(clippy::zombie_processes)]
 fn start_run(name: &str) -> (std::process::Child, PathBuf, Vec<(u32, String)>, PathBuf) {
     let results = common::temp_dir(name);
-    let child = Command::new(env!("CARGO_BIN_EXE_txlab"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_txlab"))
         .args(["run", "--profile"])
         .arg(common::repo().join("profiles/quick.yaml"))
         .arg("--results")
@@ -36,13 +38,17 @@ fn start_run(name: &str) -> (std::process::Child, PathBuf, Vec<(u32, String)>, P
                 .expect("postgres runs from the scratch directory");
             return (child, results, tree, scratch);
         }
-        assert!(Instant::now() < deadline, "the lab did not come up in 90 s: {tree:?}");
+        if Instant::now() >= deadline {
+            let _ = child.kill(); // the lab's reaper then cleans up after it
+            let _ = child.wait();
+            panic!("the lab did not come up in 90 s: {tree:?}");
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
 }
 
 /// Waits until none of `procs` runs and `scratch` is gone.
-fn assert_all_gone(procs: &[(u32, String)], scratch: &PathBuf) {
+fn assert_all_gone(procs: &[(u32, String)], scratch: &Path) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let left: Vec<_> = procs.iter().filter(|(p, c)| common::alive(*p, c)).collect();
