@@ -61,6 +61,9 @@ pub struct OrderSnapshot {
 pub struct PaymentSnapshot {
     pub wallets: Vec<WalletRow>,
     pub payments: Vec<PaymentRow>,
+    /// 2PC branches prepared and not yet decided.
+    #[serde(default)]
+    pub prepared_transactions: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +91,9 @@ pub struct PaymentRow {
 pub struct InventorySnapshot {
     pub stock: Vec<StockRow>,
     pub reservations: Vec<ReservationRow>,
+    /// 2PC branches prepared and not yet decided.
+    #[serde(default)]
+    pub prepared_transactions: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,6 +116,9 @@ pub struct ReservationRow {
 pub struct ShippingSnapshot {
     pub slots: Vec<SlotRow>,
     pub shipments: Vec<ShipmentRow>,
+    /// 2PC branches prepared and not yet decided.
+    #[serde(default)]
+    pub prepared_transactions: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

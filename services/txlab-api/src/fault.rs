@@ -23,17 +23,52 @@ pub enum FaultPoint {
     AfterDb,
     /// Just before the reply is sent.
     BeforeReply,
+    /// After an event was stored for publishing (event-driven methods).
+    AfterEvent,
+    /// 2PC: the work is done, before `PREPARE TRANSACTION`.
+    DuringPrepare,
+    /// 2PC: before `COMMIT PREPARED`.
+    DuringCommit,
+    /// TCC: the hold is made, before its transaction commits.
+    DuringTry,
+    /// TCC: before the confirm's transaction commits.
+    DuringConfirm,
+    /// TCC: before the cancel's transaction commits.
+    DuringCancel,
 }
 
 impl FaultPoint {
-    pub const ALL: [FaultPoint; 3] = [FaultPoint::BeforeDb, FaultPoint::AfterDb, FaultPoint::BeforeReply];
+    pub const ALL: [FaultPoint; 9] = [
+        FaultPoint::BeforeDb,
+        FaultPoint::AfterDb,
+        FaultPoint::BeforeReply,
+        FaultPoint::AfterEvent,
+        FaultPoint::DuringPrepare,
+        FaultPoint::DuringCommit,
+        FaultPoint::DuringTry,
+        FaultPoint::DuringConfirm,
+        FaultPoint::DuringCancel,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             FaultPoint::BeforeDb => "before_db",
             FaultPoint::AfterDb => "after_db",
             FaultPoint::BeforeReply => "before_reply",
+            FaultPoint::AfterEvent => "after_event",
+            FaultPoint::DuringPrepare => "during_prepare",
+            FaultPoint::DuringCommit => "during_commit",
+            FaultPoint::DuringTry => "during_try",
+            FaultPoint::DuringConfirm => "during_confirm",
+            FaultPoint::DuringCancel => "during_cancel",
         }
+    }
+
+    pub fn parse(s: &str) -> Result<FaultPoint, String> {
+        FaultPoint::ALL.into_iter().find(|p| p.as_str() == s).ok_or_else(|| {
+            let names: Vec<&str> = FaultPoint::ALL.iter().map(|p| p.as_str()).collect();
+            format!("unknown fault point `{s}`; expected one of {}", names.join(", "))
+        })
     }
 }
 
@@ -43,6 +78,108 @@ pub enum FaultAction {
     Error,
     DelayMs(u64),
     Crash,
+}
+
+impl FaultAction {
+    /// `error`, `crash` or `delay:<ms>` (at most 60 s).
+    pub fn parse(text: &str) -> Result<FaultAction, String> {
+        match text {
+            "error" => Ok(FaultAction::Error),
+            "crash" => Ok(FaultAction::Crash),
+            other => match other.strip_prefix("delay:").map(str::parse::<u64>) {
+                Some(Ok(ms)) if ms <= 60_000 => Ok(FaultAction::DelayMs(ms)),
+                Some(Ok(_)) => Err(format!("delay `{other}` exceeds 60000 ms")),
+                _ => Err(format!("unknown fault action `{other}`; expected error, crash or delay:<ms>")),
+            },
+        }
+    }
+}
+
+/// A fault that stands for every request a service serves, set at start
+/// (`FAULT_MODE`, `FAULT_POINT`, `FAULT_PERCENT`, `FAULT_ACTION`) or at run
+/// time (`PUT /admin/faults`). `FAULT_POINT=crash` is short for crashing
+/// right after the local commit (`after_db` with action `crash`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StandingFault {
+    pub mode: FaultMode,
+    #[serde(default)]
+    pub point: Option<FaultPoint>,
+    /// Share of requests hit in `percent` mode, 0 to 100.
+    #[serde(default)]
+    pub percent: f64,
+    #[serde(default = "default_action")]
+    pub action: FaultAction,
+}
+
+fn default_action() -> FaultAction {
+    FaultAction::Error
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultMode {
+    None,
+    Always,
+    Percent,
+}
+
+impl StandingFault {
+    pub const NONE: StandingFault = StandingFault { mode: FaultMode::None, point: None, percent: 0.0, action: FaultAction::Error };
+
+    /// From the four environment values (each may be absent).
+    pub fn from_env(mode: Option<&str>, point: Option<&str>, percent: Option<&str>, action: Option<&str>) -> Result<StandingFault, String> {
+        let mode = match mode.unwrap_or("none") {
+            "none" => FaultMode::None,
+            "always" => FaultMode::Always,
+            "percent" => FaultMode::Percent,
+            other => return Err(format!("FAULT_MODE `{other}` is not none, always or percent")),
+        };
+        let mut action = match action {
+            Some(a) => FaultAction::parse(a).map_err(|e| format!("FAULT_ACTION: {e}"))?,
+            None => FaultAction::Error,
+        };
+        let point = match point {
+            None => None,
+            Some("crash") => {
+                action = FaultAction::Crash;
+                Some(FaultPoint::AfterDb)
+            }
+            Some(p) => Some(FaultPoint::parse(p).map_err(|e| format!("FAULT_POINT: {e}"))?),
+        };
+        let percent = match percent {
+            None => 0.0,
+            Some(p) => p.parse::<f64>().map_err(|_| format!("FAULT_PERCENT `{p}` is not a number"))?,
+        };
+        let fault = StandingFault { mode, point, percent, action };
+        fault.validate()?;
+        Ok(fault)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.mode != FaultMode::None && self.point.is_none() {
+            return Err("a fault mode other than none needs a point".into());
+        }
+        if !(0.0..=100.0).contains(&self.percent) {
+            return Err(format!("fault percent {} is not between 0 and 100", self.percent));
+        }
+        if self.mode == FaultMode::Percent && self.percent == 0.0 {
+            return Err("percent mode needs a percent above 0".into());
+        }
+        Ok(())
+    }
+
+    /// Whether this fault hits `point` now; `draw` is uniform in [0, 100).
+    pub fn hits(&self, point: FaultPoint, draw: f64) -> Option<FaultAction> {
+        if self.point != Some(point) {
+            return None;
+        }
+        match self.mode {
+            FaultMode::None => None,
+            FaultMode::Always => Some(self.action),
+            FaultMode::Percent => (draw < self.percent).then_some(self.action),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,23 +207,8 @@ impl FaultSpec {
                 .split_once('.')
                 .ok_or_else(|| format!("fault target `{target}` must be `role.point`, e.g. `payment.before_db`"))?;
             let role: Role = role.parse()?;
-            let point = FaultPoint::ALL
-                .into_iter()
-                .find(|p| p.as_str() == point)
-                .ok_or_else(|| format!("unknown fault point `{point}`; expected before_db, after_db or before_reply"))?;
-            let action = match action {
-                "error" => FaultAction::Error,
-                "crash" => FaultAction::Crash,
-                other => match other.strip_prefix("delay:").map(str::parse::<u64>) {
-                    Some(Ok(ms)) if ms <= 60_000 => FaultAction::DelayMs(ms),
-                    Some(Ok(_)) => return Err(format!("delay in `{part}` exceeds 60000 ms")),
-                    _ => {
-                        return Err(format!(
-                            "unknown fault action `{other}`; expected error, crash or delay:<ms>"
-                        ))
-                    }
-                },
-            };
+            let point = FaultPoint::parse(point)?;
+            let action = FaultAction::parse(action)?;
             rules.push(FaultRule { role, point, action });
         }
         Ok(FaultSpec { rules })
@@ -121,7 +243,22 @@ mod tests {
         assert!(FaultSpec::parse("payment=error").unwrap_err().contains("role.point"));
         assert!(FaultSpec::parse("bank.before_db=error").unwrap_err().contains("unknown role"));
         assert!(FaultSpec::parse("payment.during=error").unwrap_err().contains("unknown fault point"));
+        assert!(FaultSpec::parse("payment.during_try=crash").is_ok());
         assert!(FaultSpec::parse("payment.before_db=explode").unwrap_err().contains("unknown fault action"));
         assert!(FaultSpec::parse("payment.before_db=delay:999999").unwrap_err().contains("60000"));
+    }
+
+    #[test]
+    fn standing_faults_from_the_environment() {
+        assert_eq!(StandingFault::from_env(None, None, None, None).unwrap(), StandingFault::NONE);
+        let crash = StandingFault::from_env(Some("always"), Some("crash"), None, None).unwrap();
+        assert_eq!(crash.hits(FaultPoint::AfterDb, 99.0), Some(FaultAction::Crash));
+        assert_eq!(crash.hits(FaultPoint::BeforeDb, 0.0), None);
+        let some = StandingFault::from_env(Some("percent"), Some("during_try"), Some("25"), Some("delay:10")).unwrap();
+        assert_eq!(some.hits(FaultPoint::DuringTry, 24.9), Some(FaultAction::DelayMs(10)));
+        assert_eq!(some.hits(FaultPoint::DuringTry, 25.0), None);
+        assert!(StandingFault::from_env(Some("sometimes"), None, None, None).unwrap_err().contains("FAULT_MODE"));
+        assert!(StandingFault::from_env(Some("always"), None, None, None).unwrap_err().contains("needs a point"));
+        assert!(StandingFault::from_env(Some("percent"), Some("after_db"), Some("120"), None).unwrap_err().contains("between 0 and 100"));
     }
 }

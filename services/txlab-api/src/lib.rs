@@ -108,7 +108,7 @@ impl TxMode {
     /// Whether this build of the services carries an engine for the method.
     /// The others are accepted by the spec but refused before anything starts.
     pub fn is_implemented(self) -> bool {
-        matches!(self, TxMode::SagaOrch)
+        matches!(self, TxMode::SagaOrch | TxMode::Tcc | TxMode::Twopc)
     }
 }
 

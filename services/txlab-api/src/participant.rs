@@ -57,3 +57,19 @@ pub mod reasons {
     /// The operation's compensation already ran, so it may not run now.
     pub const ALREADY_COMPENSATED: &str = "already_compensated";
 }
+
+/// A two-phase decision (2PC and TCC share the coordinator log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionKind {
+    Commit,
+    Abort,
+}
+
+/// `GET /twopc/{order_id}/decision` on the order service: the logged
+/// decision, or `null` while the transaction is still undecided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    pub order_id: Uuid,
+    pub decision: Option<DecisionKind>,
+}

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 
 use anyhow::{bail, Context};
+use txlab_api::fault::StandingFault;
 use txlab_api::{Role, TxMode};
 
 #[derive(Debug, Clone)]
@@ -20,6 +21,10 @@ pub struct Config {
     pub tx_mode: TxMode,
     /// `PAYMENT_URL`, `INVENTORY_URL`, `SHIPPING_URL`: the order service's peers.
     pub peers: Peers,
+    /// `ORDER_URL`: where participants ask about in-doubt 2PC branches.
+    pub order_url: Option<String>,
+    /// `FAULT_MODE`, `FAULT_POINT`, `FAULT_PERCENT`, `FAULT_ACTION`.
+    pub standing_fault: StandingFault,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -52,7 +57,7 @@ impl Config {
             .map_err(anyhow::Error::msg)
             .context("TX_MODE")?;
         if !tx_mode.is_implemented() {
-            bail!("TX_MODE={tx_mode} has no engine in this build yet; use saga_orch");
+            bail!("TX_MODE={tx_mode} has no engine in this build yet; use saga_orch, tcc or twopc");
         }
         let kafka_brokers = match role {
             Role::Order | Role::Notification => Some(required("KAFKA_BROKERS")?),
@@ -67,7 +72,16 @@ impl Config {
         } else {
             Peers::default()
         };
+        let standing_fault = StandingFault::from_env(
+            var("FAULT_MODE").as_deref(),
+            var("FAULT_POINT").as_deref(),
+            var("FAULT_PERCENT").as_deref(),
+            var("FAULT_ACTION").as_deref(),
+        )
+        .map_err(anyhow::Error::msg)?;
         Ok(Config {
+            order_url: var("ORDER_URL").filter(|v| !v.is_empty()),
+            standing_fault,
             role,
             listen,
             database_url: required("DATABASE_URL")?,
@@ -98,10 +112,22 @@ mod tests {
 
     #[test]
     fn unimplemented_methods_are_refused_at_start() {
-        let err = Config::from_env(Role::Payment, env(&[("DATABASE_URL", "postgres://x"), ("TX_MODE", "twopc")])).unwrap_err();
-        assert!(format!("{err:#}").contains("twopc has no engine"));
+        let err = Config::from_env(Role::Payment, env(&[("DATABASE_URL", "postgres://x"), ("TX_MODE", "saga_chor")])).unwrap_err();
+        assert!(format!("{err:#}").contains("saga_chor has no engine"));
         let err = Config::from_env(Role::Payment, env(&[("DATABASE_URL", "postgres://x"), ("TX_MODE", "xa")])).unwrap_err();
         assert!(format!("{err:#}").contains("unknown transaction method `xa`"));
+    }
+
+    #[test]
+    fn a_malformed_fault_setting_stops_the_service_at_start() {
+        let err = Config::from_env(Role::Payment, env(&[("DATABASE_URL", "postgres://x"), ("FAULT_MODE", "always")])).unwrap_err();
+        assert!(format!("{err:#}").contains("needs a point"));
+        let c = Config::from_env(
+            Role::Payment,
+            env(&[("DATABASE_URL", "postgres://x"), ("FAULT_MODE", "percent"), ("FAULT_POINT", "during_try"), ("FAULT_PERCENT", "10")]),
+        )
+        .unwrap();
+        assert_eq!(c.standing_fault.percent, 10.0);
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! - [`saga`]: the orchestrated saga as a pure state machine: given what has
 //!   been persisted, it names the next action (run a step, compensate one,
 //!   finish). Resuming after a crash is just loading the records again.
+//! - [`twophase`]: the 2PC / TCC coordinator as a pure state machine: votes,
+//!   one durable decision, then that decision driven everywhere.
 //! - [`retry`]: exponential backoff with jitter and a cap.
 //! - [`outbox`]: write an event in the caller's transaction; a relay
 //!   publishes it (`FOR UPDATE SKIP LOCKED`, woken by LISTEN/NOTIFY).
@@ -14,11 +16,26 @@
 //! - [`kafka`]: producer, consumer and topic set-up with the settings the lab
 //!   records (idempotent producer, `linger.ms=0`).
 
+/// Names persisted states as text: `as_str` for writing, `parse` for reading.
+macro_rules! str_enum {
+    ($t:ty { $($v:ident => $s:literal),* $(,)? }) => {
+        impl $t {
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$v => $s),* }
+            }
+            pub fn parse(s: &str) -> Option<Self> {
+                match s { $($s => Some(Self::$v),)* _ => None }
+            }
+        }
+    };
+}
+
 pub mod inbox;
 pub mod kafka;
 pub mod outbox;
 pub mod retry;
 pub mod saga;
+pub mod twophase;
 
 /// Milliseconds since the Unix epoch, the one clock format the lab stores.
 pub fn now_ms() -> i64 {

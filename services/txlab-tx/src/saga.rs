@@ -33,18 +33,6 @@ pub enum Compensation {
     Done,
 }
 
-macro_rules! str_enum {
-    ($t:ty { $($v:ident => $s:literal),* $(,)? }) => {
-        impl $t {
-            pub fn as_str(self) -> &'static str {
-                match self { $(Self::$v => $s),* }
-            }
-            pub fn parse(s: &str) -> Option<Self> {
-                match s { $($s => Some(Self::$v),)* _ => None }
-            }
-        }
-    };
-}
 str_enum!(Forward { NotStarted => "not_started", Started => "started", Done => "done", Rejected => "rejected", Unknown => "unknown" });
 str_enum!(Compensation { NotStarted => "not_started", Started => "started", Done => "done" });
 

@@ -43,13 +43,17 @@ impl Audit {
     }
 }
 
-/// How many business changes a participant record implies: applied once,
-/// undone once more, and none for refused or voided records.
-fn expected_movements(state: &str, applied: &str, undone: &str) -> Option<i32> {
+/// How many business changes a participant record implies under `method`.
+/// A saga step or 2PC branch applies in one change; a TCC branch holds
+/// (try) then takes (confirm); undoing or letting go is one more.
+fn expected_movements(state: &str, applied: &str, undone: &str, method: &str) -> Option<i32> {
+    let tcc = method == "tcc";
     match state {
-        s if s == applied => Some(1),
-        s if s == undone => Some(2),
         "rejected" | "voided" => Some(0),
+        "tried" if tcc => Some(1),
+        "aborted" if tcc => Some(2),
+        s if s == applied => Some(if tcc { 2 } else { 1 }),
+        s if s == undone => Some(if tcc { 3 } else { 2 }),
         _ => None,
     }
 }
@@ -156,7 +160,8 @@ fn slots(a: &mut Audit, s: &Snapshots) {
     let mut live: HashMap<&str, (i64, Vec<Uuid>)> = HashMap::new();
     for sh in &s.shipping.shipments {
         let e = live.entry(sh.slot.as_str()).or_default();
-        if sh.state == "booked" {
+        // A TCC try already occupies the slot.
+        if sh.state == "booked" || sh.state == "tried" {
             e.0 += 1;
             e.1.push(sh.order_id);
         }
@@ -180,6 +185,10 @@ fn atomicity_and_termination(a: &mut Audit, s: &Snapshots) {
         let captured = pay.get(&o.id).is_some_and(|p| p.state == "captured");
         let reserved = inv.get(&o.id).is_some_and(|r| r.state == "reserved");
         let booked = shp.get(&o.id).is_some_and(|x| x.state == "booked");
+        // Held by a TCC try that was never confirmed nor cancelled.
+        let held = [pay.get(&o.id).map(|p| p.state.as_str()), inv.get(&o.id).map(|r| r.state.as_str()), shp.get(&o.id).map(|x| x.state.as_str())]
+            .into_iter()
+            .any(|st| st == Some("tried"));
         match o.state {
             OrderState::Pending | OrderState::Compensating => {
                 a.flag("termination", format!("order {} is still {} after quiesce", o.id, o.state), vec![o.id]);
@@ -216,7 +225,7 @@ fn atomicity_and_termination(a: &mut Audit, s: &Snapshots) {
                 }
             }
             OrderState::Rejected | OrderState::Cancelled => {
-                let kept: Vec<&str> = [(captured, "payment"), (reserved, "stock reservation"), (booked, "courier slot")]
+                let kept: Vec<&str> = [(captured, "payment"), (reserved, "stock reservation"), (booked, "courier slot"), (held, "held (tried) resources")]
                     .into_iter()
                     .filter_map(|(held, what)| held.then_some(what))
                     .collect();
@@ -241,9 +250,28 @@ fn atomicity_and_termination(a: &mut Audit, s: &Snapshots) {
     if s.order.outbox_unpublished > 0 {
         a.flag("termination", format!("{} outbox events were never published", s.order.outbox_unpublished), vec![]);
     }
+    let tried = pay
+        .values()
+        .filter(|p| p.state == "tried")
+        .map(|p| (p.order_id, "payment"))
+        .chain(inv.values().filter(|r| r.state == "tried").map(|r| (r.order_id, "inventory")))
+        .chain(shp.values().filter(|x| x.state == "tried").map(|x| (x.order_id, "shipping")));
+    for (id, who) in tried {
+        a.flag("termination", format!("the {who} TCC branch of order {id} was left tried"), vec![id]);
+    }
+    for (who, n) in [
+        ("payment", s.payment.prepared_transactions),
+        ("inventory", s.inventory.prepared_transactions),
+        ("shipping", s.shipping.prepared_transactions),
+    ] {
+        if n > 0 {
+            a.flag("termination", format!("{n} prepared transactions left in the {who} database"), vec![]);
+        }
+    }
 }
 
 fn exactly_once(a: &mut Audit, s: &Snapshots) {
+    let method: HashMap<Uuid, &str> = s.order.orders.iter().map(|o| (o.id, o.method.as_str())).collect();
     let records = s
         .payment
         .payments
@@ -252,8 +280,9 @@ fn exactly_once(a: &mut Audit, s: &Snapshots) {
         .chain(s.inventory.reservations.iter().map(|r| ("reservation", r.order_id, r.state.as_str(), r.movements, "reserved", "released")))
         .chain(s.shipping.shipments.iter().map(|x| ("shipment", x.order_id, x.state.as_str(), x.movements, "booked", "cancelled")));
     for (what, id, state, moved, applied, undone) in records {
-        match expected_movements(state, applied, undone) {
-            None => a.flag("exactly_once", format!("{what} of order {id} is in an unknown state `{state}`"), vec![id]),
+        let m = method.get(&id).copied().unwrap_or("saga_orch");
+        match expected_movements(state, applied, undone, m) {
+            None => a.flag("exactly_once", format!("{what} of order {id} is in a state `{state}` that {m} never produces"), vec![id]),
             Some(want) if want != moved => a.flag(
                 "exactly_once",
                 format!("{what} of order {id} ({state}) moved {moved} times, {want} expected"),
@@ -341,6 +370,7 @@ mod tests {
             payment: PaymentSnapshot {
                 wallets: vec![WalletRow { customer: "c1".into(), balance: 700, reserved: 0 }],
                 payments: vec![pay(1, "captured", 1), pay(2, "refunded", 2)],
+                ..Default::default()
             },
             inventory: InventorySnapshot {
                 stock: vec![StockRow { sku: "k1".into(), available: 8, reserved: 0 }],
@@ -348,10 +378,12 @@ mod tests {
                     ReservationRow { order_id: id(1), state: "reserved".into(), lines: vec![ReserveLine { sku: "k1".into(), qty: 2 }], movements: 1 },
                     ReservationRow { order_id: id(2), state: "rejected".into(), lines: vec![ReserveLine { sku: "k1".into(), qty: 2 }], movements: 0 },
                 ],
+                ..Default::default()
             },
             shipping: ShippingSnapshot {
                 slots: vec![SlotRow { slot: "s1".into(), capacity: 5, booked: 1 }],
                 shipments: vec![ShipmentRow { order_id: id(1), slot: "s1".into(), state: "booked".into(), movements: 1 }],
+                ..Default::default()
             },
             notification: NotificationSnapshot {
                 notifications: vec![
@@ -432,6 +464,33 @@ mod tests {
         w.order.outbox_unpublished = 2;
         let d = only(&check(&seed(), &w), "termination");
         assert_eq!(d.len(), 2, "{d:?}");
+    }
+
+    #[test]
+    fn tcc_records_count_the_try_and_the_confirm() {
+        let mut w = world();
+        for o in &mut w.order.orders {
+            o.method = "tcc".into();
+        }
+        // Under TCC a captured payment took two changes (hold, take); one is short.
+        let d = only(&check(&seed(), &w), "exactly_once");
+        assert!(d.iter().any(|x| x.contains("payment of order") && x.contains("moved 1 times, 2 expected")), "{d:?}");
+    }
+
+    #[test]
+    fn a_branch_left_tried_or_prepared_breaks_termination() {
+        let mut w = world();
+        w.order.orders[1].method = "tcc".into();
+        // The rejected order still holds a tried slot (and the counter agrees).
+        w.shipping.shipments.push(ShipmentRow { order_id: id(2), slot: "s1".into(), state: "tried".into(), movements: 1 });
+        w.shipping.slots[0].booked = 2;
+        w.inventory.prepared_transactions = 1;
+        let r = check(&seed(), &w);
+        let kinds: Vec<_> = r.violations.iter().map(|v| (v.invariant, v.detail.as_str())).collect();
+        assert!(kinds.iter().any(|(i, d)| *i == "termination" && d.contains("left tried")), "{kinds:?}");
+        assert!(kinds.iter().any(|(i, d)| *i == "termination" && d.contains("1 prepared transactions left in the inventory")), "{kinds:?}");
+        assert!(kinds.iter().any(|(i, d)| *i == "atomicity" && d.contains("held (tried)")), "{kinds:?}");
+        assert!(!kinds.iter().any(|(i, _)| *i == "slots"), "a tried booking counts as live: {kinds:?}");
     }
 
     #[test]

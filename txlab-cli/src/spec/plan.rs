@@ -99,7 +99,7 @@ impl Plan {
         if let Some(m) = profile.methods.iter().find(|m| !m.is_implemented()) {
             return Err(invalid(
                 p,
-                format!("methods: `{m}` is part of the design but has no engine in this build yet; use saga_orch"),
+                format!("methods: `{m}` is part of the design but has no engine in this build yet; use saga_orch, tcc or twopc"),
             ));
         }
         let unique: BTreeSet<_> = profile.methods.iter().map(|m| m.as_str()).collect();
@@ -237,8 +237,8 @@ mod tests {
 
     #[test]
     fn unbuilt_methods_and_bad_load_are_refused_with_the_field() {
-        let e = plan(&PROFILE.replace("[saga_orch]", "[twopc]"), HAPPY).unwrap_err().to_string();
-        assert!(e.contains("methods: `twopc`"), "{e}");
+        let e = plan(&PROFILE.replace("[saga_orch]", "[outbox]"), HAPPY).unwrap_err().to_string();
+        assert!(e.contains("methods: `outbox`"), "{e}");
         let e = plan(&PROFILE.replace("rate: 5", "rate: 0"), HAPPY).unwrap_err().to_string();
         assert!(e.starts_with("p.yaml: load.rate:"), "{e}");
         let e = plan(&PROFILE.replace("duration_s: 2", "duration_s: 2, warmup_s: 3"), HAPPY).unwrap_err().to_string();

@@ -42,14 +42,16 @@ impl Participant for Inventory {
         }
     }
 
-    async fn apply(conn: &mut PgConnection, req: &ReserveRequest) -> sqlx::Result<Result<(), Refusal>> {
+    async fn hold(conn: &mut PgConnection, req: &ReserveRequest) -> sqlx::Result<Result<(), Refusal>> {
         for (sku, qty) in per_sku(&req.lines) {
-            let taken = sqlx::query("UPDATE stock SET available = available - $2 WHERE sku = $1 AND available >= $2")
-                .bind(sku)
-                .bind(qty)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
+            let taken = sqlx::query(
+                "UPDATE stock SET available = available - $2, reserved = reserved + $2 WHERE sku = $1 AND available >= $2",
+            )
+            .bind(sku)
+            .bind(qty)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
             if taken == 0 {
                 let exists: Option<(i64,)> = sqlx::query_as("SELECT available FROM stock WHERE sku = $1")
                     .bind(sku)
@@ -67,16 +69,28 @@ impl Participant for Inventory {
         Ok(Ok(()))
     }
 
-    async fn undo(conn: &mut PgConnection, req: &ReserveRequest) -> sqlx::Result<()> {
-        for (sku, qty) in per_sku(&req.lines) {
-            sqlx::query("UPDATE stock SET available = available + $2 WHERE sku = $1")
-                .bind(sku)
-                .bind(qty)
-                .execute(&mut *conn)
-                .await?;
-        }
-        Ok(())
+    async fn capture(conn: &mut PgConnection, req: &ReserveRequest) -> sqlx::Result<()> {
+        stock_update(conn, "reserved = reserved - $2", req).await
     }
+
+    async fn release(conn: &mut PgConnection, req: &ReserveRequest) -> sqlx::Result<()> {
+        stock_update(conn, "available = available + $2, reserved = reserved - $2", req).await
+    }
+
+    async fn restore(conn: &mut PgConnection, req: &ReserveRequest) -> sqlx::Result<()> {
+        stock_update(conn, "available = available + $2", req).await
+    }
+}
+
+async fn stock_update(conn: &mut PgConnection, set: &str, req: &ReserveRequest) -> sqlx::Result<()> {
+    for (sku, qty) in per_sku(&req.lines) {
+        sqlx::query(&format!("UPDATE stock SET {set} WHERE sku = $1"))
+            .bind(sku)
+            .bind(qty)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }
 
 pub async fn seed(conn: &mut PgConnection, stock: &[StockLevel]) -> sqlx::Result<usize> {
@@ -86,7 +100,7 @@ pub async fn seed(conn: &mut PgConnection, stock: &[StockLevel]) -> sqlx::Result
 
 pub async fn snapshot(conn: &mut PgConnection) -> sqlx::Result<InventorySnapshot> {
     let stock = business_rows::<Inventory>(conn).await?;
-    let reservations = records::<Inventory>(conn)
+    let reservations = records::<Inventory>(&mut *conn)
         .await?
         .into_iter()
         .map(|r| ReservationRow {
@@ -99,5 +113,6 @@ pub async fn snapshot(conn: &mut PgConnection) -> sqlx::Result<InventorySnapshot
     Ok(InventorySnapshot {
         stock: stock.into_iter().map(|(sku, available, reserved)| StockRow { sku, available, reserved }).collect(),
         reservations,
+        prepared_transactions: crate::participant::twopc::prepared_count::<Inventory>(conn).await?,
     })
 }

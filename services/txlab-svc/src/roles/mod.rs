@@ -9,23 +9,39 @@ pub mod shipping;
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use anyhow::Context;
+use axum::extract::{FromRef, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use txlab_api::admin::{Seed, Snapshot};
-use txlab_api::Role;
+use txlab_api::{Role, TxMode};
 
 use crate::config::Config;
+use crate::faults::{FaultSwitch, HasFaults};
 use crate::http::{common, ApiError, Metrics};
+use crate::participant::Participant;
 
 /// State every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
     pub metrics: Arc<Metrics>,
+    pub faults: Arc<FaultSwitch>,
+}
+
+impl HasFaults for AppState {
+    fn fault_switch(&self) -> Arc<FaultSwitch> {
+        self.faults.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<FaultSwitch> {
+    fn from_ref(state: &AppState) -> Self {
+        state.faults.clone()
+    }
 }
 
 /// A built service: its router and the background tasks to wait for at shutdown.
@@ -36,22 +52,35 @@ pub struct App {
 
 pub async fn build(config: &Config, pool: PgPool, stop: watch::Receiver<bool>) -> anyhow::Result<App> {
     let metrics = Arc::new(Metrics::new(config.role));
-    let state = AppState { pool, metrics: metrics.clone() };
+    let faults = FaultSwitch::new(config.role, config.standing_fault.clone());
+    let state = AppState { pool, metrics: metrics.clone(), faults };
     let admin = admin_routes(config.role).with_state(state.clone());
     let (routes, background) = match config.role {
         Role::Order => order::build(config, state, stop).await?,
-        Role::Payment => (crate::participant::routes::<payment::Payment>().with_state(state), vec![]),
-        Role::Inventory => (crate::participant::routes::<inventory::Inventory>().with_state(state), vec![]),
-        Role::Shipping => (crate::participant::routes::<shipping::Shipping>().with_state(state), vec![]),
+        Role::Payment => participant::<payment::Payment>(config, state, stop)?,
+        Role::Inventory => participant::<inventory::Inventory>(config, state, stop)?,
+        Role::Shipping => participant::<shipping::Shipping>(config, state, stop)?,
         Role::Notification => notification::build(config, state, stop).await?,
     };
     Ok(App { router: common(routes.merge(admin), metrics), background })
 }
 
-/// `POST /admin/reset`, `POST /admin/seed`, `GET /admin/audit`: what the
-/// lab calls between cells.
+/// A participant's routes, and under `twopc` its in-doubt recovery task.
+fn participant<P: Participant>(config: &Config, state: AppState, stop: watch::Receiver<bool>) -> anyhow::Result<(Router, Vec<JoinHandle<()>>)> {
+    let mut background = Vec::new();
+    if config.tx_mode == TxMode::Twopc {
+        let order_url = config.order_url.clone().context("ORDER_URL is needed under TX_MODE=twopc")?;
+        let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(3)).build()?;
+        background.push(tokio::spawn(crate::participant::twopc::recover::<P>(state.pool.clone(), http, order_url, stop)));
+    }
+    Ok((crate::participant::routes::<P>().with_state(state), background))
+}
+
+/// `POST /admin/reset`, `POST /admin/seed`, `GET /admin/audit` (what the lab
+/// calls between cells) and `GET`/`PUT /admin/faults`.
 fn admin_routes(role: Role) -> Router<AppState> {
     Router::new()
+        .route("/admin/faults", get(crate::faults::get_standing).put(crate::faults::put_standing))
         .route("/admin/reset", post(move |s: State<AppState>| reset(s, role)))
         .route(
             "/admin/seed",

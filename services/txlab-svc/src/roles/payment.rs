@@ -30,14 +30,16 @@ impl Participant for Payment {
         Ok(())
     }
 
-    async fn apply(conn: &mut PgConnection, req: &ChargeRequest) -> sqlx::Result<Result<(), Refusal>> {
-        let debited = sqlx::query("UPDATE wallets SET balance = balance - $2 WHERE customer = $1 AND balance >= $2")
-            .bind(&req.customer)
-            .bind(req.amount)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-        if debited == 1 {
+    async fn hold(conn: &mut PgConnection, req: &ChargeRequest) -> sqlx::Result<Result<(), Refusal>> {
+        let held = sqlx::query(
+            "UPDATE wallets SET balance = balance - $2, reserved = reserved + $2 WHERE customer = $1 AND balance >= $2",
+        )
+        .bind(&req.customer)
+        .bind(req.amount)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if held == 1 {
             return Ok(Ok(()));
         }
         let exists: Option<(i64,)> = sqlx::query_as("SELECT balance FROM wallets WHERE customer = $1")
@@ -53,14 +55,26 @@ impl Participant for Payment {
         }))
     }
 
-    async fn undo(conn: &mut PgConnection, req: &ChargeRequest) -> sqlx::Result<()> {
-        sqlx::query("UPDATE wallets SET balance = balance + $2 WHERE customer = $1")
-            .bind(&req.customer)
-            .bind(req.amount)
-            .execute(conn)
-            .await
-            .map(drop)
+    async fn capture(conn: &mut PgConnection, req: &ChargeRequest) -> sqlx::Result<()> {
+        wallet_update(conn, "reserved = reserved - $2", req).await
     }
+
+    async fn release(conn: &mut PgConnection, req: &ChargeRequest) -> sqlx::Result<()> {
+        wallet_update(conn, "balance = balance + $2, reserved = reserved - $2", req).await
+    }
+
+    async fn restore(conn: &mut PgConnection, req: &ChargeRequest) -> sqlx::Result<()> {
+        wallet_update(conn, "balance = balance + $2", req).await
+    }
+}
+
+async fn wallet_update(conn: &mut PgConnection, set: &str, req: &ChargeRequest) -> sqlx::Result<()> {
+    sqlx::query(&format!("UPDATE wallets SET {set} WHERE customer = $1"))
+        .bind(&req.customer)
+        .bind(req.amount)
+        .execute(conn)
+        .await
+        .map(drop)
 }
 
 pub async fn seed(conn: &mut PgConnection, wallets: &[Wallet]) -> sqlx::Result<usize> {
@@ -70,7 +84,7 @@ pub async fn seed(conn: &mut PgConnection, wallets: &[Wallet]) -> sqlx::Result<u
 
 pub async fn snapshot(conn: &mut PgConnection) -> sqlx::Result<PaymentSnapshot> {
     let wallets = business_rows::<Payment>(conn).await?;
-    let payments = records::<Payment>(conn)
+    let payments = records::<Payment>(&mut *conn)
         .await?
         .into_iter()
         .map(|r| {
@@ -87,5 +101,6 @@ pub async fn snapshot(conn: &mut PgConnection) -> sqlx::Result<PaymentSnapshot> 
     Ok(PaymentSnapshot {
         wallets: wallets.into_iter().map(|(customer, balance, reserved)| WalletRow { customer, balance, reserved }).collect(),
         payments,
+        prepared_transactions: crate::participant::twopc::prepared_count::<Payment>(conn).await?,
     })
 }

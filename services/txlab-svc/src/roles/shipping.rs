@@ -27,7 +27,8 @@ impl Participant for Shipping {
         Ok(())
     }
 
-    async fn apply(conn: &mut PgConnection, req: &BookRequest) -> sqlx::Result<Result<(), Refusal>> {
+    /// A held booking already occupies the slot: capacity is what is promised.
+    async fn hold(conn: &mut PgConnection, req: &BookRequest) -> sqlx::Result<Result<(), Refusal>> {
         let booked = sqlx::query("UPDATE slots SET booked = booked + 1 WHERE slot = $1 AND booked < capacity")
             .bind(&req.slot)
             .execute(&mut *conn)
@@ -49,13 +50,26 @@ impl Participant for Shipping {
         }))
     }
 
-    async fn undo(conn: &mut PgConnection, req: &BookRequest) -> sqlx::Result<()> {
-        sqlx::query("UPDATE slots SET booked = booked - 1 WHERE slot = $1")
-            .bind(&req.slot)
-            .execute(conn)
-            .await
-            .map(drop)
+    /// Nothing more to take: the held booking is the booking.
+    async fn capture(_conn: &mut PgConnection, _req: &BookRequest) -> sqlx::Result<()> {
+        Ok(())
     }
+
+    async fn release(conn: &mut PgConnection, req: &BookRequest) -> sqlx::Result<()> {
+        unbook(conn, req).await
+    }
+
+    async fn restore(conn: &mut PgConnection, req: &BookRequest) -> sqlx::Result<()> {
+        unbook(conn, req).await
+    }
+}
+
+async fn unbook(conn: &mut PgConnection, req: &BookRequest) -> sqlx::Result<()> {
+    sqlx::query("UPDATE slots SET booked = booked - 1 WHERE slot = $1")
+        .bind(&req.slot)
+        .execute(conn)
+        .await
+        .map(drop)
 }
 
 pub async fn seed(conn: &mut PgConnection, slots: &[Slot]) -> sqlx::Result<usize> {
@@ -65,7 +79,7 @@ pub async fn seed(conn: &mut PgConnection, slots: &[Slot]) -> sqlx::Result<usize
 
 pub async fn snapshot(conn: &mut PgConnection) -> sqlx::Result<ShippingSnapshot> {
     let slots = business_rows::<Shipping>(conn).await?;
-    let shipments = records::<Shipping>(conn)
+    let shipments = records::<Shipping>(&mut *conn)
         .await?
         .into_iter()
         .map(|r| ShipmentRow {
@@ -78,5 +92,6 @@ pub async fn snapshot(conn: &mut PgConnection) -> sqlx::Result<ShippingSnapshot>
     Ok(ShippingSnapshot {
         slots: slots.into_iter().map(|(slot, capacity, booked)| SlotRow { slot, capacity, booked }).collect(),
         shipments,
+        prepared_transactions: crate::participant::twopc::prepared_count::<Shipping>(conn).await?,
     })
 }

@@ -41,7 +41,8 @@ pub async fn start_all(w: &Wiring<'_>, reaper: &mut Reaper) -> anyhow::Result<BT
             .env("TX_MODE", w.method.as_str())
             .env("PAYMENT_URL", url(Role::Payment))
             .env("INVENTORY_URL", url(Role::Inventory))
-            .env("SHIPPING_URL", url(Role::Shipping));
+            .env("SHIPPING_URL", url(Role::Shipping))
+            .env("ORDER_URL", url(Role::Order));
         let (out, err) = log_sink(&log)?;
         cmd.stdout(out).stderr(err);
         contain(&mut cmd, None);

@@ -7,6 +7,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
+use txlab_api::TxMode;
 use txlab_api::order::{CreateOrder, GetOrderQuery, OrderState, OrderView, IDEMPOTENCY_KEY_HEADER};
 use uuid::Uuid;
 
@@ -99,6 +100,20 @@ pub async fn create(
         .bind(now)
         .execute(&mut *tx)
         .await?;
+    }
+    if matches!(orders.method, TxMode::Twopc | TxMode::Tcc) {
+        for (step, name) in STEPS.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO tx_branches (order_id, step, name, vote, phase2, updated_ms) \
+                 VALUES ($1, $2, $3, 'not_asked', 'pending', $4)",
+            )
+            .bind(id)
+            .bind(step as i32)
+            .bind(name)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
     }
     if let Some(key) = &key {
         let inserted = sqlx::query("INSERT INTO idempotency_keys (key, request, order_id, created_ms) VALUES ($1, $2, $3, $4)")

@@ -4,13 +4,21 @@
 //!   in one transaction, answers 202, and starts the saga in the background.
 //! - `GET /orders/{id}?wait_ms=` long-polls until the order is terminal.
 //! - `POST /orders/{id}/cancel` asks for compensation at any stage.
+//! - `GET /twopc/{id}/decision` tells participants the logged decision.
+//!
+//! The engine is chosen per order by its method: `saga_orch` runs the saga
+//! orchestrator ([`saga`]); `twopc` and `tcc` run the two-phase coordinator
+//! ([`two_phase`]), whose participant operations differ only in name.
 //!
 //! Terminal outcomes leave through the outbox (one event per outcome), which
 //! the relay task publishes to Kafka for the notification service.
 
 mod api;
-mod orchestrator;
+mod calls;
+mod outcome;
+mod saga;
 mod store;
+mod two_phase;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,6 +34,7 @@ use txlab_api::TxMode;
 use uuid::Uuid;
 
 use crate::config::{Config, Peers};
+use crate::faults::{FaultSwitch, HasFaults};
 use crate::roles::AppState;
 
 pub use store::snapshot;
@@ -78,6 +87,7 @@ pub async fn build(config: &Config, app: AppState, stop: watch::Receiver<bool>) 
         .route("/orders", post(api::create))
         .route("/orders/{id}", get(api::get))
         .route("/orders/{id}/cancel", post(api::cancel))
+        .route("/twopc/{id}/decision", get(two_phase::decision))
         .with_state(orders);
     Ok((router, vec![relay_task]))
 }
@@ -99,7 +109,29 @@ pub async fn ensure_topic_with_retry(brokers: &str) -> anyhow::Result<()> {
         .with_context(|| format!("creating topic {ORDER_EVENTS_TOPIC} on {brokers}"))
 }
 
+impl HasFaults for Arc<Orders> {
+    fn fault_switch(&self) -> Arc<FaultSwitch> {
+        self.app.faults.clone()
+    }
+}
+
 impl Orders {
+    /// Runs the engine of the order's method.
+    #[tracing::instrument(skip(self), fields(order_id = %id))]
+    async fn run_engine(&self, id: Uuid) -> anyhow::Result<()> {
+        let method: Option<String> = sqlx::query_scalar("SELECT method FROM orders WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.app.pool)
+            .await?;
+        match method.as_deref().map(str::parse::<TxMode>) {
+            None => Ok(()), // reset away between cells
+            Some(Ok(TxMode::SagaOrch)) => saga::run(self, id).await,
+            Some(Ok(TxMode::Twopc | TxMode::Tcc)) => two_phase::run(self, id).await,
+            Some(Ok(other)) => anyhow::bail!("no orchestrating engine for method {other}"),
+            Some(Err(e)) => anyhow::bail!("order {id} has an unreadable method: {e}"),
+        }
+    }
+
     /// Runs (or re-runs) the saga of `id` in the background, at most once at
     /// a time per order in this process.
     pub fn drive(self: Arc<Self>, id: Uuid) {
@@ -113,7 +145,7 @@ impl Orders {
         }
         tokio::spawn(async move {
             loop {
-                if let Err(e) = orchestrator::run_saga(&self, id).await {
+                if let Err(e) = self.run_engine(id).await {
                     // The records stay; a later drive (cancel, restart) resumes.
                     tracing::error!(order_id = %id, error = format!("{e:#}"), "saga stopped on an error");
                     self.app.metrics.event("saga", "error");

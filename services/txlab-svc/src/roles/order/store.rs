@@ -4,6 +4,7 @@ use sqlx::{PgConnection, PgPool};
 use txlab_api::admin::OrderSnapshot;
 use txlab_api::order::{OrderItem, OrderState, OrderView};
 use txlab_tx::saga::{Compensation, Forward, Saga, StepRecord};
+use txlab_tx::twophase::{Decision, Phase2, TwoPhase, Vote};
 use uuid::Uuid;
 
 /// The saga's steps, in forward order.
@@ -77,6 +78,75 @@ pub async fn load_saga(conn: &mut PgConnection, order: &OrderRow) -> sqlx::Resul
     }
     saga.cancel_requested = order.cancel_requested;
     Ok(saga)
+}
+
+/// The two-phase log of an order, as the pure state machine sees it.
+pub async fn load_two_phase(conn: &mut PgConnection, order: &OrderRow) -> sqlx::Result<TwoPhase> {
+    let rows: Vec<(i32, String, String)> =
+        sqlx::query_as("SELECT step, vote, phase2 FROM tx_branches WHERE order_id = $1 ORDER BY step")
+            .bind(order.id)
+            .fetch_all(&mut *conn)
+            .await?;
+    let bad = |what: &str, v: &str| sqlx::Error::Decode(format!("bad {what} {v}").into());
+    let mut tp = TwoPhase::new(STEPS.len());
+    for (step, vote, phase2) in rows {
+        let i = step as usize;
+        if i < STEPS.len() {
+            tp.votes[i] = Vote::parse(&vote).ok_or_else(|| bad("vote", &vote))?;
+            tp.phase2[i] = Phase2::parse(&phase2).ok_or_else(|| bad("phase-two state", &phase2))?;
+        }
+    }
+    tp.decision = load_decision(conn, order.id).await?;
+    tp.cancel_requested = order.cancel_requested;
+    Ok(tp)
+}
+
+pub async fn load_decision(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Decision>> {
+    let d: Option<String> = sqlx::query_scalar("SELECT decision FROM tx_decisions WHERE order_id = $1")
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(d.as_deref().and_then(Decision::parse))
+}
+
+/// Logs a decision unless one is logged already (perhaps a presumed abort),
+/// and returns the one that stands. This insert is the commit point.
+pub async fn log_decision(pool: &PgPool, id: Uuid, decision: Decision, presumed: bool) -> sqlx::Result<Decision> {
+    sqlx::query("INSERT INTO tx_decisions (order_id, decision, presumed, decided_ms) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+        .bind(id)
+        .bind(decision.as_str())
+        .bind(presumed)
+        .bind(txlab_tx::now_ms())
+        .execute(pool)
+        .await?;
+    let mut conn = pool.acquire().await?;
+    Ok(load_decision(&mut conn, id).await?.unwrap_or(decision))
+}
+
+/// Sets one column of one step's row in `saga_steps` or `tx_branches`,
+/// counting an attempt when the value marks a call about to be made.
+pub async fn set_row(
+    pool: &PgPool,
+    table: &'static str,
+    id: Uuid,
+    step: usize,
+    column: &'static str,
+    value: &str,
+    reason: Option<&str>,
+) -> sqlx::Result<()> {
+    let bump = if value == "started" || value == "asked" { ", attempts = attempts + 1" } else { "" };
+    sqlx::query(&format!(
+        "UPDATE {table} SET {column} = $3, reason = COALESCE($4, reason), updated_ms = $5{bump} \
+         WHERE order_id = $1 AND step = $2"
+    ))
+    .bind(id)
+    .bind(step as i32)
+    .bind(value)
+    .bind(reason)
+    .bind(txlab_tx::now_ms())
+    .execute(pool)
+    .await
+    .map(drop)
 }
 
 /// Orders whose saga has work left (a cancel of a confirmed order turns it

@@ -1,0 +1,310 @@
+//! The record-keeping shared by payment, inventory and shipping, for every
+//! transaction method.
+//!
+//! Each participant keeps one record per order in its own table, written in
+//! the same local transaction as its business change. The record's state
+//! says what this participant did for the order, and every operation of
+//! every method is a transition on it:
+//!
+//! | state        | meaning                                    | reached by                        |
+//! |--------------|--------------------------------------------|-----------------------------------|
+//! | `tried`      | resources held, not yet taken (TCC)        | TCC try                           |
+//! | applied      | resources taken (`captured`, `reserved`, `booked`) | saga step, TCC confirm, 2PC commit |
+//! | undone       | taken resources given back (`refunded`, …) | compensation after applied        |
+//! | `aborted`    | a held resource let go                     | TCC cancel after try              |
+//! | `rejected`   | refused on business grounds; nothing held  | any forward call                  |
+//! | `voided`     | compensated before anything ran            | compensation / cancel / rollback first |
+//!
+//! So every call is idempotent by (order, operation), a compensation that
+//! overtakes its forward call leaves a `voided` record (null compensation),
+//! and the forward call arriving after it is refused (no hanging effect) —
+//! the TCC barrier, applied to every method.
+//!
+//! - [`saga`]: apply and compensate (also the business compensation of a
+//!   confirmed order under every method).
+//! - [`tcc`]: try, confirm, cancel.
+//! - [`twopc`]: prepare, commit, rollback, and the recovery of in-doubt
+//!   prepared transactions.
+
+pub mod saga;
+pub mod tcc;
+pub mod twopc;
+
+use std::future::Future;
+
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sqlx::PgConnection;
+use txlab_api::fault::FaultPoint;
+use txlab_api::participant::StepReply;
+use txlab_api::Role;
+use uuid::Uuid;
+
+use crate::faults::Faults;
+use crate::http::ApiError;
+use crate::roles::AppState;
+
+/// A refusal on business grounds, e.g. insufficient funds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// A participant's business table: one row per key (customer, SKU, slot)
+/// with an amount and how much of it is held (reserved or booked).
+pub struct BusinessTable {
+    pub table: &'static str,
+    pub key: &'static str,
+    pub amount: &'static str,
+    pub held: &'static str,
+}
+
+/// A participant's business operations. Methods compose them: a saga step
+/// or 2PC branch is `hold` + `capture` in one transaction, a TCC try is
+/// `hold`, its confirm `capture`, its cancel `release`; `restore` gives back
+/// what was captured (a refund).
+pub trait Participant: Send + Sync + 'static {
+    const ROLE: Role;
+    const BUSINESS: BusinessTable;
+    /// Table of per-order records.
+    const RECORDS: &'static str;
+    /// Record state once resources are taken, e.g. `captured`.
+    const APPLIED: &'static str;
+    /// Record state once taken resources are given back, e.g. `refunded`.
+    const UNDONE: &'static str;
+    /// URL segment of the participant's records, e.g. `payments`.
+    const COLLECTION: &'static str;
+    /// Saga operation names: `/{COLLECTION}/{order_id}/{FORWARD_OP}` and `/{UNDO_OP}`.
+    const FORWARD_OP: &'static str;
+    const UNDO_OP: &'static str;
+
+    type Request: Serialize + DeserializeOwned + Send + Sync + 'static;
+
+    /// Checks the request's shape before any database work.
+    fn validate(req: &Self::Request) -> Result<(), String>;
+
+    /// Holds the resources, or refuses. A refusal may leave partial changes:
+    /// callers run this inside a savepoint.
+    fn hold(conn: &mut PgConnection, req: &Self::Request) -> impl Future<Output = sqlx::Result<Result<(), Refusal>>> + Send;
+    /// Takes held resources for good.
+    fn capture(conn: &mut PgConnection, req: &Self::Request) -> impl Future<Output = sqlx::Result<()>> + Send;
+    /// Lets held resources go.
+    fn release(conn: &mut PgConnection, req: &Self::Request) -> impl Future<Output = sqlx::Result<()>> + Send;
+    /// Gives captured resources back.
+    fn restore(conn: &mut PgConnection, req: &Self::Request) -> impl Future<Output = sqlx::Result<()>> + Send;
+}
+
+pub const TRIED: &str = "tried";
+pub const ABORTED: &str = "aborted";
+pub const REJECTED: &str = "rejected";
+pub const VOIDED: &str = "voided";
+/// A racing duplicate insert is retried this many times before giving up.
+const RACE_RETRIES: usize = 3;
+
+pub fn reply(order_id: Uuid, state: &str, repeated: bool) -> StepReply {
+    StepReply { order_id, state: state.to_string(), repeated }
+}
+
+/// The record of `order_id`, locked for the rest of the transaction.
+pub struct Record {
+    pub state: String,
+    pub reason: Option<String>,
+    pub request: serde_json::Value,
+}
+
+impl Record {
+    pub fn request<P: Participant>(&self) -> Result<P::Request, ApiError> {
+        serde_json::from_value(self.request.clone())
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored {} request is unreadable: {e}", P::ROLE)))
+    }
+}
+
+pub async fn lock_record<P: Participant>(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<Option<Record>> {
+    let row: Option<(String, Option<String>, serde_json::Value)> =
+        sqlx::query_as(&format!("SELECT state, reason, request FROM {} WHERE order_id = $1 FOR UPDATE", P::RECORDS))
+            .bind(order_id)
+            .fetch_optional(conn)
+            .await?;
+    Ok(row.map(|(state, reason, request)| Record { state, reason, request }))
+}
+
+pub async fn insert_record<P: Participant>(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    state: &str,
+    reason: Option<&str>,
+    request: &serde_json::Value,
+    movements: i32,
+) -> sqlx::Result<()> {
+    sqlx::query(&format!(
+        "INSERT INTO {} (order_id, state, reason, request, movements, updated_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+        P::RECORDS
+    ))
+    .bind(order_id)
+    .bind(state)
+    .bind(reason)
+    .bind(request)
+    .bind(movements)
+    .bind(txlab_tx::now_ms())
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// Moves a record to `state`, counting one more business change.
+pub async fn advance_record<P: Participant>(conn: &mut PgConnection, order_id: Uuid, state: &str) -> sqlx::Result<()> {
+    sqlx::query(&format!(
+        "UPDATE {} SET state = $2, movements = movements + 1, updated_ms = $3 WHERE order_id = $1",
+        P::RECORDS
+    ))
+    .bind(order_id)
+    .bind(state)
+    .bind(txlab_tx::now_ms())
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// Records a compensation that found nothing to undo, so a late forward
+/// call is refused.
+pub async fn void_record<P: Participant>(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<StepReply> {
+    insert_record::<P>(conn, order_id, VOIDED, None, &serde_json::Value::Null, 0).await?;
+    Ok(reply(order_id, VOIDED, false))
+}
+
+/// The refusal a forward call gets when the record says it may not run.
+pub fn refused_by_record(order_id: Uuid, record: &Record) -> ApiError {
+    if record.state == REJECTED {
+        let code = record.reason.clone().unwrap_or_else(|| REJECTED.into());
+        return ApiError::refused(&code, format!("order {order_id} was refused before: {code}"));
+    }
+    ApiError::refused(
+        txlab_api::participant::reasons::ALREADY_COMPENSATED,
+        format!("order {order_id} is already {}; the operation may not run after its compensation", record.state),
+    )
+}
+
+/// Holds resources inside a savepoint; on refusal the savepoint is rolled
+/// back (dropping partial changes) and the refusal returned.
+pub async fn hold_in_savepoint<P: Participant>(conn: &mut PgConnection, req: &P::Request) -> sqlx::Result<Result<(), Refusal>> {
+    use sqlx::Acquire;
+    let mut sp = conn.begin().await?;
+    match P::hold(&mut sp, req).await? {
+        Ok(()) => {
+            sp.commit().await?;
+            Ok(Ok(()))
+        }
+        Err(refusal) => {
+            sp.rollback().await?;
+            Ok(Err(refusal))
+        }
+    }
+}
+
+/// Retries an operation whose first attempt lost a race to insert the same
+/// record; the retry then finds the record and answers from it.
+pub async fn with_race_retry<F, Fut>(mut op: F) -> Result<StepReply, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<StepReply, ApiError>>,
+{
+    for _ in 0..RACE_RETRIES {
+        match op().await {
+            Err(ApiError::Internal(e)) if e.downcast_ref::<sqlx::Error>().is_some_and(crate::db::is_unique_violation) => continue,
+            other => return other,
+        }
+    }
+    Err(ApiError::Unavailable("lost a race on the same order repeatedly; retry".into()))
+}
+
+/// What every participant endpoint does around its operation: faults
+/// before and after the database work, metrics and a log line.
+pub async fn around<F, Fut>(state: &AppState, faults: &Faults, op_name: &str, op: F) -> Result<Json<StepReply>, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<StepReply, ApiError>>,
+{
+    faults.fire(FaultPoint::BeforeDb).await?;
+    let result = with_race_retry(op).await;
+    state.metrics.event(op_name, match &result {
+        Ok(r) => r.state.as_str(),
+        Err(_) => "refused",
+    });
+    let out = result?;
+    faults.fire(FaultPoint::AfterDb).await?;
+    faults.fire(FaultPoint::BeforeReply).await?;
+    tracing::info!(op = op_name, state = %out.state, repeated = out.repeated, "participant operation");
+    Ok(Json(out))
+}
+
+/// Parses the path's order id and tags the request's span with it.
+pub fn order_id(path: Result<Path<Uuid>, axum::extract::rejection::PathRejection>) -> Result<Uuid, ApiError> {
+    let Path(id) = path?;
+    tracing::Span::current().record("order_id", tracing::field::display(id));
+    Ok(id)
+}
+
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct RecordRow {
+    pub order_id: Uuid,
+    pub state: String,
+    pub request: serde_json::Value,
+    pub movements: i32,
+}
+
+/// Every record, for the audit snapshot.
+pub async fn records<P: Participant>(conn: &mut PgConnection) -> sqlx::Result<Vec<RecordRow>> {
+    sqlx::query_as(&format!("SELECT order_id, state, request, movements FROM {} ORDER BY order_id", P::RECORDS))
+        .fetch_all(conn)
+        .await
+}
+
+/// Sets each business row's starting amount and clears what it held.
+pub async fn seed<P: Participant>(conn: &mut PgConnection, rows: &[(&str, i64)]) -> sqlx::Result<usize> {
+    let BusinessTable { table, key, amount, held } = P::BUSINESS;
+    let keys: Vec<&str> = rows.iter().map(|r| r.0).collect();
+    let amounts: Vec<i64> = rows.iter().map(|r| r.1).collect();
+    sqlx::query(&format!(
+        "INSERT INTO {table} ({key}, {amount}) SELECT * FROM UNNEST($1::text[], $2::bigint[]) \
+         ON CONFLICT ({key}) DO UPDATE SET {amount} = EXCLUDED.{amount}, {held} = 0"
+    ))
+    .bind(&keys)
+    .bind(&amounts)
+    .execute(conn)
+    .await?;
+    Ok(rows.len())
+}
+
+/// Every business row as (key, amount, held), for the audit snapshot.
+pub async fn business_rows<P: Participant>(conn: &mut PgConnection) -> sqlx::Result<Vec<(String, i64, i64)>> {
+    let BusinessTable { table, key, amount, held } = P::BUSINESS;
+    sqlx::query_as(&format!("SELECT {key}, {amount}, {held} FROM {table} ORDER BY {key}"))
+        .fetch_all(conn)
+        .await
+}
+
+/// Every endpoint of a participant, for all methods.
+pub fn routes<P: Participant>() -> Router<AppState> {
+    Router::new()
+        .merge(saga::routes::<P>())
+        .merge(tcc::routes::<P>())
+        .merge(twopc::routes::<P>())
+        .route(&format!("/{}/{{order_id}}", P::COLLECTION), get(record::<P>))
+}
+
+async fn record<P: Participant>(
+    State(state): State<AppState>,
+    path: Result<Path<Uuid>, axum::extract::rejection::PathRejection>,
+) -> Result<Json<RecordRow>, ApiError> {
+    let Path(order_id) = path?;
+    sqlx::query_as(&format!("SELECT order_id, state, request, movements FROM {} WHERE order_id = $1", P::RECORDS))
+        .bind(order_id)
+        .fetch_optional(&state.pool)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no {} record for order {order_id}", P::ROLE)))
+}

@@ -1,0 +1,87 @@
+//! Saga operations: apply a step in one local transaction, and compensate
+//! it. The compensation is also every method's business compensation when
+//! a confirmed order is cancelled.
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::routing::post;
+use axum::{Json, Router};
+use sqlx::PgPool;
+use txlab_api::participant::StepReply;
+use uuid::Uuid;
+
+use super::*;
+
+async fn apply_once<P: Participant>(pool: &PgPool, order_id: Uuid, req: &P::Request) -> Result<StepReply, ApiError> {
+    let mut tx = pool.begin().await?;
+    if let Some(record) = lock_record::<P>(&mut tx, order_id).await? {
+        return match record.state.as_str() {
+            s if s == P::APPLIED => Ok(reply(order_id, s, true)),
+            _ => Err(refused_by_record(order_id, &record)),
+        };
+    }
+    let request = serde_json::to_value(req).map_err(anyhow::Error::from)?;
+    match hold_in_savepoint::<P>(&mut tx, req).await? {
+        Ok(()) => {
+            P::capture(&mut tx, req).await?;
+            insert_record::<P>(&mut tx, order_id, P::APPLIED, None, &request, 1).await?;
+            tx.commit().await?;
+            Ok(reply(order_id, P::APPLIED, false))
+        }
+        Err(refusal) => {
+            insert_record::<P>(&mut tx, order_id, REJECTED, Some(refusal.code), &request, 0).await?;
+            tx.commit().await?;
+            Err(ApiError::refused(refusal.code, refusal.message))
+        }
+    }
+}
+
+/// Undoes whatever this participant holds or took for the order.
+pub async fn compensate_once<P: Participant>(pool: &PgPool, order_id: Uuid) -> Result<StepReply, ApiError> {
+    let mut tx = pool.begin().await?;
+    let out = match lock_record::<P>(&mut tx, order_id).await? {
+        None => void_record::<P>(&mut tx, order_id).await?,
+        Some(r) if r.state == P::APPLIED => {
+            P::restore(&mut tx, &r.request::<P>()?).await?;
+            advance_record::<P>(&mut tx, order_id, P::UNDONE).await?;
+            reply(order_id, P::UNDONE, false)
+        }
+        Some(r) if r.state == TRIED => {
+            P::release(&mut tx, &r.request::<P>()?).await?;
+            advance_record::<P>(&mut tx, order_id, ABORTED).await?;
+            reply(order_id, ABORTED, false)
+        }
+        Some(r) => reply(order_id, &r.state, true),
+    };
+    tx.commit().await?;
+    Ok(out)
+}
+
+#[tracing::instrument(skip_all, fields(order_id = tracing::field::Empty, role = %P::ROLE, op = P::FORWARD_OP))]
+async fn forward<P: Participant>(
+    State(state): State<AppState>,
+    faults: Faults,
+    path: Result<Path<Uuid>, PathRejection>,
+    body: Result<Json<P::Request>, JsonRejection>,
+) -> Result<Json<StepReply>, ApiError> {
+    let id = order_id(path)?;
+    let Json(req) = body?;
+    P::validate(&req).map_err(ApiError::BadRequest)?;
+    around(&state, &faults, P::FORWARD_OP, || apply_once::<P>(&state.pool, id, &req)).await
+}
+
+#[tracing::instrument(skip_all, fields(order_id = tracing::field::Empty, role = %P::ROLE, op = P::UNDO_OP))]
+async fn compensate<P: Participant>(
+    State(state): State<AppState>,
+    faults: Faults,
+    path: Result<Path<Uuid>, PathRejection>,
+) -> Result<Json<StepReply>, ApiError> {
+    let id = order_id(path)?;
+    around(&state, &faults, P::UNDO_OP, || compensate_once::<P>(&state.pool, id)).await
+}
+
+pub fn routes<P: Participant>() -> Router<AppState> {
+    Router::new()
+        .route(&format!("/{}/{{order_id}}/{}", P::COLLECTION, P::FORWARD_OP), post(forward::<P>))
+        .route(&format!("/{}/{{order_id}}/{}", P::COLLECTION, P::UNDO_OP), post(compensate::<P>))
+}

@@ -1,0 +1,123 @@
+//! TCC: Try holds the resources, Confirm takes them, Cancel lets them go.
+//! The record is the barrier (see the module above): a repeated call is a
+//! no-op, a Cancel before its Try leaves a `voided` record (null
+//! compensation), and a Try after its Cancel finds it and is refused (no
+//! hanging hold).
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::routing::post;
+use axum::{Json, Router};
+use sqlx::PgPool;
+use txlab_api::fault::FaultPoint;
+use txlab_api::participant::StepReply;
+use uuid::Uuid;
+
+use super::*;
+
+/// TCC paths: `/tcc/{collection}/{order_id}/{try|confirm|cancel}`.
+pub fn path<P: Participant>(op: &str) -> String {
+    format!("/tcc/{}/{{order_id}}/{op}", P::COLLECTION)
+}
+
+fn conflict(order_id: Uuid, state: &str, op: &str) -> ApiError {
+    ApiError::Conflict { code: "wrong_state", message: format!("cannot {op} order {order_id}: its record is {state}") }
+}
+
+pub async fn try_once<P: Participant>(pool: &PgPool, faults: &Faults, order_id: Uuid, req: &P::Request) -> Result<StepReply, ApiError> {
+    let mut tx = pool.begin().await?;
+    if let Some(record) = lock_record::<P>(&mut tx, order_id).await? {
+        return match record.state.as_str() {
+            s if s == TRIED || s == P::APPLIED => Ok(reply(order_id, s, true)),
+            _ => Err(refused_by_record(order_id, &record)),
+        };
+    }
+    let request = serde_json::to_value(req).map_err(anyhow::Error::from)?;
+    match hold_in_savepoint::<P>(&mut tx, req).await? {
+        Ok(()) => {
+            insert_record::<P>(&mut tx, order_id, TRIED, None, &request, 1).await?;
+            faults.fire(FaultPoint::DuringTry).await?;
+            tx.commit().await?;
+            Ok(reply(order_id, TRIED, false))
+        }
+        Err(refusal) => {
+            insert_record::<P>(&mut tx, order_id, REJECTED, Some(refusal.code), &request, 0).await?;
+            tx.commit().await?;
+            Err(ApiError::refused(refusal.code, refusal.message))
+        }
+    }
+}
+
+pub async fn confirm_once<P: Participant>(pool: &PgPool, faults: &Faults, order_id: Uuid) -> Result<StepReply, ApiError> {
+    let mut tx = pool.begin().await?;
+    let out = match lock_record::<P>(&mut tx, order_id).await? {
+        None => return Err(conflict(order_id, "missing (no try)", "confirm")),
+        Some(r) if r.state == TRIED => {
+            P::capture(&mut tx, &r.request::<P>()?).await?;
+            advance_record::<P>(&mut tx, order_id, P::APPLIED).await?;
+            faults.fire(FaultPoint::DuringConfirm).await?;
+            reply(order_id, P::APPLIED, false)
+        }
+        Some(r) if r.state == P::APPLIED => reply(order_id, &r.state, true),
+        Some(r) => return Err(conflict(order_id, &r.state, "confirm")),
+    };
+    tx.commit().await?;
+    Ok(out)
+}
+
+pub async fn cancel_once<P: Participant>(pool: &PgPool, faults: &Faults, order_id: Uuid) -> Result<StepReply, ApiError> {
+    let mut tx = pool.begin().await?;
+    let out = match lock_record::<P>(&mut tx, order_id).await? {
+        None => void_record::<P>(&mut tx, order_id).await?,
+        Some(r) if r.state == TRIED => {
+            P::release(&mut tx, &r.request::<P>()?).await?;
+            advance_record::<P>(&mut tx, order_id, ABORTED).await?;
+            reply(order_id, ABORTED, false)
+        }
+        Some(r) if r.state == P::APPLIED => return Err(conflict(order_id, &r.state, "cancel")),
+        Some(r) => reply(order_id, &r.state, true),
+    };
+    faults.fire(FaultPoint::DuringCancel).await?;
+    tx.commit().await?;
+    Ok(out)
+}
+
+#[tracing::instrument(skip_all, fields(order_id = tracing::field::Empty, role = %P::ROLE, op = "try"))]
+async fn try_<P: Participant>(
+    State(state): State<AppState>,
+    faults: Faults,
+    path: Result<Path<Uuid>, PathRejection>,
+    body: Result<Json<P::Request>, JsonRejection>,
+) -> Result<Json<StepReply>, ApiError> {
+    let id = order_id(path)?;
+    let Json(req) = body?;
+    P::validate(&req).map_err(ApiError::BadRequest)?;
+    around(&state, &faults, "try", || try_once::<P>(&state.pool, &faults, id, &req)).await
+}
+
+#[tracing::instrument(skip_all, fields(order_id = tracing::field::Empty, role = %P::ROLE, op = "confirm"))]
+async fn confirm<P: Participant>(
+    State(state): State<AppState>,
+    faults: Faults,
+    path: Result<Path<Uuid>, PathRejection>,
+) -> Result<Json<StepReply>, ApiError> {
+    let id = order_id(path)?;
+    around(&state, &faults, "confirm", || confirm_once::<P>(&state.pool, &faults, id)).await
+}
+
+#[tracing::instrument(skip_all, fields(order_id = tracing::field::Empty, role = %P::ROLE, op = "cancel"))]
+async fn cancel<P: Participant>(
+    State(state): State<AppState>,
+    faults: Faults,
+    path: Result<Path<Uuid>, PathRejection>,
+) -> Result<Json<StepReply>, ApiError> {
+    let id = order_id(path)?;
+    around(&state, &faults, "cancel", || cancel_once::<P>(&state.pool, &faults, id)).await
+}
+
+pub fn routes<P: Participant>() -> Router<AppState> {
+    Router::new()
+        .route(&path::<P>("try"), post(try_::<P>))
+        .route(&path::<P>("confirm"), post(confirm::<P>))
+        .route(&path::<P>("cancel"), post(cancel::<P>))
+}

@@ -1,0 +1,263 @@
+//! Two-phase commit, participant side. Prepare does the branch's work — the
+//! business change and the record — in a PostgreSQL transaction and
+//! `PREPARE TRANSACTION`s it, so its locks are held until the coordinator's
+//! decision arrives: that wait is what the lab measures. Commit and
+//! rollback are idempotent. In-doubt branches (prepared, no decision heard)
+//! are resolved by [`recover`], which asks the coordinator.
+
+use std::time::Duration;
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::routing::post;
+use axum::{Json, Router};
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres};
+use txlab_api::fault::FaultPoint;
+use txlab_api::participant::StepReply;
+use uuid::Uuid;
+
+use super::*;
+
+/// How long a prepare waits for a row lock held by another in-doubt branch
+/// before it gives up (and the coordinator retries or aborts).
+const LOCK_TIMEOUT: &str = "2s";
+/// A prepared branch older than this is asked about.
+const IN_DOUBT_AFTER: Duration = Duration::from_secs(5);
+
+/// The global transaction id of this participant's branch of an order.
+pub fn gid(role: Role, order_id: Uuid) -> String {
+    format!("txlab_{role}_{}", order_id.simple())
+}
+
+pub fn path<P: Participant>(op: &str) -> String {
+    format!("/2pc/{}/{{order_id}}/{op}", P::COLLECTION)
+}
+
+/// SQLSTATE 42704: the named prepared transaction does not exist.
+fn is_unknown_gid(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("42704"))
+}
+
+/// SQLSTATE 55P03: a lock was not granted within `lock_timeout`.
+fn is_lock_timeout(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("55P03"))
+}
+
+async fn is_prepared(conn: &mut PgConnection, gid: &str) -> sqlx::Result<bool> {
+    let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_prepared_xacts WHERE gid = $1")
+        .bind(gid)
+        .fetch_optional(conn)
+        .await?;
+    Ok(found.is_some())
+}
+
+/// The branch's work inside an explicit BEGIN, ending in PREPARE TRANSACTION.
+/// sqlx's own transactions cannot be used: they would roll back on drop.
+async fn prepare_in<P: Participant>(
+    conn: &mut PgConnection,
+    faults: &Faults,
+    order_id: Uuid,
+    req: &P::Request,
+) -> Result<StepReply, ApiError> {
+    sqlx::query(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")).execute(&mut *conn).await?;
+    if let Err(refusal) = P::hold(conn, req).await? {
+        return Err(ApiError::refused(refusal.code, refusal.message));
+    }
+    P::capture(conn, req).await?;
+    let request = serde_json::to_value(req).map_err(anyhow::Error::from)?;
+    insert_record::<P>(conn, order_id, P::APPLIED, None, &request, 1).await?;
+    faults.fire(FaultPoint::DuringPrepare).await?;
+    // The gid is made of a role name and a UUID's hex digits: safe to inline.
+    sqlx::query(&format!("PREPARE TRANSACTION '{}'", gid(P::ROLE, order_id)))
+        .execute(&mut *conn)
+        .await?;
+    Ok(reply(order_id, "prepared", false))
+}
+
+/// Rolls back the explicit transaction, or closes the connection if even
+/// that fails, so no pooled connection is left inside a transaction.
+async fn abandon(mut conn: PoolConnection<Postgres>) {
+    if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
+        drop(conn.detach());
+    }
+}
+
+async fn prepare_once<P: Participant>(pool: &PgPool, faults: &Faults, order_id: Uuid, req: &P::Request) -> Result<StepReply, ApiError> {
+    let mut conn = pool.acquire().await?;
+    let existing: Option<(String, Option<String>)> =
+        sqlx::query_as(&format!("SELECT state, reason FROM {} WHERE order_id = $1", P::RECORDS))
+            .bind(order_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if let Some((state, reason)) = existing {
+        // Committed already (a repeated prepare), or compensated first.
+        if state == P::APPLIED {
+            return Ok(reply(order_id, &state, true));
+        }
+        return Err(refused_by_record(order_id, &Record { state, reason, request: serde_json::Value::Null }));
+    }
+    if is_prepared(&mut conn, &gid(P::ROLE, order_id)).await? {
+        return Ok(reply(order_id, "prepared", true));
+    }
+    sqlx::query("BEGIN").execute(&mut *conn).await?;
+    match prepare_in::<P>(&mut conn, faults, order_id, req).await {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            abandon(conn).await;
+            match e {
+                ApiError::Internal(inner) if inner.downcast_ref::<sqlx::Error>().is_some_and(is_lock_timeout) => {
+                    Err(ApiError::Unavailable("a row this branch needs is locked by another in-doubt branch".into()))
+                }
+                other => Err(other),
+            }
+        }
+    }
+}
+
+async fn commit_once<P: Participant>(pool: &PgPool, faults: &Faults, order_id: Uuid) -> Result<StepReply, ApiError> {
+    faults.fire(FaultPoint::DuringCommit).await?;
+    let mut conn = pool.acquire().await?;
+    match sqlx::query(&format!("COMMIT PREPARED '{}'", gid(P::ROLE, order_id))).execute(&mut *conn).await {
+        Ok(_) => Ok(reply(order_id, P::APPLIED, false)),
+        Err(e) if is_unknown_gid(&e) => {
+            let state: Option<String> = sqlx::query_scalar(&format!("SELECT state FROM {} WHERE order_id = $1", P::RECORDS))
+                .bind(order_id)
+                .fetch_optional(&mut *conn)
+                .await?;
+            match state {
+                Some(s) if s == P::APPLIED || s == P::UNDONE => Ok(reply(order_id, &s, true)),
+                other => Err(ApiError::Conflict {
+                    code: "not_prepared",
+                    message: format!("order {order_id} has no prepared branch here (record: {other:?})"),
+                }),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Rolls the branch back if it is prepared, and leaves a `voided` record if
+/// nothing was ever prepared, so a late prepare is refused.
+pub async fn rollback_once<P: Participant>(pool: &PgPool, order_id: Uuid) -> Result<StepReply, ApiError> {
+    let mut conn = pool.acquire().await?;
+    let rolled_back = match sqlx::query(&format!("ROLLBACK PREPARED '{}'", gid(P::ROLE, order_id))).execute(&mut *conn).await {
+        Ok(_) => true,
+        Err(e) if is_unknown_gid(&e) => false,
+        Err(e) => return Err(e.into()),
+    };
+    drop(conn);
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL lock_timeout = '1s'").execute(&mut *tx).await?;
+    let out = match lock_record::<P>(&mut tx, order_id).await {
+        Ok(None) => void_record::<P>(&mut tx, order_id).await?,
+        Ok(Some(r)) if r.state == P::APPLIED => {
+            return Err(ApiError::Conflict {
+                code: "already_committed",
+                message: format!("order {order_id}'s branch committed; it can only be compensated"),
+            })
+        }
+        Ok(Some(r)) => reply(order_id, &r.state, !rolled_back),
+        // A prepare racing with this rollback holds the record's key: retry.
+        Err(e) if is_lock_timeout(&e) => return Err(ApiError::Unavailable("branch is being prepared; retry".into())),
+        Err(e) => return Err(e.into()),
+    };
+    tx.commit().await?;
+    Ok(out)
+}
+
+#[tracing::instrument(skip_all, fields(order_id = tracing::field::Empty, role = %P::ROLE, op = "prepare"))]
+async fn prepare<P: Participant>(
+    State(state): State<AppState>,
+    faults: Faults,
+    path: Result<Path<Uuid>, PathRejection>,
+    body: Result<Json<P::Request>, JsonRejection>,
+) -> Result<Json<StepReply>, ApiError> {
+    let id = order_id(path)?;
+    let Json(req) = body?;
+    P::validate(&req).map_err(ApiError::BadRequest)?;
+    around(&state, &faults, "prepare", || prepare_once::<P>(&state.pool, &faults, id, &req)).await
+}
+
+#[tracing::instrument(skip_all, fields(order_id = tracing::field::Empty, role = %P::ROLE, op = "commit"))]
+async fn commit<P: Participant>(
+    State(state): State<AppState>,
+    faults: Faults,
+    path: Result<Path<Uuid>, PathRejection>,
+) -> Result<Json<StepReply>, ApiError> {
+    let id = order_id(path)?;
+    around(&state, &faults, "commit", || commit_once::<P>(&state.pool, &faults, id)).await
+}
+
+#[tracing::instrument(skip_all, fields(order_id = tracing::field::Empty, role = %P::ROLE, op = "rollback"))]
+async fn rollback<P: Participant>(
+    State(state): State<AppState>,
+    faults: Faults,
+    path: Result<Path<Uuid>, PathRejection>,
+) -> Result<Json<StepReply>, ApiError> {
+    let id = order_id(path)?;
+    around(&state, &faults, "rollback", || rollback_once::<P>(&state.pool, id)).await
+}
+
+pub fn routes<P: Participant>() -> Router<AppState> {
+    Router::new()
+        .route(&path::<P>("prepare"), post(prepare::<P>))
+        .route(&path::<P>("commit"), post(commit::<P>))
+        .route(&path::<P>("rollback"), post(rollback::<P>))
+}
+
+/// Prepared branches of this participant, for the audit ("none left").
+pub async fn prepared_count<P: Participant>(conn: &mut PgConnection) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE $1 AND database = current_database()")
+        .bind(format!("txlab_{}_%", P::ROLE))
+        .fetch_one(conn)
+        .await
+}
+
+/// Resolves in-doubt branches until `stop`: each prepared branch older than
+/// a few seconds is settled by the coordinator's logged decision (the
+/// coordinator presumes abort for a transaction it never decided).
+pub async fn recover<P: Participant>(pool: PgPool, http: reqwest::Client, order_url: String, stop: tokio::sync::watch::Receiver<bool>) {
+    let stopped = crate::stopped(stop);
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        if let Err(e) = recover_once::<P>(&pool, &http, &order_url).await {
+            tracing::warn!(error = format!("{e:#}"), "in-doubt recovery pass failed");
+        }
+    }
+}
+
+async fn recover_once<P: Participant>(pool: &PgPool, http: &reqwest::Client, order_url: &str) -> anyhow::Result<()> {
+    let prefix = format!("txlab_{}_", P::ROLE);
+    let in_doubt: Vec<String> = sqlx::query_scalar(
+        "SELECT gid FROM pg_prepared_xacts WHERE gid LIKE $1 AND database = current_database() \
+         AND prepared < now() - make_interval(secs => $2)",
+    )
+    .bind(format!("{prefix}%"))
+    .bind(IN_DOUBT_AFTER.as_secs_f64())
+    .fetch_all(pool)
+    .await?;
+    for g in in_doubt {
+        let Some(order_id) = g.strip_prefix(&prefix).and_then(|hex| Uuid::parse_str(hex).ok()) else { continue };
+        let url = format!("{order_url}/twopc/{order_id}/decision?presume_abort=true");
+        let decision: txlab_api::participant::Decision = http.get(&url).send().await?.error_for_status()?.json().await?;
+        tracing::info!(order_id = %order_id, decision = ?decision.decision, "resolving in-doubt branch");
+        match decision.decision {
+            Some(txlab_api::participant::DecisionKind::Commit) => {
+                match sqlx::query(&format!("COMMIT PREPARED '{g}'")).execute(pool).await {
+                    Err(e) if !is_unknown_gid(&e) => return Err(e.into()),
+                    _ => {}
+                }
+            }
+            Some(txlab_api::participant::DecisionKind::Abort) => {
+                rollback_once::<P>(pool, order_id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}

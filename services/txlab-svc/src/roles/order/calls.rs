@@ -1,0 +1,121 @@
+//! Calls from the order service to the participants, for every method: the
+//! URL and body of each operation, and the two ways of retrying them.
+
+use serde_json::json;
+use txlab_api::fault::FAULT_HEADER;
+use txlab_api::participant::{BookRequest, ChargeRequest, ReserveLine, ReserveRequest};
+use txlab_api::ErrorBody;
+use txlab_tx::retry::{retry, Attempt, Backoff};
+
+use super::store::{OrderRow, STEPS};
+use super::Orders;
+
+/// Why a participant call did not succeed.
+#[derive(Debug)]
+pub enum CallError {
+    /// A final refusal (business reason or bad request): do not retry.
+    Refused(String),
+    /// Timeout, connection error, 5xx: worth retrying.
+    Transient(String),
+}
+
+/// An operation on one participant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Saga step (apply at once) and its compensation, which is also every
+    /// method's business compensation after confirmation.
+    Apply,
+    Compensate,
+    Try,
+    Confirm,
+    Cancel,
+    Prepare,
+    Commit,
+    Rollback,
+}
+
+/// URL and body of `op` on participant `step` for `order`.
+pub fn request(orders: &Orders, order: &OrderRow, step: usize, op: Op) -> (String, Option<serde_json::Value>) {
+    let p = &orders.peers;
+    let (base, collection, apply, compensate, body) = match step {
+        0 => (&p.payment, "payments", "charge", "refund", json!(ChargeRequest { customer: order.customer.clone(), amount: order.amount })),
+        1 => (
+            &p.inventory,
+            "reservations",
+            "reserve",
+            "release",
+            json!(ReserveRequest { lines: order.items.0.iter().map(|i| ReserveLine { sku: i.sku.clone(), qty: i.qty }).collect() }),
+        ),
+        _ => (&p.shipping, "shipments", "book", "cancel", json!(BookRequest { slot: order.slot.clone() })),
+    };
+    let id = order.id;
+    match op {
+        Op::Apply => (format!("{base}/{collection}/{id}/{apply}"), Some(body)),
+        Op::Compensate => (format!("{base}/{collection}/{id}/{compensate}"), None),
+        Op::Try => (format!("{base}/tcc/{collection}/{id}/try"), Some(body)),
+        Op::Confirm => (format!("{base}/tcc/{collection}/{id}/confirm"), None),
+        Op::Cancel => (format!("{base}/tcc/{collection}/{id}/cancel"), None),
+        Op::Prepare => (format!("{base}/2pc/{collection}/{id}/prepare"), Some(body)),
+        Op::Commit => (format!("{base}/2pc/{collection}/{id}/commit"), None),
+        Op::Rollback => (format!("{base}/2pc/{collection}/{id}/rollback"), None),
+    }
+}
+
+async fn call(orders: &Orders, url: &str, body: &Option<serde_json::Value>, fault: &Option<String>) -> Attempt<(), CallError> {
+    let mut req = orders.http.post(url);
+    if let Some(b) = body {
+        req = req.json(b);
+    }
+    if let Some(f) = fault {
+        req = req.header(FAULT_HEADER, f);
+    }
+    let resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) => return Attempt::Retry(CallError::Transient(e.to_string())),
+    };
+    let status = resp.status();
+    if status.is_success() {
+        return Attempt::Done(());
+    }
+    let body: Option<ErrorBody> = resp.json().await.ok();
+    let code = body.as_ref().map(|b| b.error.clone()).unwrap_or_else(|| status.to_string());
+    if status.is_client_error() && status.as_u16() != 408 && status.as_u16() != 429 {
+        Attempt::Fail(CallError::Refused(code))
+    } else {
+        Attempt::Retry(CallError::Transient(code))
+    }
+}
+
+/// A forward call: a few retries of transient failures; a refusal is final.
+pub async fn ask(orders: &Orders, order: &OrderRow, step: usize, op: Op) -> Result<(), CallError> {
+    let (url, body) = request(orders, order, step, op);
+    retry(
+        Backoff::FORWARD,
+        |_| call(orders, &url, &body, &order.fault),
+        |attempt, e| {
+            orders.app.metrics.event("retry", STEPS[step]);
+            tracing::warn!(step = STEPS[step], ?op, attempt, error = ?e, "call failed; retrying");
+        },
+    )
+    .await
+}
+
+/// A call that must eventually succeed (compensations, phase two): retried
+/// for as long as it takes, refusals included.
+pub async fn insist(orders: &Orders, order: &OrderRow, step: usize, op: Op) {
+    let (url, body) = request(orders, order, step, op);
+    let _ = retry(
+        Backoff::UNTIL_DONE,
+        |_| async {
+            match call(orders, &url, &body, &order.fault).await {
+                Attempt::Fail(CallError::Refused(e)) => Attempt::Retry(CallError::Refused(e)),
+                other => other,
+            }
+        },
+        |attempt, e| {
+            orders.app.metrics.event("retry", STEPS[step]);
+            tracing::warn!(step = STEPS[step], ?op, attempt, error = ?e, "call must succeed; retrying");
+        },
+    )
+    .await;
+}

@@ -1,0 +1,79 @@
+//! Recording an order's outcome: state, reason and the outbox event, in one
+//! transaction, then waking long-polling readers.
+
+use anyhow::Context;
+use txlab_api::event::{OrderOutcome, ORDER_EVENTS_TOPIC};
+use txlab_api::order::OrderState;
+use txlab_tx::saga::Outcome;
+use uuid::Uuid;
+
+use super::store::OrderRow;
+use super::Orders;
+
+/// Sets a non-terminal state (e.g. `compensating`) if it is not set yet.
+pub async fn set_state(orders: &Orders, id: Uuid, state: OrderState) -> sqlx::Result<()> {
+    sqlx::query("UPDATE orders SET state = $2, updated_ms = $3 WHERE id = $1 AND state <> $2")
+        .bind(id)
+        .bind(state.as_str())
+        .bind(txlab_tx::now_ms())
+        .execute(&orders.app.pool)
+        .await
+        .map(drop)
+}
+
+/// Records the outcome and its outbox event in one transaction. Returns
+/// false when a cancel arrived in between, so the engine must go on.
+pub async fn finish(orders: &Orders, order: &OrderRow, outcome: Outcome) -> anyhow::Result<bool> {
+    let state = match outcome {
+        Outcome::Confirmed => OrderState::Confirmed,
+        Outcome::Rejected => OrderState::Rejected,
+        Outcome::Cancelled => OrderState::Cancelled,
+    };
+    if order.state() == state {
+        return Ok(true); // already recorded by an earlier run
+    }
+    let now = txlab_tx::now_ms();
+    let mut tx = orders.app.pool.begin().await?;
+    let reason: Option<String> = match outcome {
+        Outcome::Confirmed => None,
+        Outcome::Cancelled => Some("cancelled on request".into()),
+        // The first refusal (or give-up) recorded by whichever engine ran.
+        Outcome::Rejected => sqlx::query_scalar(
+            "SELECT reason FROM (SELECT step, reason FROM saga_steps WHERE order_id = $1 AND forward IN ('rejected', 'unknown') \
+             UNION ALL SELECT step, reason FROM tx_branches WHERE order_id = $1 AND vote IN ('no', 'unknown')) r \
+             ORDER BY step LIMIT 1",
+        )
+        .bind(order.id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .flatten(),
+    };
+    let updated = sqlx::query(
+        "UPDATE orders SET state = $2, reason = $3, decided_ms = $4, updated_ms = $4 \
+         WHERE id = $1 AND NOT ($2 = 'confirmed' AND cancel_requested)",
+    )
+    .bind(order.id)
+    .bind(state.as_str())
+    .bind(&reason)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if updated == 0 {
+        return Ok(false);
+    }
+    let event = OrderOutcome {
+        event_id: Uuid::new_v4(),
+        order_id: order.id,
+        state,
+        customer: order.customer.clone(),
+        decided_ms: now,
+    };
+    let payload = serde_json::to_value(&event).context("encoding the outcome event")?;
+    txlab_tx::outbox::enqueue(&mut tx, ORDER_EVENTS_TOPIC, &order.id.to_string(), &payload).await?;
+    tx.commit().await?;
+    orders.app.metrics.event("outcome", state.as_str());
+    tracing::info!(outcome = state.as_str(), reason = reason.as_deref().unwrap_or(""), "order decided");
+    let _ = orders.decided.send(order.id);
+    Ok(true)
+}

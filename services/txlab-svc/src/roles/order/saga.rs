@@ -1,0 +1,54 @@
+//! The saga orchestrator: persists each step before and after its call, asks
+//! the pure state machine ([`txlab_tx::saga`]) what comes next, and never
+//! keeps progress only in memory — so a restart resumes where it stopped.
+//!
+//! Every method uses its compensation half to undo a confirmed order that
+//! is cancelled (a business compensation after the commit point).
+
+use txlab_tx::saga::{Compensation, Forward, Next};
+use uuid::Uuid;
+
+use super::calls::{ask, insist, CallError, Op};
+use super::outcome::{finish, set_state};
+use super::store::{load_order, load_saga, set_row, STEPS};
+use super::Orders;
+
+/// Runs the saga of `id` until it finishes (or the order is gone).
+pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
+    loop {
+        let mut conn = orders.app.pool.acquire().await?;
+        let Some(order) = load_order(&mut conn, id).await? else {
+            return Ok(()); // reset away between cells
+        };
+        let saga = load_saga(&mut conn, &order).await?;
+        drop(conn);
+        let pool = &orders.app.pool;
+        match saga.next() {
+            Next::Run(step) => {
+                set_row(pool, "saga_steps", id, step, "forward", Forward::Started.as_str(), None).await?;
+                let (forward, reason) = match ask(orders, &order, step, Op::Apply).await {
+                    Ok(()) => (Forward::Done, None),
+                    Err(CallError::Refused(code)) => (Forward::Rejected, Some(format!("{}: {code}", STEPS[step]))),
+                    Err(CallError::Transient(e)) => (Forward::Unknown, Some(format!("{}: gave up after retries ({e})", STEPS[step]))),
+                };
+                orders.app.metrics.event("step", forward.as_str());
+                tracing::info!(step = STEPS[step], outcome = forward.as_str(), "step");
+                set_row(pool, "saga_steps", id, step, "forward", forward.as_str(), reason.as_deref()).await?;
+            }
+            Next::Compensate(step) => {
+                set_state(orders, id, txlab_api::order::OrderState::Compensating).await?;
+                set_row(pool, "saga_steps", id, step, "compensation", Compensation::Started.as_str(), None).await?;
+                insist(orders, &order, step, Op::Compensate).await;
+                orders.app.metrics.event("compensation", STEPS[step]);
+                tracing::info!(step = STEPS[step], "compensated");
+                set_row(pool, "saga_steps", id, step, "compensation", Compensation::Done.as_str(), None).await?;
+            }
+            Next::Finish(outcome) => {
+                if finish(orders, &order, outcome).await? {
+                    return Ok(());
+                }
+                // A cancel raced with the confirmation: go round again.
+            }
+        }
+    }
+}

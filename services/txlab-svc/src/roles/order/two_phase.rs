@@ -1,0 +1,141 @@
+//! The two-phase coordinator for `twopc` and `tcc`: ask every participant
+//! to prepare (or try), log one decision durably, then drive that decision
+//! (commit or rollback; confirm or cancel) to every participant until done.
+//! The decision can also be read by participants resolving an in-doubt
+//! branch (`GET /twopc/{id}/decision`), which presumes abort for a
+//! transaction stuck undecided.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use txlab_api::fault::FaultPoint;
+use txlab_api::participant::{Decision as WireDecision, DecisionKind};
+use txlab_api::TxMode;
+use txlab_tx::twophase::{Decision, Next, Phase2, Vote};
+use uuid::Uuid;
+
+use super::calls::{ask, insist, CallError, Op};
+use super::outcome::finish;
+use super::store::{load_order, load_two_phase, log_decision, set_row, STEPS};
+use super::Orders;
+use crate::faults::Faults;
+use crate::http::ApiError;
+
+/// How long a transaction may stay undecided before a participant's
+/// question makes the coordinator presume abort.
+const PRESUME_ABORT_AFTER_MS: i64 = 10_000;
+
+/// The operations of each phase under a method.
+fn ops(method: TxMode) -> (Op, Op, Op) {
+    match method {
+        TxMode::Tcc => (Op::Try, Op::Confirm, Op::Cancel),
+        _ => (Op::Prepare, Op::Commit, Op::Rollback),
+    }
+}
+
+/// Runs the two-phase transaction of `id` until it is decided and done
+/// everywhere. A cancel after the commit decision is handed to the saga
+/// engine's compensation (a business compensation, not an abort).
+pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
+    loop {
+        let mut conn = orders.app.pool.acquire().await?;
+        let Some(order) = load_order(&mut conn, id).await? else { return Ok(()) };
+        let tp = load_two_phase(&mut conn, &order).await?;
+        drop(conn);
+        let method = order.method.parse::<TxMode>().map_err(anyhow::Error::msg)?;
+        let (vote_op, commit_op, abort_op) = ops(method);
+        let pool = &orders.app.pool;
+        match tp.next() {
+            Next::Ask(step) => {
+                set_row(pool, "tx_branches", id, step, "vote", Vote::Asked.as_str(), None).await?;
+                let (vote, reason) = match ask(orders, &order, step, vote_op).await {
+                    Ok(()) => (Vote::Yes, None),
+                    Err(CallError::Refused(code)) => (Vote::No, Some(format!("{}: {code}", STEPS[step]))),
+                    Err(CallError::Transient(e)) => (Vote::Unknown, Some(format!("{}: no vote after retries ({e})", STEPS[step]))),
+                };
+                orders.app.metrics.event("vote", vote.as_str());
+                tracing::info!(step = STEPS[step], vote = vote.as_str(), "vote");
+                set_row(pool, "tx_branches", id, step, "vote", vote.as_str(), reason.as_deref()).await?;
+            }
+            Next::Decide(decision) => {
+                let stands = log_decision(pool, id, decision, false).await?;
+                orders.app.metrics.event("decision", stands.as_str());
+                tracing::info!(decision = stands.as_str(), "decision logged");
+                // The coordinator's own crash point: decided, nobody told yet.
+                // Only a delay or a crash makes sense here; an injected error
+                // would merely stall the coordinator.
+                let faults = Faults::parse(order.fault.as_deref(), orders.app.faults.clone())?;
+                let point = if method == TxMode::Tcc { FaultPoint::DuringConfirm } else { FaultPoint::DuringCommit };
+                if let Err(e) = faults.fire(point).await {
+                    tracing::warn!(error = %e, "injected coordinator error ignored");
+                }
+            }
+            Next::Complete(step, decision) => {
+                set_row(pool, "tx_branches", id, step, "phase2", Phase2::Started.as_str(), None).await?;
+                insist(orders, &order, step, if decision == Decision::Commit { commit_op } else { abort_op }).await;
+                set_row(pool, "tx_branches", id, step, "phase2", Phase2::Done.as_str(), None).await?;
+            }
+            Next::Finish(outcome) => {
+                if tp.decision == Some(Decision::Commit) {
+                    // Every effect now stands, exactly as after a saga's
+                    // forward steps: a later cancel compensates them.
+                    sqlx::query("UPDATE saga_steps SET forward = 'done' WHERE order_id = $1 AND forward <> 'done'")
+                        .bind(id)
+                        .execute(pool)
+                        .await?;
+                    if order.cancel_requested {
+                        return super::saga::run(orders, id).await;
+                    }
+                }
+                if finish(orders, &order, outcome).await? {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionQuery {
+    /// Ask the coordinator to presume abort if it is stuck undecided.
+    #[serde(default)]
+    presume_abort: bool,
+}
+
+/// `GET /twopc/{id}/decision[?presume_abort=true]`
+pub async fn decision(
+    State(orders): State<Arc<Orders>>,
+    path: Result<Path<Uuid>, PathRejection>,
+    query: Result<Query<DecisionQuery>, QueryRejection>,
+) -> Result<Json<WireDecision>, ApiError> {
+    let Path(id) = path?;
+    let Query(q) = query?;
+    let mut conn = orders.app.pool.acquire().await?;
+    let mut decision = super::store::load_decision(&mut conn, id).await?;
+    if decision.is_none() && q.presume_abort {
+        let created: Option<i64> = sqlx::query_scalar("SELECT created_ms FROM orders WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        // Unknown to the coordinator, or undecided for too long: abort. The
+        // decision's primary key keeps this from racing with a commit.
+        if created.is_none_or(|c| txlab_tx::now_ms() - c > PRESUME_ABORT_AFTER_MS) {
+            let d = log_decision(&orders.app.pool, id, Decision::Abort, true).await?;
+            tracing::warn!(order_id = %id, decision = d.as_str(), "decision presumed for an in-doubt branch");
+            decision = Some(d);
+            if created.is_some() {
+                orders.clone().drive(id);
+            }
+        }
+    }
+    Ok(Json(WireDecision {
+        order_id: id,
+        decision: decision.map(|d| match d {
+            Decision::Commit => DecisionKind::Commit,
+            Decision::Abort => DecisionKind::Abort,
+        }),
+    }))
+}
