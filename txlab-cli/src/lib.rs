@@ -5,6 +5,7 @@
 //! - [`platform`]: where the services run ([`platform::local`] by default).
 //! - [`load`]: open-loop arrivals, HDR latencies, a per-second series.
 //! - [`audit`]: after quiesce, were money, stock and slots all accounted for?
+//! - [`metrics`]: the services' event counters (retries, compensations...).
 //! - [`results`]: the self-describing run directory.
 //! - [`report`]: tables for the terminal and CSV.
 //!
@@ -13,6 +14,7 @@
 pub mod audit;
 pub mod commands;
 pub mod load;
+pub mod metrics;
 pub mod platform;
 pub mod report;
 pub mod results;

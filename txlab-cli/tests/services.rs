@@ -11,16 +11,7 @@ use sqlx::Connection;
 use txlab_api::Role;
 use txlab_cli::audit::{check, collect, quiesce};
 use txlab_cli::platform::local::{database_name, database_url};
-use txlab_cli::platform::{Endpoints, Platform};
-
-async fn reset_and_seed(client: &reqwest::Client, e: &Endpoints, seed: &txlab_api::admin::Seed) {
-    for role in Role::ALL {
-        let url = e.url(role).unwrap();
-        assert!(client.post(format!("{url}/admin/reset")).send().await.unwrap().status().is_success());
-        let r = client.post(format!("{url}/admin/seed")).json(seed).send().await.unwrap();
-        assert!(r.status().is_success(), "{role} seed: {}", r.status());
-    }
-}
+use txlab_cli::platform::Platform;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_reports_money_taken_behind_the_sagas_back() {
@@ -57,7 +48,7 @@ async fn the_api_answers_bad_input_with_json_reasons_and_honours_idempotency_key
     let (platform, e, dir) = common::deployed("api").await;
     let plan = common::plan("smoke.yaml");
     let client = common::client();
-    reset_and_seed(&client, &e, &plan.seed.seed).await;
+    common::reset_and_seed(&client, &e, &plan.seed.seed).await;
     let order_url = format!("{}/orders", e.url(Role::Order).unwrap());
     let good = json!({"customer": "c00001", "items": [{"sku": "sku-0001", "qty": 1, "unit_price": 250}], "slot": "slot-001"});
 
@@ -127,7 +118,7 @@ async fn an_in_flight_saga_resumes_after_the_order_service_is_killed() {
     let (mut platform, e, dir) = common::deployed("resume").await;
     let plan = common::plan("smoke.yaml");
     let client = common::client();
-    reset_and_seed(&client, &e, &plan.seed.seed).await;
+    common::reset_and_seed(&client, &e, &plan.seed.seed).await;
     let order = json!({"customer": "c00002", "items": [{"sku": "sku-0002", "qty": 2, "unit_price": 400}], "slot": "slot-002"});
     // Hold the inventory step long enough to kill the orchestrator mid-saga.
     let created: Value = client
@@ -142,7 +133,8 @@ async fn an_in_flight_saga_resumes_after_the_order_service_is_killed() {
         .unwrap();
     let id = created["id"].as_str().unwrap().to_string();
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let e = platform.kill_and_restart(Role::Order).await.unwrap();
+    platform.crash(Role::Order).await.unwrap();
+    assert_eq!(platform.restarts().get(&Role::Order), Some(&1), "the supervisor restarted it once");
 
     let after = common::get_json(&client, &format!("{}/orders/{id}?wait_ms=20000", e.url(Role::Order).unwrap())).await;
     assert_eq!(after["state"], "confirmed", "{after}");

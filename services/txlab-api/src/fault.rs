@@ -4,8 +4,9 @@
 //! `error` (the service answers 503 as a transient failure), `delay:<ms>`
 //! or `crash` (the process exits on the spot, like a killed pod). Example:
 //! `inventory.before_db=delay:300,payment.after_db=error`.
-//! The order service forwards the header to every participant it calls, so
-//! a scenario can fail one chosen step of one chosen order.
+//! The order service forwards the header to every participant it calls, on
+//! each call's first attempt only, so a scenario can fail one chosen step of
+//! one chosen order once and watch the recovery.
 
 use serde::{Deserialize, Serialize};
 

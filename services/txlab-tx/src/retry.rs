@@ -17,11 +17,12 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// Forward steps: a few quick retries, then the outcome counts as unknown.
+    /// Forward steps: retries over about one to two seconds — long enough
+    /// to ride out a participant's restart — then the outcome counts as unknown.
     pub const FORWARD: Backoff = Backoff {
         base: Duration::from_millis(20),
         cap: Duration::from_millis(500),
-        max_attempts: Some(5),
+        max_attempts: Some(7),
     };
 
     /// Compensations must eventually succeed, so they never give up.
@@ -104,8 +105,8 @@ mod tests {
 
     #[test]
     fn attempt_limit() {
-        assert!(Backoff::FORWARD.allows(4));
-        assert!(!Backoff::FORWARD.allows(5));
+        assert!(Backoff::FORWARD.allows(6));
+        assert!(!Backoff::FORWARD.allows(7));
         assert!(Backoff::UNTIL_DONE.allows(u32::MAX - 1));
     }
 
@@ -120,9 +121,9 @@ mod tests {
         )
         .await;
         assert_eq!(out, Err("503"));
-        assert_eq!(seen, vec![1, 2, 3, 4]);
-        // Four sleeps, each at least half its ceiling: 10+20+40+80 ms.
-        assert!(started.elapsed() >= Duration::from_millis(150));
+        assert_eq!(seen, vec![1, 2, 3, 4, 5, 6]);
+        // Six sleeps, each at least half its ceiling: 10+20+40+80+160+250 ms.
+        assert!(started.elapsed() >= Duration::from_millis(560));
     }
 
     #[tokio::test(start_paused = true)]

@@ -5,6 +5,7 @@
 //! written out. Ctrl-C stops the run between or inside cells and still tears
 //! everything down.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
@@ -180,6 +181,8 @@ pub async fn run_cells(platform: &mut impl Platform, plan: &Plan, run: &RunDir) 
         broadcast(&client, &endpoints, "/admin/seed", &serde_json::to_value(&plan.seed.seed)?).await?;
         let logs = platform.log_files();
         let marks = log_marks(&logs);
+        let restarts_before = platform.restarts();
+        let events_before = crate::metrics::scrape(&client, &endpoints).await;
 
         let progress = ProgressBar::new(0).with_style(style.clone()).with_prefix(format!("[{}/{total}] {}", index + 1, cell.id));
         let target = Target { base_url: endpoints.url(Role::Order)?, run_id: &run.id };
@@ -188,9 +191,18 @@ pub async fn run_cells(platform: &mut impl Platform, plan: &Plan, run: &RunDir) 
         let timeout = Duration::from_secs_f64(plan.profile.quiesce_timeout_s);
         let (snapshots, waited, settled) = quiesce(&client, &endpoints, timeout).await?;
         let audit = check(&plan.seed.seed, &snapshots);
+        let events = crate::metrics::delta(&events_before, &crate::metrics::scrape(&client, &endpoints).await);
+        let restarts: BTreeMap<String, u32> = platform
+            .restarts()
+            .into_iter()
+            .map(|(role, n)| (role.to_string(), n - restarts_before.get(&role).copied().unwrap_or(0)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
         progress.finish_and_clear();
 
-        let summary = CellSummary::new(index, cell, &load, &audit, waited.as_millis() as u64, settled);
+        let mut summary = CellSummary::new(index, cell, &load, &audit, waited.as_millis() as u64, settled);
+        summary.events = events;
+        summary.restarts = restarts;
         let dir = run.cell_dir(&cell.id);
         write_cell(&dir, cell, &summary, &load, &audit)?;
         copy_log_slices(&dir, &logs, &marks)?;

@@ -34,6 +34,8 @@ pub trait Platform {
     /// Makes the services run `method` (restarting them if they ran another)
     /// and returns where to reach them.
     async fn deploy(&mut self, method: TxMode) -> anyhow::Result<Endpoints>;
+    /// Service restarts so far (crashes the platform recovered from).
+    fn restarts(&self) -> BTreeMap<Role, u32>;
     /// Each service's log file, for copying a cell's share into its results.
     fn log_files(&self) -> Vec<(Role, PathBuf)>;
     /// Name, versions and settings, for the self-describing run.json.

@@ -57,12 +57,12 @@ pub fn csv(summaries: &[CellSummary]) -> String {
     let mut out = String::from(
         "cell,method,scenario,replicas,repetition,target_rate,achieved_rate,sent,confirmed,rejected,cancelled,\
          unexpected,errors,undecided,dropped,late,accepted_p50_ms,accepted_p99_ms,decided_p50_ms,decided_p99_ms,\
-         decided_p999_ms,quiesce_ms,settled,violations\n",
+         decided_p999_ms,quiesce_ms,settled,violations,retries,compensations,restarts,notification_lag_p50_ms\n",
     );
     for s in summaries {
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{},{:.3},{},{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{}",
+            "{},{},{},{},{},{},{:.3},{},{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{},{},{}",
             s.cell,
             s.method,
             s.scenario,
@@ -86,7 +86,11 @@ pub fn csv(summaries: &[CellSummary]) -> String {
             s.decided_ms.p999,
             s.quiesce_ms,
             s.settled,
-            s.violations
+            s.violations,
+            s.events.get("retry").copied().unwrap_or(0.0),
+            s.events.get("compensation").copied().unwrap_or(0.0),
+            s.restarts.values().sum::<u32>(),
+            s.notification_lag_p50_ms.map(|v| v.to_string()).unwrap_or_default()
         );
     }
     out

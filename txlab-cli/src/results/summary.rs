@@ -73,6 +73,13 @@ pub struct CellSummary {
     pub violations_by_invariant: BTreeMap<String, usize>,
     pub notification_lag_p50_ms: Option<i64>,
     pub notification_lag_max_ms: Option<i64>,
+    /// Business events during the cell, from the services' counters:
+    /// `retry`, `compensation`, `vote`, `decision`, `step`, `outcome`...
+    #[serde(default)]
+    pub events: BTreeMap<String, f64>,
+    /// Service restarts during the cell (injected crashes), per role.
+    #[serde(default)]
+    pub restarts: BTreeMap<String, u32>,
 }
 
 impl CellSummary {
@@ -107,6 +114,8 @@ impl CellSummary {
             violations_by_invariant: audit.by_invariant.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             notification_lag_p50_ms: audit.notification_lag_p50_ms,
             notification_lag_max_ms: audit.notification_lag_max_ms,
+            events: BTreeMap::new(),
+            restarts: BTreeMap::new(),
         }
     }
 }

@@ -23,12 +23,45 @@ pub fn temp_dir(name: &str) -> PathBuf {
 
 /// The local platform with the services deployed for saga_orch.
 pub async fn deployed(name: &str) -> (LocalPlatform, Endpoints, PathBuf) {
+    deployed_with(name, txlab_api::TxMode::SagaOrch).await
+}
+
+/// The local platform with the services deployed for `method`.
+pub async fn deployed_with(name: &str, method: txlab_api::TxMode) -> (LocalPlatform, Endpoints, PathBuf) {
     let dir = temp_dir(name);
     let mut p = LocalPlatform::start(LocalOptions { log_dir: dir.join("logs"), ..Default::default() })
         .await
         .expect("local platform starts (needs PostgreSQL and tansu: run `make setup`)");
-    let e = p.deploy(txlab_api::TxMode::SagaOrch).await.expect("services start");
+    let e = p.deploy(method).await.expect("services start");
     (p, e, dir)
+}
+
+/// Resets every service and seeds it with `seed`.
+pub async fn reset_and_seed(client: &reqwest::Client, e: &Endpoints, seed: &txlab_api::admin::Seed) {
+    for role in txlab_api::Role::ALL {
+        let url = e.url(role).unwrap();
+        assert!(client.post(format!("{url}/admin/reset")).send().await.unwrap().status().is_success());
+        let r = client.post(format!("{url}/admin/seed")).json(seed).send().await.unwrap();
+        assert!(r.status().is_success(), "{role} seed: {}", r.status());
+    }
+}
+
+/// Long-polls an order until it is terminal, riding out a restarting order
+/// service (connection errors are retried for up to a minute).
+pub async fn wait_decided(client: &reqwest::Client, order_url: &str, id: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = client.get(format!("{order_url}/orders/{id}?wait_ms=5000")).send().await;
+        if let Ok(r) = r {
+            if let Ok(v) = r.json::<serde_json::Value>().await {
+                if matches!(v["state"].as_str(), Some("confirmed" | "rejected" | "cancelled")) {
+                    return v;
+                }
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "order {id} was not decided within a minute");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A plan from the repository's profiles and scenarios.

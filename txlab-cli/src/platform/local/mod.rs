@@ -15,6 +15,7 @@ mod tools;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -40,10 +41,10 @@ pub struct LocalOptions {
 pub struct LocalPlatform {
     opts: LocalOptions,
     scratch: PathBuf,
-    reaper: reaper::Reaper,
+    reaper: Arc<reaper::Reaper>,
     postgres: Option<postgres::Postgres>,
     tansu: Option<tansu::Tansu>,
-    services: BTreeMap<Role, services::Service>,
+    fleet: Option<Arc<Mutex<services::Fleet>>>,
     method: Option<TxMode>,
     admin_url: String,
     brokers: String,
@@ -71,7 +72,7 @@ impl LocalPlatform {
         std::fs::create_dir_all(&scratch).with_context(|| format!("creating scratch directory {}", scratch.display()))?;
         // The unprivileged PostgreSQL user must be able to enter it.
         std::fs::set_permissions(&scratch, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-        let mut reaper = reaper::Reaper::start()?;
+        let reaper = Arc::new(reaper::Reaper::start()?);
         reaper.watch_root(&scratch)?;
         if opts.keep {
             reaper.keep_root();
@@ -81,7 +82,7 @@ impl LocalPlatform {
             reaper,
             postgres: None,
             tansu: None,
-            services: BTreeMap::new(),
+            fleet: None,
             method: None,
             admin_url: opts.database_url.clone().unwrap_or_default(),
             brokers: opts.kafka_brokers.clone().unwrap_or_default(),
@@ -106,7 +107,7 @@ impl LocalPlatform {
         if let Some(bin) = pg_bin {
             self.versions.insert("postgres", tools::version_of(&bin.join("postgres")).await);
             let log = self.opts.log_dir.join("postgres.log");
-            let pg = postgres::Postgres::start(&bin, &self.scratch, &log, run_as.as_ref(), &mut self.reaper).await?;
+            let pg = postgres::Postgres::start(&bin, &self.scratch, &log, run_as.as_ref(), &self.reaper).await?;
             self.admin_url = pg.admin_url.clone();
             self.postgres = Some(pg);
         }
@@ -114,7 +115,7 @@ impl LocalPlatform {
         if let Some(bin) = tansu_bin {
             self.versions.insert("tansu", tools::version_of(&bin).await);
             let log = self.opts.log_dir.join("tansu.log");
-            let t = tansu::Tansu::start(&bin, &log, &mut self.reaper).await?;
+            let t = tansu::Tansu::start(&bin, &log, &self.reaper).await?;
             self.brokers = t.brokers.clone();
             self.tansu = Some(t);
         }
@@ -126,29 +127,43 @@ impl LocalPlatform {
         &self.admin_url
     }
 
-    /// Kills one service abruptly and starts the whole set again, as a pod
-    /// restart would; used to show that in-flight work resumes.
-    pub async fn kill_and_restart(&mut self, role: Role) -> anyhow::Result<Endpoints> {
-        if let Some(svc) = self.services.get_mut(&role) {
-            svc.proc.stop(libc::SIGKILL, Duration::from_secs(5), &mut self.reaper).await;
+    /// Kills one service abruptly, as a crashing pod would, and waits until
+    /// the supervisor has it running and healthy again (same endpoint).
+    pub async fn crash(&mut self, role: Role) -> anyhow::Result<()> {
+        let fleet = self.fleet.clone().context("no services deployed")?;
+        let restarts_before = self.restarts().get(&role).copied().unwrap_or(0);
+        {
+            let f = fleet.lock().unwrap_or_else(|p| p.into_inner());
+            let svc = f.services.get(&role).context("no such service")?;
+            process::kill_group(svc.proc.pgid(), libc::SIGKILL);
         }
-        self.stop_services().await;
-        let method = self.method.take().context("no services deployed")?;
-        self.deploy(method).await
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while self.restarts().get(&role).copied().unwrap_or(0) == restarts_before {
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "the {role} service was not restarted within 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        services::wait_healthy(&fleet, &[role], Duration::from_secs(60)).await
     }
 
     async fn stop_services(&mut self) {
+        let Some(fleet) = self.fleet.take() else { return };
+        // Emptying the fleet stops the supervisor from restarting anything.
+        let mut services = std::mem::take(&mut fleet.lock().unwrap_or_else(|p| p.into_inner()).services);
         // The order service first: it drives the others.
-        if let Some(mut svc) = self.services.remove(&Role::Order) {
-            svc.proc.stop(libc::SIGTERM, Duration::from_secs(10), &mut self.reaper).await;
+        if let Some(mut svc) = services.remove(&Role::Order) {
+            svc.proc.stop(libc::SIGTERM, Duration::from_secs(10), &self.reaper).await;
         }
-        for (_, mut svc) in std::mem::take(&mut self.services) {
-            svc.proc.stop(libc::SIGTERM, Duration::from_secs(10), &mut self.reaper).await;
+        for (_, mut svc) in services {
+            svc.proc.stop(libc::SIGTERM, Duration::from_secs(10), &self.reaper).await;
         }
     }
 
     fn endpoints(&self) -> Endpoints {
-        Endpoints { urls: self.services.iter().map(|(r, s)| (*r, s.url.clone())).collect() }
+        let urls = match &self.fleet {
+            Some(f) => f.lock().unwrap_or_else(|p| p.into_inner()).services.iter().map(|(r, s)| (*r, s.url.clone())).collect(),
+            None => BTreeMap::new(),
+        };
+        Endpoints { urls }
     }
 
     /// The scratch directory (PostgreSQL's data), removed at shutdown unless kept.
@@ -167,20 +182,27 @@ fn unique_suffix() -> u128 {
 
 impl Platform for LocalPlatform {
     async fn deploy(&mut self, method: TxMode) -> anyhow::Result<Endpoints> {
-        if self.method == Some(method) && !self.services.is_empty() {
+        if self.method == Some(method) && self.fleet.is_some() {
             return Ok(self.endpoints());
         }
         self.stop_services().await;
         let wiring = services::Wiring {
-            binary: &self.service_bin,
-            admin_url: &self.admin_url,
-            brokers: &self.brokers,
+            binary: self.service_bin.clone(),
+            admin_url: self.admin_url.clone(),
+            brokers: self.brokers.clone(),
             method,
-            log_dir: &self.opts.log_dir,
+            log_dir: self.opts.log_dir.clone(),
         };
-        self.services = services::start_all(&wiring, &mut self.reaper).await?;
+        self.fleet = Some(services::start_all(wiring, self.reaper.clone()).await?);
         self.method = Some(method);
         Ok(self.endpoints())
+    }
+
+    fn restarts(&self) -> BTreeMap<Role, u32> {
+        self.fleet
+            .as_ref()
+            .map(|f| f.lock().unwrap_or_else(|p| p.into_inner()).restarts.clone())
+            .unwrap_or_default()
     }
 
     fn log_files(&self) -> Vec<(Role, PathBuf)> {
@@ -201,11 +223,11 @@ impl Platform for LocalPlatform {
     async fn shutdown(mut self) -> anyhow::Result<()> {
         self.stop_services().await;
         if let Some(mut t) = self.tansu.take() {
-            t.proc.stop(libc::SIGTERM, Duration::from_secs(5), &mut self.reaper).await;
+            t.proc.stop(libc::SIGTERM, Duration::from_secs(5), &self.reaper).await;
         }
         if let Some(mut pg) = self.postgres.take() {
             // SIGINT is PostgreSQL's "fast" shutdown: roll back and exit.
-            pg.proc.stop(libc::SIGINT, Duration::from_secs(10), &mut self.reaper).await;
+            pg.proc.stop(libc::SIGINT, Duration::from_secs(10), &self.reaper).await;
         }
         // The reaper removes the scratch directory (unless kept) as it exits.
         self.reaper.finish();

@@ -39,7 +39,7 @@ async fn run_checked(what: &str, cmd: &mut tokio::process::Command) -> anyhow::R
 }
 
 impl Postgres {
-    pub async fn start(bin: &Path, scratch: &Path, log: &Path, run_as: Option<&RunAs>, reaper: &mut Reaper) -> anyhow::Result<Postgres> {
+    pub async fn start(bin: &Path, scratch: &Path, log: &Path, run_as: Option<&RunAs>, reaper: &Reaper) -> anyhow::Result<Postgres> {
         let data = scratch.join("pgdata");
         std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
         if let Some(u) = run_as {

@@ -93,11 +93,15 @@ pub fn log_sink(path: &Path) -> anyhow::Result<(Stdio, Stdio)> {
 
 impl Supervised {
     /// Spawns `cmd` (already [`contain`]ed) and registers its group with the reaper.
-    pub fn spawn(name: &str, cmd: &mut tokio::process::Command, reaper: &mut super::reaper::Reaper) -> anyhow::Result<Supervised> {
+    pub fn spawn(name: &str, cmd: &mut tokio::process::Command, reaper: &super::reaper::Reaper) -> anyhow::Result<Supervised> {
         let child = cmd.stdin(Stdio::null()).spawn().with_context(|| format!("starting {name}"))?;
         let pid = child.id().with_context(|| format!("{name} exited at once"))? as i32;
         reaper.watch_group(pid)?;
         Ok(Supervised { name: name.to_string(), child, pgid: pid })
+    }
+
+    pub fn pgid(&self) -> i32 {
+        self.pgid
     }
 
     /// The exit status if the process has ended.
@@ -106,23 +110,28 @@ impl Supervised {
     }
 
     /// Sends `signal` to the group, waits up to `grace`, then kills the group.
-    pub async fn stop(&mut self, signal: i32, grace: Duration, reaper: &mut super::reaper::Reaper) {
+    pub async fn stop(&mut self, signal: i32, grace: Duration, reaper: &super::reaper::Reaper) {
         if self.exited().is_none() {
-            // SAFETY: kill with a negative pid signals our child's own group.
-            unsafe { libc::kill(-self.pgid, signal) };
+            kill_group(self.pgid, signal);
             if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
                 tracing::warn!(name = %self.name, "did not stop in time; killing");
-                // SAFETY: as above.
-                unsafe { libc::kill(-self.pgid, libc::SIGKILL) };
+                kill_group(self.pgid, libc::SIGKILL);
                 let _ = self.child.wait().await;
             }
         }
         // Grandchildren may linger briefly in the group (PostgreSQL backends
         // exit on their own once the postmaster is gone): make sure.
-        // SAFETY: as above; ESRCH when the group is already empty is fine.
-        unsafe { libc::kill(-self.pgid, libc::SIGKILL) };
+        // ESRCH when the group is already empty is fine.
+        kill_group(self.pgid, libc::SIGKILL);
         reaper.release_group(self.pgid);
     }
+}
+
+/// Sends `signal` to a process group this lab started.
+pub fn kill_group(pgid: i32, signal: i32) {
+    // SAFETY: kill has no memory-safety preconditions; a negative pid names
+    // a process group, and `pgid` is always one of our own children's.
+    unsafe { libc::kill(-pgid, signal) };
 }
 
 /// Ports handed to children come from below Linux's default ephemeral

@@ -11,6 +11,7 @@
 use std::io::Write;
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Mutex;
 
 use anyhow::Context;
 
@@ -31,9 +32,11 @@ if [ -n "$root" ] && [ "$keep" = 0 ]; then
 fi
 "#;
 
+/// Shared by everything that starts or stops children (the supervisor
+/// restarts services from its own task), hence the inner locks.
 pub struct Reaper {
-    child: Child,
-    pipe: Option<ChildStdin>,
+    child: Mutex<Child>,
+    pipe: Mutex<Option<ChildStdin>>,
 }
 
 impl Reaper {
@@ -51,39 +54,40 @@ impl Reaper {
         }
         let mut child = cmd.spawn().context("starting the clean-up helper (/bin/sh)")?;
         let pipe = child.stdin.take();
-        Ok(Reaper { child, pipe })
+        Ok(Reaper { child: Mutex::new(child), pipe: Mutex::new(pipe) })
     }
 
-    fn say(&mut self, line: String) -> anyhow::Result<()> {
-        let pipe = self.pipe.as_mut().context("the clean-up helper is gone")?;
+    fn say(&self, line: String) -> anyhow::Result<()> {
+        let mut guard = self.pipe.lock().unwrap_or_else(|p| p.into_inner());
+        let pipe = guard.as_mut().context("the clean-up helper is gone")?;
         pipe.write_all(line.as_bytes())?;
         pipe.flush()?;
         Ok(())
     }
 
-    pub fn watch_group(&mut self, pgid: i32) -> anyhow::Result<()> {
+    pub fn watch_group(&self, pgid: i32) -> anyhow::Result<()> {
         self.say(format!("group {pgid}\n"))
     }
 
     /// Forgets a group txlab stopped itself (its id may be reused later).
-    pub fn release_group(&mut self, pgid: i32) {
+    pub fn release_group(&self, pgid: i32) {
         let _ = self.say(format!("release {pgid}\n"));
     }
 
     /// The scratch directory to delete at the end.
-    pub fn watch_root(&mut self, dir: &Path) -> anyhow::Result<()> {
+    pub fn watch_root(&self, dir: &Path) -> anyhow::Result<()> {
         let text = dir.to_str().context("scratch directory path is not UTF-8")?;
         anyhow::ensure!(!text.contains('\n'), "scratch directory path holds a newline");
         self.say(format!("root {text}\n"))
     }
 
-    pub fn keep_root(&mut self) {
+    pub fn keep_root(&self) {
         let _ = self.say("keep\n".into());
     }
 
     /// Closes the pipe and waits for the clean-up to finish.
-    pub fn finish(mut self) {
-        drop(self.pipe.take());
-        let _ = self.child.wait();
+    pub fn finish(&self) {
+        drop(self.pipe.lock().unwrap_or_else(|p| p.into_inner()).take());
+        let _ = self.child.lock().unwrap_or_else(|p| p.into_inner()).wait();
     }
 }

@@ -14,7 +14,7 @@ pub struct Tansu {
 }
 
 impl Tansu {
-    pub async fn start(bin: &Path, log: &Path, reaper: &mut Reaper) -> anyhow::Result<Tansu> {
+    pub async fn start(bin: &Path, log: &Path, reaper: &Reaper) -> anyhow::Result<Tansu> {
         let port = free_port()?;
         let url = format!("tcp://127.0.0.1:{port}");
         let mut cmd = tokio::process::Command::new(bin);

@@ -61,7 +61,18 @@ pub fn request(orders: &Orders, order: &OrderRow, step: usize, op: Op) -> (Strin
     }
 }
 
-async fn call(orders: &Orders, url: &str, body: &Option<serde_json::Value>, fault: &Option<String>) -> Attempt<(), CallError> {
+/// The fault header goes with a call's first attempt only: a planned fault
+/// fires once and the retry shows the recovery (a crash fault would
+/// otherwise crash the restarted participant again on every retry).
+fn fault_for(order: &OrderRow, attempt: u32) -> Option<&str> {
+    if attempt == 1 {
+        order.fault.as_deref()
+    } else {
+        None
+    }
+}
+
+async fn call(orders: &Orders, url: &str, body: &Option<serde_json::Value>, fault: Option<&str>) -> Attempt<(), CallError> {
     let mut req = orders.http.post(url);
     if let Some(b) = body {
         req = req.json(b);
@@ -91,7 +102,7 @@ pub async fn ask(orders: &Orders, order: &OrderRow, step: usize, op: Op) -> Resu
     let (url, body) = request(orders, order, step, op);
     retry(
         Backoff::FORWARD,
-        |_| call(orders, &url, &body, &order.fault),
+        |attempt| call(orders, &url, &body, fault_for(order, attempt)),
         |attempt, e| {
             orders.app.metrics.event("retry", STEPS[step]);
             tracing::warn!(step = STEPS[step], ?op, attempt, error = ?e, "call failed; retrying");
@@ -104,10 +115,11 @@ pub async fn ask(orders: &Orders, order: &OrderRow, step: usize, op: Op) -> Resu
 /// for as long as it takes, refusals included.
 pub async fn insist(orders: &Orders, order: &OrderRow, step: usize, op: Op) {
     let (url, body) = request(orders, order, step, op);
+    let (url, body) = (&url, &body);
     let _ = retry(
         Backoff::UNTIL_DONE,
-        |_| async {
-            match call(orders, &url, &body, &order.fault).await {
+        |attempt| async move {
+            match call(orders, url, body, fault_for(order, attempt)).await {
                 Attempt::Fail(CallError::Refused(e)) => Attempt::Retry(CallError::Refused(e)),
                 other => other,
             }

@@ -1,0 +1,221 @@
+//! Every built method on the real local platform: the failure and cancel
+//! scenarios audit clean, the TCC barrier stops its three anomalies, an
+//! in-doubt 2PC branch is resolved, and crashes at each crash-capable point
+//! leave no money, stock, slot, prepared transaction or tried branch behind.
+
+mod common;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use txlab_api::{Role, TxMode};
+use txlab_cli::audit::{check, quiesce};
+use txlab_cli::platform::Platform;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_method_passes_the_failure_and_cancel_scenarios() {
+    let (mut platform, _, dir) = common::deployed_with("methods", TxMode::SagaOrch).await;
+    let mut plan = common::plan("methods.yaml");
+    plan.profile.load.arrival = txlab_cli::spec::Arrival::Constant;
+    plan.profile.load.rate = 10.0;
+    plan.profile.load.duration_s = 1.5;
+    plan.profile.load.warmup_s = 0.0;
+    let run = txlab_cli::results::RunDir::create(&dir.join("results"), "methods").unwrap();
+    let summaries = txlab_cli::commands::run::run_cells(&mut platform, &plan, &run).await.unwrap();
+    assert_eq!(summaries.len(), 3 * 7);
+    for s in &summaries {
+        assert_eq!(s.sent, 15, "{}", s.cell);
+        assert_eq!(s.outcomes.get(&s.expect).copied(), Some(s.sent), "{}: {:?} e.g. {:?}", s.cell, s.outcomes, s.unexpected_examples);
+        assert_eq!((s.errors, s.undecided), (0, 0), "{}", s.cell);
+        assert!(s.settled, "{}", s.cell);
+        assert_eq!(s.violations, 0, "{}: {:?}", s.cell, s.violations_by_invariant);
+    }
+    // The methods really differ underneath: votes and decisions for the
+    // two-phase ones, none for the saga.
+    let events = |cell: &str| summaries.iter().find(|s| s.cell == cell).unwrap().events.clone();
+    assert!(events("twopc-happy-path-r1-1").get("decision").copied().unwrap_or(0.0) >= 15.0);
+    assert!(events("tcc-fail-shipping-r1-1").get("vote").copied().unwrap_or(0.0) >= 45.0);
+    assert_eq!(events("saga_orch-happy-path-r1-1").get("decision"), None);
+    assert!(events("saga_orch-fail-shipping-r1-1").get("compensation").copied().unwrap_or(0.0) >= 30.0);
+    platform.shutdown().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The payment participant's wallet of `customer`: (balance, reserved).
+async fn wallet(client: &reqwest::Client, payment: &str, customer: &str) -> (i64, i64) {
+    let snap: Value = client.get(format!("{payment}/admin/audit")).send().await.unwrap().json().await.unwrap();
+    let w = snap["wallets"].as_array().unwrap().iter().find(|w| w["customer"] == customer).unwrap();
+    (w["balance"].as_i64().unwrap(), w["reserved"].as_i64().unwrap())
+}
+
+async fn post(client: &reqwest::Client, url: String, body: Option<&Value>) -> (u16, Value) {
+    let mut req = client.post(url);
+    if let Some(b) = body {
+        req = req.json(b);
+    }
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tcc_barrier_stops_repeats_empty_cancels_and_hanging_tries() {
+    let (platform, e, dir) = common::deployed_with("barrier", TxMode::Tcc).await;
+    let client = common::client();
+    common::reset_and_seed(&client, &e, &common::plan("smoke.yaml").seed.seed).await;
+    let pay = e.url(Role::Payment).unwrap().to_string();
+    let charge = json!({"customer": "c00003", "amount": 700});
+    let start = wallet(&client, &pay, "c00003").await;
+
+    // 1. Repeated calls: a retried Try holds once, a retried Confirm takes once.
+    // Without the barrier the second Try would hold another 700.
+    let a = uuid::Uuid::new_v4();
+    assert_eq!(post(&client, format!("{pay}/tcc/payments/{a}/try"), Some(&charge)).await.0, 200);
+    let (status, again) = post(&client, format!("{pay}/tcc/payments/{a}/try"), Some(&charge)).await;
+    assert_eq!((status, again["repeated"].as_bool()), (200, Some(true)));
+    assert_eq!(wallet(&client, &pay, "c00003").await, (start.0 - 700, start.1 + 700));
+    for _ in 0..2 {
+        assert_eq!(post(&client, format!("{pay}/tcc/payments/{a}/confirm"), None).await.0, 200);
+    }
+    assert_eq!(wallet(&client, &pay, "c00003").await, (start.0 - 700, start.1));
+
+    // 2. Null compensation: a Cancel that overtakes its Try releases nothing.
+    // Without the barrier it would release 700 that were never held.
+    let b = uuid::Uuid::new_v4();
+    let (status, cancelled) = post(&client, format!("{pay}/tcc/payments/{b}/cancel"), None).await;
+    assert_eq!((status, cancelled["state"].as_str()), (200, Some("voided")));
+    assert_eq!(wallet(&client, &pay, "c00003").await, (start.0 - 700, start.1));
+
+    // 3. Hanging: the late Try after that Cancel is refused and holds nothing.
+    // Without the barrier it would hold 700 that no Confirm or Cancel will ever free.
+    let (status, late) = post(&client, format!("{pay}/tcc/payments/{b}/try"), Some(&charge)).await;
+    assert_eq!((status, late["error"].as_str()), (422, Some("already_compensated")));
+    assert_eq!(wallet(&client, &pay, "c00003").await, (start.0 - 700, start.1));
+    platform.shutdown().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_doubt_2pc_branch_is_rolled_back_by_presumed_abort() {
+    let (platform, e, dir) = common::deployed_with("in-doubt", TxMode::Twopc).await;
+    let client = common::client();
+    let plan = common::plan("smoke.yaml");
+    common::reset_and_seed(&client, &e, &plan.seed.seed).await;
+    let pay = e.url(Role::Payment).unwrap().to_string();
+    // A branch prepared for a transaction the coordinator never heard of (its
+    // coordinator died before logging anything): it holds the wallet's lock.
+    let id = uuid::Uuid::new_v4();
+    let (status, _) = post(&client, format!("{pay}/2pc/payments/{id}/prepare"), Some(&json!({"customer": "c00004", "amount": 900}))).await;
+    assert_eq!(status, 200);
+    let prepared = |v: &Value| v["prepared_transactions"].as_i64().unwrap();
+    let snap: Value = client.get(format!("{pay}/admin/audit")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(prepared(&snap), 1);
+
+    // The participant asks the coordinator, which presumes abort; the branch goes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let snap: Value = client.get(format!("{pay}/admin/audit")).send().await.unwrap().json().await.unwrap();
+        if prepared(&snap) == 0 {
+            let rec = snap["payments"].as_array().unwrap().iter().find(|p| p["order_id"] == id.to_string()).cloned();
+            assert_eq!(rec.map(|r| r["state"].clone()), Some(json!("voided")), "a late prepare will be refused");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the in-doubt branch was not resolved in 30 s");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let decision: Value = client
+        .get(format!("{}/twopc/{id}/decision", e.url(Role::Order).unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(decision["decision"], "abort");
+    let (snaps, _, _) = quiesce(&client, &e, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(check(&plan.seed.seed, &snaps).violations, vec![]);
+    platform.shutdown().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Crash points per method: (role that crashes, fault header).
+fn crash_points(method: TxMode) -> Vec<(Role, &'static str)> {
+    let mut points = vec![
+        (Role::Payment, "payment.after_db=crash"),
+        (Role::Inventory, "inventory.before_db=crash"),
+        (Role::Shipping, "shipping.before_reply=crash"),
+    ];
+    match method {
+        TxMode::Tcc => points.extend([
+            (Role::Payment, "payment.during_try=crash"),
+            (Role::Inventory, "inventory.during_confirm=crash"),
+            (Role::Order, "order.during_confirm=crash"),
+        ]),
+        TxMode::Twopc => points.extend([
+            (Role::Payment, "payment.during_prepare=crash"),
+            (Role::Shipping, "shipping.during_commit=crash"),
+            (Role::Order, "order.during_commit=crash"),
+        ]),
+        _ => {}
+    }
+    points
+}
+
+/// Sends a small burst of orders, one of which crashes `role` at a point,
+/// and checks that everything settles with a clean audit.
+async fn crash_under_load(method: TxMode) {
+    let (platform, e, dir) = common::deployed_with(&format!("crash-{method}"), method).await;
+    let client = common::client();
+    let plan = common::plan("smoke.yaml");
+    let order_url = e.url(Role::Order).unwrap().to_string();
+    for (n, (role, fault)) in crash_points(method).into_iter().enumerate() {
+        common::reset_and_seed(&client, &e, &plan.seed.seed).await;
+        let before = platform.restarts().get(&role).copied().unwrap_or(0);
+        let mut ids = Vec::new();
+        for i in 0..6 {
+            let body = json!({"customer": format!("c{:05}", n * 10 + i), "items": [{"sku": "sku-0001", "qty": 1, "unit_price": 300}], "slot": "slot-001"});
+            let mut req = client.post(format!("{order_url}/orders")).json(&body);
+            if i == 2 {
+                req = req.header("x-txlab-fault", fault);
+            }
+            // The order service itself may be the one restarting: retry the POST.
+            let mut created = None;
+            for _ in 0..100 {
+                if let Ok(r) = req.try_clone().unwrap().send().await {
+                    if let Ok(v) = r.json::<Value>().await {
+                        created = v["id"].as_str().map(str::to_string);
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            ids.push(created.expect("order accepted"));
+        }
+        for id in &ids {
+            common::wait_decided(&client, &order_url, id).await;
+        }
+        let (snaps, _, settled) = quiesce(&client, &e, Duration::from_secs(30)).await.unwrap();
+        assert!(settled, "{method} {fault}: settled");
+        let report = check(&plan.seed.seed, &snaps);
+        assert_eq!(report.violations, vec![], "{method} {fault}");
+        let after = platform.restarts().get(&role).copied().unwrap_or(0);
+        // A point passed by both phases (after_db) crashes each phase's first attempt.
+        assert!(after > before, "{method} {fault}: the {role} service crashed and was restarted");
+    }
+    platform.shutdown().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saga_orch_survives_crashes_at_every_point() {
+    crash_under_load(TxMode::SagaOrch).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcc_survives_crashes_at_every_point() {
+    crash_under_load(TxMode::Tcc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twopc_survives_crashes_at_every_point() {
+    crash_under_load(TxMode::Twopc).await;
+}
