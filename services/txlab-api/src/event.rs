@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::order::OrderState;
+use crate::order::{OrderItem, OrderState};
 
 /// Producer settings every service uses, recorded with each run.
 /// `linger.ms=0`: the 5 ms default would dominate a sub-ms round trip to a
@@ -29,4 +29,84 @@ pub struct OrderOutcome {
     pub customer: String,
     /// When the order service decided, in ms since the Unix epoch.
     pub decided_ms: i64,
+}
+
+/// Topic of [`CheckoutEvent`]s: the event-driven methods (`saga_chor`,
+/// `outbox`) coordinate through it. One topic keyed by order id keeps every
+/// event of an order in one partition, in order.
+pub const CHECKOUT_TOPIC: &str = "txlab.checkout";
+
+/// Dead-letter topic: business failures under `outbox`, for people to handle.
+pub const DEAD_LETTER_TOPIC: &str = "txlab.checkout.dead-letter";
+
+/// What an order needs from each participant, carried by every event so a
+/// participant can act on it alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderSpec {
+    pub customer: String,
+    pub amount: i64,
+    pub items: Vec<OrderItem>,
+    pub slot: String,
+    /// The order's `X-Txlab-Fault` header, so scenarios reach event handlers too.
+    pub fault: Option<String>,
+}
+
+impl OrderSpec {
+    /// The payment participant's part.
+    pub fn charge(&self) -> crate::participant::ChargeRequest {
+        crate::participant::ChargeRequest { customer: self.customer.clone(), amount: self.amount }
+    }
+
+    /// The inventory participant's part.
+    pub fn reserve(&self) -> crate::participant::ReserveRequest {
+        crate::participant::ReserveRequest {
+            lines: self.items.iter().map(|i| crate::participant::ReserveLine { sku: i.sku.clone(), qty: i.qty }).collect(),
+        }
+    }
+
+    /// The shipping participant's part.
+    pub fn book(&self) -> crate::participant::BookRequest {
+        crate::participant::BookRequest { slot: self.slot.clone() }
+    }
+}
+
+/// What happened, by whom. `step` is the participant's place in the
+/// checkout: 0 payment, 1 inventory, 2 shipping.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CheckoutKind {
+    OrderPlaced,
+    CancelRequested,
+    Applied { step: usize },
+    Rejected { step: usize, reason: String },
+    Compensated { step: usize },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckoutEvent {
+    /// Unique per event; consumers' inboxes deduplicate on it.
+    pub event_id: Uuid,
+    pub order_id: Uuid,
+    #[serde(flatten)]
+    pub kind: CheckoutKind,
+    pub order: OrderSpec,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkout_events_carry_their_kind_inline() {
+        let e = CheckoutEvent {
+            event_id: Uuid::nil(),
+            order_id: Uuid::nil(),
+            kind: CheckoutKind::Rejected { step: 1, reason: "out_of_stock".into() },
+            order: OrderSpec { customer: "c".into(), amount: 5, items: vec![], slot: "s".into(), fault: None },
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["kind"], "rejected");
+        assert_eq!(v["step"], 1);
+        assert_eq!(serde_json::from_value::<CheckoutEvent>(v).unwrap(), e);
+    }
 }

@@ -76,7 +76,7 @@ impl std::str::FromStr for Role {
 }
 
 /// The transaction method a deployment runs (`TX_MODE`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TxMode {
     Twopc,
@@ -105,10 +105,9 @@ impl TxMode {
         }
     }
 
-    /// Whether this build of the services carries an engine for the method.
-    /// The others are accepted by the spec but refused before anything starts.
-    pub fn is_implemented(self) -> bool {
-        matches!(self, TxMode::SagaOrch | TxMode::Tcc | TxMode::Twopc)
+    /// Whether the services coordinate through events (no coordinator calls).
+    pub fn is_event_driven(self) -> bool {
+        matches!(self, TxMode::SagaChor | TxMode::Outbox)
     }
 }
 

@@ -75,11 +75,14 @@ pub enum OrderState {
     Confirmed,
     Rejected,
     Cancelled,
+    /// `outbox` only: a participant failed on business grounds and there is
+    /// no compensation; the order waits for a person (by design).
+    NeedsAttention,
 }
 
 impl OrderState {
     pub fn is_terminal(self) -> bool {
-        matches!(self, OrderState::Confirmed | OrderState::Rejected | OrderState::Cancelled)
+        matches!(self, OrderState::Confirmed | OrderState::Rejected | OrderState::Cancelled | OrderState::NeedsAttention)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -89,6 +92,7 @@ impl OrderState {
             OrderState::Confirmed => "confirmed",
             OrderState::Rejected => "rejected",
             OrderState::Cancelled => "cancelled",
+            OrderState::NeedsAttention => "needs_attention",
         }
     }
 
@@ -99,6 +103,7 @@ impl OrderState {
             OrderState::Confirmed,
             OrderState::Rejected,
             OrderState::Cancelled,
+            OrderState::NeedsAttention,
         ]
         .into_iter()
         .find(|st| st.as_str() == s)

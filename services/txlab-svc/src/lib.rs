@@ -4,6 +4,7 @@
 //! - [`config`]: the environment a service is started with.
 //! - [`http`]: what every service shares on the wire: JSON errors, the
 //!   request extractors that turn bad input into 4xx, `/health`, `/metrics`.
+//! - [`events`]: Kafka consumption with once-only effects (inbox, retries).
 //! - [`faults`]: fault points, fired from the per-request fault header.
 //! - [`participant`]: the record-keeping that makes a participant's
 //!   operations idempotent and safe against late or early compensation.
@@ -12,6 +13,7 @@
 
 pub mod config;
 pub mod db;
+pub mod events;
 pub mod faults;
 pub mod http;
 pub mod participant;

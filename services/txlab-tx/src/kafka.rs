@@ -27,6 +27,9 @@ pub fn consumer(brokers: &str, group: &str) -> Result<StreamConsumer, KafkaError
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "6000")
+        // The default 500 ms makes every hop of an event chain wait for the
+        // broker's long-poll to expire when traffic is light.
+        .set("fetch.wait.max.ms", "10")
         .create()
 }
 

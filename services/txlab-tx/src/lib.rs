@@ -8,6 +8,8 @@
 //!   finish). Resuming after a crash is just loading the records again.
 //! - [`twophase`]: the 2PC / TCC coordinator as a pure state machine: votes,
 //!   one durable decision, then that decision driven everywhere.
+//! - [`choreography`]: the event-driven methods (`saga_chor`, `outbox`) as
+//!   pure rules: who reacts to which event, and the order's verdict.
 //! - [`retry`]: exponential backoff with jitter and a cap.
 //! - [`outbox`]: write an event in the caller's transaction; a relay
 //!   publishes it (`FOR UPDATE SKIP LOCKED`, woken by LISTEN/NOTIFY).
@@ -30,6 +32,7 @@ macro_rules! str_enum {
     };
 }
 
+pub mod choreography;
 pub mod inbox;
 pub mod kafka;
 pub mod outbox;

@@ -173,7 +173,7 @@ pub async fn drive(target: Target<'_>, plan: &Plan, cell: &Cell, progress: &Prog
         in_flight.fetch_add(1, Ordering::Relaxed);
         let (client, rec, in_flight, progress) = (client.clone(), rec.clone(), in_flight.clone(), progress.clone());
         let (base, run_id, cell_id) = (target.base_url.to_string(), target.run_id.to_string(), cell.id.clone());
-        let (fault, cancel_after, expect) = (cell.scenario.fault.clone(), cell.scenario.cancel_after_ms, cell.scenario.expect);
+        let (fault, cancel_after, expect) = (cell.scenario.fault.clone(), cell.scenario.cancel_after_ms, cell.scenario.expect_for(cell.method));
         tasks.push(tokio::spawn(async move {
             let key = format!("{run_id}/{cell_id}/{}", journey.index);
             follow(&client, &base, &key, fault.as_deref(), cancel_after, expect, journey, &rec).await;

@@ -17,16 +17,17 @@ pub fn table(summaries: &[CellSummary]) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
     t.set_header(vec![
-        "method", "scenario", "rate/s\ntarget→got", "orders", "confirmed", "rejected", "cancelled", "unexpected",
+        "method", "scenario", "rate/s\ntarget→got", "orders", "confirmed", "rejected", "cancelled", "needs\nattention", "unexpected",
         "errors", "accepted ms\np50 / p99", "decided ms\np50 / p99", "audit\nviolations",
     ]);
     for s in summaries {
+        let by_design = if s.by_design > 0 { format!(" +{} by design", s.by_design) } else { String::new() };
         let violations = if !s.settled {
-            TableCell::new(format!("{} (unsettled)", s.violations)).fg(Color::Red)
+            TableCell::new(format!("{} (unsettled){by_design}", s.violations)).fg(Color::Red)
         } else if s.violations == 0 {
-            TableCell::new("0").fg(Color::Green)
+            TableCell::new(format!("0{by_design}")).fg(if s.by_design > 0 { Color::Yellow } else { Color::Green })
         } else {
-            TableCell::new(s.violations).fg(Color::Red)
+            TableCell::new(format!("{}{by_design}", s.violations)).fg(Color::Red)
         };
         let scenario = if s.repetition > 1 { format!("{} #{}", s.scenario, s.repetition) } else { s.scenario.clone() };
         t.add_row(vec![
@@ -37,6 +38,7 @@ pub fn table(summaries: &[CellSummary]) -> Table {
             TableCell::new(outcome(s, "confirmed")),
             TableCell::new(outcome(s, "rejected")),
             TableCell::new(outcome(s, "cancelled")),
+            TableCell::new(outcome(s, "needs_attention")),
             if s.unexpected > 0 { TableCell::new(s.unexpected).fg(Color::Yellow) } else { TableCell::new(0) },
             TableCell::new(s.errors + s.undecided + s.dropped),
             TableCell::new(format!("{:.1} / {:.1}", s.accepted_ms.p50, s.accepted_ms.p99)),
@@ -44,7 +46,7 @@ pub fn table(summaries: &[CellSummary]) -> Table {
             violations,
         ]);
     }
-    for i in 2..12 {
+    for i in 2..13 {
         if let Some(c) = t.column_mut(i) {
             c.set_cell_alignment(CellAlignment::Right);
         }
@@ -57,12 +59,12 @@ pub fn csv(summaries: &[CellSummary]) -> String {
     let mut out = String::from(
         "cell,method,scenario,replicas,repetition,target_rate,achieved_rate,sent,confirmed,rejected,cancelled,\
          unexpected,errors,undecided,dropped,late,accepted_p50_ms,accepted_p99_ms,decided_p50_ms,decided_p99_ms,\
-         decided_p999_ms,quiesce_ms,settled,violations,retries,compensations,restarts,notification_lag_p50_ms\n",
+         decided_p999_ms,quiesce_ms,settled,violations,by_design,needs_attention,retries,compensations,restarts,notification_lag_p50_ms\n",
     );
     for s in summaries {
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{},{:.3},{},{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{:.3},{},{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{},{},{},{},{}",
             s.cell,
             s.method,
             s.scenario,
@@ -87,6 +89,8 @@ pub fn csv(summaries: &[CellSummary]) -> String {
             s.quiesce_ms,
             s.settled,
             s.violations,
+            s.by_design,
+            outcome(s, "needs_attention"),
             s.events.get("retry").copied().unwrap_or(0.0),
             s.events.get("compensation").copied().unwrap_or(0.0),
             s.restarts.values().sum::<u32>(),

@@ -96,12 +96,6 @@ impl Plan {
         if profile.methods.is_empty() {
             return Err(invalid(p, "methods: list at least one of twopc, tcc, outbox, saga_chor, saga_orch"));
         }
-        if let Some(m) = profile.methods.iter().find(|m| !m.is_implemented()) {
-            return Err(invalid(
-                p,
-                format!("methods: `{m}` is part of the design but has no engine in this build yet; use saga_orch, tcc or twopc"),
-            ));
-        }
         let unique: BTreeSet<_> = profile.methods.iter().map(|m| m.as_str()).collect();
         if unique.len() != profile.methods.len() {
             return Err(invalid(p, "methods: a method is listed twice"));
@@ -236,9 +230,9 @@ mod tests {
     }
 
     #[test]
-    fn unbuilt_methods_and_bad_load_are_refused_with_the_field() {
-        let e = plan(&PROFILE.replace("[saga_orch]", "[outbox]"), HAPPY).unwrap_err().to_string();
-        assert!(e.contains("methods: `outbox`"), "{e}");
+    fn repeated_methods_and_bad_load_are_refused_with_the_field() {
+        let e = plan(&PROFILE.replace("[saga_orch]", "[saga_orch, saga_orch]"), HAPPY).unwrap_err().to_string();
+        assert!(e.contains("methods: a method is listed twice"), "{e}");
         let e = plan(&PROFILE.replace("rate: 5", "rate: 0"), HAPPY).unwrap_err().to_string();
         assert!(e.starts_with("p.yaml: load.rate:"), "{e}");
         let e = plan(&PROFILE.replace("duration_s: 2", "duration_s: 2, warmup_s: 3"), HAPPY).unwrap_err().to_string();

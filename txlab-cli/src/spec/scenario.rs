@@ -1,8 +1,11 @@
 //! A workload scenario: what each order of a cell looks like, which fault
 //! it carries, whether it is cancelled, and what its outcome should be.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use txlab_api::order::OrderState;
+use txlab_api::TxMode;
 
 /// `scenarios/<name>.yaml`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,6 +27,17 @@ pub struct Scenario {
     pub cancel_after_ms: Option<u64>,
     /// The outcome every order should reach; others count as unexpected.
     pub expect: OrderState,
+    /// Methods whose contract makes a different outcome right, e.g.
+    /// `{outbox: needs_attention}` for a refused step (outbox never compensates).
+    #[serde(default)]
+    pub expect_by_method: BTreeMap<TxMode, OrderState>,
+}
+
+impl Scenario {
+    /// The outcome expected under `method`.
+    pub fn expect_for(&self, method: TxMode) -> OrderState {
+        self.expect_by_method.get(&method).copied().unwrap_or(self.expect)
+    }
 }
 
 /// Who buys what. `any` picks from the seeded pool (deterministically, from

@@ -25,7 +25,10 @@
 //! - [`tcc`]: try, confirm, cancel.
 //! - [`twopc`]: prepare, commit, rollback, and the recovery of in-doubt
 //!   prepared transactions.
+//! - [`events`]: the event-driven methods: react to checkout events with
+//!   the same apply and compensate, emitting events through an outbox.
 
+pub mod events;
 pub mod saga;
 pub mod tcc;
 pub mod twopc;
@@ -69,6 +72,8 @@ pub struct BusinessTable {
 /// what was captured (a refund).
 pub trait Participant: Send + Sync + 'static {
     const ROLE: Role;
+    /// Place in the checkout: 0 payment, 1 inventory, 2 shipping.
+    const STEP: usize;
     const BUSINESS: BusinessTable;
     /// Table of per-order records.
     const RECORDS: &'static str;
@@ -86,6 +91,9 @@ pub trait Participant: Send + Sync + 'static {
 
     /// Checks the request's shape before any database work.
     fn validate(req: &Self::Request) -> Result<(), String>;
+
+    /// This participant's part of an order, as carried by checkout events.
+    fn request_for(order: &txlab_api::event::OrderSpec) -> Self::Request;
 
     /// Holds the resources, or refuses. A refusal may leave partial changes:
     /// callers run this inside a savepoint.

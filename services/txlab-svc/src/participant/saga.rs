@@ -6,53 +6,68 @@ use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::routing::post;
 use axum::{Json, Router};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use txlab_api::participant::StepReply;
 use uuid::Uuid;
 
 use super::*;
 
-async fn apply_once<P: Participant>(pool: &PgPool, order_id: Uuid, req: &P::Request) -> Result<StepReply, ApiError> {
-    let mut tx = pool.begin().await?;
-    if let Some(record) = lock_record::<P>(&mut tx, order_id).await? {
+/// Applies the step inside the caller's transaction (an HTTP call's own, or
+/// an event's together with its inbox and outbox rows). A refusal is
+/// recorded too and returned as `Err`, so the caller must still commit.
+pub async fn apply_in<P: Participant>(conn: &mut PgConnection, order_id: Uuid, req: &P::Request) -> Result<StepReply, ApiError> {
+    if let Some(record) = lock_record::<P>(conn, order_id).await? {
         return match record.state.as_str() {
             s if s == P::APPLIED => Ok(reply(order_id, s, true)),
             _ => Err(refused_by_record(order_id, &record)),
         };
     }
     let request = serde_json::to_value(req).map_err(anyhow::Error::from)?;
-    match hold_in_savepoint::<P>(&mut tx, req).await? {
+    match hold_in_savepoint::<P>(conn, req).await? {
         Ok(()) => {
-            P::capture(&mut tx, req).await?;
-            insert_record::<P>(&mut tx, order_id, P::APPLIED, None, &request, 1).await?;
-            tx.commit().await?;
+            P::capture(conn, req).await?;
+            insert_record::<P>(conn, order_id, P::APPLIED, None, &request, 1).await?;
             Ok(reply(order_id, P::APPLIED, false))
         }
         Err(refusal) => {
-            insert_record::<P>(&mut tx, order_id, REJECTED, Some(refusal.code), &request, 0).await?;
-            tx.commit().await?;
+            insert_record::<P>(conn, order_id, REJECTED, Some(refusal.code), &request, 0).await?;
             Err(ApiError::refused(refusal.code, refusal.message))
         }
     }
 }
 
-/// Undoes whatever this participant holds or took for the order.
-pub async fn compensate_once<P: Participant>(pool: &PgPool, order_id: Uuid) -> Result<StepReply, ApiError> {
-    let mut tx = pool.begin().await?;
-    let out = match lock_record::<P>(&mut tx, order_id).await? {
-        None => void_record::<P>(&mut tx, order_id).await?,
+/// Undoes whatever this participant holds or took for the order, inside
+/// the caller's transaction.
+pub async fn compensate_in<P: Participant>(conn: &mut PgConnection, order_id: Uuid) -> Result<StepReply, ApiError> {
+    Ok(match lock_record::<P>(conn, order_id).await? {
+        None => void_record::<P>(conn, order_id).await?,
         Some(r) if r.state == P::APPLIED => {
-            P::restore(&mut tx, &r.request::<P>()?).await?;
-            advance_record::<P>(&mut tx, order_id, P::UNDONE).await?;
+            P::restore(conn, &r.request::<P>()?).await?;
+            advance_record::<P>(conn, order_id, P::UNDONE).await?;
             reply(order_id, P::UNDONE, false)
         }
         Some(r) if r.state == TRIED => {
-            P::release(&mut tx, &r.request::<P>()?).await?;
-            advance_record::<P>(&mut tx, order_id, ABORTED).await?;
+            P::release(conn, &r.request::<P>()?).await?;
+            advance_record::<P>(conn, order_id, ABORTED).await?;
             reply(order_id, ABORTED, false)
         }
         Some(r) => reply(order_id, &r.state, true),
-    };
+    })
+}
+
+async fn apply_once<P: Participant>(pool: &PgPool, order_id: Uuid, req: &P::Request) -> Result<StepReply, ApiError> {
+    let mut tx = pool.begin().await?;
+    let out = apply_in::<P>(&mut tx, order_id, req).await;
+    // A refusal is an answer too: its `rejected` record must stick.
+    if matches!(out, Ok(_) | Err(ApiError::Refused { .. })) {
+        tx.commit().await?;
+    }
+    out
+}
+
+async fn compensate_once<P: Participant>(pool: &PgPool, order_id: Uuid) -> Result<StepReply, ApiError> {
+    let mut tx = pool.begin().await?;
+    let out = compensate_in::<P>(&mut tx, order_id).await?;
     tx.commit().await?;
     Ok(out)
 }

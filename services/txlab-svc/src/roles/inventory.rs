@@ -22,6 +22,7 @@ fn per_sku(lines: &[ReserveLine]) -> BTreeMap<&str, i64> {
 }
 
 impl Participant for Inventory {
+    const STEP: usize = 1;
     const BUSINESS: BusinessTable = BusinessTable { table: "stock", key: "sku", amount: "available", held: "reserved" };
     const ROLE: Role = Role::Inventory;
     const RECORDS: &'static str = "reservations";
@@ -40,6 +41,10 @@ impl Participant for Inventory {
             Some(i) => Err(format!("`lines[{i}].qty` must be positive")),
             None => Ok(()),
         }
+    }
+
+    fn request_for(order: &txlab_api::event::OrderSpec) -> Self::Request {
+        order.reserve()
     }
 
     async fn hold(conn: &mut PgConnection, req: &ReserveRequest) -> sqlx::Result<Result<(), Refusal>> {

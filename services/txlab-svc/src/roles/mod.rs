@@ -57,17 +57,23 @@ pub async fn build(config: &Config, pool: PgPool, stop: watch::Receiver<bool>) -
     let admin = admin_routes(config.role).with_state(state.clone());
     let (routes, background) = match config.role {
         Role::Order => order::build(config, state, stop).await?,
-        Role::Payment => participant::<payment::Payment>(config, state, stop)?,
-        Role::Inventory => participant::<inventory::Inventory>(config, state, stop)?,
-        Role::Shipping => participant::<shipping::Shipping>(config, state, stop)?,
+        Role::Payment => participant::<payment::Payment>(config, state, stop).await?,
+        Role::Inventory => participant::<inventory::Inventory>(config, state, stop).await?,
+        Role::Shipping => participant::<shipping::Shipping>(config, state, stop).await?,
         Role::Notification => notification::build(config, state, stop).await?,
     };
     Ok(App { router: common(routes.merge(admin), metrics), background })
 }
 
-/// A participant's routes, and under `twopc` its in-doubt recovery task.
-fn participant<P: Participant>(config: &Config, state: AppState, stop: watch::Receiver<bool>) -> anyhow::Result<(Router, Vec<JoinHandle<()>>)> {
+/// A participant's routes, and its background tasks: in-doubt recovery
+/// under `twopc`, the event consumer and outbox relay under the
+/// event-driven methods.
+async fn participant<P: Participant>(config: &Config, state: AppState, stop: watch::Receiver<bool>) -> anyhow::Result<(Router, Vec<JoinHandle<()>>)> {
     let mut background = Vec::new();
+    if config.tx_mode.is_event_driven() {
+        let brokers = config.kafka_brokers.as_deref().context("KAFKA_BROKERS is needed under event-driven methods")?;
+        background.extend(crate::participant::events::start::<P>(brokers, config.tx_mode, state.clone(), stop.clone()).await?);
+    }
     if config.tx_mode == TxMode::Twopc {
         let order_url = config.order_url.clone().context("ORDER_URL is needed under TX_MODE=twopc")?;
         let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(3)).build()?;
@@ -91,10 +97,10 @@ fn admin_routes(role: Role) -> Router<AppState> {
 
 async fn reset(State(state): State<AppState>, role: Role) -> Result<Json<serde_json::Value>, ApiError> {
     let tables = match role {
-        Role::Order => "orders, saga_steps, idempotency_keys, outbox",
-        Role::Payment => "wallets, payments",
-        Role::Inventory => "stock, reservations",
-        Role::Shipping => "slots, shipments",
+        Role::Order => "orders, saga_steps, tx_branches, tx_decisions, idempotency_keys, outbox, inbox",
+        Role::Payment => "wallets, payments, outbox, inbox, fault_log",
+        Role::Inventory => "stock, reservations, outbox, inbox, fault_log",
+        Role::Shipping => "slots, shipments, outbox, inbox, fault_log",
         Role::Notification => "notifications, inbox",
     };
     sqlx::query(&format!("TRUNCATE {tables} RESTART IDENTITY CASCADE")).execute(&state.pool).await?;

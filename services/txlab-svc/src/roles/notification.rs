@@ -1,14 +1,11 @@
 //! Notification: consumes order outcomes from Kafka and records exactly one
 //! notification per event, deduplicated by the inbox in the same
-//! transaction, with the offset committed only after that transaction.
-
-use std::time::Duration;
+//! transaction, with the offset committed only after that transaction
+//! (see [`crate::events`]).
 
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::Message;
 use sqlx::PgConnection;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -24,69 +21,25 @@ pub const CONSUMER_GROUP: &str = "txlab-notification";
 
 pub async fn build(config: &Config, state: AppState, stop: watch::Receiver<bool>) -> anyhow::Result<(Router, Vec<JoinHandle<()>>)> {
     let brokers = config.kafka_brokers.clone().unwrap_or_default();
-    super::order::ensure_topic_with_retry(&brokers).await?;
-    let consumer = txlab_tx::kafka::consumer(&brokers, CONSUMER_GROUP)?;
-    consumer.subscribe(&[ORDER_EVENTS_TOPIC])?;
-    let task = tokio::spawn(consume(consumer, state.clone(), stop));
+    super::order::ensure_topics_with_retry(&brokers).await?;
+    let consumer = crate::events::subscriber(&brokers, CONSUMER_GROUP, ORDER_EVENTS_TOPIC)?;
+    let st = state.clone();
+    let task = tokio::spawn(async move {
+        let metrics = st.metrics.clone();
+        crate::events::consume(consumer, "notification", metrics, stop, move |event: OrderOutcome| {
+            let st = st.clone();
+            async move {
+                let first = apply(&st, &event).await?;
+                st.metrics.event("notification", if first { "sent" } else { "duplicate" });
+                Ok(())
+            }
+        })
+        .await
+    });
     let router = Router::new()
         .route("/notifications/{order_id}", get(list))
         .with_state(state);
     Ok((router, vec![task]))
-}
-
-async fn consume(consumer: StreamConsumer, state: AppState, stop: watch::Receiver<bool>) {
-    let stopped = crate::stopped(stop.clone());
-    tokio::pin!(stopped);
-    loop {
-        let msg = tokio::select! {
-            _ = &mut stopped => return,
-            m = consumer.recv() => m,
-        };
-        let msg = match msg {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "kafka receive failed");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
-        };
-        let event = msg.payload().map(serde_json::from_slice::<OrderOutcome>);
-        match event {
-            Some(Ok(event)) => {
-                // Retry the effect until it is stored; the offset is only
-                // committed after, so a crash here means redelivery, and the
-                // inbox turns redelivery into a no-op.
-                let mut attempt = 0u32;
-                loop {
-                    match apply(&state, &event).await {
-                        Ok(first) => {
-                            state.metrics.event("notification", if first { "sent" } else { "duplicate" });
-                            break;
-                        }
-                        Err(e) => {
-                            attempt += 1;
-                            tracing::warn!(order_id = %event.order_id, error = %e, attempt, "storing notification failed; retrying");
-                            if *stop.borrow() {
-                                return;
-                            }
-                            let delay = txlab_tx::retry::Backoff::UNTIL_DONE.delay(attempt, &mut rand::thread_rng());
-                            tokio::time::sleep(delay).await;
-                        }
-                    }
-                }
-            }
-            Some(Err(e)) => {
-                // A message we cannot read will never become readable: skip
-                // it visibly instead of blocking the partition.
-                state.metrics.event("notification", "unreadable");
-                tracing::error!(error = %e, offset = msg.offset(), "unreadable order event skipped");
-            }
-            None => tracing::warn!(offset = msg.offset(), "empty order event skipped"),
-        }
-        if let Err(e) = consumer.commit_message(&msg, CommitMode::Async) {
-            tracing::warn!(error = %e, "offset commit failed; the event may be redelivered");
-        }
-    }
 }
 
 /// Stores one notification unless the inbox has seen the event; returns

@@ -10,6 +10,7 @@ use crate::participant::{business_rows, records, BusinessTable, Participant, Ref
 pub struct Payment;
 
 impl Participant for Payment {
+    const STEP: usize = 0;
     const BUSINESS: BusinessTable = BusinessTable { table: "wallets", key: "customer", amount: "balance", held: "reserved" };
     const ROLE: Role = Role::Payment;
     const RECORDS: &'static str = "payments";
@@ -28,6 +29,10 @@ impl Participant for Payment {
             return Err("`customer` must not be empty".into());
         }
         Ok(())
+    }
+
+    fn request_for(order: &txlab_api::event::OrderSpec) -> Self::Request {
+        order.charge()
     }
 
     async fn hold(conn: &mut PgConnection, req: &ChargeRequest) -> sqlx::Result<Result<(), Refusal>> {

@@ -10,6 +10,7 @@ use crate::participant::{business_rows, records, BusinessTable, Participant, Ref
 pub struct Shipping;
 
 impl Participant for Shipping {
+    const STEP: usize = 2;
     const BUSINESS: BusinessTable = BusinessTable { table: "slots", key: "slot", amount: "capacity", held: "booked" };
     const ROLE: Role = Role::Shipping;
     const RECORDS: &'static str = "shipments";
@@ -25,6 +26,10 @@ impl Participant for Shipping {
             return Err("`slot` must not be empty".into());
         }
         Ok(())
+    }
+
+    fn request_for(order: &txlab_api::event::OrderSpec) -> Self::Request {
+        order.book()
     }
 
     /// A held booking already occupies the slot: capacity is what is promised.

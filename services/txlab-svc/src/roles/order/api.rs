@@ -101,6 +101,16 @@ pub async fn create(
         .execute(&mut *tx)
         .await?;
     }
+    if orders.method.is_event_driven() {
+        let spec = txlab_api::event::OrderSpec {
+            customer: req.customer.clone(),
+            amount,
+            items: req.items.clone(),
+            slot: req.slot.clone(),
+            fault: faults.raw.clone(),
+        };
+        super::events::emit(&mut tx, id, spec, txlab_api::event::CheckoutKind::OrderPlaced).await?;
+    }
     if matches!(orders.method, TxMode::Twopc | TxMode::Tcc) {
         for (step, name) in STEPS.iter().enumerate() {
             sqlx::query(
@@ -191,19 +201,19 @@ pub async fn cancel(
     path: Result<Path<Uuid>, PathRejection>,
 ) -> Result<(StatusCode, Json<OrderView>), ApiError> {
     let Path(id) = path?;
+    let mut tx = orders.app.pool.begin().await?;
     let flagged: Option<String> = sqlx::query_scalar(
-        // A confirmed order turns back to compensating at once, so readers
+        // A settled order turns back to compensating at once, so readers
         // (and long-polls) never see it as settled while it is being undone.
         "UPDATE orders SET cancel_requested = true, updated_ms = $2, \
-         state = CASE WHEN state = 'confirmed' THEN 'compensating' ELSE state END \
+         state = CASE WHEN state IN ('confirmed', 'needs_attention') THEN 'compensating' ELSE state END \
          WHERE id = $1 AND state NOT IN ('rejected', 'cancelled') RETURNING state",
     )
     .bind(id)
     .bind(txlab_tx::now_ms())
-    .fetch_optional(&orders.app.pool)
+    .fetch_optional(&mut *tx)
     .await?;
-    let mut conn = orders.app.pool.acquire().await?;
-    let order = load_order(&mut conn, id)
+    let order = load_order(&mut tx, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no order {id}")))?;
     if flagged.is_none() {
@@ -212,6 +222,11 @@ pub async fn cancel(
             message: format!("order {id} is already {}; there is nothing to cancel", order.state),
         });
     }
+    // Without a coordinator, the cancel itself is an event every participant hears.
+    if order.method.parse::<TxMode>().is_ok_and(TxMode::is_event_driven) {
+        super::events::emit(&mut tx, id, order.spec(), txlab_api::event::CheckoutKind::CancelRequested).await?;
+    }
+    tx.commit().await?;
     tracing::info!(order_id = %id, stage = %order.state, "cancel requested");
     orders.app.metrics.event("order", "cancel_requested");
     orders.clone().drive(id);

@@ -3,7 +3,6 @@
 
 use serde_json::json;
 use txlab_api::fault::FAULT_HEADER;
-use txlab_api::participant::{BookRequest, ChargeRequest, ReserveLine, ReserveRequest};
 use txlab_api::ErrorBody;
 use txlab_tx::retry::{retry, Attempt, Backoff};
 
@@ -37,16 +36,11 @@ pub enum Op {
 /// URL and body of `op` on participant `step` for `order`.
 pub fn request(orders: &Orders, order: &OrderRow, step: usize, op: Op) -> (String, Option<serde_json::Value>) {
     let p = &orders.peers;
+    let spec = order.spec();
     let (base, collection, apply, compensate, body) = match step {
-        0 => (&p.payment, "payments", "charge", "refund", json!(ChargeRequest { customer: order.customer.clone(), amount: order.amount })),
-        1 => (
-            &p.inventory,
-            "reservations",
-            "reserve",
-            "release",
-            json!(ReserveRequest { lines: order.items.0.iter().map(|i| ReserveLine { sku: i.sku.clone(), qty: i.qty }).collect() }),
-        ),
-        _ => (&p.shipping, "shipments", "book", "cancel", json!(BookRequest { slot: order.slot.clone() })),
+        0 => (&p.payment, "payments", "charge", "refund", json!(spec.charge())),
+        1 => (&p.inventory, "reservations", "reserve", "release", json!(spec.reserve())),
+        _ => (&p.shipping, "shipments", "book", "cancel", json!(spec.book())),
     };
     let id = order.id;
     match op {

@@ -8,13 +8,15 @@
 //!
 //! The engine is chosen per order by its method: `saga_orch` runs the saga
 //! orchestrator ([`saga`]); `twopc` and `tcc` run the two-phase coordinator
-//! ([`two_phase`]), whose participant operations differ only in name.
+//! ([`two_phase`]), whose participant operations differ only in name;
+//! `saga_chor` and `outbox` coordinate through checkout events ([`events`]).
 //!
 //! Terminal outcomes leave through the outbox (one event per outcome), which
 //! the relay task publishes to Kafka for the notification service.
 
 mod api;
 mod calls;
+mod events;
 mod outcome;
 mod saga;
 mod store;
@@ -29,7 +31,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
-use txlab_api::event::ORDER_EVENTS_TOPIC;
+use txlab_api::event::{CHECKOUT_TOPIC, DEAD_LETTER_TOPIC, ORDER_EVENTS_TOPIC};
 use txlab_api::TxMode;
 use uuid::Uuid;
 
@@ -54,14 +56,14 @@ pub struct Orders {
 
 pub async fn build(config: &Config, app: AppState, stop: watch::Receiver<bool>) -> anyhow::Result<(Router, Vec<JoinHandle<()>>)> {
     let brokers = config.kafka_brokers.clone().unwrap_or_default();
-    ensure_topic_with_retry(&brokers).await?;
+    ensure_topics_with_retry(&brokers).await?;
     let relay = txlab_tx::outbox::Relay {
         pool: app.pool.clone(),
         producer: txlab_tx::kafka::producer(&brokers).context("creating the Kafka producer")?,
         batch_size: 100,
         poll_every: Duration::from_millis(500),
     };
-    let relay_task = tokio::spawn(relay.run(crate::stopped(stop)));
+    let relay_task = tokio::spawn(relay.run(crate::stopped(stop.clone())));
 
     let orders = Arc::new(Orders {
         app,
@@ -83,30 +85,37 @@ pub async fn build(config: &Config, app: AppState, stop: watch::Receiver<bool>) 
     for id in open {
         orders.clone().drive(id);
     }
+    let mut background = vec![relay_task];
+    if config.tx_mode.is_event_driven() {
+        background.push(events::start(orders.clone(), &brokers, stop)?);
+    }
     let router = Router::new()
         .route("/orders", post(api::create))
         .route("/orders/{id}", get(api::get))
         .route("/orders/{id}/cancel", post(api::cancel))
         .route("/twopc/{id}/decision", get(two_phase::decision))
         .with_state(orders);
-    Ok((router, vec![relay_task]))
+    Ok((router, background))
 }
 
-/// The broker may still be starting when a service starts: retry for a while.
-pub async fn ensure_topic_with_retry(brokers: &str) -> anyhow::Result<()> {
-    let mut last = None;
-    for attempt in 1..=20u32 {
-        match txlab_tx::kafka::ensure_topic(brokers, ORDER_EVENTS_TOPIC, 3).await {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                tracing::warn!(error = %e, attempt, "Kafka topic set-up failed; retrying");
-                last = Some(e);
-                tokio::time::sleep(Duration::from_millis(250)).await;
+/// Creates the lab's topics; the broker may still be starting when a
+/// service starts, so this retries for a while.
+pub async fn ensure_topics_with_retry(brokers: &str) -> anyhow::Result<()> {
+    for topic in [ORDER_EVENTS_TOPIC, CHECKOUT_TOPIC, DEAD_LETTER_TOPIC] {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            match txlab_tx::kafka::ensure_topic(brokers, topic, 3).await {
+                Ok(()) => break,
+                Err(e) if attempt < 20 => {
+                    tracing::warn!(error = %e, attempt, topic, "Kafka topic set-up failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e).with_context(|| format!("creating topic {topic} on {brokers}")),
             }
         }
     }
-    Err(last.map(anyhow::Error::from).unwrap_or_else(|| anyhow::anyhow!("no attempt made")))
-        .with_context(|| format!("creating topic {ORDER_EVENTS_TOPIC} on {brokers}"))
+    Ok(())
 }
 
 impl HasFaults for Arc<Orders> {
@@ -127,7 +136,7 @@ impl Orders {
             None => Ok(()), // reset away between cells
             Some(Ok(TxMode::SagaOrch)) => saga::run(self, id).await,
             Some(Ok(TxMode::Twopc | TxMode::Tcc)) => two_phase::run(self, id).await,
-            Some(Ok(other)) => anyhow::bail!("no orchestrating engine for method {other}"),
+            Some(Ok(TxMode::SagaChor | TxMode::Outbox)) => events::evaluate(self, id).await,
             Some(Err(e)) => anyhow::bail!("order {id} has an unreadable method: {e}"),
         }
     }

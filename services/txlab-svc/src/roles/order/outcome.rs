@@ -21,24 +21,27 @@ pub async fn set_state(orders: &Orders, id: Uuid, state: OrderState) -> sqlx::Re
         .map(drop)
 }
 
-/// Records the outcome and its outbox event in one transaction. Returns
-/// false when a cancel arrived in between, so the engine must go on.
-pub async fn finish(orders: &Orders, order: &OrderRow, outcome: Outcome) -> anyhow::Result<bool> {
-    let state = match outcome {
+/// The order state an engine's outcome stands for.
+pub fn state_of(outcome: Outcome) -> OrderState {
+    match outcome {
         Outcome::Confirmed => OrderState::Confirmed,
         Outcome::Rejected => OrderState::Rejected,
         Outcome::Cancelled => OrderState::Cancelled,
-    };
+    }
+}
+
+/// Records the terminal `state` and its outbox event in one transaction.
+/// Returns false when a cancel arrived in between, so the engine must go on.
+pub async fn finish(orders: &Orders, order: &OrderRow, state: OrderState) -> anyhow::Result<bool> {
     if order.state() == state {
         return Ok(true); // already recorded by an earlier run
     }
     let now = txlab_tx::now_ms();
     let mut tx = orders.app.pool.begin().await?;
-    let reason: Option<String> = match outcome {
-        Outcome::Confirmed => None,
-        Outcome::Cancelled => Some("cancelled on request".into()),
+    let reason: Option<String> = match state {
+        OrderState::Cancelled => Some("cancelled on request".into()),
         // The first refusal (or give-up) recorded by whichever engine ran.
-        Outcome::Rejected => sqlx::query_scalar(
+        OrderState::Rejected | OrderState::NeedsAttention => sqlx::query_scalar(
             "SELECT reason FROM (SELECT step, reason FROM saga_steps WHERE order_id = $1 AND forward IN ('rejected', 'unknown') \
              UNION ALL SELECT step, reason FROM tx_branches WHERE order_id = $1 AND vote IN ('no', 'unknown')) r \
              ORDER BY step LIMIT 1",
@@ -47,6 +50,7 @@ pub async fn finish(orders: &Orders, order: &OrderRow, outcome: Outcome) -> anyh
         .fetch_optional(&mut *tx)
         .await?
         .flatten(),
+        _ => None,
     };
     let updated = sqlx::query(
         "UPDATE orders SET state = $2, reason = $3, decided_ms = $4, updated_ms = $4 \

@@ -9,7 +9,7 @@ use txlab_tx::saga::{Compensation, Forward, Next};
 use uuid::Uuid;
 
 use super::calls::{ask, insist, CallError, Op};
-use super::outcome::{finish, set_state};
+use super::outcome::{finish, set_state, state_of};
 use super::store::{load_order, load_saga, set_row, STEPS};
 use super::Orders;
 
@@ -44,7 +44,7 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
                 set_row(pool, "saga_steps", id, step, "compensation", Compensation::Done.as_str(), None).await?;
             }
             Next::Finish(outcome) => {
-                if finish(orders, &order, outcome).await? {
+                if finish(orders, &order, state_of(outcome)).await? {
                     return Ok(());
                 }
                 // A cancel raced with the confirmation: go round again.

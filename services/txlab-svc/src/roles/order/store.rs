@@ -2,6 +2,7 @@
 
 use sqlx::{PgConnection, PgPool};
 use txlab_api::admin::OrderSnapshot;
+use txlab_api::event::OrderSpec;
 use txlab_api::order::{OrderItem, OrderState, OrderView};
 use txlab_tx::saga::{Compensation, Forward, Saga, StepRecord};
 use txlab_tx::twophase::{Decision, Phase2, TwoPhase, Vote};
@@ -30,6 +31,17 @@ impl OrderRow {
     pub fn state(&self) -> OrderState {
         // Written only by this service from OrderState; anything else is a bug.
         OrderState::parse(&self.state).unwrap_or(OrderState::Pending)
+    }
+
+    /// What participants need of the order, as checkout events carry it.
+    pub fn spec(&self) -> OrderSpec {
+        OrderSpec {
+            customer: self.customer.clone(),
+            amount: self.amount,
+            items: self.items.0.clone(),
+            slot: self.slot.clone(),
+            fault: self.fault.clone(),
+        }
     }
 
     pub fn view(&self) -> OrderView {

@@ -17,7 +17,7 @@ use txlab_tx::twophase::{Decision, Next, Phase2, Vote};
 use uuid::Uuid;
 
 use super::calls::{ask, insist, CallError, Op};
-use super::outcome::finish;
+use super::outcome::{finish, state_of};
 use super::store::{load_order, load_two_phase, log_decision, set_row, STEPS};
 use super::Orders;
 use crate::faults::Faults;
@@ -89,7 +89,7 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
                         return super::saga::run(orders, id).await;
                     }
                 }
-                if finish(orders, &order, outcome).await? {
+                if finish(orders, &order, state_of(outcome)).await? {
                     return Ok(());
                 }
             }

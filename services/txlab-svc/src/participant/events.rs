@@ -1,0 +1,104 @@
+//! The event-driven methods at a participant: `saga_chor` and `outbox`
+//! react to checkout events (rules in [`txlab_tx::choreography`]) with the
+//! same apply and compensate as every other method. The effect, the inbox
+//! row of the event that caused it and the outgoing event are one local
+//! transaction; a relay publishes the outgoing event afterwards.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use txlab_api::event::{CheckoutEvent, CheckoutKind, CHECKOUT_TOPIC, DEAD_LETTER_TOPIC};
+use txlab_api::fault::FaultPoint;
+use txlab_api::TxMode;
+use txlab_tx::choreography::{react, Reaction};
+use uuid::Uuid;
+
+use super::saga::{apply_in, compensate_in};
+use super::Participant;
+use crate::faults::Faults;
+use crate::http::ApiError;
+use crate::roles::AppState;
+
+/// Starts the participant's outbox relay and its checkout-event consumer.
+pub async fn start<P: Participant>(
+    brokers: &str,
+    method: TxMode,
+    state: AppState,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    crate::roles::order::ensure_topics_with_retry(brokers).await?;
+    let relay = txlab_tx::outbox::Relay {
+        pool: state.pool.clone(),
+        producer: txlab_tx::kafka::producer(brokers).context("creating the Kafka producer")?,
+        batch_size: 100,
+        poll_every: Duration::from_millis(500),
+    };
+    let relay_task = tokio::spawn(relay.run(crate::stopped(stop.clone())));
+    let consumer = crate::events::subscriber(brokers, &format!("txlab-{}", P::ROLE), CHECKOUT_TOPIC)?;
+    let consumer_task = tokio::spawn(async move {
+        let metrics = state.metrics.clone();
+        crate::events::consume(consumer, P::ROLE.as_str(), metrics, stop, move |event: CheckoutEvent| {
+            let state = state.clone();
+            async move { handle::<P>(&state, method, event).await }
+        })
+        .await
+    });
+    Ok(vec![relay_task, consumer_task])
+}
+
+/// Fires the fault planned for `point`: a fault from the order's header
+/// fires once per event (it is logged first), a standing fault every time.
+pub async fn fire_once(state: &AppState, event: &CheckoutEvent, point: FaultPoint) -> anyhow::Result<()> {
+    let planned = Faults::parse(event.order.fault.as_deref(), state.faults.clone())?;
+    let header = if planned.spec.action_at(state.faults.role, point).is_some()
+        && crate::events::first_firing(&state.pool, &format!("{}:{}", event.event_id, point.as_str())).await?
+    {
+        event.order.fault.as_deref()
+    } else {
+        None
+    };
+    Faults::parse(header, state.faults.clone())?.fire(point).await?;
+    Ok(())
+}
+
+#[tracing::instrument(skip_all, fields(order_id = %event.order_id, role = %P::ROLE, event = ?event.kind))]
+async fn handle<P: Participant>(state: &AppState, method: TxMode, event: CheckoutEvent) -> anyhow::Result<()> {
+    let Some(reaction) = react(method, P::STEP, &event.kind) else { return Ok(()) };
+    fire_once(state, &event, FaultPoint::BeforeDb).await?;
+    let mut tx = state.pool.begin().await?;
+    if !txlab_tx::inbox::first_delivery(&mut tx, &event.event_id.to_string()).await? {
+        return Ok(()); // a redelivery: its effect is already stored
+    }
+    let step = P::STEP;
+    let kind = match reaction {
+        Reaction::Apply => match apply_in::<P>(&mut tx, event.order_id, &P::request_for(&event.order)).await {
+            Ok(_) => CheckoutKind::Applied { step },
+            Err(ApiError::Refused { code, .. }) => CheckoutKind::Rejected { step, reason: code },
+            Err(e) => return Err(anyhow::Error::new(e)),
+        },
+        Reaction::Compensate => {
+            compensate_in::<P>(&mut tx, event.order_id).await?;
+            CheckoutKind::Compensated { step }
+        }
+    };
+    let out = CheckoutEvent { event_id: Uuid::new_v4(), order_id: event.order_id, kind: kind.clone(), order: event.order.clone() };
+    let payload = serde_json::to_value(&out)?;
+    let key = event.order_id.to_string();
+    txlab_tx::outbox::enqueue(&mut tx, CHECKOUT_TOPIC, &key, &payload).await?;
+    if method == TxMode::Outbox && matches!(kind, CheckoutKind::Rejected { .. }) {
+        // No compensation under outbox: the failure waits for a person.
+        txlab_tx::outbox::enqueue(&mut tx, DEAD_LETTER_TOPIC, &key, &payload).await?;
+    }
+    fire_once(state, &event, FaultPoint::AfterEvent).await?;
+    tx.commit().await?;
+    let label = match &kind {
+        CheckoutKind::Applied { .. } => "applied",
+        CheckoutKind::Rejected { .. } => "rejected",
+        _ => "compensated",
+    };
+    state.metrics.event(if reaction == Reaction::Apply { "step" } else { "compensation" }, label);
+    tracing::info!(outcome = label, "event handled");
+    fire_once(state, &event, FaultPoint::AfterDb).await
+}

@@ -1,0 +1,95 @@
+//! The event-driven methods at the order service (`saga_chor`, `outbox`):
+//! there is no coordinator to call anyone. The order is placed (and
+//! cancelled) by an event in the same transaction as the order row; the
+//! participants' events are recorded as they arrive, and the order's state
+//! follows from what has been heard ([`txlab_tx::choreography::verdict`]).
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use txlab_api::event::{CheckoutEvent, CheckoutKind, OrderSpec, CHECKOUT_TOPIC};
+use txlab_api::TxMode;
+use txlab_tx::choreography::{verdict, Heard};
+use uuid::Uuid;
+
+use super::outcome::finish;
+use super::store::load_order;
+use super::Orders;
+
+/// Writes a checkout event with the caller's transaction.
+pub async fn emit(conn: &mut sqlx::PgConnection, order_id: Uuid, spec: OrderSpec, kind: CheckoutKind) -> sqlx::Result<()> {
+    let event = CheckoutEvent { event_id: Uuid::new_v4(), order_id, kind, order: spec };
+    let payload = serde_json::to_value(&event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    txlab_tx::outbox::enqueue(conn, CHECKOUT_TOPIC, &order_id.to_string(), &payload).await
+}
+
+/// Consumes the participants' checkout events.
+pub fn start(orders: Arc<Orders>, brokers: &str, stop: watch::Receiver<bool>) -> anyhow::Result<JoinHandle<()>> {
+    let consumer = crate::events::subscriber(brokers, "txlab-order", CHECKOUT_TOPIC)?;
+    Ok(tokio::spawn(async move {
+        let metrics = orders.app.metrics.clone();
+        crate::events::consume(consumer, "order", metrics, stop, move |event: CheckoutEvent| {
+            let orders = orders.clone();
+            async move { handle(&orders, event).await }
+        })
+        .await
+    }))
+}
+
+#[tracing::instrument(skip_all, fields(order_id = %event.order_id, event = ?event.kind))]
+async fn handle(orders: &Orders, event: CheckoutEvent) -> anyhow::Result<()> {
+    let (step, column, value, reason) = match &event.kind {
+        CheckoutKind::Applied { step } => (*step, "forward", "done", None),
+        CheckoutKind::Rejected { step, reason } => (*step, "forward", "rejected", Some(reason.clone())),
+        CheckoutKind::Compensated { step } => (*step, "compensation", "done", None),
+        // Our own events, read back from the shared topic.
+        CheckoutKind::OrderPlaced | CheckoutKind::CancelRequested => return Ok(()),
+    };
+    let mut tx = orders.app.pool.begin().await?;
+    if txlab_tx::inbox::first_delivery(&mut tx, &event.event_id.to_string()).await? {
+        let names = super::store::STEPS;
+        let reason = reason.map(|r| format!("{}: {r}", names.get(step).copied().unwrap_or("participant")));
+        sqlx::query(&format!(
+            "UPDATE saga_steps SET {column} = $3, reason = COALESCE($4, reason), updated_ms = $5 WHERE order_id = $1 AND step = $2"
+        ))
+        .bind(event.order_id)
+        .bind(step as i32)
+        .bind(value)
+        .bind(reason)
+        .bind(txlab_tx::now_ms())
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    // Also after a redelivery: a crash may have come between the two.
+    evaluate(orders, event.order_id).await
+}
+
+/// Finishes the order if what has been heard decides it.
+pub async fn evaluate(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
+    let mut conn = orders.app.pool.acquire().await?;
+    let Some(order) = load_order(&mut conn, id).await? else { return Ok(()) };
+    let rows: Vec<(i32, String, String)> =
+        sqlx::query_as("SELECT step, forward, compensation FROM saga_steps WHERE order_id = $1")
+            .bind(id)
+            .fetch_all(&mut *conn)
+            .await?;
+    drop(conn);
+    let mut heard = Heard { cancel_requested: order.cancel_requested, ..Heard::default() };
+    for (step, forward, compensation) in rows {
+        let i = step as usize;
+        if i < 3 {
+            heard.applied[i] = forward == "done";
+            heard.rejected[i] = forward == "rejected";
+            heard.compensated[i] = compensation == "done";
+        }
+    }
+    let method: TxMode = order.method.parse().map_err(anyhow::Error::msg)?;
+    if let Some(state) = verdict(method, &heard) {
+        if order.state() != state {
+            finish(orders, &order, state).await?;
+        }
+    }
+    Ok(())
+}
