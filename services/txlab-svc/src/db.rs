@@ -6,12 +6,6 @@ use anyhow::Context;
 use sqlx::{migrate::Migrator, postgres::PgPoolOptions, PgPool};
 use txlab_api::Role;
 
-static ORDER: Migrator = sqlx::migrate!("migrations/order");
-static PAYMENT: Migrator = sqlx::migrate!("migrations/payment");
-static INVENTORY: Migrator = sqlx::migrate!("migrations/inventory");
-static SHIPPING: Migrator = sqlx::migrate!("migrations/shipping");
-static NOTIFICATION: Migrator = sqlx::migrate!("migrations/notification");
-
 pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
     PgPoolOptions::new()
         .max_connections(16)
@@ -21,15 +15,22 @@ pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
         .context("connecting to the service database (DATABASE_URL)")
 }
 
+/// Runs the common migrations (outbox, inbox, fault log), then the role's
+/// own. Both sets share one history table, so each tolerates the other's
+/// entries.
 pub async fn migrate(pool: &PgPool, role: Role) -> anyhow::Result<()> {
-    let migrator = match role {
-        Role::Order => &ORDER,
-        Role::Payment => &PAYMENT,
-        Role::Inventory => &INVENTORY,
-        Role::Shipping => &SHIPPING,
-        Role::Notification => &NOTIFICATION,
+    let own: Migrator = match role {
+        Role::Order => sqlx::migrate!("migrations/order"),
+        Role::Payment => sqlx::migrate!("migrations/payment"),
+        Role::Inventory => sqlx::migrate!("migrations/inventory"),
+        Role::Shipping => sqlx::migrate!("migrations/shipping"),
+        Role::Notification => sqlx::migrate!("migrations/notification"),
     };
-    migrator.run(pool).await.context("running migrations")
+    for mut m in [sqlx::migrate!("migrations/common"), own] {
+        m.set_ignore_missing(true);
+        m.run(pool).await.context("running migrations")?;
+    }
+    Ok(())
 }
 
 /// Whether `e` is a unique violation of the named constraint: how a racing

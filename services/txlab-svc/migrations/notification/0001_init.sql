@@ -1,5 +1,5 @@
--- The notification service: what was sent, and the inbox that makes each
--- consumed event take effect once. No unique key on notifications: a
+-- The notification service: what was sent (each consumed event takes
+-- effect once through the common inbox). No unique key on notifications: a
 -- duplicate must stay visible to the audit rather than be hidden by an error.
 CREATE TABLE notifications (
     id          BIGSERIAL PRIMARY KEY,
@@ -8,8 +8,3 @@ CREATE TABLE notifications (
     received_ms BIGINT NOT NULL
 );
 CREATE INDEX notifications_order ON notifications (order_id);
-
-CREATE TABLE inbox (
-    message_id  TEXT PRIMARY KEY,
-    received_ms BIGINT NOT NULL
-);

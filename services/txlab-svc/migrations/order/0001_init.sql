@@ -1,4 +1,4 @@
--- The order service: orders, the saga log, idempotency keys and the outbox.
+-- The order service: orders, the saga log and idempotency keys.
 CREATE TABLE orders (
     id               UUID PRIMARY KEY,
     customer         TEXT    NOT NULL,
@@ -37,13 +37,3 @@ CREATE TABLE idempotency_keys (
     order_id   UUID   NOT NULL,
     created_ms BIGINT NOT NULL
 );
-
-CREATE TABLE outbox (
-    id           BIGSERIAL PRIMARY KEY,
-    topic        TEXT   NOT NULL,
-    key          TEXT   NOT NULL,
-    payload      JSONB  NOT NULL,
-    created_ms   BIGINT NOT NULL,
-    published_ms BIGINT
-);
-CREATE INDEX outbox_unpublished ON outbox (id) WHERE published_ms IS NULL;

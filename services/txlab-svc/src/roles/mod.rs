@@ -97,11 +97,11 @@ fn admin_routes(role: Role) -> Router<AppState> {
 
 async fn reset(State(state): State<AppState>, role: Role) -> Result<Json<serde_json::Value>, ApiError> {
     let tables = match role {
-        Role::Order => "orders, saga_steps, tx_branches, tx_decisions, idempotency_keys, outbox, inbox",
+        Role::Order => "orders, saga_steps, tx_branches, tx_decisions, idempotency_keys, outbox, inbox, fault_log",
         Role::Payment => "wallets, payments, outbox, inbox, fault_log",
         Role::Inventory => "stock, reservations, outbox, inbox, fault_log",
         Role::Shipping => "slots, shipments, outbox, inbox, fault_log",
-        Role::Notification => "notifications, inbox",
+        Role::Notification => "notifications, outbox, inbox, fault_log",
     };
     sqlx::query(&format!("TRUNCATE {tables} RESTART IDENTITY CASCADE")).execute(&state.pool).await?;
     tracing::info!("reset");

@@ -1,6 +1,8 @@
--- For the event-driven methods (saga_chor, outbox): outgoing events are
--- written with the business change (outbox), incoming ones deduplicated in
--- the same transaction as their effect (inbox).
+-- Messaging tables every service has, whatever its role or method
+-- (versions from 1000 so they never collide with a role's own migrations).
+
+-- Transactional outbox: events written in the same transaction as the
+-- business change; a relay publishes them (txlab_tx::outbox).
 CREATE TABLE outbox (
     id           BIGSERIAL PRIMARY KEY,
     topic        TEXT   NOT NULL,
@@ -11,6 +13,8 @@ CREATE TABLE outbox (
 );
 CREATE INDEX outbox_unpublished ON outbox (id) WHERE published_ms IS NULL;
 
+-- Inbox: consumed message ids, stored in the same transaction as their
+-- effect, so a redelivered message takes no effect (txlab_tx::inbox).
 CREATE TABLE inbox (
     message_id  TEXT PRIMARY KEY,
     received_ms BIGINT NOT NULL
