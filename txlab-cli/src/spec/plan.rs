@@ -14,6 +14,8 @@ use super::{Profile, Scenario, SeedData};
 /// Seeded entities every cell has, for scenarios that must fail a step.
 pub const BROKE_CUSTOMER: &str = "broke";
 pub const SOLD_OUT_SKU: &str = "sold-out";
+/// A SKU with little stock that many orders compete for (`seed_data.hot_stock`).
+pub const HOT_SKU: &str = "hot";
 pub const FULL_SLOT: &str = "full";
 
 /// One cell of the matrix: a method, a scenario, a replica count, a repetition.
@@ -50,7 +52,10 @@ impl SeedPlan {
             stock: skus
                 .iter()
                 .map(|s| StockLevel { sku: s.clone(), available: data.stock })
-                .chain([StockLevel { sku: SOLD_OUT_SKU.into(), available: 0 }])
+                .chain([
+                    StockLevel { sku: SOLD_OUT_SKU.into(), available: 0 },
+                    StockLevel { sku: HOT_SKU.into(), available: data.hot_stock },
+                ])
                 .collect(),
             slots: slots
                 .iter()
@@ -126,7 +131,7 @@ impl Plan {
             return Err(invalid(p, "quiesce_timeout_s: must be above 0 and at most 600"));
         }
         let d = &profile.seed_data;
-        if d.customers == 0 || d.skus == 0 || d.slots == 0 || d.balance < 0 || d.stock < 0 || d.capacity < 0 {
+        if d.customers == 0 || d.skus == 0 || d.slots == 0 || d.balance < 0 || d.stock < 0 || d.capacity < 0 || d.hot_stock < 0 {
             return Err(invalid(p, "seed_data: counts must be at least 1 and amounts not negative"));
         }
         let seed = SeedPlan::new(d);
@@ -193,8 +198,8 @@ fn check_template(profile_path: &Path, s: &Scenario, seed: &SeedPlan) -> Result<
     if !known(&t.customer, &seed.customers, BROKE_CUSTOMER) {
         return Err(invalid(profile_path, format!("{}: `{}` is not seeded; use any, {BROKE_CUSTOMER} or c00000..", place("customer"), t.customer)));
     }
-    if !known(&t.sku, &seed.skus, SOLD_OUT_SKU) {
-        return Err(invalid(profile_path, format!("{}: `{}` is not seeded; use any, {SOLD_OUT_SKU} or sku-0000..", place("sku"), t.sku)));
+    if !(known(&t.sku, &seed.skus, SOLD_OUT_SKU) || t.sku == HOT_SKU) {
+        return Err(invalid(profile_path, format!("{}: `{}` is not seeded; use any, {SOLD_OUT_SKU}, {HOT_SKU} or sku-0000..", place("sku"), t.sku)));
     }
     if !known(&t.slot, &seed.slots, FULL_SLOT) {
         return Err(invalid(profile_path, format!("{}: `{}` is not seeded; use any, {FULL_SLOT} or slot-000..", place("slot"), t.slot)));

@@ -70,11 +70,18 @@ pub struct SeedData {
     pub slots: u32,
     /// Capacity of each courier slot.
     pub capacity: i64,
+    /// Stock of the `hot` SKU that contention scenarios compete for.
+    #[serde(default = "default_hot_stock")]
+    pub hot_stock: i64,
+}
+
+fn default_hot_stock() -> i64 {
+    40
 }
 
 impl Default for SeedData {
     fn default() -> Self {
-        SeedData { customers: 200, balance: 10_000_000, skus: 50, stock: 100_000, slots: 20, capacity: 100_000 }
+        SeedData { customers: 200, balance: 10_000_000, skus: 50, stock: 100_000, slots: 20, capacity: 100_000, hot_stock: default_hot_stock() }
     }
 }
 
