@@ -44,6 +44,30 @@ async fn every_method_passes_the_failure_and_cancel_scenarios() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fault_point_and_crash_scenario_audits_clean_under_every_method() {
+    let (mut platform, _, dir) = common::deployed_with("faults", TxMode::SagaOrch).await;
+    let mut plan = common::plan("faults.yaml");
+    plan.profile.load.arrival = txlab_cli::spec::Arrival::Constant;
+    plan.profile.load.rate = 10.0;
+    plan.profile.load.duration_s = 1.5;
+    let run = txlab_cli::results::RunDir::create(&dir.join("results"), "faults").unwrap();
+    let summaries = txlab_cli::commands::run::run_cells(&mut platform, &plan, &run).await.unwrap();
+    assert_eq!(summaries.len(), 5 * 11);
+    for s in &summaries {
+        assert_eq!(s.outcomes.get(&s.expect).copied(), Some(s.sent), "{}: {:?} e.g. {:?}", s.cell, s.outcomes, s.unexpected_examples);
+        assert!(s.settled && s.errors == 0, "{}: settled {}, errors {:?}", s.cell, s.settled, s.error_kinds);
+        assert_eq!(s.violations, 0, "{}: {:?}", s.cell, s.violations_by_invariant);
+    }
+    // The injected errors really fired and were retried.
+    let retries = |cell: &str| summaries.iter().find(|s| s.cell == cell).unwrap().events.get("retry").copied().unwrap_or(0.0);
+    assert!(retries("saga_orch-fault-after-db-r1-1") >= 15.0);
+    assert!(retries("twopc-fault-during-prepare-r1-1") >= 15.0);
+    assert!(retries("tcc-fault-during-confirm-r1-1") >= 15.0);
+    platform.shutdown().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// The payment participant's wallet of `customer`: (balance, reserved).
 async fn wallet(client: &reqwest::Client, payment: &str, customer: &str) -> (i64, i64) {
     let snap: Value = client.get(format!("{payment}/admin/audit")).send().await.unwrap().json().await.unwrap();

@@ -5,15 +5,21 @@
 //!
 //! Messages are handled concurrently across keys but in order within a key
 //! (one worker per key hash), so one slow order does not hold up the rest
-//! of its partition. An offset is committed only once every message before
-//! it in its partition is done, so a crash redelivers anything unfinished.
+//! of its partition. An offset is stored only once every message before it
+//! in its partition is done, so a crash redelivers anything unfinished.
+//!
+//! Each consumer reads every partition of its topic and keeps its offsets
+//! in its own database (`consumer_offsets`), not in a Kafka consumer group:
+//! a restarted service resumes at once, with no group session to expire
+//! (seen with tansu: a crashed member could stall its group for good). One
+//! process per service reads all partitions, which fits one replica.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::de::DeserializeOwned;
@@ -54,13 +60,71 @@ impl Progress {
     }
 }
 
+/// Where a consumer's offsets are kept.
+#[derive(Clone)]
+pub struct Offsets {
+    pub pool: PgPool,
+    /// The consumer's name, e.g. `payment`.
+    pub consumer: &'static str,
+    pub topic: &'static str,
+}
+
+impl Offsets {
+    async fn store(&self, partition: i32, next: i64) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT INTO consumer_offsets (consumer, topic, partition, next_offset) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (consumer, topic, partition) DO UPDATE SET next_offset = GREATEST(consumer_offsets.next_offset, EXCLUDED.next_offset)",
+        )
+        .bind(self.consumer)
+        .bind(self.topic)
+        .bind(partition)
+        .bind(next)
+        .execute(&self.pool)
+        .await
+        .map(drop)
+    }
+}
+
+/// A consumer reading every partition of `offsets.topic` from its stored
+/// offsets. A partition never read before starts at its current end, which
+/// is stored at once, so nothing produced while the service is down is missed.
+pub async fn assigned(brokers: &str, offsets: &Offsets) -> anyhow::Result<StreamConsumer> {
+    let consumer = txlab_tx::kafka::consumer(brokers, &format!("txlab-{}", offsets.consumer))?;
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer.fetch_metadata(Some(offsets.topic), timeout)?;
+    let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
+    anyhow::ensure!(partitions > 0, "topic {} has no partitions", offsets.topic);
+    let stored: Vec<(i32, i64)> =
+        sqlx::query_as("SELECT partition, next_offset FROM consumer_offsets WHERE consumer = $1 AND topic = $2")
+            .bind(offsets.consumer)
+            .bind(offsets.topic)
+            .fetch_all(&offsets.pool)
+            .await?;
+    let stored: BTreeMap<i32, i64> = stored.into_iter().collect();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        let next = match stored.get(&p) {
+            Some(n) => *n,
+            None => {
+                let (_, high) = consumer.fetch_watermarks(offsets.topic, p, timeout)?;
+                offsets.store(p, high).await?;
+                high
+            }
+        };
+        tpl.add_partition_offset(offsets.topic, p, Offset::Offset(next))?;
+    }
+    consumer.assign(&tpl)?;
+    Ok(consumer)
+}
+
 /// Hands every decoded message to `handle` until `stop` is raised.
-pub async fn consume<T, F, Fut>(consumer: StreamConsumer, what: &'static str, metrics: std::sync::Arc<Metrics>, stop: watch::Receiver<bool>, handle: F)
+pub async fn consume<T, F, Fut>(consumer: StreamConsumer, offsets: Offsets, metrics: std::sync::Arc<Metrics>, stop: watch::Receiver<bool>, handle: F)
 where
     T: DeserializeOwned + Send + 'static,
     F: Fn(T) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
+    let what = offsets.consumer;
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(i32, i64)>();
     let workers: Vec<mpsc::Sender<OwnedMessage>> = (0..WORKERS)
         .map(|_| {
@@ -69,7 +133,6 @@ where
             tx
         })
         .collect();
-    let topic = consumer.subscription().ok().and_then(|t| t.elements().first().map(|e| e.topic().to_string()));
     let mut progress = Progress::default();
     let stopped = crate::stopped(stop);
     tokio::pin!(stopped);
@@ -77,12 +140,9 @@ where
         tokio::select! {
             _ = &mut stopped => return,
             Some((partition, offset)) = done_rx.recv() => {
-                if let (Some(commit), Some(topic)) = (progress.finished(partition, offset), topic.as_deref()) {
-                    let mut tpl = TopicPartitionList::new();
-                    if tpl.add_partition_offset(topic, partition, Offset::Offset(commit)).is_ok() {
-                        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-                            tracing::warn!(error = %e, what, "offset commit failed; events may be redelivered");
-                        }
+                if let Some(next) = progress.finished(partition, offset) {
+                    if let Err(e) = offsets.store(partition, next).await {
+                        tracing::warn!(error = %e, what, "storing the offset failed; events may be redelivered");
                     }
                 }
             }
@@ -146,13 +206,6 @@ async fn work<T, F, Fut>(
         }
         let _ = done.send((msg.partition(), msg.offset()));
     }
-}
-
-/// Subscribes a new consumer of `group` to `topic`.
-pub fn subscriber(brokers: &str, group: &str, topic: &str) -> anyhow::Result<StreamConsumer> {
-    let consumer = txlab_tx::kafka::consumer(brokers, group)?;
-    consumer.subscribe(&[topic])?;
-    Ok(consumer)
 }
 
 /// Marks `key` (an event and a fault point) as fired, in its own committed

@@ -167,6 +167,16 @@ async fn broadcast(client: &reqwest::Client, endpoints: &Endpoints, path: &str, 
     Ok(())
 }
 
+/// Sets (or with `{"mode": "none"}` clears) one service's standing fault.
+async fn set_standing_fault(client: &reqwest::Client, endpoints: &Endpoints, role: Role, fault: &serde_json::Value) -> anyhow::Result<()> {
+    let url = format!("{}/admin/faults", endpoints.url(role)?);
+    let resp = client.put(&url).json(fault).send().await.with_context(|| format!("calling {url}"))?;
+    if !resp.status().is_success() {
+        bail!("{url} answered {}: {}", resp.status(), resp.text().await.unwrap_or_default());
+    }
+    Ok(())
+}
+
 /// Runs every cell in order, writing each as it finishes.
 pub async fn run_cells(platform: &mut impl Platform, plan: &Plan, run: &RunDir) -> anyhow::Result<Vec<CellSummary>> {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
@@ -184,9 +194,20 @@ pub async fn run_cells(platform: &mut impl Platform, plan: &Plan, run: &RunDir) 
         let restarts_before = platform.restarts();
         let events_before = crate::metrics::scrape(&client, &endpoints).await;
 
+        if let Some(f) = &cell.scenario.standing_fault {
+            set_standing_fault(&client, &endpoints, f.role, &serde_json::to_value(&f.fault)?).await?;
+        }
         let progress = ProgressBar::new(0).with_style(style.clone()).with_prefix(format!("[{}/{total}] {}", index + 1, cell.id));
         let target = Target { base_url: endpoints.url(Role::Order)?, run_id: &run.id };
-        let load = drive(target, plan, cell, &progress).await?;
+        let load = drive(target, plan, cell, &progress).await;
+        if let Some(f) = &cell.scenario.standing_fault {
+            // Cleared even if the load failed. Best effort: a service that is
+            // just restarting after a crash has no standing fault anyway.
+            if let Err(e) = set_standing_fault(&client, &endpoints, f.role, &json!({"mode": "none"})).await {
+                tracing::warn!(error = format!("{e:#}"), "clearing the standing fault failed");
+            }
+        }
+        let load = load?;
         progress.set_message("quiescing");
         let timeout = Duration::from_secs_f64(plan.profile.quiesce_timeout_s);
         let (snapshots, waited, settled) = quiesce(&client, &endpoints, timeout).await?;

@@ -12,5 +12,5 @@ mod yaml;
 
 pub use plan::{Cell, Plan, SeedPlan};
 pub use profile::{Arrival, LoadSpec, Profile, SeedData};
-pub use scenario::{OrderTemplate, Scenario};
+pub use scenario::{OrderTemplate, Scenario, ScenarioFault};
 pub use yaml::{load_yaml, SpecError};

@@ -185,6 +185,9 @@ fn load_scenario(profile_path: &Path, dir: &Path, name: &str) -> Result<Scenario
     if let Some(f) = &scenario.fault {
         FaultSpec::parse(f).map_err(|e| invalid(&path, format!("fault: {e}")))?;
     }
+    if let Some(f) = &scenario.standing_fault {
+        f.fault.validate().map_err(|e| invalid(&path, format!("standing_fault: {e}")))?;
+    }
     if scenario.cancel_after_ms.is_some_and(|ms| ms > 60_000) {
         return Err(invalid(&path, "cancel_after_ms: at most 60000"));
     }

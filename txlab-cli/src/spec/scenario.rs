@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use txlab_api::order::OrderState;
-use txlab_api::TxMode;
+use txlab_api::fault::StandingFault;
+use txlab_api::{Role, TxMode};
 
 /// `scenarios/<name>.yaml`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -22,6 +23,12 @@ pub struct Scenario {
     /// `inventory.before_db=delay:300` (grammar: `txlab_api::fault`).
     #[serde(default)]
     pub fault: Option<String>,
+    /// A fault one service carries for the whole cell, set through its
+    /// `/admin/faults` before the load and cleared after it. A service that
+    /// crashes comes back without it, as a restarted pod comes back with
+    /// its original configuration, so a crash fault crashes it once.
+    #[serde(default)]
+    pub standing_fault: Option<ScenarioFault>,
     /// Cancel each order this many ms after it was accepted.
     #[serde(default)]
     pub cancel_after_ms: Option<u64>,
@@ -31,6 +38,15 @@ pub struct Scenario {
     /// `{outbox: needs_attention}` for a refused step (outbox never compensates).
     #[serde(default)]
     pub expect_by_method: BTreeMap<TxMode, OrderState>,
+}
+
+/// `standing_fault:` of a scenario: which service, and the fault.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioFault {
+    pub role: Role,
+    #[serde(flatten)]
+    pub fault: StandingFault,
 }
 
 impl Scenario {

@@ -36,10 +36,11 @@ pub async fn start<P: Participant>(
         poll_every: Duration::from_millis(500),
     };
     let relay_task = tokio::spawn(relay.run(crate::stopped(stop.clone())));
-    let consumer = crate::events::subscriber(brokers, &format!("txlab-{}", P::ROLE), CHECKOUT_TOPIC)?;
+    let offsets = crate::events::Offsets { pool: state.pool.clone(), consumer: P::ROLE.as_str(), topic: CHECKOUT_TOPIC };
+    let consumer = crate::events::assigned(brokers, &offsets).await?;
     let consumer_task = tokio::spawn(async move {
         let metrics = state.metrics.clone();
-        crate::events::consume(consumer, P::ROLE.as_str(), metrics, stop, move |event: CheckoutEvent| {
+        crate::events::consume(consumer, offsets, metrics, stop, move |event: CheckoutEvent| {
             let state = state.clone();
             async move { handle::<P>(&state, method, event).await }
         })

@@ -17,16 +17,15 @@ use crate::config::Config;
 use crate::http::ApiError;
 use crate::roles::AppState;
 
-pub const CONSUMER_GROUP: &str = "txlab-notification";
-
 pub async fn build(config: &Config, state: AppState, stop: watch::Receiver<bool>) -> anyhow::Result<(Router, Vec<JoinHandle<()>>)> {
     let brokers = config.kafka_brokers.clone().unwrap_or_default();
     super::order::ensure_topics_with_retry(&brokers).await?;
-    let consumer = crate::events::subscriber(&brokers, CONSUMER_GROUP, ORDER_EVENTS_TOPIC)?;
+    let offsets = crate::events::Offsets { pool: state.pool.clone(), consumer: "notification", topic: ORDER_EVENTS_TOPIC };
+    let consumer = crate::events::assigned(&brokers, &offsets).await?;
     let st = state.clone();
     let task = tokio::spawn(async move {
         let metrics = st.metrics.clone();
-        crate::events::consume(consumer, "notification", metrics, stop, move |event: OrderOutcome| {
+        crate::events::consume(consumer, offsets, metrics, stop, move |event: OrderOutcome| {
             let st = st.clone();
             async move {
                 let first = apply(&st, &event).await?;

@@ -25,11 +25,12 @@ pub async fn emit(conn: &mut sqlx::PgConnection, order_id: Uuid, spec: OrderSpec
 }
 
 /// Consumes the participants' checkout events.
-pub fn start(orders: Arc<Orders>, brokers: &str, stop: watch::Receiver<bool>) -> anyhow::Result<JoinHandle<()>> {
-    let consumer = crate::events::subscriber(brokers, "txlab-order", CHECKOUT_TOPIC)?;
+pub async fn start(orders: Arc<Orders>, brokers: &str, stop: watch::Receiver<bool>) -> anyhow::Result<JoinHandle<()>> {
+    let offsets = crate::events::Offsets { pool: orders.app.pool.clone(), consumer: "order", topic: CHECKOUT_TOPIC };
+    let consumer = crate::events::assigned(brokers, &offsets).await?;
     Ok(tokio::spawn(async move {
         let metrics = orders.app.metrics.clone();
-        crate::events::consume(consumer, "order", metrics, stop, move |event: CheckoutEvent| {
+        crate::events::consume(consumer, offsets, metrics, stop, move |event: CheckoutEvent| {
             let orders = orders.clone();
             async move { handle(&orders, event).await }
         })

@@ -87,7 +87,7 @@ pub async fn build(config: &Config, app: AppState, stop: watch::Receiver<bool>) 
     }
     let mut background = vec![relay_task];
     if config.tx_mode.is_event_driven() {
-        background.push(events::start(orders.clone(), &brokers, stop)?);
+        background.push(events::start(orders.clone(), &brokers, stop).await?);
     }
     let router = Router::new()
         .route("/orders", post(api::create))
