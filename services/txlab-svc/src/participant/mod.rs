@@ -28,6 +28,38 @@
 //! - [`events`]: the event-driven methods: react to checkout events with
 //!   the same apply and compensate, emitting events through an outbox.
 
+/// Declares the axum handler of one participant operation: it reads the
+/// order id (and the request body, validated), then runs `$call` inside
+/// [`around`] (fault points, metrics, a log line). The operations differ
+/// only in that call.
+macro_rules! participant_op {
+    (fn $name:ident, $op:expr, |$st:ident, $f:ident, $id:ident, $req:ident| $call:expr) => {
+        #[tracing::instrument(skip_all, fields(order_id = tracing::field::Empty, role = %P::ROLE, op = $op))]
+        async fn $name<P: Participant>(
+            axum::extract::State($st): axum::extract::State<AppState>,
+            $f: Faults,
+            path: Result<axum::extract::Path<Uuid>, axum::extract::rejection::PathRejection>,
+            body: Result<axum::Json<P::Request>, axum::extract::rejection::JsonRejection>,
+        ) -> Result<axum::Json<StepReply>, ApiError> {
+            let $id = super::order_id(path)?;
+            let axum::Json($req) = body?;
+            P::validate(&$req).map_err(ApiError::BadRequest)?;
+            super::around(&$st, &$f, $op, || $call).await
+        }
+    };
+    (fn $name:ident, $op:expr, |$st:ident, $f:ident, $id:ident| $call:expr) => {
+        #[tracing::instrument(skip_all, fields(order_id = tracing::field::Empty, role = %P::ROLE, op = $op))]
+        async fn $name<P: Participant>(
+            axum::extract::State($st): axum::extract::State<AppState>,
+            $f: Faults,
+            path: Result<axum::extract::Path<Uuid>, axum::extract::rejection::PathRejection>,
+        ) -> Result<axum::Json<StepReply>, ApiError> {
+            let $id = super::order_id(path)?;
+            super::around(&$st, &$f, $op, || $call).await
+        }
+    };
+}
+
 pub mod events;
 pub mod saga;
 pub mod tcc;

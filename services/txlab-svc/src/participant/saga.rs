@@ -2,10 +2,8 @@
 //! it. The compensation is also every method's business compensation when
 //! a confirmed order is cancelled.
 
-use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{Path, State};
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::Router;
 use sqlx::{PgConnection, PgPool};
 use txlab_api::participant::StepReply;
 use uuid::Uuid;
@@ -72,28 +70,8 @@ async fn compensate_once<P: Participant>(pool: &PgPool, order_id: Uuid) -> Resul
     Ok(out)
 }
 
-#[tracing::instrument(skip_all, fields(order_id = tracing::field::Empty, role = %P::ROLE, op = P::FORWARD_OP))]
-async fn forward<P: Participant>(
-    State(state): State<AppState>,
-    faults: Faults,
-    path: Result<Path<Uuid>, PathRejection>,
-    body: Result<Json<P::Request>, JsonRejection>,
-) -> Result<Json<StepReply>, ApiError> {
-    let id = order_id(path)?;
-    let Json(req) = body?;
-    P::validate(&req).map_err(ApiError::BadRequest)?;
-    around(&state, &faults, P::FORWARD_OP, || apply_once::<P>(&state.pool, id, &req)).await
-}
-
-#[tracing::instrument(skip_all, fields(order_id = tracing::field::Empty, role = %P::ROLE, op = P::UNDO_OP))]
-async fn compensate<P: Participant>(
-    State(state): State<AppState>,
-    faults: Faults,
-    path: Result<Path<Uuid>, PathRejection>,
-) -> Result<Json<StepReply>, ApiError> {
-    let id = order_id(path)?;
-    around(&state, &faults, P::UNDO_OP, || compensate_once::<P>(&state.pool, id)).await
-}
+participant_op!(fn forward, P::FORWARD_OP, |state, faults, id, req| apply_once::<P>(&state.pool, id, &req));
+participant_op!(fn compensate, P::UNDO_OP, |state, faults, id| compensate_once::<P>(&state.pool, id));
 
 pub fn routes<P: Participant>() -> Router<AppState> {
     Router::new()

@@ -4,10 +4,8 @@
 //! compensation), and a Try after its Cancel finds it and is refused (no
 //! hanging hold).
 
-use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{Path, State};
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::Router;
 use sqlx::PgPool;
 use txlab_api::fault::FaultPoint;
 use txlab_api::participant::StepReply;
@@ -82,38 +80,9 @@ pub async fn cancel_once<P: Participant>(pool: &PgPool, faults: &Faults, order_i
     Ok(out)
 }
 
-#[tracing::instrument(skip_all, fields(order_id = tracing::field::Empty, role = %P::ROLE, op = "try"))]
-async fn try_<P: Participant>(
-    State(state): State<AppState>,
-    faults: Faults,
-    path: Result<Path<Uuid>, PathRejection>,
-    body: Result<Json<P::Request>, JsonRejection>,
-) -> Result<Json<StepReply>, ApiError> {
-    let id = order_id(path)?;
-    let Json(req) = body?;
-    P::validate(&req).map_err(ApiError::BadRequest)?;
-    around(&state, &faults, "try", || try_once::<P>(&state.pool, &faults, id, &req)).await
-}
-
-#[tracing::instrument(skip_all, fields(order_id = tracing::field::Empty, role = %P::ROLE, op = "confirm"))]
-async fn confirm<P: Participant>(
-    State(state): State<AppState>,
-    faults: Faults,
-    path: Result<Path<Uuid>, PathRejection>,
-) -> Result<Json<StepReply>, ApiError> {
-    let id = order_id(path)?;
-    around(&state, &faults, "confirm", || confirm_once::<P>(&state.pool, &faults, id)).await
-}
-
-#[tracing::instrument(skip_all, fields(order_id = tracing::field::Empty, role = %P::ROLE, op = "cancel"))]
-async fn cancel<P: Participant>(
-    State(state): State<AppState>,
-    faults: Faults,
-    path: Result<Path<Uuid>, PathRejection>,
-) -> Result<Json<StepReply>, ApiError> {
-    let id = order_id(path)?;
-    around(&state, &faults, "cancel", || cancel_once::<P>(&state.pool, &faults, id)).await
-}
+participant_op!(fn try_, "try", |state, faults, id, req| try_once::<P>(&state.pool, &faults, id, &req));
+participant_op!(fn confirm, "confirm", |state, faults, id| confirm_once::<P>(&state.pool, &faults, id));
+participant_op!(fn cancel, "cancel", |state, faults, id| cancel_once::<P>(&state.pool, &faults, id));
 
 pub fn routes<P: Participant>() -> Router<AppState> {
     Router::new()

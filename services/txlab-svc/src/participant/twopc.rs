@@ -7,10 +7,8 @@
 
 use std::time::Duration;
 
-use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{Path, State};
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::Router;
 use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres};
 use txlab_api::fault::FaultPoint;
@@ -166,38 +164,9 @@ pub async fn rollback_once<P: Participant>(pool: &PgPool, order_id: Uuid) -> Res
     Ok(out)
 }
 
-#[tracing::instrument(skip_all, fields(order_id = tracing::field::Empty, role = %P::ROLE, op = "prepare"))]
-async fn prepare<P: Participant>(
-    State(state): State<AppState>,
-    faults: Faults,
-    path: Result<Path<Uuid>, PathRejection>,
-    body: Result<Json<P::Request>, JsonRejection>,
-) -> Result<Json<StepReply>, ApiError> {
-    let id = order_id(path)?;
-    let Json(req) = body?;
-    P::validate(&req).map_err(ApiError::BadRequest)?;
-    around(&state, &faults, "prepare", || prepare_once::<P>(&state.pool, &faults, id, &req)).await
-}
-
-#[tracing::instrument(skip_all, fields(order_id = tracing::field::Empty, role = %P::ROLE, op = "commit"))]
-async fn commit<P: Participant>(
-    State(state): State<AppState>,
-    faults: Faults,
-    path: Result<Path<Uuid>, PathRejection>,
-) -> Result<Json<StepReply>, ApiError> {
-    let id = order_id(path)?;
-    around(&state, &faults, "commit", || commit_once::<P>(&state.pool, &faults, id)).await
-}
-
-#[tracing::instrument(skip_all, fields(order_id = tracing::field::Empty, role = %P::ROLE, op = "rollback"))]
-async fn rollback<P: Participant>(
-    State(state): State<AppState>,
-    faults: Faults,
-    path: Result<Path<Uuid>, PathRejection>,
-) -> Result<Json<StepReply>, ApiError> {
-    let id = order_id(path)?;
-    around(&state, &faults, "rollback", || rollback_once::<P>(&state.pool, id)).await
-}
+participant_op!(fn prepare, "prepare", |state, faults, id, req| prepare_once::<P>(&state.pool, &faults, id, &req));
+participant_op!(fn commit, "commit", |state, faults, id| commit_once::<P>(&state.pool, &faults, id));
+participant_op!(fn rollback, "rollback", |state, faults, id| rollback_once::<P>(&state.pool, id));
 
 pub fn routes<P: Participant>() -> Router<AppState> {
     Router::new()
