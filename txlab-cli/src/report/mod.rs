@@ -99,3 +99,66 @@ pub fn csv(summaries: &[CellSummary]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::Percentiles;
+
+    fn summary() -> CellSummary {
+        CellSummary {
+            index: 0,
+            cell: "outbox-fail-payment-r1-1".into(),
+            method: "outbox".into(),
+            scenario: "fail-payment".into(),
+            replicas: 1,
+            repetition: 1,
+            expect: "needs_attention".into(),
+            target_rate: 10.0,
+            achieved_rate: 9.5,
+            scheduled: 20,
+            sent: 19,
+            accepted: 19,
+            decided: 19,
+            late: 0,
+            dropped: 1,
+            errors: 0,
+            undecided: 0,
+            unexpected: 0,
+            outcomes: [("needs_attention".to_string(), 19)].into(),
+            error_kinds: Default::default(),
+            unexpected_examples: vec![],
+            accepted_ms: Percentiles { p50: 1.5, p99: 4.0, ..Default::default() },
+            decided_ms: Percentiles { p50: 20.0, p99: 80.0, ..Default::default() },
+            quiesce_ms: 120,
+            settled: true,
+            violations: 0,
+            by_design: 19,
+            violations_by_invariant: Default::default(),
+            notification_lag_p50_ms: Some(7),
+            notification_lag_max_ms: Some(30),
+            events: [("retry".to_string(), 3.0)].into(),
+            restarts: Default::default(),
+        }
+    }
+
+    #[test]
+    fn csv_rows_have_as_many_fields_as_the_header() {
+        let text = csv(&[summary()]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        let header: Vec<&str> = lines[0].split(',').collect();
+        let row: Vec<&str> = lines[1].split(',').collect();
+        assert_eq!(header.len(), row.len());
+        let field = |name: &str| row[header.iter().position(|h| *h == name).unwrap()];
+        assert_eq!((field("needs_attention"), field("by_design"), field("retries")), ("19", "19", "3"));
+        assert_eq!((field("dropped"), field("decided_p99_ms")), ("1", "80.000"));
+    }
+
+    #[test]
+    fn the_table_shows_by_design_apart_from_bugs() {
+        let text = table(&[summary()]).to_string();
+        assert!(text.contains("0 +19 by design"), "{text}");
+        assert!(text.contains("10→9.5"), "{text}");
+    }
+}
