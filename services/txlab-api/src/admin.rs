@@ -5,6 +5,16 @@ use uuid::Uuid;
 
 use crate::order::OrderView;
 
+/// `POST /admin/reset`: empties the service's tables and starts a new lab
+/// epoch. Events from an earlier epoch are dropped from then on, so work
+/// still in flight when one cell ends cannot leak into the next.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reset {
+    #[serde(default)]
+    pub epoch: String,
+}
+
 /// `POST /admin/seed`: every service takes the part that is its own.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

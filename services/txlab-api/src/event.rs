@@ -29,6 +29,9 @@ pub struct OrderOutcome {
     pub customer: String,
     /// When the order service decided, in ms since the Unix epoch.
     pub decided_ms: i64,
+    /// The lab epoch (cell) the event belongs to; see [`crate::admin::Reset`].
+    #[serde(default)]
+    pub epoch: String,
 }
 
 /// Topic of [`CheckoutEvent`]s: the event-driven methods (`saga_chor`,
@@ -90,6 +93,9 @@ pub struct CheckoutEvent {
     #[serde(flatten)]
     pub kind: CheckoutKind,
     pub order: OrderSpec,
+    /// The lab epoch (cell) the event belongs to; see [`crate::admin::Reset`].
+    #[serde(default)]
+    pub epoch: String,
 }
 
 #[cfg(test)]
@@ -103,6 +109,7 @@ mod tests {
             order_id: Uuid::nil(),
             kind: CheckoutKind::Rejected { step: 1, reason: "out_of_stock".into() },
             order: OrderSpec { customer: "c".into(), amount: 5, items: vec![], slot: "s".into(), fault: None },
+            epoch: "cell-1".into(),
         };
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["kind"], "rejected");

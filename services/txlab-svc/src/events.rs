@@ -40,10 +40,22 @@ struct Progress {
 }
 
 impl Progress {
-    fn started(&mut self, partition: i32, offset: i64) {
+    /// Records a received message; returns the offset expected instead
+    /// when messages were skipped (Kafka offsets of this topic are dense).
+    fn started(&mut self, partition: i32, offset: i64) -> Option<i64> {
         self.in_flight.entry(partition).or_default().insert(offset);
+        let gap = self.next.get(&partition).copied().filter(|expected| offset > *expected);
         let next = self.next.entry(partition).or_insert(offset + 1);
         *next = (*next).max(offset + 1);
+        gap
+    }
+
+    /// Forgets a message that will be fetched again from `expected`.
+    fn rewind(&mut self, partition: i32, offset: i64, expected: i64) {
+        if let Some(set) = self.in_flight.get_mut(&partition) {
+            set.remove(&offset);
+        }
+        self.next.insert(partition, expected);
     }
 
     /// Marks `offset` done; returns the offset to commit for its partition
@@ -149,7 +161,18 @@ where
             m = consumer.recv() => match m {
                 Ok(msg) => {
                     let msg = msg.detach();
-                    progress.started(msg.partition(), msg.offset());
+                    if let Some(expected) = progress.started(msg.partition(), msg.offset()) {
+                        // Offsets of this topic are dense, so a jump means the
+                        // broker skipped messages: fetch them again rather
+                        // than lose them (the inbox absorbs any repeat).
+                        tracing::error!(what, partition = msg.partition(), expected, got = msg.offset(), "offset gap: fetching the skipped messages again");
+                        metrics.event("offset_gap", what);
+                        progress.rewind(msg.partition(), msg.offset(), expected);
+                        if let Err(e) = consumer.seek(msg.topic(), msg.partition(), Offset::Offset(expected), Duration::from_secs(5)) {
+                            tracing::error!(error = %e, what, "seeking back over an offset gap failed");
+                        }
+                        continue;
+                    }
                     let mut h = std::collections::hash_map::DefaultHasher::new();
                     msg.key().hash(&mut h);
                     let worker = &workers[(h.finish() as usize) % WORKERS];
@@ -208,6 +231,22 @@ async fn work<T, F, Fut>(
     }
 }
 
+/// Whether an event of `epoch` belongs to the lab's current cell. Holds the
+/// epoch row (FOR SHARE) until the caller's transaction ends, so a reset
+/// cannot slip in between this check and the event's effect.
+pub async fn current_epoch(conn: &mut sqlx::PgConnection, epoch: &str) -> sqlx::Result<bool> {
+    let current: String = sqlx::query_scalar("SELECT epoch FROM lab_epoch FOR SHARE").fetch_one(conn).await?;
+    Ok(current == epoch)
+}
+
+/// The lab's current epoch, to stamp on a new event. Read it first in the
+/// transaction, before touching other tables: a reset takes the epoch row
+/// first and the tables after, and the same order everywhere rules out a
+/// deadlock between the two.
+pub async fn epoch(conn: &mut sqlx::PgConnection) -> sqlx::Result<String> {
+    sqlx::query_scalar("SELECT epoch FROM lab_epoch FOR SHARE").fetch_one(conn).await
+}
+
 /// Marks `key` (an event and a fault point) as fired, in its own committed
 /// transaction; returns false if it fired before. A planned fault thus fires
 /// once even when it crashes the process and the event is redelivered.
@@ -229,7 +268,7 @@ mod tests {
     fn offsets_are_committed_only_past_finished_runs() {
         let mut p = Progress::default();
         for o in 10..14 {
-            p.started(0, o);
+            assert_eq!(p.started(0, o), None);
         }
         // 11 and 12 finish first: 10 is still in flight, nothing may be committed past it.
         assert_eq!(p.finished(0, 11), Some(10));
@@ -237,8 +276,11 @@ mod tests {
         // 10 finishes: everything up to 13 (still running) is safe.
         assert_eq!(p.finished(0, 10), Some(13));
         assert_eq!(p.finished(0, 13), Some(14));
-        // Partitions are independent.
-        p.started(1, 5);
+        // Partitions are independent; a jump is reported.
+        assert_eq!(p.started(1, 5), None);
+        assert_eq!(p.started(1, 8), Some(6));
+        p.rewind(1, 8, 6);
+        assert_eq!(p.started(1, 6), None, "refetched from the gap");
         assert_eq!(p.finished(1, 5), Some(6));
     }
 }

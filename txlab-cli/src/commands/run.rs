@@ -187,7 +187,8 @@ pub async fn run_cells(platform: &mut impl Platform, plan: &Plan, run: &RunDir) 
     let total = plan.cells.len();
     for (index, cell) in plan.cells.iter().enumerate() {
         let endpoints = platform.deploy(cell.method).await.with_context(|| format!("deploying {}", cell.method))?;
-        broadcast(&client, &endpoints, "/admin/reset", &json!({})).await?;
+        // A new epoch per cell: events still in flight from the last one are dropped.
+        broadcast(&client, &endpoints, "/admin/reset", &json!({ "epoch": format!("{}/{}", run.id, cell.id) })).await?;
         broadcast(&client, &endpoints, "/admin/seed", &serde_json::to_value(&plan.seed.seed)?).await?;
         let logs = platform.log_files();
         let marks = log_marks(&logs);

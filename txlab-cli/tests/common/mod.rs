@@ -38,9 +38,11 @@ pub async fn deployed_with(name: &str, method: txlab_api::TxMode) -> (LocalPlatf
 
 /// Resets every service and seeds it with `seed`.
 pub async fn reset_and_seed(client: &reqwest::Client, e: &Endpoints, seed: &txlab_api::admin::Seed) {
+    // One new epoch for all services: events carry it from one to the next.
+    let epoch = serde_json::json!({ "epoch": uuid::Uuid::new_v4().to_string() });
     for role in txlab_api::Role::ALL {
         let url = e.url(role).unwrap();
-        assert!(client.post(format!("{url}/admin/reset")).send().await.unwrap().status().is_success());
+        assert!(client.post(format!("{url}/admin/reset")).json(&epoch).send().await.unwrap().status().is_success());
         let r = client.post(format!("{url}/admin/seed")).json(seed).send().await.unwrap();
         assert!(r.status().is_success(), "{role} seed: {}", r.status());
     }

@@ -69,6 +69,10 @@ async fn handle<P: Participant>(state: &AppState, method: TxMode, event: Checkou
     let Some(reaction) = react(method, P::STEP, &event.kind) else { return Ok(()) };
     fire_once(state, &event, FaultPoint::BeforeDb).await?;
     let mut tx = state.pool.begin().await?;
+    if !crate::events::current_epoch(&mut tx, &event.epoch).await? {
+        state.metrics.event("stale_event", P::ROLE.as_str());
+        return Ok(()); // from a cell the lab has reset away
+    }
     if !txlab_tx::inbox::first_delivery(&mut tx, &event.event_id.to_string()).await? {
         return Ok(()); // a redelivery: its effect is already stored
     }
@@ -84,7 +88,13 @@ async fn handle<P: Participant>(state: &AppState, method: TxMode, event: Checkou
             CheckoutKind::Compensated { step }
         }
     };
-    let out = CheckoutEvent { event_id: Uuid::new_v4(), order_id: event.order_id, kind: kind.clone(), order: event.order.clone() };
+    let out = CheckoutEvent {
+        event_id: Uuid::new_v4(),
+        order_id: event.order_id,
+        kind: kind.clone(),
+        order: event.order.clone(),
+        epoch: event.epoch.clone(),
+    };
     let payload = serde_json::to_value(&out)?;
     let key = event.order_id.to_string();
     txlab_tx::outbox::enqueue(&mut tx, CHECKOUT_TOPIC, &key, &payload).await?;

@@ -16,7 +16,7 @@ use axum::{Json, Router};
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use txlab_api::admin::{Seed, Snapshot};
+use txlab_api::admin::{Reset, Seed, Snapshot};
 use txlab_api::{Role, TxMode};
 
 use crate::config::Config;
@@ -87,7 +87,7 @@ async fn participant<P: Participant>(config: &Config, state: AppState, stop: wat
 fn admin_routes(role: Role) -> Router<AppState> {
     Router::new()
         .route("/admin/faults", get(crate::faults::get_standing).put(crate::faults::put_standing))
-        .route("/admin/reset", post(move |s: State<AppState>| reset(s, role)))
+        .route("/admin/reset", post(move |s: State<AppState>, body: axum::body::Bytes| reset(s, role, body)))
         .route(
             "/admin/seed",
             post(move |s: State<AppState>, body: Result<Json<Seed>, axum::extract::rejection::JsonRejection>| seed(s, role, body)),
@@ -95,7 +95,12 @@ fn admin_routes(role: Role) -> Router<AppState> {
         .route("/admin/audit", get(move |s: State<AppState>| audit(s, role)))
 }
 
-async fn reset(State(state): State<AppState>, role: Role) -> Result<Json<serde_json::Value>, ApiError> {
+async fn reset(State(state): State<AppState>, role: Role, body: axum::body::Bytes) -> Result<Json<serde_json::Value>, ApiError> {
+    let Reset { epoch } = if body.is_empty() {
+        Reset::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("reset body: {e}")))?
+    };
     let tables = match role {
         Role::Order => "orders, saga_steps, tx_branches, tx_decisions, idempotency_keys, outbox, inbox, fault_log",
         Role::Payment => "wallets, payments, outbox, inbox, fault_log",
@@ -103,9 +108,15 @@ async fn reset(State(state): State<AppState>, role: Role) -> Result<Json<serde_j
         Role::Shipping => "slots, shipments, outbox, inbox, fault_log",
         Role::Notification => "notifications, outbox, inbox, fault_log",
     };
-    sqlx::query(&format!("TRUNCATE {tables} RESTART IDENTITY CASCADE")).execute(&state.pool).await?;
-    tracing::info!("reset");
-    Ok(Json(serde_json::json!({ "reset": tables })))
+    // The new epoch first: the update waits for any event handler holding
+    // the old one (FOR SHARE), whose effect the truncate then removes, and
+    // every handler after it drops events of the old epoch.
+    let mut tx = state.pool.begin().await?;
+    sqlx::query("UPDATE lab_epoch SET epoch = $1").bind(&epoch).execute(&mut *tx).await?;
+    sqlx::query(&format!("TRUNCATE {tables} RESTART IDENTITY CASCADE")).execute(&mut *tx).await?;
+    tx.commit().await?;
+    tracing::info!(epoch = %epoch, "reset");
+    Ok(Json(serde_json::json!({ "reset": tables, "epoch": epoch })))
 }
 
 async fn seed(

@@ -46,6 +46,9 @@ pub async fn build(config: &Config, state: AppState, stop: watch::Receiver<bool>
 #[tracing::instrument(skip_all, fields(order_id = %event.order_id))]
 async fn apply(state: &AppState, event: &OrderOutcome) -> sqlx::Result<bool> {
     let mut tx = state.pool.begin().await?;
+    if !crate::events::current_epoch(&mut tx, &event.epoch).await? {
+        return Ok(false); // from a cell the lab has reset away
+    }
     let first = txlab_tx::inbox::first_delivery(&mut tx, &event.event_id.to_string()).await?;
     if first {
         sqlx::query("INSERT INTO notifications (order_id, kind, received_ms) VALUES ($1, $2, $3)")

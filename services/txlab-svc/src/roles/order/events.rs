@@ -17,9 +17,10 @@ use super::outcome::finish;
 use super::store::load_order;
 use super::Orders;
 
-/// Writes a checkout event with the caller's transaction.
-pub async fn emit(conn: &mut sqlx::PgConnection, order_id: Uuid, spec: OrderSpec, kind: CheckoutKind) -> sqlx::Result<()> {
-    let event = CheckoutEvent { event_id: Uuid::new_v4(), order_id, kind, order: spec };
+/// Writes a checkout event with the caller's transaction. `epoch` must
+/// have been read first thing in that transaction (see [`crate::events::epoch`]).
+pub async fn emit(conn: &mut sqlx::PgConnection, order_id: Uuid, spec: OrderSpec, kind: CheckoutKind, epoch: String) -> sqlx::Result<()> {
+    let event = CheckoutEvent { event_id: Uuid::new_v4(), order_id, kind, order: spec, epoch };
     let payload = serde_json::to_value(&event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     txlab_tx::outbox::enqueue(conn, CHECKOUT_TOPIC, &order_id.to_string(), &payload).await
 }
@@ -48,6 +49,10 @@ async fn handle(orders: &Orders, event: CheckoutEvent) -> anyhow::Result<()> {
         CheckoutKind::OrderPlaced | CheckoutKind::CancelRequested => return Ok(()),
     };
     let mut tx = orders.app.pool.begin().await?;
+    if !crate::events::current_epoch(&mut tx, &event.epoch).await? {
+        orders.app.metrics.event("stale_event", "order");
+        return Ok(()); // from a cell the lab has reset away
+    }
     if txlab_tx::inbox::first_delivery(&mut tx, &event.event_id.to_string()).await? {
         let names = super::store::STEPS;
         let reason = reason.map(|r| format!("{}: {r}", names.get(step).copied().unwrap_or("participant")));

@@ -38,6 +38,7 @@ pub async fn finish(orders: &Orders, order: &OrderRow, state: OrderState) -> any
     }
     let now = txlab_tx::now_ms();
     let mut tx = orders.app.pool.begin().await?;
+    let epoch = crate::events::epoch(&mut tx).await?;
     let reason: Option<String> = match state {
         OrderState::Cancelled => Some("cancelled on request".into()),
         // The first refusal (or give-up) recorded by whichever engine ran.
@@ -72,6 +73,7 @@ pub async fn finish(orders: &Orders, order: &OrderRow, state: OrderState) -> any
         state,
         customer: order.customer.clone(),
         decided_ms: now,
+        epoch,
     };
     let payload = serde_json::to_value(&event).context("encoding the outcome event")?;
     txlab_tx::outbox::enqueue(&mut tx, ORDER_EVENTS_TOPIC, &order.id.to_string(), &payload).await?;
