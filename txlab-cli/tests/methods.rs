@@ -149,14 +149,7 @@ async fn an_in_doubt_2pc_branch_is_rolled_back_by_presumed_abort() {
         assert!(std::time::Instant::now() < deadline, "the in-doubt branch was not resolved in 30 s");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let decision: Value = client
-        .get(format!("{}/twopc/{id}/decision", e.url(Role::Order).unwrap()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let decision = common::get_json(&client, &format!("{}/twopc/{id}/decision", e.url(Role::Order).unwrap())).await;
     assert_eq!(decision["decision"], "abort");
     let (snaps, _, _) = quiesce(&client, &e, Duration::from_secs(10)).await.unwrap();
     assert_eq!(check(&plan.seed.seed, &snaps).violations, vec![]);

@@ -56,6 +56,21 @@ async fn replay(orders: &Orders, key: &str, request: &serde_json::Value) -> Resu
     }
 }
 
+/// One row per checkout step in an engine's log table, in its initial state
+/// (`columns` names the table and columns, `initial` the two state values).
+async fn insert_step_rows(tx: &mut sqlx::PgConnection, columns: &str, initial: &str, id: Uuid, now: i64) -> sqlx::Result<()> {
+    for (step, name) in STEPS.iter().enumerate() {
+        sqlx::query(&format!("INSERT INTO {columns} VALUES ($1, $2, $3, {initial}, $4)"))
+            .bind(id)
+            .bind(step as i32)
+            .bind(name)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
 pub async fn create(
     State(orders): State<Arc<Orders>>,
     headers: HeaderMap,
@@ -93,18 +108,7 @@ pub async fn create(
     .bind(now)
     .execute(&mut *tx)
     .await?;
-    for (step, name) in STEPS.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO saga_steps (order_id, step, name, forward, compensation, updated_ms) \
-             VALUES ($1, $2, $3, 'not_started', 'not_started', $4)",
-        )
-        .bind(id)
-        .bind(step as i32)
-        .bind(name)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-    }
+    insert_step_rows(&mut tx, "saga_steps (order_id, step, name, forward, compensation, updated_ms)", "'not_started', 'not_started'", id, now).await?;
     if let Some(epoch) = epoch {
         let spec = txlab_api::event::OrderSpec {
             customer: req.customer.clone(),
@@ -116,18 +120,7 @@ pub async fn create(
         super::events::emit(&mut tx, id, spec, txlab_api::event::CheckoutKind::OrderPlaced, epoch).await?;
     }
     if matches!(orders.method, TxMode::Twopc | TxMode::Tcc) {
-        for (step, name) in STEPS.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO tx_branches (order_id, step, name, vote, phase2, updated_ms) \
-                 VALUES ($1, $2, $3, 'not_asked', 'pending', $4)",
-            )
-            .bind(id)
-            .bind(step as i32)
-            .bind(name)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
+        insert_step_rows(&mut tx, "tx_branches (order_id, step, name, vote, phase2, updated_ms)", "'not_asked', 'pending'", id, now).await?;
     }
     if let Some(key) = &key {
         let inserted = sqlx::query("INSERT INTO idempotency_keys (key, request, order_id, created_ms) VALUES ($1, $2, $3, $4)")
