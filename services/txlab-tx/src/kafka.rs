@@ -19,14 +19,16 @@ pub fn producer(brokers: &str) -> Result<FutureProducer, KafkaError> {
     cfg.create()
 }
 
-/// A consumer that commits offsets only after the effect is stored.
+/// A consumer for explicit partition assignment: the caller keeps the
+/// offsets (in its own database) and commits nothing to the broker. The
+/// group id only names the client; no group is joined.
 pub fn consumer(brokers: &str, group: &str) -> Result<StreamConsumer, KafkaError> {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
         // The default 500 ms makes every hop of an event chain wait for the
         // broker's long-poll to expire when traffic is light.
         .set("fetch.wait.max.ms", "10")
