@@ -10,18 +10,26 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use txlab_api::{Role, TxMode};
 use txlab_cli::audit::{check, quiesce};
+use txlab_cli::platform::local::LocalPlatform;
 use txlab_cli::platform::Platform;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_method_passes_the_failure_and_cancel_scenarios() {
-    let (mut platform, _, dir) = common::deployed_with("methods", TxMode::SagaOrch).await;
-    let mut plan = common::plan("methods.yaml");
+/// Runs `profiles/<name>.yaml` on a fresh platform, shortened to 15 orders
+/// per cell (10/s for 1.5 s, evenly spaced, no warm-up).
+async fn run_shortened(name: &str) -> (LocalPlatform, std::path::PathBuf, Vec<txlab_cli::results::CellSummary>) {
+    let (mut platform, _, dir) = common::deployed_with(name, TxMode::SagaOrch).await;
+    let mut plan = common::plan(&format!("{name}.yaml"));
     plan.profile.load.arrival = txlab_cli::spec::Arrival::Constant;
     plan.profile.load.rate = 10.0;
     plan.profile.load.duration_s = 1.5;
     plan.profile.load.warmup_s = 0.0;
-    let run = txlab_cli::results::RunDir::create(&dir.join("results"), "methods").unwrap();
+    let run = txlab_cli::results::RunDir::create(&dir.join("results"), name).unwrap();
     let summaries = txlab_cli::commands::run::run_cells(&mut platform, &plan, &run).await.unwrap();
+    (platform, dir, summaries)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_method_passes_the_failure_and_cancel_scenarios() {
+    let (platform, dir, summaries) = run_shortened("methods").await;
     assert_eq!(summaries.len(), 5 * 7);
     for s in &summaries {
         assert_eq!(s.sent, 15, "{}", s.cell);
@@ -46,13 +54,7 @@ async fn every_method_passes_the_failure_and_cancel_scenarios() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_fault_point_and_crash_scenario_audits_clean_under_every_method() {
-    let (mut platform, _, dir) = common::deployed_with("faults", TxMode::SagaOrch).await;
-    let mut plan = common::plan("faults.yaml");
-    plan.profile.load.arrival = txlab_cli::spec::Arrival::Constant;
-    plan.profile.load.rate = 10.0;
-    plan.profile.load.duration_s = 1.5;
-    let run = txlab_cli::results::RunDir::create(&dir.join("results"), "faults").unwrap();
-    let summaries = txlab_cli::commands::run::run_cells(&mut platform, &plan, &run).await.unwrap();
+    let (platform, dir, summaries) = run_shortened("faults").await;
     assert_eq!(summaries.len(), 5 * 11);
     for s in &summaries {
         assert_eq!(s.outcomes.get(&s.expect).copied(), Some(s.sent), "{}: {:?} e.g. {:?}", s.cell, s.outcomes, s.unexpected_examples);
@@ -187,7 +189,7 @@ fn crash_points(method: TxMode) -> Vec<(Role, String)> {
 
 /// Sends a burst of orders, `faulted` of which carries `fault`, while
 /// `kill` (if any) is killed mid-burst; waits for every order to be decided.
-async fn burst(platform: &mut txlab_cli::platform::local::LocalPlatform, order_url: &str, n: usize, fault: Option<&str>, kill: Option<Role>) {
+async fn burst(platform: &mut LocalPlatform, order_url: &str, n: usize, fault: Option<&str>, kill: Option<Role>) {
     let client = common::client();
     // Only a cancel (an abort) passes during_cancel: that order's slot is full.
     let slot = if fault.is_some_and(|f| f.contains("during_cancel")) { "full" } else { "slot-001" };

@@ -235,8 +235,7 @@ async fn work<T, F, Fut>(
 /// epoch row (FOR SHARE) until the caller's transaction ends, so a reset
 /// cannot slip in between this check and the event's effect.
 pub async fn current_epoch(conn: &mut sqlx::PgConnection, epoch: &str) -> sqlx::Result<bool> {
-    let current: String = sqlx::query_scalar("SELECT epoch FROM lab_epoch FOR SHARE").fetch_one(conn).await?;
-    Ok(current == epoch)
+    Ok(self::epoch(conn).await? == epoch)
 }
 
 /// The lab's current epoch, to stamp on a new event. Read it first in the
