@@ -119,7 +119,7 @@ pub trait Participant: Send + Sync + 'static {
     const FORWARD_OP: &'static str;
     const UNDO_OP: &'static str;
 
-    type Request: Serialize + DeserializeOwned + Send + Sync + 'static;
+    type Request: Serialize + DeserializeOwned + Clone + Send + Sync + 'static;
 
     /// Checks the request's shape before any database work.
     fn validate(req: &Self::Request) -> Result<(), String>;

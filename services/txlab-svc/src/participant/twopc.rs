@@ -81,7 +81,18 @@ async fn abandon(mut conn: PoolConnection<Postgres>) {
     }
 }
 
+/// Runs the prepare in a task of its own: the explicit transaction must end
+/// (PREPARE or ROLLBACK) before its connection goes back to the pool, and a
+/// caller that hangs up (a timed-out coordinator) would otherwise drop this
+/// future half-way and hand the next user a connection still inside it.
 async fn prepare_once<P: Participant>(pool: &PgPool, faults: &Faults, order_id: Uuid, req: &P::Request) -> Result<StepReply, ApiError> {
+    let (pool, faults, req) = (pool.clone(), faults.clone(), req.clone());
+    tokio::spawn(async move { prepare_to_end::<P>(&pool, &faults, order_id, &req).await })
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("prepare task failed: {e}")))?
+}
+
+async fn prepare_to_end<P: Participant>(pool: &PgPool, faults: &Faults, order_id: Uuid, req: &P::Request) -> Result<StepReply, ApiError> {
     let mut conn = pool.acquire().await?;
     let existing: Option<(String, Option<String>)> =
         sqlx::query_as(&format!("SELECT state, reason FROM {} WHERE order_id = $1", P::RECORDS))
