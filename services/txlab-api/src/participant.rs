@@ -35,6 +35,154 @@ pub struct BookRequest {
     pub slot: String,
 }
 
+/// The state of a participant's record of one order: what this participant
+/// did for it. Stored as text in the records' `state` column (a CHECK
+/// constraint keeps the database to these names); the audit reads it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordState {
+    /// TCC: resources held, not yet taken.
+    Tried,
+    /// Payment: money taken.
+    Captured,
+    /// Inventory: stock taken.
+    Reserved,
+    /// Shipping: slot taken.
+    Booked,
+    /// Payment: money given back.
+    Refunded,
+    /// Inventory: stock given back.
+    Released,
+    /// Shipping: slot given back.
+    Cancelled,
+    /// TCC: a held resource let go.
+    Aborted,
+    /// Refused on business grounds; nothing held.
+    Rejected,
+    /// Compensated before anything ran, so a late forward call is refused.
+    Voided,
+}
+
+impl RecordState {
+    pub const ALL: [RecordState; 10] = [
+        RecordState::Tried,
+        RecordState::Captured,
+        RecordState::Reserved,
+        RecordState::Booked,
+        RecordState::Refunded,
+        RecordState::Released,
+        RecordState::Cancelled,
+        RecordState::Aborted,
+        RecordState::Rejected,
+        RecordState::Voided,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RecordState::Tried => "tried",
+            RecordState::Captured => "captured",
+            RecordState::Reserved => "reserved",
+            RecordState::Booked => "booked",
+            RecordState::Refunded => "refunded",
+            RecordState::Released => "released",
+            RecordState::Cancelled => "cancelled",
+            RecordState::Aborted => "aborted",
+            RecordState::Rejected => "rejected",
+            RecordState::Voided => "voided",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RecordState> {
+        RecordState::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// What the ledger must hold for a record in this state: how many times
+    /// each operation moved the order's items. The same under every method:
+    /// a saga step or 2PC branch holds and captures in one transaction, a
+    /// TCC try holds and its confirm captures.
+    pub fn ledger_ops(self) -> LedgerCount {
+        use RecordState::*;
+        let (hold, capture, release, restore) = match self {
+            Rejected | Voided => (0, 0, 0, 0),
+            Tried => (1, 0, 0, 0),
+            Aborted => (1, 0, 1, 0),
+            Captured | Reserved | Booked => (1, 1, 0, 0),
+            Refunded | Released | Cancelled => (1, 1, 0, 1),
+        };
+        LedgerCount { hold, capture, release, restore }
+    }
+}
+
+impl std::fmt::Display for RecordState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A business change a participant makes, one ledger row per item moved.
+/// The ledger is append-only and written in the same transaction as the
+/// change, so the audit counts what really moved rather than trusting a
+/// counter kept beside the state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LedgerOp {
+    /// Set aside (balance → reserved, available → reserved, a slot booked).
+    Hold,
+    /// Take what was held, for good.
+    Capture,
+    /// Give back what was held.
+    Release,
+    /// Give back what was captured (a refund, a restock, a freed slot).
+    Restore,
+}
+
+impl LedgerOp {
+    pub const ALL: [LedgerOp; 4] = [LedgerOp::Hold, LedgerOp::Capture, LedgerOp::Release, LedgerOp::Restore];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LedgerOp::Hold => "hold",
+            LedgerOp::Capture => "capture",
+            LedgerOp::Release => "release",
+            LedgerOp::Restore => "restore",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<LedgerOp> {
+        LedgerOp::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+}
+
+/// How many ledger operations of each kind an order's record implies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LedgerCount {
+    pub hold: u32,
+    pub capture: u32,
+    pub release: u32,
+    pub restore: u32,
+}
+
+impl LedgerCount {
+    /// How many times `op` is counted.
+    pub fn times(&self, op: LedgerOp) -> u32 {
+        match op {
+            LedgerOp::Hold => self.hold,
+            LedgerOp::Capture => self.capture,
+            LedgerOp::Release => self.release,
+            LedgerOp::Restore => self.restore,
+        }
+    }
+
+    pub fn add(&mut self, op: LedgerOp) {
+        match op {
+            LedgerOp::Hold => self.hold += 1,
+            LedgerOp::Capture => self.capture += 1,
+            LedgerOp::Release => self.release += 1,
+            LedgerOp::Restore => self.restore += 1,
+        }
+    }
+}
+
 /// The 200 reply of every participant operation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepReply {

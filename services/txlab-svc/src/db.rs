@@ -38,3 +38,29 @@ pub async fn migrate(pool: &PgPool, role: Role) -> anyhow::Result<()> {
 pub fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
+
+/// SQLSTATE 55P03: a lock was not granted within `lock_timeout`.
+pub fn is_lock_timeout(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("55P03"))
+}
+
+/// Rolls back every prepared 2PC branch of the lab in this database: the
+/// lab's reset ends a cell, and a branch left in doubt would otherwise keep
+/// its row locks (and block the reset's TRUNCATE) for ever. Returns how many.
+pub async fn roll_back_lab_branches(pool: &sqlx::PgPool) -> sqlx::Result<usize> {
+    let gids: Vec<String> =
+        sqlx::query_scalar("SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 'txlab\\_%' AND database = current_database()")
+            .fetch_all(pool)
+            .await?;
+    let mut rolled_back = 0;
+    for gid in gids {
+        // The gid is one of ours (a role name and a UUID's hex digits), so
+        // inlining it is safe; a branch resolved meanwhile is not an error.
+        match sqlx::query(&format!("ROLLBACK PREPARED '{}'", gid.replace('\'', "''"))).execute(pool).await {
+            Ok(_) => rolled_back += 1,
+            Err(sqlx::Error::Database(d)) if d.code().as_deref() == Some("42704") => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(rolled_back)
+}

@@ -3,6 +3,11 @@
 //! handler is retried with backoff, and an unreadable message is skipped
 //! visibly rather than blocking its partition.
 //!
+//! A message whose handler still fails after [`MAX_EVENT_ATTEMPTS`] is a
+//! poison message: it is dead-lettered (a `dead_letters` row and a message
+//! on the dead-letter topic, in one transaction), counted, and the
+//! partition moves on. The audit names the orders it left unfinished.
+//!
 //! Messages are handled concurrently across keys but in order within a key
 //! (one worker per key hash), so one slow order does not hold up the rest
 //! of its partition. An offset is stored only once every message before it
@@ -30,6 +35,11 @@ use crate::http::Metrics;
 
 /// Workers per consumer: orders handled at once.
 const WORKERS: usize = 16;
+/// Attempts at handling one message before it is dead-lettered. With the
+/// compensations' backoff (50 ms doubling, capped at 2 s) that is about
+/// 5 s: long enough to ride out a restarting database, short enough that
+/// one poison message does not hold up its worker's other orders for long.
+pub const MAX_EVENT_ATTEMPTS: u32 = 10;
 
 /// Which offsets of each partition are still being handled.
 #[derive(Debug, Default)]
@@ -82,11 +92,21 @@ pub struct Offsets {
 }
 
 impl Offsets {
+    /// Sets where a partition resumes, even backwards (a new topic incarnation).
+    async fn reset(&self, partition: i32, next: i64) -> sqlx::Result<()> {
+        self.save(partition, next, "EXCLUDED.next_offset").await
+    }
+
+    /// Records that everything before `next` is done (never moves backwards).
     async fn store(&self, partition: i32, next: i64) -> sqlx::Result<()> {
-        sqlx::query(
+        self.save(partition, next, "GREATEST(consumer_offsets.next_offset, EXCLUDED.next_offset)").await
+    }
+
+    async fn save(&self, partition: i32, next: i64, on_conflict: &str) -> sqlx::Result<()> {
+        sqlx::query(&format!(
             "INSERT INTO consumer_offsets (consumer, topic, partition, next_offset) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (consumer, topic, partition) DO UPDATE SET next_offset = GREATEST(consumer_offsets.next_offset, EXCLUDED.next_offset)",
-        )
+             ON CONFLICT (consumer, topic, partition) DO UPDATE SET next_offset = {on_conflict}"
+        ))
         .bind(self.consumer)
         .bind(self.topic)
         .bind(partition)
@@ -100,6 +120,15 @@ impl Offsets {
 /// A consumer reading every partition of `offsets.topic` from its stored
 /// offsets. A partition never read before starts at its current end, which
 /// is stored at once, so nothing produced while the service is down is missed.
+///
+/// A stored offset above the partition's end belongs to another
+/// incarnation of the topic (a broker with in-memory storage restarted,
+/// the database reused by another run): trusting it would skip that many
+/// messages of this one. Such a partition is treated as never read and
+/// starts at its current end, like a first start. (tansu was also seen to
+/// report an end a few messages below offsets already read; starting at
+/// the end then reads those few again, which the inbox absorbs.) An offset
+/// below the start (messages deleted) starts at the start.
 pub async fn assigned(brokers: &str, offsets: &Offsets) -> anyhow::Result<StreamConsumer> {
     let consumer = txlab_tx::kafka::consumer(brokers, &format!("txlab-{}", offsets.consumer))?;
     let timeout = Duration::from_secs(10);
@@ -115,11 +144,26 @@ pub async fn assigned(brokers: &str, offsets: &Offsets) -> anyhow::Result<Stream
     let stored: BTreeMap<i32, i64> = stored.into_iter().collect();
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions as i32 {
-        let next = match stored.get(&p) {
-            Some(n) => *n,
+        let (low, high) = consumer.fetch_watermarks(offsets.topic, p, timeout)?;
+        let next = match stored.get(&p).copied() {
+            Some(n) if (low..=high).contains(&n) => n,
+            Some(n) => {
+                let start = if n < low { low } else { high };
+                tracing::warn!(
+                    consumer = offsets.consumer,
+                    topic = offsets.topic,
+                    partition = p,
+                    stored = n,
+                    low,
+                    high,
+                    start,
+                    "stored offset is outside the partition's range (another topic incarnation?); not trusting it"
+                );
+                offsets.reset(p, start).await?;
+                start
+            }
             None => {
-                let (_, high) = consumer.fetch_watermarks(offsets.topic, p, timeout)?;
-                offsets.store(p, high).await?;
+                offsets.reset(p, high).await?;
                 high
             }
         };
@@ -141,7 +185,7 @@ where
     let workers: Vec<mpsc::Sender<OwnedMessage>> = (0..WORKERS)
         .map(|_| {
             let (tx, rx) = mpsc::channel::<OwnedMessage>(64);
-            tokio::spawn(work(rx, done_tx.clone(), what, metrics.clone(), stop.clone(), handle.clone()));
+            tokio::spawn(work(rx, done_tx.clone(), offsets.clone(), metrics.clone(), stop.clone(), handle.clone()));
             tx
         })
         .collect();
@@ -192,7 +236,7 @@ where
 async fn work<T, F, Fut>(
     mut rx: mpsc::Receiver<OwnedMessage>,
     done: mpsc::UnboundedSender<(i32, i64)>,
-    what: &'static str,
+    offsets: Offsets,
     metrics: std::sync::Arc<Metrics>,
     stop: watch::Receiver<bool>,
     handle: F,
@@ -201,6 +245,7 @@ async fn work<T, F, Fut>(
     F: Fn(T) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    let what = offsets.consumer;
     while let Some(msg) = rx.recv().await {
         match msg.payload().map(serde_json::from_slice::<T>) {
             Some(Ok(_)) => {
@@ -211,6 +256,14 @@ async fn work<T, F, Fut>(
                         Ok(()) => break,
                         Err(err) => {
                             attempt += 1;
+                            if attempt >= MAX_EVENT_ATTEMPTS {
+                                tracing::error!(error = format!("{err:#}"), attempt, what, "event failed every attempt; dead-lettering it");
+                                if !dead_letter(&offsets, &msg, &format!("{err:#}"), attempt, &stop).await {
+                                    return; // stopping before it was stored: redelivered after restart
+                                }
+                                metrics.event(what, "dead_lettered");
+                                break;
+                            }
                             tracing::warn!(error = format!("{err:#}"), attempt, what, "handling an event failed; retrying");
                             if *stop.borrow() {
                                 return; // not marked done: redelivered after restart
@@ -229,6 +282,41 @@ async fn work<T, F, Fut>(
         }
         let _ = done.send((msg.partition(), msg.offset()));
     }
+}
+
+/// Stores a poison message in `dead_letters` and on the dead-letter topic
+/// (one transaction), retrying until that works or the service stops;
+/// returns whether it was stored.
+async fn dead_letter(offsets: &Offsets, msg: &OwnedMessage, error: &str, attempts: u32, stop: &watch::Receiver<bool>) -> bool {
+    let key = msg.key().map(|k| String::from_utf8_lossy(k).into_owned());
+    let event: serde_json::Value = msg.payload().and_then(|p| serde_json::from_slice(p).ok()).unwrap_or_default();
+    loop {
+        match store_dead_letter(offsets, key.as_deref(), &event, error, attempts).await {
+            Ok(()) => return true,
+            Err(e) if !*stop.borrow() => {
+                tracing::warn!(error = %e, "storing a dead letter failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(_) => return false,
+        }
+    }
+}
+
+async fn store_dead_letter(offsets: &Offsets, key: Option<&str>, event: &serde_json::Value, error: &str, attempts: u32) -> sqlx::Result<()> {
+    let letter = serde_json::json!({ "consumer": offsets.consumer, "topic": offsets.topic, "error": error, "event": event });
+    let mut tx = offsets.pool.begin().await?;
+    sqlx::query("INSERT INTO dead_letters (consumer, topic, key, event, error, attempts, at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+        .bind(offsets.consumer)
+        .bind(offsets.topic)
+        .bind(key)
+        .bind(event)
+        .bind(error)
+        .bind(attempts as i32)
+        .bind(txlab_tx::now_ms())
+        .execute(&mut *tx)
+        .await?;
+    txlab_tx::outbox::enqueue(&mut tx, txlab_api::event::DEAD_LETTER_TOPIC, key.unwrap_or(""), &letter).await?;
+    tx.commit().await
 }
 
 /// Whether an event of `epoch` belongs to the lab's current cell. Holds the

@@ -48,8 +48,12 @@ pub fn verdict(method: TxMode, h: &Heard) -> Option<OrderState> {
         return h.compensated.iter().all(|c| *c).then_some(OrderState::Cancelled);
     }
     match method {
+        // Every participant acts on its own, so the verdict waits until all
+        // three have reported: what a refused order still holds is then
+        // settled, and the audit's by-design count does not depend on timing.
+        TxMode::Outbox if !(0..3).all(|i| h.applied[i] || h.rejected[i]) => None,
         TxMode::Outbox if h.rejected.iter().any(|r| *r) => Some(OrderState::NeedsAttention),
-        TxMode::Outbox => h.applied.iter().all(|a| *a).then_some(OrderState::Confirmed),
+        TxMode::Outbox => Some(OrderState::Confirmed),
         _ if h.applied[2] => Some(OrderState::Confirmed),
         // Payment refused (nothing to undo), or payment undid itself: the
         // compensation chain has reached its start.
@@ -115,6 +119,8 @@ mod tests {
         assert_eq!(verdict(chor, &h), Some(OrderState::Cancelled));
 
         let outbox = TxMode::Outbox;
+        let h = Heard { applied: [true, false, false], rejected: [false, true, false], ..Heard::default() };
+        assert_eq!(verdict(outbox, &h), None, "shipping has not reported yet");
         let h = Heard { applied: [true, false, true], rejected: [false, true, false], ..Heard::default() };
         assert_eq!(verdict(outbox, &h), Some(OrderState::NeedsAttention));
         let h = Heard { applied: [true; 3], ..Heard::default() };

@@ -1,18 +1,27 @@
-//! The invariants of ARCHITECTURE §4, each violation naming its orders.
+//! The invariants, each violation naming its orders.
+//!
+//! Every check is anchored to something the system under test did not
+//! compute about itself: conservation to the seed the lab sent, effects to
+//! the append-only ledger the participants write with each change, each
+//! participant's part to the order's own content (customer, amount, lines,
+//! slot), outcomes to the outcome events and notifications as sequences,
+//! and the whole to what the load driver saw.
 
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 use txlab_api::admin::Seed;
 use txlab_api::order::OrderState;
+use txlab_api::participant::{LedgerCount, LedgerOp, RecordState};
+use txlab_api::{Role, TxMode};
 use uuid::Uuid;
 
-use super::Snapshots;
+use super::collect::{active_consumers, OrderRow, ParticipantDb, Snapshots};
 
 /// One broken invariant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Violation {
-    /// `money`, `stock`, `slots`, `atomicity`, `termination`, `exactly_once` or `notification`.
+    /// One of [`INVARIANTS`].
     pub invariant: &'static str,
     pub detail: String,
     /// The orders involved, for finding them in the logs.
@@ -34,7 +43,39 @@ pub struct AuditReport {
     pub notification_lag_max_ms: Option<i64>,
 }
 
-pub const INVARIANTS: [&str; 7] = ["money", "stock", "slots", "atomicity", "termination", "exactly_once", "notification"];
+/// What is checked; see the README's audit section for each one's anchor.
+pub const INVARIANTS: [&str; 10] = [
+    "money",
+    "stock",
+    "slots",
+    "atomicity",
+    "exactly_once",
+    "termination",
+    "outcomes",
+    "notification",
+    "client",
+    "dead_letter",
+];
+
+/// What the load driver saw of the cell: every order it got a 2xx for, and
+/// the final state it saw (`None`: it never saw one).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ClientView {
+    pub orders: BTreeMap<Uuid, Option<OrderState>>,
+}
+
+/// The legal histories of an order's outcomes (ARCHITECTURE: a terminal
+/// state changes only by a cancel of a confirmed or needs-attention order).
+const LEGAL_OUTCOMES: [&[&str]; 6] = [
+    &["confirmed"],
+    &["rejected"],
+    &["cancelled"],
+    &["confirmed", "cancelled"],
+    &["needs_attention"],
+    &["needs_attention", "cancelled"],
+];
+
+const PARTICIPANTS: [Role; 3] = [Role::Payment, Role::Inventory, Role::Shipping];
 
 struct Audit {
     violations: Vec<Violation>,
@@ -50,35 +91,34 @@ impl Audit {
     }
 }
 
-/// How many business changes a participant record implies under `method`.
-/// A saga step or 2PC branch applies in one change; a TCC branch holds
-/// (try) then takes (confirm); undoing or letting go is one more.
-fn expected_movements(state: &str, applied: &str, undone: &str, method: &str) -> Option<i32> {
-    let tcc = method == "tcc";
-    match state {
-        "rejected" | "voided" => Some(0),
-        "tried" if tcc => Some(1),
-        "aborted" if tcc => Some(2),
-        s if s == applied => Some(if tcc { 2 } else { 1 }),
-        s if s == undone => Some(if tcc { 3 } else { 2 }),
-        _ => None,
-    }
-}
-
-pub fn check(seed: &Seed, s: &Snapshots) -> AuditReport {
+/// Checks a settled cell of `method`. `client` is what the load driver saw,
+/// when there was a load.
+pub fn check(seed: &Seed, s: &Snapshots, method: TxMode, client: Option<&ClientView>) -> AuditReport {
     let mut a = Audit { violations: Vec::new() };
-    money(&mut a, seed, s);
-    stock(&mut a, seed, s);
-    slots(&mut a, s);
-    atomicity_and_termination(&mut a, s);
-    exactly_once(&mut a, s);
-    let (p50, max) = notifications(&mut a, s);
+    let orders: HashMap<Uuid, &OrderRow> = s.orders.iter().map(|o| (o.id, o)).collect();
+    let wallets = seed.wallets.iter().map(|w| (w.customer.as_str(), w.balance)).collect();
+    conservation(&mut a, Role::Payment, &wallets, &s.payment);
+    let stock = seed.stock.iter().map(|l| (l.sku.as_str(), l.available)).collect();
+    conservation(&mut a, Role::Inventory, &stock, &s.inventory);
+    let capacity = seed.slots.iter().map(|l| (l.slot.as_str(), l.capacity)).collect();
+    slots(&mut a, &capacity, &s.shipping);
+    for role in PARTICIPANTS {
+        exactly_once(&mut a, role, s.participant(role), &orders);
+    }
+    atomicity(&mut a, s);
+    termination(&mut a, s, method);
+    outcomes(&mut a, s, &orders);
+    let (p50, max) = notifications(&mut a, s, &orders);
+    if let Some(c) = client {
+        reconcile(&mut a, c, &orders);
+    }
+    dead_letters(&mut a, s);
     let mut by_invariant: BTreeMap<&'static str, usize> = INVARIANTS.iter().map(|i| (*i, 0)).collect();
     for v in a.violations.iter().filter(|v| !v.by_design) {
         *by_invariant.entry(v.invariant).or_default() += 1;
     }
     AuditReport {
-        orders_checked: s.order.orders.len(),
+        orders_checked: s.orders.len(),
         violations: a.violations,
         by_invariant,
         notification_lag_p50_ms: p50,
@@ -86,287 +126,389 @@ pub fn check(seed: &Seed, s: &Snapshots) -> AuditReport {
     }
 }
 
-fn money(a: &mut Audit, seed: &Seed, s: &Snapshots) {
-    let seeded: HashMap<&str, i64> = seed.wallets.iter().map(|w| (w.customer.as_str(), w.balance)).collect();
-    let mut captured: HashMap<&str, (i64, Vec<Uuid>)> = HashMap::new();
-    for p in &s.payment.payments {
-        let e = captured.entry(p.customer.as_str()).or_default();
-        if p.state == "captured" {
-            e.0 += p.amount;
-        }
-        e.1.push(p.order_id);
+/// The applied (taken) and undone record states of a participant.
+fn applied(role: Role) -> RecordState {
+    match role {
+        Role::Payment => RecordState::Captured,
+        Role::Inventory => RecordState::Reserved,
+        _ => RecordState::Booked,
     }
-    for w in &s.payment.wallets {
-        let (taken, orders) = captured.get(w.customer.as_str()).cloned().unwrap_or_default();
-        match seeded.get(w.customer.as_str()) {
-            None => a.flag("money", format!("wallet {} exists but was never seeded", w.customer), orders),
-            Some(&start) if w.balance + w.reserved + taken != start => a.flag(
-                "money",
+}
+
+fn part_name(role: Role) -> &'static str {
+    match role {
+        Role::Payment => "payment",
+        Role::Inventory => "stock reservation",
+        _ => "courier slot",
+    }
+}
+
+/// What an order asks of a participant, from the order's own content:
+/// item → quantity.
+fn content(role: Role, o: &OrderRow) -> BTreeMap<String, i64> {
+    let mut m = BTreeMap::new();
+    match role {
+        Role::Payment => {
+            m.insert(o.customer.clone(), o.amount);
+        }
+        Role::Inventory => {
+            for i in o.items.iter() {
+                *m.entry(i.sku.clone()).or_insert(0) += i64::from(i.qty);
+            }
+        }
+        _ => {
+            m.insert(o.slot.clone(), 1);
+        }
+    }
+    m
+}
+
+/// Ledger quantities per item for each operation.
+#[derive(Default)]
+struct Moved {
+    by_op: BTreeMap<LedgerOp, BTreeMap<String, i64>>,
+    orders: Vec<Uuid>,
+}
+
+impl Moved {
+    fn sum(&self, op: LedgerOp) -> i64 {
+        self.by_op.get(&op).map(|m| m.values().sum()).unwrap_or(0)
+    }
+}
+
+/// The ledger of one participant, per item (for conservation) or per order.
+fn ledger_by<K: Ord>(db: &ParticipantDb, key: impl Fn(&super::collect::LedgerRow) -> K) -> (BTreeMap<K, Moved>, Vec<String>) {
+    let mut out: BTreeMap<K, Moved> = BTreeMap::new();
+    let mut unknown = Vec::new();
+    for row in &db.ledger {
+        let Some(op) = LedgerOp::parse(&row.op) else {
+            unknown.push(row.op.clone());
+            continue;
+        };
+        let m = out.entry(key(row)).or_default();
+        *m.by_op.entry(op).or_default().entry(row.item.clone()).or_default() += row.qty;
+        if !m.orders.contains(&row.order_id) {
+            m.orders.push(row.order_id);
+        }
+    }
+    (out, unknown)
+}
+
+/// Money and stock: for every seeded customer or SKU, what is left plus
+/// what is held plus what was taken (captures less restores, from the
+/// ledger) equals the seed; and what is held equals what the ledger holds.
+fn conservation(a: &mut Audit, role: Role, seeded: &BTreeMap<&str, i64>, db: &ParticipantDb) {
+    let (invariant, what, amount, held) = match role {
+        Role::Payment => ("money", "customer", "balance", "reserved"),
+        _ => ("stock", "SKU", "available", "reserved"),
+    };
+    let (per_item, _) = ledger_by(db, |r| r.item.clone());
+    let empty = Moved::default();
+    for row in &db.items {
+        let m = per_item.get(&row.item).unwrap_or(&empty);
+        let (hold, capture, release, restore) =
+            (m.sum(LedgerOp::Hold), m.sum(LedgerOp::Capture), m.sum(LedgerOp::Release), m.sum(LedgerOp::Restore));
+        let taken = capture - restore;
+        let item = &row.item;
+        match seeded.get(item.as_str()) {
+            None => a.flag(invariant, format!("{what} {item} exists but was never seeded"), m.orders.clone()),
+            Some(&start) if row.amount + row.held + taken != start => a.flag(
+                invariant,
                 format!(
-                    "customer {}: balance {} + reserved {} + captured {} = {}, but {} was seeded",
-                    w.customer,
-                    w.balance,
-                    w.reserved,
-                    taken,
-                    w.balance + w.reserved + taken,
-                    start
+                    "{what} {item}: {amount} {} + {held} {} + taken {taken} = {}, but {start} was seeded",
+                    row.amount,
+                    row.held,
+                    row.amount + row.held + taken
                 ),
-                orders,
+                m.orders.clone(),
             ),
             Some(_) => {}
         }
-        if w.balance < 0 || w.reserved < 0 {
-            a.flag("money", format!("customer {} has a negative balance or reservation", w.customer), vec![]);
+        let ledger_held = hold - capture - release;
+        if row.held != ledger_held {
+            a.flag(invariant, format!("{what} {item}: {held} {} but the ledger holds {ledger_held}", row.held), m.orders.clone());
+        }
+        if row.amount < 0 || row.held < 0 || taken < 0 {
+            a.flag(invariant, format!("{what} {item} went negative ({amount} {}, {held} {}, taken {taken})", row.amount, row.held), m.orders.clone());
         }
     }
-    for c in seeded.keys() {
-        if !s.payment.wallets.iter().any(|w| w.customer == *c) {
-            a.flag("money", format!("seeded wallet {c} is missing"), vec![]);
-        }
-    }
-}
-
-fn stock(a: &mut Audit, seed: &Seed, s: &Snapshots) {
-    let seeded: HashMap<&str, i64> = seed.stock.iter().map(|l| (l.sku.as_str(), l.available)).collect();
-    let mut held: HashMap<&str, (i64, Vec<Uuid>)> = HashMap::new();
-    for r in &s.inventory.reservations {
-        for l in &r.lines {
-            let e = held.entry(l.sku.as_str()).or_default();
-            if r.state == "reserved" {
-                e.0 += i64::from(l.qty);
-            }
-            e.1.push(r.order_id);
-        }
-    }
-    for row in &s.inventory.stock {
-        let (sold, orders) = held.get(row.sku.as_str()).cloned().unwrap_or_default();
-        match seeded.get(row.sku.as_str()) {
-            None => a.flag("stock", format!("SKU {} exists but was never seeded", row.sku), orders),
-            Some(&start) if row.available + row.reserved + sold != start => a.flag(
-                "stock",
-                format!(
-                    "SKU {}: available {} + reserved {} + sold {} = {}, but {} was seeded",
-                    row.sku,
-                    row.available,
-                    row.reserved,
-                    sold,
-                    row.available + row.reserved + sold,
-                    start
-                ),
-                orders,
-            ),
-            Some(_) => {}
-        }
-        if row.available < 0 || row.reserved < 0 {
-            a.flag("stock", format!("SKU {} is oversold (negative stock)", row.sku), vec![]);
+    for item in seeded.keys() {
+        if !db.items.iter().any(|r| r.item == *item) {
+            a.flag(invariant, format!("seeded {what} {item} is missing"), vec![]);
         }
     }
 }
 
-fn slots(a: &mut Audit, s: &Snapshots) {
-    let mut live: HashMap<&str, (i64, Vec<Uuid>)> = HashMap::new();
-    for sh in &s.shipping.shipments {
-        let e = live.entry(sh.slot.as_str()).or_default();
-        // A TCC try already occupies the slot.
-        if sh.state == "booked" || sh.state == "tried" {
-            e.0 += 1;
-            e.1.push(sh.order_id);
+/// Courier slots: the capacity is the one seeded, the booked counter equals
+/// the live bookings in the ledger, and those never exceed the seeded capacity.
+fn slots(a: &mut Audit, seeded: &BTreeMap<&str, i64>, db: &ParticipantDb) {
+    let (per_slot, _) = ledger_by(db, |r| r.item.clone());
+    let empty = Moved::default();
+    for row in &db.items {
+        let m = per_slot.get(&row.item).unwrap_or(&empty);
+        let live = m.sum(LedgerOp::Hold) - m.sum(LedgerOp::Release) - m.sum(LedgerOp::Restore);
+        let slot = &row.item;
+        let Some(&capacity) = seeded.get(slot.as_str()) else {
+            a.flag("slots", format!("slot {slot} exists but was never seeded"), m.orders.clone());
+            continue;
+        };
+        if row.amount != capacity {
+            a.flag("slots", format!("slot {slot}: capacity is {}, but {capacity} was seeded", row.amount), m.orders.clone());
+        }
+        if row.held != live {
+            a.flag("slots", format!("slot {slot}: booked counter says {}, the ledger holds {live} live bookings", row.held), m.orders.clone());
+        }
+        if live > capacity || live < 0 {
+            a.flag("slots", format!("slot {slot}: {live} live bookings against a seeded capacity of {capacity}"), m.orders.clone());
         }
     }
-    for slot in &s.shipping.slots {
-        let (booked, orders) = live.get(slot.slot.as_str()).cloned().unwrap_or_default();
-        if slot.booked > slot.capacity {
-            a.flag("slots", format!("slot {}: {} booked over a capacity of {}", slot.slot, slot.booked, slot.capacity), orders.clone());
-        }
-        if slot.booked != booked {
-            a.flag("slots", format!("slot {}: counter says {} booked, {} live shipments", slot.slot, slot.booked, booked), orders);
-        }
-    }
-}
-
-fn atomicity_and_termination(a: &mut Audit, s: &Snapshots) {
-    let pay: HashMap<Uuid, _> = s.payment.payments.iter().map(|p| (p.order_id, p)).collect();
-    let inv: HashMap<Uuid, _> = s.inventory.reservations.iter().map(|r| (r.order_id, r)).collect();
-    let shp: HashMap<Uuid, _> = s.shipping.shipments.iter().map(|x| (x.order_id, x)).collect();
-    for o in &s.order.orders {
-        let captured = pay.get(&o.id).is_some_and(|p| p.state == "captured");
-        let reserved = inv.get(&o.id).is_some_and(|r| r.state == "reserved");
-        let booked = shp.get(&o.id).is_some_and(|x| x.state == "booked");
-        // Held by a TCC try that was never confirmed nor cancelled.
-        let held = [pay.get(&o.id).map(|p| p.state.as_str()), inv.get(&o.id).map(|r| r.state.as_str()), shp.get(&o.id).map(|x| x.state.as_str())]
-            .into_iter()
-            .any(|st| st == Some("tried"));
-        match o.state {
-            OrderState::Pending | OrderState::Compensating => {
-                a.flag("termination", format!("order {} is still {} after quiesce", o.id, o.state), vec![o.id]);
-            }
-            OrderState::Confirmed => {
-                let mut missing = Vec::new();
-                match pay.get(&o.id) {
-                    Some(p) if captured && p.amount == o.amount && p.customer == o.customer => {}
-                    Some(p) if captured => missing.push(format!("payment of {} by {} (order says {} by {})", p.amount, p.customer, o.amount, o.customer)),
-                    _ => missing.push("payment".to_string()),
-                }
-                if !reserved {
-                    missing.push("stock reservation".into());
-                } else if let Some(r) = inv.get(&o.id) {
-                    let mut want: BTreeMap<&str, i64> = BTreeMap::new();
-                    for i in &o.items {
-                        *want.entry(i.sku.as_str()).or_default() += i64::from(i.qty);
-                    }
-                    let mut got: BTreeMap<&str, i64> = BTreeMap::new();
-                    for l in &r.lines {
-                        *got.entry(l.sku.as_str()).or_default() += i64::from(l.qty);
-                    }
-                    if want != got {
-                        missing.push(format!("the ordered quantities (reserved {got:?}, ordered {want:?})"));
-                    }
-                }
-                match shp.get(&o.id) {
-                    Some(x) if booked && x.slot == o.slot => {}
-                    Some(x) if booked => missing.push(format!("courier slot {} (booked {})", o.slot, x.slot)),
-                    _ => missing.push("courier slot".into()),
-                }
-                if !missing.is_empty() {
-                    a.flag("atomicity", format!("confirmed order {} lacks its {}", o.id, missing.join(", ")), vec![o.id]);
-                }
-            }
-            OrderState::NeedsAttention => {
-                // Outbox applies without compensation: a refused step leaves
-                // the others' effects standing until a person acts.
-                let kept: Vec<&str> = [(captured, "payment"), (reserved, "stock reservation"), (booked, "courier slot")]
-                    .into_iter()
-                    .filter_map(|(held, what)| held.then_some(what))
-                    .collect();
-                if !kept.is_empty() {
-                    a.by_design("atomicity", format!("order {} needs attention and holds its {} (outbox, by design)", o.id, kept.join(", ")), vec![o.id]);
-                }
-            }
-            OrderState::Rejected | OrderState::Cancelled => {
-                let kept: Vec<&str> = [(captured, "payment"), (reserved, "stock reservation"), (booked, "courier slot"), (held, "held (tried) resources")]
-                    .into_iter()
-                    .filter_map(|(held, what)| held.then_some(what))
-                    .collect();
-                if !kept.is_empty() {
-                    a.flag("atomicity", format!("{} order {} still holds its {}", o.state, o.id, kept.join(", ")), vec![o.id]);
-                }
-            }
-        }
-    }
-    let known: std::collections::HashSet<Uuid> = s.order.orders.iter().map(|o| o.id).collect();
-    let live = pay
-        .values()
-        .filter(|p| p.state == "captured")
-        .map(|p| (p.order_id, "payment"))
-        .chain(inv.values().filter(|r| r.state == "reserved").map(|r| (r.order_id, "stock reservation")))
-        .chain(shp.values().filter(|x| x.state == "booked").map(|x| (x.order_id, "courier slot")));
-    for (id, what) in live {
-        if !known.contains(&id) {
-            a.flag("atomicity", format!("a {what} is held for order {id}, which the order service does not know"), vec![id]);
-        }
-    }
-    if s.order.outbox_unpublished > 0 {
-        a.flag("termination", format!("{} outbox events were never published", s.order.outbox_unpublished), vec![]);
-    }
-    let tried = pay
-        .values()
-        .filter(|p| p.state == "tried")
-        .map(|p| (p.order_id, "payment"))
-        .chain(inv.values().filter(|r| r.state == "tried").map(|r| (r.order_id, "inventory")))
-        .chain(shp.values().filter(|x| x.state == "tried").map(|x| (x.order_id, "shipping")));
-    for (id, who) in tried {
-        a.flag("termination", format!("the {who} TCC branch of order {id} was left tried"), vec![id]);
-    }
-    for (who, n) in [
-        ("payment", s.payment.prepared_transactions),
-        ("inventory", s.inventory.prepared_transactions),
-        ("shipping", s.shipping.prepared_transactions),
-    ] {
-        if n > 0 {
-            a.flag("termination", format!("{n} prepared transactions left in the {who} database"), vec![]);
+    for slot in seeded.keys() {
+        if !db.items.iter().any(|r| r.item == *slot) {
+            a.flag("slots", format!("seeded slot {slot} is missing"), vec![]);
         }
     }
 }
 
-fn exactly_once(a: &mut Audit, s: &Snapshots) {
-    let method: HashMap<Uuid, &str> = s.order.orders.iter().map(|o| (o.id, o.method.as_str())).collect();
-    let records = s
-        .payment
-        .payments
+/// Each participant record's state implies how often each operation moved
+/// the order's items; the ledger must show exactly that, item by item, with
+/// the quantities of the order's own content.
+fn exactly_once(a: &mut Audit, role: Role, db: &ParticipantDb, orders: &HashMap<Uuid, &OrderRow>) {
+    let what = part_name(role);
+    let (per_order, unknown_ops) = ledger_by(db, |r| r.order_id);
+    for op in unknown_ops {
+        a.flag("exactly_once", format!("the {role} ledger holds an unknown operation `{op}`"), vec![]);
+    }
+    let mut recorded = std::collections::HashSet::new();
+    for rec in &db.records {
+        recorded.insert(rec.order_id);
+        let id = rec.order_id;
+        let Some(state) = RecordState::parse(&rec.state) else {
+            a.flag("exactly_once", format!("{what} of order {id} is in an unknown state `{}`", rec.state), vec![id]);
+            continue;
+        };
+        let Some(order) = orders.get(&id) else {
+            // A call for an order the coordinator never logged that came to
+            // nothing (a branch rolled back by presumed abort) holds nothing.
+            let came_to_nothing = matches!(state, RecordState::Rejected | RecordState::Voided) && !per_order.contains_key(&id);
+            if !came_to_nothing {
+                a.flag("atomicity", format!("a {what} record ({state}) exists for order {id}, which the order service does not know"), vec![id]);
+            }
+            continue;
+        };
+        let want_counts: LedgerCount = state.ledger_ops();
+        let content = content(role, order);
+        let empty = Moved::default();
+        let moved = per_order.get(&id).unwrap_or(&empty);
+        for op in LedgerOp::ALL {
+            let times = want_counts.times(op);
+            let want: BTreeMap<String, i64> =
+                if times == 0 { BTreeMap::new() } else { content.iter().map(|(k, q)| (k.clone(), q * i64::from(times))).collect() };
+            let got = moved.by_op.get(&op).cloned().unwrap_or_default();
+            if got != want {
+                a.flag(
+                    "exactly_once",
+                    format!("{what} of order {id} ({state}): {} moved {got:?}, the order and its record call for {want:?}", op.as_str()),
+                    vec![id],
+                );
+            }
+        }
+    }
+    for (id, _) in per_order.iter().filter(|(id, _)| !recorded.contains(*id)) {
+        a.flag("exactly_once", format!("the {role} ledger moved items for order {id}, which has no {what} record"), vec![*id]);
+    }
+}
+
+/// All or nothing, from each order's own state: a confirmed order has every
+/// part taken, a rejected or cancelled one none held or taken, and only an
+/// `outbox` order may be left needing attention (by design).
+fn atomicity(a: &mut Audit, s: &Snapshots) {
+    let records: Vec<HashMap<Uuid, Option<RecordState>>> = PARTICIPANTS
         .iter()
-        .map(|p| ("payment", p.order_id, p.state.as_str(), p.movements, "captured", "refunded"))
-        .chain(s.inventory.reservations.iter().map(|r| ("reservation", r.order_id, r.state.as_str(), r.movements, "reserved", "released")))
-        .chain(s.shipping.shipments.iter().map(|x| ("shipment", x.order_id, x.state.as_str(), x.movements, "booked", "cancelled")));
-    for (what, id, state, moved, applied, undone) in records {
-        let m = method.get(&id).copied().unwrap_or("saga_orch");
-        match expected_movements(state, applied, undone, m) {
-            None => a.flag("exactly_once", format!("{what} of order {id} is in a state `{state}` that {m} never produces"), vec![id]),
-            Some(want) if want != moved => a.flag(
-                "exactly_once",
-                format!("{what} of order {id} ({state}) moved {moved} times, {want} expected"),
+        .map(|r| s.participant(*r).records.iter().map(|x| (x.order_id, RecordState::parse(&x.state))).collect())
+        .collect();
+    for o in &s.orders {
+        let parts: Vec<(Role, Option<RecordState>)> =
+            PARTICIPANTS.iter().zip(&records).map(|(r, m)| (*r, m.get(&o.id).copied().flatten())).collect();
+        let holding: Vec<String> = parts
+            .iter()
+            .filter(|(r, st)| *st == Some(applied(*r)) || *st == Some(RecordState::Tried))
+            .map(|(r, st)| format!("{} ({})", part_name(*r), st.map(|x| x.as_str()).unwrap_or("")))
+            .collect();
+        let id = o.id;
+        match o.state.as_str() {
+            "confirmed" => {
+                let missing: Vec<String> = parts
+                    .iter()
+                    .filter(|(r, st)| *st != Some(applied(*r)))
+                    .map(|(r, st)| format!("{} (record: {})", part_name(*r), st.map(|x| x.as_str()).unwrap_or("none")))
+                    .collect();
+                if !missing.is_empty() {
+                    a.flag("atomicity", format!("confirmed order {id} lacks its {}", missing.join(", ")), vec![id]);
+                }
+            }
+            "rejected" | "cancelled" if !holding.is_empty() => {
+                a.flag("atomicity", format!("{} order {id} still holds its {}", o.state, holding.join(", ")), vec![id]);
+            }
+            "needs_attention" if o.method != TxMode::Outbox.as_str() => a.flag(
+                "atomicity",
+                format!("order {id} needs attention under {}; only outbox leaves an order for a person", o.method),
                 vec![id],
             ),
-            Some(_) => {}
+            // Outbox applies without compensation: a refused step leaves the
+            // others' effects standing until a person acts.
+            "needs_attention" if !holding.is_empty() => a.by_design(
+                "atomicity",
+                format!("order {id} needs attention and holds its {} (outbox, by design)", holding.join(", ")),
+                vec![id],
+            ),
+            _ => {}
         }
     }
 }
 
-fn notifications(a: &mut Audit, s: &Snapshots) -> (Option<i64>, Option<i64>) {
-    let mut count: HashMap<(Uuid, &str), (usize, i64)> = HashMap::new();
-    for n in &s.notification.notifications {
-        let e = count.entry((n.order_id, n.kind.as_str())).or_insert((0, n.received_ms));
-        e.0 += 1;
+/// Nothing left moving: every order decided, no branch tried or prepared,
+/// every outbox published, every consumer at its topic's end.
+fn termination(a: &mut Audit, s: &Snapshots, method: TxMode) {
+    for o in s.orders.iter().filter(|o| !OrderState::parse(&o.state).is_some_and(OrderState::is_terminal)) {
+        a.flag("termination", format!("order {} is still {} after quiesce", o.id, o.state), vec![o.id]);
     }
-    let orders: HashMap<Uuid, _> = s.order.orders.iter().map(|o| (o.id, o)).collect();
-    let mut lags = Vec::new();
-    for o in s.order.orders.iter().filter(|o| o.state.is_terminal()) {
-        match count.get(&(o.id, o.state.as_str())) {
-            None => a.flag("notification", format!("{} order {} was never notified", o.state, o.id), vec![o.id]),
-            Some(&(n, received)) => {
-                if n > 1 {
-                    a.flag("notification", format!("{} order {} was notified {n} times", o.state, o.id), vec![o.id]);
-                }
-                if let Some(d) = o.decided_ms {
-                    lags.push(received - d);
-                }
-            }
+    for role in PARTICIPANTS {
+        let db = s.participant(role);
+        for r in db.records.iter().filter(|r| r.state == RecordState::Tried.as_str()) {
+            a.flag("termination", format!("the {role} TCC branch of order {} was left tried", r.order_id), vec![r.order_id]);
+        }
+        for gid in &db.prepared {
+            let order = gid.rsplit('_').next().and_then(|hex| Uuid::parse_str(hex).ok());
+            a.flag("termination", format!("prepared transaction {gid} was left in the {role} database"), order.into_iter().collect());
         }
     }
-    for (&(id, kind), &(n, _)) in &count {
-        match orders.get(&id) {
-            None => a.flag("notification", format!("notification `{kind}` for unknown order {id}"), vec![id]),
-            Some(o) if o.state.as_str() != kind && n > 1 => {
-                a.flag("notification", format!("order {id} was notified `{kind}` {n} times"), vec![id]);
-            }
-            Some(_) => {}
+    for (role, m) in &s.messaging {
+        if m.unpublished > 0 {
+            a.flag("termination", format!("{} outbox rows of the {role} service were never published", m.unpublished), vec![]);
         }
     }
+    for (consumer, topic) in active_consumers(method) {
+        let behind = s.consumer_lag(consumer, topic);
+        if behind != 0 {
+            a.flag("termination", format!("the {consumer} consumer is {behind} messages from the end of {topic}"), vec![]);
+        }
+    }
+}
+
+fn sequences<'a>(pairs: impl Iterator<Item = (Uuid, &'a str)>) -> BTreeMap<Uuid, Vec<&'a str>> {
+    let mut out: BTreeMap<Uuid, Vec<&str>> = BTreeMap::new();
+    for (id, state) in pairs {
+        out.entry(id).or_default().push(state);
+    }
+    out
+}
+
+/// Each decided order's outcome events form a legal history ending in its
+/// current state.
+fn outcomes(a: &mut Audit, s: &Snapshots, orders: &HashMap<Uuid, &OrderRow>) {
+    let seqs = sequences(s.outcomes.iter().map(|o| (o.order_id, o.state.as_str())));
+    for o in s.orders.iter().filter(|o| OrderState::parse(&o.state).is_some_and(OrderState::is_terminal)) {
+        let seq = seqs.get(&o.id).cloned().unwrap_or_default();
+        if seq.is_empty() {
+            a.flag("outcomes", format!("order {} is {} but no outcome event was written", o.id, o.state), vec![o.id]);
+        } else if !LEGAL_OUTCOMES.contains(&seq.as_slice()) {
+            a.flag("outcomes", format!("order {} has outcome events {seq:?}, not a legal history", o.id), vec![o.id]);
+        } else if seq.last() != Some(&o.state.as_str()) {
+            a.flag("outcomes", format!("order {}'s last outcome event says {:?}, the order is {}", o.id, seq.last(), o.state), vec![o.id]);
+        }
+    }
+    for id in seqs.keys().filter(|id| !orders.contains_key(id)) {
+        a.flag("outcomes", format!("outcome events for order {id}, which the order service does not know"), vec![*id]);
+    }
+}
+
+/// Exactly one notification per outcome event, in the same order; returns
+/// the notification lag's median and maximum.
+fn notifications(a: &mut Audit, s: &Snapshots, orders: &HashMap<Uuid, &OrderRow>) -> (Option<i64>, Option<i64>) {
+    let outcomes = sequences(s.outcomes.iter().map(|o| (o.order_id, o.state.as_str())));
+    let notified = sequences(s.notifications.iter().map(|n| (n.order_id, n.kind.as_str())));
+    let mut ids: Vec<Uuid> = outcomes.keys().chain(notified.keys()).copied().collect();
+    ids.sort_unstable();
+    ids.dedup();
+    for id in ids {
+        let (want, got) = (outcomes.get(&id).cloned().unwrap_or_default(), notified.get(&id).cloned().unwrap_or_default());
+        if !orders.contains_key(&id) && want.is_empty() {
+            a.flag("notification", format!("notifications {got:?} for order {id}, which the order service does not know"), vec![id]);
+        } else if got.is_empty() {
+            a.flag("notification", format!("order {id} was never notified of its outcomes {want:?}"), vec![id]);
+        } else if got != want {
+            a.flag("notification", format!("order {id} was notified {got:?} for the outcomes {want:?}"), vec![id]);
+        }
+    }
+    let decided: HashMap<Uuid, i64> = s.outcomes.iter().map(|o| (o.order_id, o.decided_ms)).collect();
+    let mut lags: Vec<i64> =
+        s.notifications.iter().filter_map(|n| decided.get(&n.order_id).map(|d| n.received_ms - d)).collect();
     lags.sort_unstable();
     (lags.get(lags.len() / 2).copied(), lags.last().copied())
 }
 
+/// The client's view against the databases: every order the driver was
+/// answered 2xx for exists, every outcome it saw is the outcome stored, and
+/// the database holds no order the driver did not create.
+fn reconcile(a: &mut Audit, client: &ClientView, orders: &HashMap<Uuid, &OrderRow>) {
+    for (id, seen) in &client.orders {
+        match (orders.get(id), seen) {
+            (None, _) => a.flag("client", format!("the driver was answered for order {id}, which the database does not hold"), vec![*id]),
+            (Some(o), Some(seen)) if seen.as_str() != o.state => a.flag(
+                "client",
+                format!("the driver saw order {id} decided {seen}, the database says {}", o.state),
+                vec![*id],
+            ),
+            _ => {}
+        }
+    }
+    let mut extra: Vec<Uuid> = orders.keys().filter(|id| !client.orders.contains_key(id)).copied().collect();
+    extra.sort_unstable();
+    for id in extra {
+        a.flag("client", format!("order {id} is in the database, but the driver never created it"), vec![id]);
+    }
+}
+
+/// Every message a consumer gave up on: its effect never happened.
+fn dead_letters(a: &mut Audit, s: &Snapshots) {
+    for (role, m) in &s.messaging {
+        for d in &m.dead_letters {
+            let order = d.key.as_deref().and_then(|k| Uuid::parse_str(k).ok());
+            a.flag(
+                "dead_letter",
+                format!(
+                    "the {role} service's {} consumer gave up on an event of order {}: {}",
+                    d.consumer,
+                    d.key.as_deref().unwrap_or("?"),
+                    d.error
+                ),
+                order.into_iter().collect(),
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::super::collect::*;
     use super::*;
-    use txlab_api::admin::*;
-    use txlab_api::order::{OrderItem, OrderView};
-    use txlab_api::participant::ReserveLine;
+    use txlab_api::admin::{Slot, StockLevel, Wallet};
+    use txlab_api::event::ORDER_EVENTS_TOPIC;
+    use txlab_api::order::OrderItem;
 
     fn id(n: u128) -> Uuid {
         Uuid::from_u128(n)
     }
 
-    fn order(n: u128, state: OrderState) -> OrderView {
-        OrderView {
+    fn order(n: u128, state: &str) -> OrderRow {
+        OrderRow {
             id: id(n),
-            state,
             customer: "c1".into(),
+            items: sqlx::types::Json(vec![OrderItem { sku: "k1".into(), qty: 2, unit_price: 150 }]),
             amount: 300,
             slot: "s1".into(),
-            items: vec![OrderItem { sku: "k1".into(), qty: 2, unit_price: 150 }],
-            reason: None,
             method: "saga_orch".into(),
-            created_ms: 1_000,
+            state: state.into(),
             decided_ms: Some(1_010),
         }
     }
@@ -379,39 +521,70 @@ mod tests {
         }
     }
 
+    fn rec(n: u128, state: &str) -> RecordRow {
+        RecordRow { order_id: id(n), state: state.into() }
+    }
+
+    fn moved(n: u128, op: &str, item: &str, qty: i64) -> LedgerRow {
+        LedgerRow { order_id: id(n), op: op.into(), item: item.into(), qty }
+    }
+
+    fn outcome(n: u128, state: &str) -> OutcomeRow {
+        OutcomeRow { order_id: id(n), state: state.into(), decided_ms: 1_010 }
+    }
+
+    fn notified(n: u128, kind: &str, at: i64) -> NotificationRow {
+        NotificationRow { order_id: id(n), kind: kind.into(), received_ms: at }
+    }
+
     /// A consistent world: order 1 confirmed, order 2 rejected at inventory
     /// after its payment was refunded.
     fn world() -> Snapshots {
-        let pay = |n, state: &str, movements| PaymentRow { order_id: id(n), customer: "c1".into(), amount: 300, state: state.into(), movements };
+        let mut messaging: BTreeMap<Role, Messaging> = Role::ALL.iter().map(|r| (*r, Messaging::default())).collect();
+        messaging.get_mut(&Role::Notification).unwrap().offsets =
+            vec![ConsumerOffset { consumer: "notification".into(), topic: ORDER_EVENTS_TOPIC.into(), partition: 0, next_offset: 2 }];
         Snapshots {
-            order: OrderSnapshot { orders: vec![order(1, OrderState::Confirmed), order(2, OrderState::Rejected)], outbox_unpublished: 0 },
-            payment: PaymentSnapshot {
-                wallets: vec![WalletRow { customer: "c1".into(), balance: 700, reserved: 0 }],
-                payments: vec![pay(1, "captured", 1), pay(2, "refunded", 2)],
-                ..Default::default()
-            },
-            inventory: InventorySnapshot {
-                stock: vec![StockRow { sku: "k1".into(), available: 8, reserved: 0 }],
-                reservations: vec![
-                    ReservationRow { order_id: id(1), state: "reserved".into(), lines: vec![ReserveLine { sku: "k1".into(), qty: 2 }], movements: 1 },
-                    ReservationRow { order_id: id(2), state: "rejected".into(), lines: vec![ReserveLine { sku: "k1".into(), qty: 2 }], movements: 0 },
+            orders: vec![order(1, "confirmed"), order(2, "rejected")],
+            outcomes: vec![outcome(1, "confirmed"), outcome(2, "rejected")],
+            payment: ParticipantDb {
+                items: vec![ItemRow { item: "c1".into(), amount: 700, held: 0 }],
+                records: vec![rec(1, "captured"), rec(2, "refunded")],
+                ledger: vec![
+                    moved(1, "hold", "c1", 300),
+                    moved(1, "capture", "c1", 300),
+                    moved(2, "hold", "c1", 300),
+                    moved(2, "capture", "c1", 300),
+                    moved(2, "restore", "c1", 300),
                 ],
-                ..Default::default()
+                prepared: vec![],
             },
-            shipping: ShippingSnapshot {
-                slots: vec![SlotRow { slot: "s1".into(), capacity: 5, booked: 1 }],
-                shipments: vec![ShipmentRow { order_id: id(1), slot: "s1".into(), state: "booked".into(), movements: 1 }],
-                ..Default::default()
+            inventory: ParticipantDb {
+                items: vec![ItemRow { item: "k1".into(), amount: 8, held: 0 }],
+                records: vec![rec(1, "reserved"), rec(2, "rejected")],
+                ledger: vec![moved(1, "hold", "k1", 2), moved(1, "capture", "k1", 2)],
+                prepared: vec![],
             },
-            notification: NotificationSnapshot {
-                notifications: vec![
-                    NotificationRow { order_id: id(1), kind: "confirmed".into(), received_ms: 1_020 },
-                    NotificationRow { order_id: id(2), kind: "rejected".into(), received_ms: 1_050 },
-                ],
+            shipping: ParticipantDb {
+                items: vec![ItemRow { item: "s1".into(), amount: 5, held: 1 }],
+                records: vec![rec(1, "booked")],
+                ledger: vec![moved(1, "hold", "s1", 1), moved(1, "capture", "s1", 1)],
+                prepared: vec![],
             },
+            notifications: vec![notified(1, "confirmed", 1_020), notified(2, "rejected", 1_050)],
+            messaging,
+            topic_ends: [((ORDER_EVENTS_TOPIC.to_string(), 0), 2)].into_iter().collect(),
         }
     }
 
+    fn client() -> ClientView {
+        ClientView { orders: [(id(1), Some(OrderState::Confirmed)), (id(2), Some(OrderState::Rejected))].into_iter().collect() }
+    }
+
+    fn audit(w: &Snapshots) -> AuditReport {
+        check(&seed(), w, TxMode::SagaOrch, Some(&client()))
+    }
+
+    /// The details of the violations, after checking they are all of `invariant`.
     fn only(report: &AuditReport, invariant: &str) -> Vec<String> {
         assert!(
             report.violations.iter().all(|v| v.invariant == invariant),
@@ -422,127 +595,207 @@ mod tests {
         report.violations.iter().map(|v| v.detail.clone()).collect()
     }
 
+    fn kinds(report: &AuditReport) -> Vec<&'static str> {
+        report.violations.iter().map(|v| v.invariant).collect()
+    }
+
     #[test]
     fn a_consistent_world_passes_every_invariant() {
-        let r = check(&seed(), &world());
+        let r = audit(&world());
         assert_eq!(r.violations, vec![]);
         assert_eq!(r.orders_checked, 2);
         assert_eq!(r.by_invariant.len(), INVARIANTS.len());
         assert_eq!((r.notification_lag_p50_ms, r.notification_lag_max_ms), (Some(40), Some(40)));
+        assert!(world().unsettled(TxMode::SagaOrch).is_empty());
     }
 
     #[test]
-    fn money_taken_behind_the_saga_is_found() {
+    fn money_taken_behind_the_ledger_is_found_against_the_seed() {
         let mut w = world();
-        w.payment.wallets[0].balance -= 50;
-        let d = only(&check(&seed(), &w), "money");
+        w.payment.items[0].amount -= 50;
+        let d = only(&audit(&w), "money");
         assert!(d[0].contains("customer c1: balance 650") && d[0].contains("1000 was seeded"), "{d:?}");
     }
 
     #[test]
-    fn oversold_or_leaked_stock_is_found() {
+    fn a_held_amount_out_of_step_with_the_ledger_is_found() {
         let mut w = world();
-        w.inventory.stock[0].available = 9;
-        assert!(only(&check(&seed(), &w), "stock")[0].contains("SKU k1"));
+        // Moved from available to reserved: conserved, but not what the ledger holds.
+        w.inventory.items[0].amount -= 1;
+        w.inventory.items[0].held += 1;
+        let d = only(&audit(&w), "stock");
+        assert!(d[0].contains("SKU k1: reserved 1 but the ledger holds 0"), "{d:?}");
     }
 
     #[test]
-    fn a_slot_counter_out_of_step_with_shipments_is_found() {
+    fn a_changed_capacity_and_a_drifting_slot_counter_are_found() {
         let mut w = world();
-        w.shipping.slots[0].booked = 6;
-        let d = only(&check(&seed(), &w), "slots");
-        assert_eq!(d.len(), 2, "over capacity and out of step: {d:?}");
+        w.shipping.items[0].amount = 9;
+        w.shipping.items[0].held = 2;
+        let d = only(&audit(&w), "slots");
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert!(d[0].contains("capacity is 9, but 5 was seeded") && d[1].contains("the ledger holds 1"), "{d:?}");
     }
 
     #[test]
     fn half_done_orders_break_atomicity() {
         let mut w = world();
-        // The confirmed order lost its shipment and the slot counter agrees.
-        w.shipping.shipments.clear();
-        w.shipping.slots[0].booked = 0;
-        let r = check(&seed(), &w);
+        // The confirmed order lost its shipment, and everything else agrees.
+        w.shipping.records.clear();
+        w.shipping.ledger.clear();
+        w.shipping.items[0].held = 0;
+        let r = audit(&w);
         let d = only(&r, "atomicity");
-        assert!(d[0].contains("lacks its courier slot"), "{d:?}");
+        assert!(d[0].contains("lacks its courier slot (record: none)"), "{d:?}");
         assert_eq!(r.violations[0].orders, vec![id(1)]);
     }
 
     #[test]
-    fn a_rejected_order_holding_money_breaks_atomicity_and_money() {
+    fn a_skipped_compensation_breaks_atomicity_and_exactly_once() {
         let mut w = world();
-        w.payment.payments[1] = PaymentRow { state: "captured".into(), movements: 1, ..w.payment.payments[1].clone() };
-        let r = check(&seed(), &w);
-        let kinds: Vec<_> = r.violations.iter().map(|v| v.invariant).collect();
-        assert!(kinds.contains(&"atomicity") && kinds.contains(&"money"), "{kinds:?}");
+        w.payment.records[1].state = "captured".into();
+        let r = audit(&w);
+        assert!(kinds(&r).contains(&"atomicity") && kinds(&r).contains(&"exactly_once"), "{:#?}", r.violations);
+    }
+
+    #[test]
+    fn a_step_applied_twice_breaks_exactly_once_even_when_money_adds_up() {
+        let mut w = world();
+        w.inventory.ledger.extend([moved(1, "hold", "k1", 2), moved(1, "capture", "k1", 2)]);
+        w.inventory.items[0].amount = 6;
+        let d = only(&audit(&w), "exactly_once");
+        assert!(d.iter().any(|x| x.contains("hold moved {\"k1\": 4}") && x.contains("{\"k1\": 2}")), "{d:?}");
+    }
+
+    #[test]
+    fn a_part_taken_with_other_content_than_the_order_breaks_exactly_once() {
+        let mut w = world();
+        // The payment took 300 from another customer's wallet.
+        w.payment.items.push(ItemRow { item: "c2".into(), amount: 700, held: 0 });
+        w.payment.items[0].amount = 1_000;
+        for l in w.payment.ledger.iter_mut().filter(|l| l.order_id == id(1)) {
+            l.item = "c2".into();
+        }
+        let mut s = seed();
+        s.wallets.push(Wallet { customer: "c2".into(), balance: 1_000 });
+        let r = check(&s, &w, TxMode::SagaOrch, Some(&client()));
+        assert_eq!(kinds(&r), vec!["exactly_once", "exactly_once"], "{:#?}", r.violations);
     }
 
     #[test]
     fn unfinished_work_breaks_termination() {
         let mut w = world();
-        w.order.orders.push(order(3, OrderState::Compensating));
-        w.order.outbox_unpublished = 2;
-        let d = only(&check(&seed(), &w), "termination");
-        assert_eq!(d.len(), 2, "{d:?}");
+        w.orders.push(order(3, "compensating"));
+        w.inventory.prepared.push(format!("txlab_inventory_{}", id(3).simple()));
+        w.messaging.get_mut(&Role::Payment).unwrap().unpublished = 2;
+        w.topic_ends.insert((ORDER_EVENTS_TOPIC.to_string(), 1), 4);
+        let mut c = client();
+        c.orders.insert(id(3), None);
+        let r = check(&seed(), &w, TxMode::SagaOrch, Some(&c));
+        let d = only(&r, "termination");
+        assert_eq!(d.len(), 4, "{d:?}");
+        assert!(d.iter().any(|x| x.contains("4 messages from the end")), "{d:?}");
+        assert!(r.violations.iter().any(|v| v.orders == vec![id(3)] && v.detail.contains("prepared")), "{d:?}");
+        assert_eq!(w.unsettled(TxMode::SagaOrch).len(), 4, "{:?}", w.unsettled(TxMode::SagaOrch));
     }
 
     #[test]
-    fn tcc_records_count_the_try_and_the_confirm() {
+    fn a_branch_left_tried_breaks_termination_and_atomicity() {
         let mut w = world();
-        for o in &mut w.order.orders {
-            o.method = "tcc".into();
-        }
-        // Under TCC a captured payment took two changes (hold, take); one is short.
-        let d = only(&check(&seed(), &w), "exactly_once");
-        assert!(d.iter().any(|x| x.contains("payment of order") && x.contains("moved 1 times, 2 expected")), "{d:?}");
+        w.shipping.records.push(rec(2, "tried"));
+        w.shipping.ledger.push(moved(2, "hold", "s1", 1));
+        w.shipping.items[0].held = 2;
+        let r = audit(&w);
+        assert_eq!(kinds(&r), vec!["atomicity", "termination"], "{:#?}", r.violations);
     }
 
     #[test]
-    fn a_branch_left_tried_or_prepared_breaks_termination() {
+    fn an_overwritten_outcome_breaks_the_outcome_history() {
         let mut w = world();
-        w.order.orders[1].method = "tcc".into();
-        // The rejected order still holds a tried slot (and the counter agrees).
-        w.shipping.shipments.push(ShipmentRow { order_id: id(2), slot: "s1".into(), state: "tried".into(), movements: 1 });
-        w.shipping.slots[0].booked = 2;
-        w.inventory.prepared_transactions = 1;
-        let r = check(&seed(), &w);
-        let kinds: Vec<_> = r.violations.iter().map(|v| (v.invariant, v.detail.as_str())).collect();
-        assert!(kinds.iter().any(|(i, d)| *i == "termination" && d.contains("left tried")), "{kinds:?}");
-        assert!(kinds.iter().any(|(i, d)| *i == "termination" && d.contains("1 prepared transactions left in the inventory")), "{kinds:?}");
-        assert!(kinds.iter().any(|(i, d)| *i == "atomicity" && d.contains("held (tried)")), "{kinds:?}");
-        assert!(!kinds.iter().any(|(i, _)| *i == "slots"), "a tried booking counts as live: {kinds:?}");
+        // Rejected, then cancelled as well: the race of issue 6.
+        w.orders[1].state = "cancelled".into();
+        w.outcomes.push(outcome(2, "cancelled"));
+        w.notifications.push(notified(2, "cancelled", 1_060));
+        let mut c = client();
+        c.orders.insert(id(2), Some(OrderState::Rejected));
+        let r = check(&seed(), &w, TxMode::SagaOrch, Some(&c));
+        assert_eq!(kinds(&r), vec!["outcomes", "client"], "{:#?}", r.violations);
+        assert!(r.violations[0].detail.contains("[\"rejected\", \"cancelled\"]"));
     }
 
     #[test]
-    fn outbox_orders_needing_attention_are_reported_by_design_not_as_bugs() {
+    fn a_confirmed_then_cancelled_order_is_a_legal_history() {
         let mut w = world();
-        // Payment refused order 2, but its stock stayed reserved: outbox's contract.
-        w.order.orders[1].state = OrderState::NeedsAttention;
-        w.order.orders[1].method = "outbox".into();
-        w.inventory.reservations[1].state = "reserved".into();
-        w.inventory.reservations[1].movements = 1;
-        w.inventory.stock[0].available = 6;
-        w.notification.notifications[1].kind = "needs_attention".into();
-        let r = check(&seed(), &w);
-        assert_eq!(r.violations.len(), 1, "{:#?}", r.violations);
-        assert!(r.violations[0].by_design && r.violations[0].invariant == "atomicity");
-        assert_eq!(r.by_invariant.values().sum::<usize>(), 0, "no bugs counted");
-    }
-
-    #[test]
-    fn a_step_applied_twice_breaks_exactly_once() {
-        let mut w = world();
-        w.inventory.reservations[0].movements = 2;
-        let d = only(&check(&seed(), &w), "exactly_once");
-        assert!(d[0].contains("moved 2 times, 1 expected"), "{d:?}");
+        w.orders[0].state = "cancelled".into();
+        w.outcomes.push(outcome(1, "cancelled"));
+        w.notifications.push(notified(1, "cancelled", 1_070));
+        w.payment.records[0].state = "refunded".into();
+        w.payment.ledger.push(moved(1, "restore", "c1", 300));
+        w.payment.items[0].amount = 1_000;
+        w.inventory.records[0].state = "released".into();
+        w.inventory.ledger.push(moved(1, "restore", "k1", 2));
+        w.inventory.items[0].amount = 10;
+        w.shipping.records[0].state = "cancelled".into();
+        w.shipping.ledger.push(moved(1, "restore", "s1", 1));
+        w.shipping.items[0].held = 0;
+        let mut c = client();
+        c.orders.insert(id(1), Some(OrderState::Cancelled));
+        assert_eq!(check(&seed(), &w, TxMode::SagaOrch, Some(&c)).violations, vec![]);
     }
 
     #[test]
     fn missing_and_duplicate_notifications_are_found() {
         let mut w = world();
-        let dup = w.notification.notifications[0].clone();
-        w.notification.notifications.push(dup);
-        w.notification.notifications.remove(1);
-        let d = only(&check(&seed(), &w), "notification");
+        let dup = w.notifications[0].clone();
+        w.notifications.push(dup);
+        w.notifications.remove(1);
+        let d = only(&audit(&w), "notification");
         assert_eq!(d.len(), 2, "{d:?}");
-        assert!(d.iter().any(|x| x.contains("notified 2 times")) && d.iter().any(|x| x.contains("never notified")));
+        assert!(d.iter().any(|x| x.contains("[\"confirmed\", \"confirmed\"]")) && d.iter().any(|x| x.contains("never notified")));
+    }
+
+    #[test]
+    fn the_client_view_is_reconciled_with_the_database() {
+        let mut c = client();
+        c.orders.insert(id(1), Some(OrderState::Rejected));
+        c.orders.insert(id(9), None);
+        c.orders.remove(&id(2));
+        let r = check(&seed(), &world(), TxMode::SagaOrch, Some(&c));
+        let d = only(&r, "client");
+        assert_eq!(d.len(), 3, "{d:?}");
+        assert!(d[0].contains("saw order") && d[1].contains("does not hold") && d[2].contains("never created it"), "{d:?}");
+    }
+
+    #[test]
+    fn dead_letters_name_their_orders() {
+        let mut w = world();
+        w.messaging.get_mut(&Role::Payment).unwrap().dead_letters =
+            vec![DeadLetter { consumer: "payment".into(), key: Some(id(1).to_string()), error: "boom".into() }];
+        let r = audit(&w);
+        assert_eq!(only(&r, "dead_letter").len(), 1);
+        assert_eq!(r.violations[0].orders, vec![id(1)]);
+    }
+
+    #[test]
+    fn needing_attention_is_by_design_only_under_outbox() {
+        let mut w = world();
+        // Inventory refused order 2, but its payment stayed taken: outbox's contract.
+        w.orders[1].state = "needs_attention".into();
+        w.orders[1].method = "outbox".into();
+        w.outcomes[1].state = "needs_attention".into();
+        w.notifications[1].kind = "needs_attention".into();
+        w.payment.records[1].state = "captured".into();
+        w.payment.ledger.pop();
+        w.payment.items[0].amount = 400;
+        let mut c = client();
+        c.orders.insert(id(2), Some(OrderState::NeedsAttention));
+        let r = check(&seed(), &w, TxMode::Outbox, Some(&c));
+        assert_eq!(r.violations.len(), 1, "{:#?}", r.violations);
+        assert!(r.violations[0].by_design && r.violations[0].invariant == "atomicity");
+        assert_eq!(r.by_invariant.values().sum::<usize>(), 0, "no bugs counted");
+
+        w.orders[1].method = "saga_orch".into();
+        let r = check(&seed(), &w, TxMode::SagaOrch, Some(&c));
+        assert!(r.violations.iter().any(|v| !v.by_design && v.detail.contains("only outbox")), "{:#?}", r.violations);
     }
 }

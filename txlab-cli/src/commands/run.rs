@@ -15,7 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use txlab_api::Role;
 
-use crate::audit::{check, quiesce};
+use crate::audit::{check, quiesce, Reader};
 use crate::load::{drive, driver::Target};
 use crate::platform::local::{LocalOptions, LocalPlatform};
 use crate::platform::{Endpoints, Platform};
@@ -24,6 +24,9 @@ use crate::spec::Plan;
 
 /// Exit code when the audit found violations.
 pub const EXIT_VIOLATIONS: u8 = 3;
+/// Exit code when a cell broke the profile's thresholds (unexpected
+/// outcomes, drops, undecided orders, errors, no quiescence, latency).
+pub const EXIT_THRESHOLDS: u8 = 4;
 /// Exit code after Ctrl-C.
 pub const EXIT_INTERRUPTED: u8 = 130;
 
@@ -150,6 +153,14 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
                 eprintln!("txlab: the audit found {violations} violations; see audit.json in each cell");
                 return Ok(ExitCode::from(EXIT_VIOLATIONS));
             }
+            let failed: Vec<&CellSummary> = s.iter().filter(|c| !c.threshold_failures.is_empty()).collect();
+            if !failed.is_empty() {
+                for c in &failed {
+                    eprintln!("txlab: {} broke its thresholds: {}", c.cell, c.threshold_failures.join("; "));
+                }
+                eprintln!("txlab: {} of {} cells broke the profile's thresholds", failed.len(), s.len());
+                return Ok(ExitCode::from(EXIT_THRESHOLDS));
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -211,8 +222,9 @@ pub async fn run_cells(platform: &mut impl Platform, plan: &Plan, run: &RunDir) 
         let load = load?;
         progress.set_message("quiescing");
         let timeout = Duration::from_secs_f64(plan.profile.quiesce_timeout_s);
-        let (snapshots, waited, settled) = quiesce(&client, &endpoints, timeout).await?;
-        let audit = check(&plan.seed.seed, &snapshots);
+        let reader = Reader::connect(&endpoints).await?;
+        let (snapshots, waited, unsettled) = quiesce(&reader, cell.method, timeout).await?;
+        let audit = check(&plan.seed.seed, &snapshots, cell.method, Some(&load.client));
         let events = crate::metrics::delta(&events_before, &crate::metrics::scrape(&client, &endpoints).await);
         let restarts: BTreeMap<String, u32> = platform
             .restarts()
@@ -222,22 +234,24 @@ pub async fn run_cells(platform: &mut impl Platform, plan: &Plan, run: &RunDir) 
             .collect();
         progress.finish_and_clear();
 
-        let mut summary = CellSummary::new(index, cell, &load, &audit, waited.as_millis() as u64, settled);
+        let mut summary = CellSummary::new(index, cell, &load, &audit, waited.as_millis() as u64, unsettled);
         summary.events = events;
         summary.restarts = restarts;
+        summary.threshold_failures = plan.profile.thresholds.broken_by(&summary);
         let dir = run.cell_dir(&cell.id);
         write_cell(&dir, cell, &summary, &load, &audit)?;
         copy_log_slices(&dir, &logs, &marks)?;
         eprintln!(
-            "[{}/{total}] {}: {} orders, {} decided ({} unexpected), decided p99 {:.1} ms, {} violations{}",
+            "[{}/{total}] {}: {} orders, {} decided ({} unexpected), decided p99 {:.1} ms{}, {} violations{}",
             index + 1,
             cell.id,
             summary.sent,
             summary.decided,
             summary.unexpected,
             summary.decided_ms.p99,
+            if summary.censored > 0 { format!(" ({} censored)", summary.censored) } else { String::new() },
             summary.violations,
-            if settled { "" } else { " — did not settle in time" }
+            if summary.settled { String::new() } else { format!(" — did not settle: {}", summary.unsettled.join("; ")) }
         );
         summaries.push(summary);
     }

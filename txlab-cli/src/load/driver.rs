@@ -2,7 +2,10 @@
 //!
 //! Latency is measured from the *intended* send time, so a stalled system
 //! shows up as latency instead of as fewer requests (no coordinated
-//! omission, per Gil Tene's "How NOT to Measure Latency").
+//! omission, per Gil Tene's "How NOT to Measure Latency"). An arrival that
+//! never got its answer — dropped at `max_in_flight`, failed, or still
+//! undecided at the follow limit — is not left out of the percentiles: it
+//! is recorded at the follow limit (a censored value) and counted apart.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,12 +22,14 @@ use txlab_api::order::{CreateOrder, OrderState, OrderView, IDEMPOTENCY_KEY_HEADE
 use uuid::Uuid;
 
 use super::{cell_seed, orders::make_order, schedule::arrivals};
+use crate::audit::ClientView;
 use crate::spec::{Cell, Plan};
 
 /// A send that starts this much after its intended time counts as late.
 const LATE_AFTER: Duration = Duration::from_millis(10);
-/// Longest an order is followed before it counts as undecided.
-const FOLLOW_LIMIT: Duration = Duration::from_secs(60);
+/// Longest an order is followed before it counts as undecided; also the
+/// value at which unanswered arrivals are recorded (censored).
+pub const FOLLOW_LIMIT: Duration = Duration::from_secs(60);
 
 /// Per-second figures, by the second the orders were due in.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -47,8 +52,11 @@ pub struct LoadReport {
     pub sent: u64,
     pub accepted: u64,
     pub decided: u64,
-    /// Orders counted in the histograms (sent after the warm-up).
+    /// Arrivals counted in the histograms (due after the warm-up), answered or not.
     pub measured: u64,
+    /// Measured arrivals recorded at [`FOLLOW_LIMIT`] in the decided
+    /// histogram because they were dropped, failed or never decided.
+    pub censored: u64,
     pub late: u64,
     pub dropped: u64,
     pub errors: u64,
@@ -57,14 +65,18 @@ pub struct LoadReport {
     pub unexpected: u64,
     pub outcomes: BTreeMap<String, u64>,
     pub error_kinds: BTreeMap<String, u64>,
-    /// Microseconds from intended send to the POST's reply.
+    /// Microseconds from intended send to the POST's reply (censored for
+    /// arrivals dropped or refused).
     pub accepted_us: Histogram<u64>,
-    /// Microseconds from intended send to a terminal state.
+    /// Microseconds from intended send to a terminal state (censored for
+    /// arrivals never decided).
     pub decided_us: Histogram<u64>,
     pub seconds: Vec<SecondStats>,
     /// Sent orders per second over the load's actual length.
     pub achieved_rate: f64,
-    pub order_ids: Vec<Uuid>,
+    /// Every order created, and the final state the driver saw, for the
+    /// audit to reconcile with the databases.
+    pub client: ClientView,
     /// A few unexpected outcomes, for the reader: (order, what happened).
     pub unexpected_examples: Vec<(Uuid, String)>,
 }
@@ -90,6 +102,21 @@ impl Recorder {
         self.report.errors += 1;
         *self.report.error_kinds.entry(kind).or_default() += 1;
         self.second(second).0.errors += 1;
+    }
+
+    /// Records a measured arrival that got no decision at the follow limit,
+    /// and no acceptance either when `unaccepted`.
+    fn censor(&mut self, measured: bool, unaccepted: bool) {
+        if !measured {
+            return;
+        }
+        let limit = FOLLOW_LIMIT.as_micros() as u64;
+        self.report.measured += 1;
+        self.report.censored += 1;
+        let _ = self.report.decided_us.record(limit);
+        if unaccepted {
+            let _ = self.report.accepted_us.record(limit);
+        }
     }
 }
 
@@ -127,6 +154,7 @@ pub async fn drive(target: Target<'_>, plan: &Plan, cell: &Cell, progress: &Prog
             accepted: 0,
             decided: 0,
             measured: 0,
+            censored: 0,
             late: 0,
             dropped: 0,
             errors: 0,
@@ -138,7 +166,7 @@ pub async fn drive(target: Target<'_>, plan: &Plan, cell: &Cell, progress: &Prog
             decided_us: histogram(),
             seconds: Vec::new(),
             achieved_rate: 0.0,
-            order_ids: Vec::new(),
+            client: ClientView::default(),
             unexpected_examples: Vec::new(),
         },
         per_second: BTreeMap::new(),
@@ -164,6 +192,7 @@ pub async fn drive(target: Target<'_>, plan: &Plan, cell: &Cell, progress: &Prog
             }
             if in_flight.load(Ordering::Relaxed) >= spec.max_in_flight {
                 r.report.dropped += 1;
+                r.censor(journey.measured, true);
                 progress.inc(1);
                 continue;
             }
@@ -223,7 +252,9 @@ async fn follow(
     let created: OrderView = match send_json(post).await {
         Ok(v) => v,
         Err(kind) => {
-            rec.lock().expect("recorder lock").error(j.second, format!("create: {kind}"));
+            let mut r = rec.lock().expect("recorder lock");
+            r.error(j.second, format!("create: {kind}"));
+            r.censor(j.measured, true);
             return;
         }
     };
@@ -231,7 +262,7 @@ async fn follow(
     {
         let mut r = rec.lock().expect("recorder lock");
         r.report.accepted += 1;
-        r.report.order_ids.push(created.id);
+        r.report.client.orders.insert(created.id, None);
         r.second(j.second).0.accepted += 1;
         if j.measured {
             let _ = r.report.accepted_us.record(accepted.as_micros().max(1) as u64);
@@ -261,6 +292,7 @@ async fn follow(
                 let decided = j.intended.elapsed();
                 let mut r = rec.lock().expect("recorder lock");
                 r.report.decided += 1;
+                r.report.client.orders.insert(v.id, Some(v.state));
                 *r.report.outcomes.entry(v.state.to_string()).or_default() += 1;
                 if v.state != expect {
                     r.report.unexpected += 1;
@@ -281,7 +313,9 @@ async fn follow(
             }
             Ok(_) if Instant::now() < deadline => continue,
             Ok(_) => {
-                rec.lock().expect("recorder lock").report.undecided += 1;
+                let mut r = rec.lock().expect("recorder lock");
+                r.report.undecided += 1;
+                r.censor(j.measured, false);
                 return;
             }
             Err(kind) if Instant::now() < deadline => {
@@ -289,7 +323,9 @@ async fn follow(
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(kind) => {
-                rec.lock().expect("recorder lock").error(j.second, format!("follow: {kind}"));
+                let mut r = rec.lock().expect("recorder lock");
+                r.error(j.second, format!("follow: {kind}"));
+                r.censor(j.measured, false);
                 return;
             }
         }

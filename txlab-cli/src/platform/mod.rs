@@ -13,13 +13,28 @@ use std::path::PathBuf;
 use anyhow::Context;
 use txlab_api::{Role, TxMode};
 
-/// Base URLs of the services, e.g. `http://127.0.0.1:41234`.
+/// Where the services, their databases and the broker are reached.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Endpoints {
+    /// Base URLs of the services, e.g. `http://127.0.0.1:41234`.
     pub urls: BTreeMap<Role, String>,
+    /// Each service's own database, for the audit, which reads raw rows
+    /// itself rather than asking a service about its own correctness.
+    #[serde(skip)]
+    pub databases: BTreeMap<Role, String>,
+    /// The Kafka-API broker (host:port), for the topics' ends at quiesce.
+    pub brokers: String,
 }
 
 impl Endpoints {
+    /// The database URL of `role`'s service.
+    pub fn database(&self, role: Role) -> anyhow::Result<&str> {
+        self.databases
+            .get(&role)
+            .map(String::as_str)
+            .with_context(|| format!("no database for the {role} service"))
+    }
+
     pub fn url(&self, role: Role) -> anyhow::Result<&str> {
         self.urls
             .get(&role)

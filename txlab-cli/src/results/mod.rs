@@ -105,6 +105,7 @@ pub fn write_cell(dir: &Path, cell: &Cell, summary: &CellSummary, load: &LoadRep
     write_json(&dir.join("cell.json"), cell)?;
     write_json(&dir.join("summary.json"), summary)?;
     write_json(&dir.join("audit.json"), audit)?;
+    write_json(&dir.join("client.json"), &load.client)?;
     write_histogram(&dir.join("accepted.hdr"), &load.accepted_us)?;
     write_histogram(&dir.join("decided.hdr"), &load.decided_us)?;
     std::fs::write(dir.join("percentiles.csv"), percentiles_csv(load))?;

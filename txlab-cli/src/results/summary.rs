@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::AuditReport;
 use crate::load::LoadReport;
-use crate::spec::Cell;
+use crate::spec::{Cell, Thresholds};
 
 /// Latency figures in milliseconds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -64,11 +64,23 @@ pub struct CellSummary {
     pub outcomes: BTreeMap<String, u64>,
     pub error_kinds: BTreeMap<String, u64>,
     pub unexpected_examples: Vec<(uuid::Uuid, String)>,
+    /// Over every measured arrival; unanswered ones at the follow limit.
     pub accepted_ms: Percentiles,
+    /// Over every measured arrival; undecided ones at the follow limit.
     pub decided_ms: Percentiles,
+    /// Measured arrivals recorded at the follow limit (dropped, failed or
+    /// undecided): when non-zero, the upper percentiles are censored.
+    #[serde(default)]
+    pub censored: u64,
     /// Time after the load until every order was terminal and notified.
     pub quiesce_ms: u64,
     pub settled: bool,
+    /// What was still moving when the quiesce timed out.
+    #[serde(default)]
+    pub unsettled: Vec<String>,
+    /// The profile's thresholds this cell broke (empty: it passed).
+    #[serde(default)]
+    pub threshold_failures: Vec<String>,
     /// Violations that are bugs: anything but the by-design ones.
     pub violations: usize,
     /// Inconsistencies the method accepts by its contract (outbox orders
@@ -88,7 +100,7 @@ pub struct CellSummary {
 }
 
 impl CellSummary {
-    pub fn new(index: usize, cell: &Cell, load: &LoadReport, audit: &AuditReport, quiesce_ms: u64, settled: bool) -> CellSummary {
+    pub fn new(index: usize, cell: &Cell, load: &LoadReport, audit: &AuditReport, quiesce_ms: u64, unsettled: Vec<String>) -> CellSummary {
         CellSummary {
             index,
             cell: cell.id.clone(),
@@ -113,8 +125,11 @@ impl CellSummary {
             unexpected_examples: load.unexpected_examples.clone(),
             accepted_ms: Percentiles::of(&load.accepted_us),
             decided_ms: Percentiles::of(&load.decided_us),
+            censored: load.censored,
             quiesce_ms,
-            settled,
+            settled: unsettled.is_empty(),
+            unsettled,
+            threshold_failures: Vec::new(),
             violations: audit.violations.iter().filter(|v| !v.by_design).count(),
             by_design: audit.violations.iter().filter(|v| v.by_design).count(),
             violations_by_invariant: audit.by_invariant.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
@@ -123,5 +138,29 @@ impl CellSummary {
             events: BTreeMap::new(),
             restarts: BTreeMap::new(),
         }
+    }
+}
+
+impl Thresholds {
+    /// The limits `s` breaks, in words.
+    pub fn broken_by(&self, s: &CellSummary) -> Vec<String> {
+        let mut out = Vec::new();
+        for (what, got, limit) in [
+            ("unexpected outcomes", s.unexpected, self.unexpected),
+            ("dropped arrivals", s.dropped, self.dropped),
+            ("undecided orders", s.undecided, self.undecided),
+            ("errors", s.errors, self.errors),
+        ] {
+            if let Some(max) = limit.filter(|max| got > *max) {
+                out.push(format!("{got} {what} (at most {max} allowed)"));
+            }
+        }
+        if !s.settled && !self.allow_unsettled {
+            out.push(format!("did not settle: {}", s.unsettled.join("; ")));
+        }
+        if let Some(max) = self.decided_p99_ms.filter(|max| s.decided_ms.p99 > *max) {
+            out.push(format!("decided p99 {:.1} ms (at most {max} ms allowed)", s.decided_ms.p99));
+        }
+        out
     }
 }

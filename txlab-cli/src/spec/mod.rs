@@ -11,6 +11,6 @@ mod scenario;
 mod yaml;
 
 pub use plan::{Cell, Plan, SeedPlan};
-pub use profile::{Arrival, LoadSpec, Profile, SeedData};
+pub use profile::{Arrival, LoadSpec, Profile, SeedData, Thresholds};
 pub use scenario::{OrderTemplate, Scenario, ScenarioFault};
 pub use yaml::{load_yaml, SpecError};

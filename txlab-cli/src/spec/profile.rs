@@ -30,6 +30,46 @@ pub struct Profile {
     pub quiesce_timeout_s: f64,
     #[serde(default)]
     pub seed_data: SeedData,
+    /// What a cell may show and still pass; a cell beyond any of these
+    /// makes `txlab run` exit 4 (audit violations always exit 3).
+    #[serde(default)]
+    pub thresholds: Thresholds,
+}
+
+/// Limits per cell, as k6's `thresholds:`. Counts default to 0; `null`
+/// (`~`) lifts a limit, e.g. `unexpected: ~` for a scenario whose
+/// outcomes vary by design.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Thresholds {
+    /// Orders whose outcome differs from the scenario's `expect`.
+    #[serde(default = "zero")]
+    pub unexpected: Option<u64>,
+    /// Arrivals not sent because `max_in_flight` orders were in flight.
+    #[serde(default = "zero")]
+    pub dropped: Option<u64>,
+    /// Orders not decided within the driver's follow limit.
+    #[serde(default = "zero")]
+    pub undecided: Option<u64>,
+    /// Failed requests (create, cancel, follow).
+    #[serde(default = "zero")]
+    pub errors: Option<u64>,
+    /// Whether a cell that did not settle before `quiesce_timeout_s` passes.
+    #[serde(default)]
+    pub allow_unsettled: bool,
+    /// Highest decided p99 in ms (censored arrivals included); none by default.
+    #[serde(default)]
+    pub decided_p99_ms: Option<f64>,
+}
+
+fn zero() -> Option<u64> {
+    Some(0)
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds { unexpected: zero(), dropped: zero(), undecided: zero(), errors: zero(), allow_unsettled: false, decided_p99_ms: None }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,6 +6,9 @@
 //! says what this participant did for the order, and every operation of
 //! every method is a transition on it:
 //!
+//! Every business change also appends to the `ledger` table (see
+//! [`ledger`]), in the same transaction, which is what the audit counts.
+//!
 //! | state        | meaning                                    | reached by                        |
 //! |--------------|--------------------------------------------|-----------------------------------|
 //! | `tried`      | resources held, not yet taken (TCC)        | TCC try                           |
@@ -29,15 +32,17 @@
 //!   the same apply and compensate, emitting events through an outbox.
 
 /// Declares the axum handler of one participant operation: it reads the
-/// order id (and the request body, validated), then runs `$call` inside
+/// order id, the caller's epoch fence (and the request body, validated),
+/// then runs `$call` inside
 /// [`around`] (fault points, metrics, a log line). The operations differ
 /// only in that call.
 macro_rules! participant_op {
-    (fn $name:ident, $op:expr, |$st:ident, $f:ident, $id:ident, $req:ident| $call:expr) => {
+    (fn $name:ident, $op:expr, |$st:ident, $f:ident, $fence:ident, $id:ident, $req:ident| $call:expr) => {
         #[tracing::instrument(skip_all, fields(order_id = tracing::field::Empty, role = %P::ROLE, op = $op))]
         async fn $name<P: Participant>(
             axum::extract::State($st): axum::extract::State<AppState>,
             $f: Faults,
+            $fence: Fence,
             path: Result<axum::extract::Path<Uuid>, axum::extract::rejection::PathRejection>,
             body: Result<axum::Json<P::Request>, axum::extract::rejection::JsonRejection>,
         ) -> Result<axum::Json<StepReply>, ApiError> {
@@ -47,11 +52,12 @@ macro_rules! participant_op {
             super::around(&$st, &$f, $op, || $call).await
         }
     };
-    (fn $name:ident, $op:expr, |$st:ident, $f:ident, $id:ident| $call:expr) => {
+    (fn $name:ident, $op:expr, |$st:ident, $f:ident, $fence:ident, $id:ident| $call:expr) => {
         #[tracing::instrument(skip_all, fields(order_id = tracing::field::Empty, role = %P::ROLE, op = $op))]
         async fn $name<P: Participant>(
             axum::extract::State($st): axum::extract::State<AppState>,
             $f: Faults,
+            $fence: Fence,
             path: Result<axum::extract::Path<Uuid>, axum::extract::rejection::PathRejection>,
         ) -> Result<axum::Json<StepReply>, ApiError> {
             let $id = super::order_id(path)?;
@@ -61,6 +67,8 @@ macro_rules! participant_op {
 }
 
 pub mod events;
+pub mod fence;
+pub mod ledger;
 pub mod saga;
 pub mod tcc;
 pub mod twopc;
@@ -74,12 +82,13 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sqlx::PgConnection;
 use txlab_api::fault::FaultPoint;
-use txlab_api::participant::StepReply;
+use txlab_api::participant::{RecordState, StepReply};
 use txlab_api::Role;
 use uuid::Uuid;
 
 use crate::faults::Faults;
 use crate::http::ApiError;
+pub use fence::Fence;
 use crate::roles::AppState;
 
 /// A refusal on business grounds, e.g. insufficient funds.
@@ -127,8 +136,12 @@ pub trait Participant: Send + Sync + 'static {
     /// This participant's part of an order, as carried by checkout events.
     fn request_for(order: &txlab_api::event::OrderSpec) -> Self::Request;
 
+    /// What the request moves, as (item, quantity): the ledger's lines.
+    fn items(req: &Self::Request) -> Vec<(String, i64)>;
+
     /// Holds the resources, or refuses. A refusal may leave partial changes:
-    /// callers run this inside a savepoint.
+    /// callers run this inside a savepoint. Call it (and the three below)
+    /// through [`ledger`], which records what moved.
     fn hold(conn: &mut PgConnection, req: &Self::Request) -> impl Future<Output = sqlx::Result<Result<(), Refusal>>> + Send;
     /// Takes held resources for good.
     fn capture(conn: &mut PgConnection, req: &Self::Request) -> impl Future<Output = sqlx::Result<()>> + Send;
@@ -138,10 +151,10 @@ pub trait Participant: Send + Sync + 'static {
     fn restore(conn: &mut PgConnection, req: &Self::Request) -> impl Future<Output = sqlx::Result<()>> + Send;
 }
 
-pub const TRIED: &str = "tried";
-pub const ABORTED: &str = "aborted";
-pub const REJECTED: &str = "rejected";
-pub const VOIDED: &str = "voided";
+pub const TRIED: &str = RecordState::Tried.as_str();
+pub const ABORTED: &str = RecordState::Aborted.as_str();
+pub const REJECTED: &str = RecordState::Rejected.as_str();
+pub const VOIDED: &str = RecordState::Voided.as_str();
 /// A racing duplicate insert is retried this many times before giving up.
 const RACE_RETRIES: usize = 3;
 
@@ -178,27 +191,25 @@ pub async fn insert_record<P: Participant>(
     state: &str,
     reason: Option<&str>,
     request: &serde_json::Value,
-    movements: i32,
 ) -> sqlx::Result<()> {
     sqlx::query(&format!(
-        "INSERT INTO {} (order_id, state, reason, request, movements, updated_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO {} (order_id, state, reason, request, updated_ms) VALUES ($1, $2, $3, $4, $5)",
         P::RECORDS
     ))
     .bind(order_id)
     .bind(state)
     .bind(reason)
     .bind(request)
-    .bind(movements)
     .bind(txlab_tx::now_ms())
     .execute(conn)
     .await
     .map(drop)
 }
 
-/// Moves a record to `state`, counting one more business change.
+/// Moves a record to `state`.
 pub async fn advance_record<P: Participant>(conn: &mut PgConnection, order_id: Uuid, state: &str) -> sqlx::Result<()> {
     sqlx::query(&format!(
-        "UPDATE {} SET state = $2, movements = movements + 1, updated_ms = $3 WHERE order_id = $1",
+        "UPDATE {} SET state = $2, updated_ms = $3 WHERE order_id = $1",
         P::RECORDS
     ))
     .bind(order_id)
@@ -212,7 +223,7 @@ pub async fn advance_record<P: Participant>(conn: &mut PgConnection, order_id: U
 /// Records a compensation that found nothing to undo, so a late forward
 /// call is refused.
 pub async fn void_record<P: Participant>(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<StepReply> {
-    insert_record::<P>(conn, order_id, VOIDED, None, &serde_json::Value::Null, 0).await?;
+    insert_record::<P>(conn, order_id, VOIDED, None, &serde_json::Value::Null).await?;
     Ok(reply(order_id, VOIDED, false))
 }
 
@@ -230,10 +241,14 @@ pub fn refused_by_record(order_id: Uuid, record: &Record) -> ApiError {
 
 /// Holds resources inside a savepoint; on refusal the savepoint is rolled
 /// back (dropping partial changes) and the refusal returned.
-pub async fn hold_in_savepoint<P: Participant>(conn: &mut PgConnection, req: &P::Request) -> sqlx::Result<Result<(), Refusal>> {
+pub async fn hold_in_savepoint<P: Participant>(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    req: &P::Request,
+) -> sqlx::Result<Result<(), Refusal>> {
     use sqlx::Acquire;
     let mut sp = conn.begin().await?;
-    match P::hold(&mut sp, req).await? {
+    match ledger::hold::<P>(&mut sp, order_id, req).await? {
         Ok(()) => {
             sp.commit().await?;
             Ok(Ok(()))
@@ -272,6 +287,7 @@ where
     let result = with_race_retry(op).await;
     state.metrics.event(op_name, match &result {
         Ok(r) => r.state.as_str(),
+        Err(ApiError::Conflict { code, .. }) if *code == txlab_api::admin::STALE_EPOCH => code,
         Err(_) => "refused",
     });
     let out = result?;
@@ -288,19 +304,12 @@ pub fn order_id(path: Result<Path<Uuid>, axum::extract::rejection::PathRejection
     Ok(id)
 }
 
+/// A record as `GET /{collection}/{order_id}` shows it.
 #[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
 pub struct RecordRow {
     pub order_id: Uuid,
     pub state: String,
     pub request: serde_json::Value,
-    pub movements: i32,
-}
-
-/// Every record, for the audit snapshot.
-pub async fn records<P: Participant>(conn: &mut PgConnection) -> sqlx::Result<Vec<RecordRow>> {
-    sqlx::query_as(&format!("SELECT order_id, state, request, movements FROM {} ORDER BY order_id", P::RECORDS))
-        .fetch_all(conn)
-        .await
 }
 
 /// Sets each business row's starting amount and clears what it held.
@@ -319,14 +328,6 @@ pub async fn seed<P: Participant>(conn: &mut PgConnection, rows: &[(&str, i64)])
     Ok(rows.len())
 }
 
-/// Every business row as (key, amount, held), for the audit snapshot.
-pub async fn business_rows<P: Participant>(conn: &mut PgConnection) -> sqlx::Result<Vec<(String, i64, i64)>> {
-    let BusinessTable { table, key, amount, held } = P::BUSINESS;
-    sqlx::query_as(&format!("SELECT {key}, {amount}, {held} FROM {table} ORDER BY {key}"))
-        .fetch_all(conn)
-        .await
-}
-
 /// Every endpoint of a participant, for all methods.
 pub fn routes<P: Participant>() -> Router<AppState> {
     Router::new()
@@ -341,7 +342,7 @@ async fn record<P: Participant>(
     path: Result<Path<Uuid>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<RecordRow>, ApiError> {
     let Path(order_id) = path?;
-    sqlx::query_as(&format!("SELECT order_id, state, request, movements FROM {} WHERE order_id = $1", P::RECORDS))
+    sqlx::query_as(&format!("SELECT order_id, state, request FROM {} WHERE order_id = $1", P::RECORDS))
         .bind(order_id)
         .fetch_optional(&state.pool)
         .await?

@@ -21,14 +21,14 @@ pub async fn apply_in<P: Participant>(conn: &mut PgConnection, order_id: Uuid, r
         };
     }
     let request = serde_json::to_value(req).map_err(anyhow::Error::from)?;
-    match hold_in_savepoint::<P>(conn, req).await? {
+    match hold_in_savepoint::<P>(conn, order_id, req).await? {
         Ok(()) => {
-            P::capture(conn, req).await?;
-            insert_record::<P>(conn, order_id, P::APPLIED, None, &request, 1).await?;
+            ledger::capture::<P>(conn, order_id, req).await?;
+            insert_record::<P>(conn, order_id, P::APPLIED, None, &request).await?;
             Ok(reply(order_id, P::APPLIED, false))
         }
         Err(refusal) => {
-            insert_record::<P>(conn, order_id, REJECTED, Some(refusal.code), &request, 0).await?;
+            insert_record::<P>(conn, order_id, REJECTED, Some(refusal.code), &request).await?;
             Err(ApiError::refused(refusal.code, refusal.message))
         }
     }
@@ -40,12 +40,12 @@ pub async fn compensate_in<P: Participant>(conn: &mut PgConnection, order_id: Uu
     Ok(match lock_record::<P>(conn, order_id).await? {
         None => void_record::<P>(conn, order_id).await?,
         Some(r) if r.state == P::APPLIED => {
-            P::restore(conn, &r.request::<P>()?).await?;
+            ledger::restore::<P>(conn, order_id, &r.request::<P>()?).await?;
             advance_record::<P>(conn, order_id, P::UNDONE).await?;
             reply(order_id, P::UNDONE, false)
         }
         Some(r) if r.state == TRIED => {
-            P::release(conn, &r.request::<P>()?).await?;
+            ledger::release::<P>(conn, order_id, &r.request::<P>()?).await?;
             advance_record::<P>(conn, order_id, ABORTED).await?;
             reply(order_id, ABORTED, false)
         }
@@ -53,8 +53,9 @@ pub async fn compensate_in<P: Participant>(conn: &mut PgConnection, order_id: Uu
     })
 }
 
-async fn apply_once<P: Participant>(pool: &PgPool, order_id: Uuid, req: &P::Request) -> Result<StepReply, ApiError> {
+async fn apply_once<P: Participant>(pool: &PgPool, fence: &Fence, order_id: Uuid, req: &P::Request) -> Result<StepReply, ApiError> {
     let mut tx = pool.begin().await?;
+    fence.check(&mut tx).await?;
     let out = apply_in::<P>(&mut tx, order_id, req).await;
     // A refusal is an answer too: its `rejected` record must stick.
     if matches!(out, Ok(_) | Err(ApiError::Refused { .. })) {
@@ -63,15 +64,16 @@ async fn apply_once<P: Participant>(pool: &PgPool, order_id: Uuid, req: &P::Requ
     out
 }
 
-async fn compensate_once<P: Participant>(pool: &PgPool, order_id: Uuid) -> Result<StepReply, ApiError> {
+async fn compensate_once<P: Participant>(pool: &PgPool, fence: &Fence, order_id: Uuid) -> Result<StepReply, ApiError> {
     let mut tx = pool.begin().await?;
+    fence.check(&mut tx).await?;
     let out = compensate_in::<P>(&mut tx, order_id).await?;
     tx.commit().await?;
     Ok(out)
 }
 
-participant_op!(fn forward, P::FORWARD_OP, |state, faults, id, req| apply_once::<P>(&state.pool, id, &req));
-participant_op!(fn compensate, P::UNDO_OP, |state, faults, id| compensate_once::<P>(&state.pool, id));
+participant_op!(fn forward, P::FORWARD_OP, |state, faults, fence, id, req| apply_once::<P>(&state.pool, &fence, id, &req));
+participant_op!(fn compensate, P::UNDO_OP, |state, faults, fence, id| compensate_once::<P>(&state.pool, &fence, id));
 
 pub fn routes<P: Participant>() -> Router<AppState> {
     Router::new()

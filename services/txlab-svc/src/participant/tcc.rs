@@ -22,8 +22,9 @@ fn conflict(order_id: Uuid, state: &str, op: &str) -> ApiError {
     ApiError::Conflict { code: "wrong_state", message: format!("cannot {op} order {order_id}: its record is {state}") }
 }
 
-pub async fn try_once<P: Participant>(pool: &PgPool, faults: &Faults, order_id: Uuid, req: &P::Request) -> Result<StepReply, ApiError> {
+pub async fn try_once<P: Participant>(pool: &PgPool, faults: &Faults, fence: &Fence, order_id: Uuid, req: &P::Request) -> Result<StepReply, ApiError> {
     let mut tx = pool.begin().await?;
+    fence.check(&mut tx).await?;
     if let Some(record) = lock_record::<P>(&mut tx, order_id).await? {
         return match record.state.as_str() {
             s if s == TRIED || s == P::APPLIED => Ok(reply(order_id, s, true)),
@@ -31,27 +32,28 @@ pub async fn try_once<P: Participant>(pool: &PgPool, faults: &Faults, order_id: 
         };
     }
     let request = serde_json::to_value(req).map_err(anyhow::Error::from)?;
-    match hold_in_savepoint::<P>(&mut tx, req).await? {
+    match hold_in_savepoint::<P>(&mut tx, order_id, req).await? {
         Ok(()) => {
-            insert_record::<P>(&mut tx, order_id, TRIED, None, &request, 1).await?;
+            insert_record::<P>(&mut tx, order_id, TRIED, None, &request).await?;
             faults.fire(FaultPoint::DuringTry).await?;
             tx.commit().await?;
             Ok(reply(order_id, TRIED, false))
         }
         Err(refusal) => {
-            insert_record::<P>(&mut tx, order_id, REJECTED, Some(refusal.code), &request, 0).await?;
+            insert_record::<P>(&mut tx, order_id, REJECTED, Some(refusal.code), &request).await?;
             tx.commit().await?;
             Err(ApiError::refused(refusal.code, refusal.message))
         }
     }
 }
 
-pub async fn confirm_once<P: Participant>(pool: &PgPool, faults: &Faults, order_id: Uuid) -> Result<StepReply, ApiError> {
+pub async fn confirm_once<P: Participant>(pool: &PgPool, faults: &Faults, fence: &Fence, order_id: Uuid) -> Result<StepReply, ApiError> {
     let mut tx = pool.begin().await?;
+    fence.check(&mut tx).await?;
     let out = match lock_record::<P>(&mut tx, order_id).await? {
         None => return Err(conflict(order_id, "missing (no try)", "confirm")),
         Some(r) if r.state == TRIED => {
-            P::capture(&mut tx, &r.request::<P>()?).await?;
+            ledger::capture::<P>(&mut tx, order_id, &r.request::<P>()?).await?;
             advance_record::<P>(&mut tx, order_id, P::APPLIED).await?;
             faults.fire(FaultPoint::DuringConfirm).await?;
             reply(order_id, P::APPLIED, false)
@@ -63,12 +65,13 @@ pub async fn confirm_once<P: Participant>(pool: &PgPool, faults: &Faults, order_
     Ok(out)
 }
 
-pub async fn cancel_once<P: Participant>(pool: &PgPool, faults: &Faults, order_id: Uuid) -> Result<StepReply, ApiError> {
+pub async fn cancel_once<P: Participant>(pool: &PgPool, faults: &Faults, fence: &Fence, order_id: Uuid) -> Result<StepReply, ApiError> {
     let mut tx = pool.begin().await?;
+    fence.check(&mut tx).await?;
     let out = match lock_record::<P>(&mut tx, order_id).await? {
         None => void_record::<P>(&mut tx, order_id).await?,
         Some(r) if r.state == TRIED => {
-            P::release(&mut tx, &r.request::<P>()?).await?;
+            ledger::release::<P>(&mut tx, order_id, &r.request::<P>()?).await?;
             advance_record::<P>(&mut tx, order_id, ABORTED).await?;
             reply(order_id, ABORTED, false)
         }
@@ -80,9 +83,9 @@ pub async fn cancel_once<P: Participant>(pool: &PgPool, faults: &Faults, order_i
     Ok(out)
 }
 
-participant_op!(fn try_, "try", |state, faults, id, req| try_once::<P>(&state.pool, &faults, id, &req));
-participant_op!(fn confirm, "confirm", |state, faults, id| confirm_once::<P>(&state.pool, &faults, id));
-participant_op!(fn cancel, "cancel", |state, faults, id| cancel_once::<P>(&state.pool, &faults, id));
+participant_op!(fn try_, "try", |state, faults, fence, id, req| try_once::<P>(&state.pool, &faults, &fence, id, &req));
+participant_op!(fn confirm, "confirm", |state, faults, fence, id| confirm_once::<P>(&state.pool, &faults, &fence, id));
+participant_op!(fn cancel, "cancel", |state, faults, fence, id| cancel_once::<P>(&state.pool, &faults, &fence, id));
 
 pub fn routes<P: Participant>() -> Router<AppState> {
     Router::new()

@@ -37,11 +37,6 @@ fn is_unknown_gid(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("42704"))
 }
 
-/// SQLSTATE 55P03: a lock was not granted within `lock_timeout`.
-fn is_lock_timeout(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("55P03"))
-}
-
 async fn is_prepared(conn: &mut PgConnection, gid: &str) -> sqlx::Result<bool> {
     let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_prepared_xacts WHERE gid = $1")
         .bind(gid)
@@ -52,19 +47,23 @@ async fn is_prepared(conn: &mut PgConnection, gid: &str) -> sqlx::Result<bool> {
 
 /// The branch's work inside an explicit BEGIN, ending in PREPARE TRANSACTION.
 /// sqlx's own transactions cannot be used: they would roll back on drop.
+/// The fence's share lock on the epoch row is held by the prepared branch
+/// until its decision; the lab's reset rolls lab branches back first.
 async fn prepare_in<P: Participant>(
     conn: &mut PgConnection,
     faults: &Faults,
+    fence: &Fence,
     order_id: Uuid,
     req: &P::Request,
 ) -> Result<StepReply, ApiError> {
     sqlx::query(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")).execute(&mut *conn).await?;
-    if let Err(refusal) = P::hold(conn, req).await? {
+    fence.check(conn).await?;
+    if let Err(refusal) = ledger::hold::<P>(conn, order_id, req).await? {
         return Err(ApiError::refused(refusal.code, refusal.message));
     }
-    P::capture(conn, req).await?;
+    ledger::capture::<P>(conn, order_id, req).await?;
     let request = serde_json::to_value(req).map_err(anyhow::Error::from)?;
-    insert_record::<P>(conn, order_id, P::APPLIED, None, &request, 1).await?;
+    insert_record::<P>(conn, order_id, P::APPLIED, None, &request).await?;
     faults.fire(FaultPoint::DuringPrepare).await?;
     // The gid is made of a role name and a UUID's hex digits: safe to inline.
     sqlx::query(&format!("PREPARE TRANSACTION '{}'", gid(P::ROLE, order_id)))
@@ -85,14 +84,26 @@ async fn abandon(mut conn: PoolConnection<Postgres>) {
 /// (PREPARE or ROLLBACK) before its connection goes back to the pool, and a
 /// caller that hangs up (a timed-out coordinator) would otherwise drop this
 /// future half-way and hand the next user a connection still inside it.
-async fn prepare_once<P: Participant>(pool: &PgPool, faults: &Faults, order_id: Uuid, req: &P::Request) -> Result<StepReply, ApiError> {
-    let (pool, faults, req) = (pool.clone(), faults.clone(), req.clone());
-    tokio::spawn(async move { prepare_to_end::<P>(&pool, &faults, order_id, &req).await })
+async fn prepare_once<P: Participant>(
+    pool: &PgPool,
+    faults: &Faults,
+    fence: &Fence,
+    order_id: Uuid,
+    req: &P::Request,
+) -> Result<StepReply, ApiError> {
+    let (pool, faults, fence, req) = (pool.clone(), faults.clone(), fence.clone(), req.clone());
+    tokio::spawn(async move { prepare_to_end::<P>(&pool, &faults, &fence, order_id, &req).await })
         .await
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("prepare task failed: {e}")))?
 }
 
-async fn prepare_to_end<P: Participant>(pool: &PgPool, faults: &Faults, order_id: Uuid, req: &P::Request) -> Result<StepReply, ApiError> {
+async fn prepare_to_end<P: Participant>(
+    pool: &PgPool,
+    faults: &Faults,
+    fence: &Fence,
+    order_id: Uuid,
+    req: &P::Request,
+) -> Result<StepReply, ApiError> {
     let mut conn = pool.acquire().await?;
     let existing: Option<(String, Option<String>)> =
         sqlx::query_as(&format!("SELECT state, reason FROM {} WHERE order_id = $1", P::RECORDS))
@@ -110,12 +121,12 @@ async fn prepare_to_end<P: Participant>(pool: &PgPool, faults: &Faults, order_id
         return Ok(reply(order_id, "prepared", true));
     }
     sqlx::query("BEGIN").execute(&mut *conn).await?;
-    match prepare_in::<P>(&mut conn, faults, order_id, req).await {
+    match prepare_in::<P>(&mut conn, faults, fence, order_id, req).await {
         Ok(r) => Ok(r),
         Err(e) => {
             abandon(conn).await;
             match e {
-                ApiError::Internal(inner) if inner.downcast_ref::<sqlx::Error>().is_some_and(is_lock_timeout) => {
+                ApiError::Internal(inner) if inner.downcast_ref::<sqlx::Error>().is_some_and(crate::db::is_lock_timeout) => {
                     Err(ApiError::Unavailable("a row this branch needs is locked by another in-doubt branch".into()))
                 }
                 other => Err(other),
@@ -124,9 +135,10 @@ async fn prepare_to_end<P: Participant>(pool: &PgPool, faults: &Faults, order_id
     }
 }
 
-async fn commit_once<P: Participant>(pool: &PgPool, faults: &Faults, order_id: Uuid) -> Result<StepReply, ApiError> {
+async fn commit_once<P: Participant>(pool: &PgPool, faults: &Faults, fence: &Fence, order_id: Uuid) -> Result<StepReply, ApiError> {
     faults.fire(FaultPoint::DuringCommit).await?;
     let mut conn = pool.acquire().await?;
+    fence.check(&mut conn).await?;
     match sqlx::query(&format!("COMMIT PREPARED '{}'", gid(P::ROLE, order_id))).execute(&mut *conn).await {
         Ok(_) => Ok(reply(order_id, P::APPLIED, false)),
         Err(e) if is_unknown_gid(&e) => {
@@ -148,8 +160,9 @@ async fn commit_once<P: Participant>(pool: &PgPool, faults: &Faults, order_id: U
 
 /// Rolls the branch back if it is prepared, and leaves a `voided` record if
 /// nothing was ever prepared, so a late prepare is refused.
-pub async fn rollback_once<P: Participant>(pool: &PgPool, order_id: Uuid) -> Result<StepReply, ApiError> {
+pub async fn rollback_once<P: Participant>(pool: &PgPool, fence: &Fence, order_id: Uuid) -> Result<StepReply, ApiError> {
     let mut conn = pool.acquire().await?;
+    fence.check(&mut conn).await?;
     let rolled_back = match sqlx::query(&format!("ROLLBACK PREPARED '{}'", gid(P::ROLE, order_id))).execute(&mut *conn).await {
         Ok(_) => true,
         Err(e) if is_unknown_gid(&e) => false,
@@ -168,30 +181,22 @@ pub async fn rollback_once<P: Participant>(pool: &PgPool, order_id: Uuid) -> Res
         }
         Ok(Some(r)) => reply(order_id, &r.state, !rolled_back),
         // A prepare racing with this rollback holds the record's key: retry.
-        Err(e) if is_lock_timeout(&e) => return Err(ApiError::Unavailable("branch is being prepared; retry".into())),
+        Err(e) if crate::db::is_lock_timeout(&e) => return Err(ApiError::Unavailable("branch is being prepared; retry".into())),
         Err(e) => return Err(e.into()),
     };
     tx.commit().await?;
     Ok(out)
 }
 
-participant_op!(fn prepare, "prepare", |state, faults, id, req| prepare_once::<P>(&state.pool, &faults, id, &req));
-participant_op!(fn commit, "commit", |state, faults, id| commit_once::<P>(&state.pool, &faults, id));
-participant_op!(fn rollback, "rollback", |state, faults, id| rollback_once::<P>(&state.pool, id));
+participant_op!(fn prepare, "prepare", |state, faults, fence, id, req| prepare_once::<P>(&state.pool, &faults, &fence, id, &req));
+participant_op!(fn commit, "commit", |state, faults, fence, id| commit_once::<P>(&state.pool, &faults, &fence, id));
+participant_op!(fn rollback, "rollback", |state, faults, fence, id| rollback_once::<P>(&state.pool, &fence, id));
 
 pub fn routes<P: Participant>() -> Router<AppState> {
     Router::new()
         .route(&path::<P>("prepare"), post(prepare::<P>))
         .route(&path::<P>("commit"), post(commit::<P>))
         .route(&path::<P>("rollback"), post(rollback::<P>))
-}
-
-/// Prepared branches of this participant, for the audit ("none left").
-pub async fn prepared_count<P: Participant>(conn: &mut PgConnection) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE $1 AND database = current_database()")
-        .bind(format!("txlab_{}_%", P::ROLE))
-        .fetch_one(conn)
-        .await
 }
 
 /// Resolves in-doubt branches until `stop`: each prepared branch older than
@@ -234,7 +239,7 @@ async fn recover_once<P: Participant>(pool: &PgPool, http: &reqwest::Client, ord
                 }
             }
             Some(txlab_api::participant::DecisionKind::Abort) => {
-                rollback_once::<P>(pool, order_id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                rollback_once::<P>(pool, &Fence::default(), order_id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             }
             None => {}
         }

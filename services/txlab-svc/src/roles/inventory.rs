@@ -3,11 +3,11 @@
 use std::collections::BTreeMap;
 
 use sqlx::PgConnection;
-use txlab_api::admin::{InventorySnapshot, ReservationRow, StockLevel, StockRow};
-use txlab_api::participant::{reasons, ReserveLine, ReserveRequest};
+use txlab_api::admin::StockLevel;
+use txlab_api::participant::{reasons, RecordState, ReserveLine, ReserveRequest};
 use txlab_api::Role;
 
-use crate::participant::{business_rows, records, BusinessTable, Participant, Refusal};
+use crate::participant::{BusinessTable, Participant, Refusal};
 
 pub struct Inventory;
 
@@ -26,8 +26,8 @@ impl Participant for Inventory {
     const BUSINESS: BusinessTable = BusinessTable { table: "stock", key: "sku", amount: "available", held: "reserved" };
     const ROLE: Role = Role::Inventory;
     const RECORDS: &'static str = "reservations";
-    const APPLIED: &'static str = "reserved";
-    const UNDONE: &'static str = "released";
+    const APPLIED: &'static str = RecordState::Reserved.as_str();
+    const UNDONE: &'static str = RecordState::Released.as_str();
     const COLLECTION: &'static str = "reservations";
     const FORWARD_OP: &'static str = "reserve";
     const UNDO_OP: &'static str = "release";
@@ -45,6 +45,10 @@ impl Participant for Inventory {
 
     fn request_for(order: &txlab_api::event::OrderSpec) -> Self::Request {
         order.reserve()
+    }
+
+    fn items(req: &ReserveRequest) -> Vec<(String, i64)> {
+        per_sku(&req.lines).into_iter().map(|(sku, qty)| (sku.to_string(), qty)).collect()
     }
 
     async fn hold(conn: &mut PgConnection, req: &ReserveRequest) -> sqlx::Result<Result<(), Refusal>> {
@@ -101,23 +105,4 @@ async fn stock_update(conn: &mut PgConnection, set: &str, req: &ReserveRequest) 
 pub async fn seed(conn: &mut PgConnection, stock: &[StockLevel]) -> sqlx::Result<usize> {
     let rows: Vec<(&str, i64)> = stock.iter().map(|s| (s.sku.as_str(), s.available)).collect();
     crate::participant::seed::<Inventory>(conn, &rows).await
-}
-
-pub async fn snapshot(conn: &mut PgConnection) -> sqlx::Result<InventorySnapshot> {
-    let stock = business_rows::<Inventory>(conn).await?;
-    let reservations = records::<Inventory>(&mut *conn)
-        .await?
-        .into_iter()
-        .map(|r| ReservationRow {
-            order_id: r.order_id,
-            lines: serde_json::from_value::<ReserveRequest>(r.request).map(|q| q.lines).unwrap_or_default(),
-            state: r.state,
-            movements: r.movements,
-        })
-        .collect();
-    Ok(InventorySnapshot {
-        stock: stock.into_iter().map(|(sku, available, reserved)| StockRow { sku, available, reserved }).collect(),
-        reservations,
-        prepared_transactions: crate::participant::twopc::prepared_count::<Inventory>(conn).await?,
-    })
 }

@@ -16,7 +16,7 @@ use axum::{Json, Router};
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use txlab_api::admin::{Reset, Seed, Snapshot};
+use txlab_api::admin::{Reset, Seed};
 use txlab_api::{Role, TxMode};
 
 use crate::config::Config;
@@ -82,8 +82,9 @@ async fn participant<P: Participant>(config: &Config, state: AppState, stop: wat
     Ok((crate::participant::routes::<P>().with_state(state), background))
 }
 
-/// `POST /admin/reset`, `POST /admin/seed`, `GET /admin/audit` (what the lab
-/// calls between cells) and `GET`/`PUT /admin/faults`.
+/// `POST /admin/reset`, `POST /admin/seed` (what the lab calls between
+/// cells) and `GET`/`PUT /admin/faults`. The audit reads the databases
+/// itself: no service reports on its own correctness.
 fn admin_routes(role: Role) -> Router<AppState> {
     Router::new()
         .route("/admin/faults", get(crate::faults::get_standing).put(crate::faults::put_standing))
@@ -92,8 +93,11 @@ fn admin_routes(role: Role) -> Router<AppState> {
             "/admin/seed",
             post(move |s: State<AppState>, body: Result<Json<Seed>, axum::extract::rejection::JsonRejection>| seed(s, role, body)),
         )
-        .route("/admin/audit", get(move |s: State<AppState>| audit(s, role)))
 }
+
+/// How often a reset tries again when a lock it needs is still held (by a
+/// 2PC branch prepared after the previous attempt rolled the others back).
+const RESET_ATTEMPTS: u32 = 20;
 
 async fn reset(State(state): State<AppState>, role: Role, body: axum::body::Bytes) -> Result<Json<serde_json::Value>, ApiError> {
     let Reset { epoch } = if body.is_empty() {
@@ -101,22 +105,43 @@ async fn reset(State(state): State<AppState>, role: Role, body: axum::body::Byte
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("reset body: {e}")))?
     };
-    let tables = match role {
-        Role::Order => "orders, saga_steps, tx_branches, tx_decisions, idempotency_keys, outbox, inbox, fault_log",
-        Role::Payment => "wallets, payments, outbox, inbox, fault_log",
-        Role::Inventory => "stock, reservations, outbox, inbox, fault_log",
-        Role::Shipping => "slots, shipments, outbox, inbox, fault_log",
-        Role::Notification => "notifications, outbox, inbox, fault_log",
+    let own = match role {
+        Role::Order => "orders, saga_steps, tx_branches, tx_decisions, idempotency_keys",
+        Role::Payment => "wallets, payments",
+        Role::Inventory => "stock, reservations",
+        Role::Shipping => "slots, shipments",
+        Role::Notification => "notifications",
     };
-    // The new epoch first: the update waits for any event handler holding
-    // the old one (FOR SHARE), whose effect the truncate then removes, and
-    // every handler after it drops events of the old epoch.
-    let mut tx = state.pool.begin().await?;
-    sqlx::query("UPDATE lab_epoch SET epoch = $1").bind(&epoch).execute(&mut *tx).await?;
-    sqlx::query(&format!("TRUNCATE {tables} RESTART IDENTITY CASCADE")).execute(&mut *tx).await?;
-    tx.commit().await?;
-    tracing::info!(epoch = %epoch, "reset");
-    Ok(Json(serde_json::json!({ "reset": tables, "epoch": epoch })))
+    let tables = format!("{own}, outbox, inbox, fault_log, ledger, dead_letters");
+    let mut rolled_back = 0;
+    for attempt in 1..=RESET_ATTEMPTS {
+        // Prepared branches of the ending cell hold row locks (and a share
+        // lock on the epoch row) until decided; nobody will decide them now.
+        rolled_back += crate::db::roll_back_lab_branches(&state.pool).await?;
+        // The new epoch first: the update waits for any event handler or
+        // participant call holding the old one (FOR SHARE), whose effect
+        // the truncate then removes, and everything after it refuses the
+        // old epoch.
+        let mut tx = state.pool.begin().await?;
+        sqlx::query("SET LOCAL lock_timeout = '1s'").execute(&mut *tx).await?;
+        let done = async {
+            sqlx::query("UPDATE lab_epoch SET epoch = $1").bind(&epoch).execute(&mut *tx).await?;
+            sqlx::query(&format!("TRUNCATE {tables} RESTART IDENTITY CASCADE")).execute(&mut *tx).await?;
+            tx.commit().await
+        }
+        .await;
+        match done {
+            Ok(()) => {
+                tracing::info!(epoch = %epoch, rolled_back, "reset");
+                return Ok(Json(serde_json::json!({ "reset": tables, "epoch": epoch, "rolled_back_branches": rolled_back })));
+            }
+            Err(e) if crate::db::is_lock_timeout(&e) => {
+                tracing::warn!(attempt, "reset waited too long for a lock; rolling back branches and trying again");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::Unavailable(format!("reset could not take its locks in {RESET_ATTEMPTS} attempts; retry")))
 }
 
 async fn seed(
@@ -134,19 +159,4 @@ async fn seed(
     };
     tx.commit().await?;
     Ok(Json(serde_json::json!({ "seeded": rows })))
-}
-
-async fn audit(State(state): State<AppState>, role: Role) -> Result<Json<Snapshot>, ApiError> {
-    // One repeatable-read transaction: every figure from the same instant.
-    let mut tx = state.pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
-    let snapshot = match role {
-        Role::Order => Snapshot::Order(order::snapshot(&mut tx).await?),
-        Role::Payment => Snapshot::Payment(payment::snapshot(&mut tx).await?),
-        Role::Inventory => Snapshot::Inventory(inventory::snapshot(&mut tx).await?),
-        Role::Shipping => Snapshot::Shipping(shipping::snapshot(&mut tx).await?),
-        Role::Notification => Snapshot::Notification(notification::snapshot(&mut tx).await?),
-    };
-    tx.commit().await?;
-    Ok(Json(snapshot))
 }

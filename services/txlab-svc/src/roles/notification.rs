@@ -6,10 +6,8 @@
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
-use sqlx::PgConnection;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use txlab_api::admin::{NotificationRow, NotificationSnapshot};
 use txlab_api::event::{OrderOutcome, ORDER_EVENTS_TOPIC};
 use uuid::Uuid;
 
@@ -63,27 +61,24 @@ async fn apply(state: &AppState, event: &OrderOutcome) -> sqlx::Result<bool> {
     Ok(first)
 }
 
+/// One notification as `GET /notifications/{order_id}` shows it.
+#[derive(Debug, serde::Serialize, sqlx::FromRow)]
+struct NotificationRow {
+    order_id: Uuid,
+    /// The order state the notification announces.
+    kind: String,
+    /// When the event was applied, ms since the Unix epoch.
+    received_ms: i64,
+}
+
 async fn list(
     State(state): State<AppState>,
     path: Result<Path<Uuid>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<Vec<NotificationRow>>, ApiError> {
     let Path(order_id) = path?;
-    Ok(Json(rows(&mut *state.pool.acquire().await?, Some(order_id)).await?))
-}
-
-async fn rows(conn: &mut PgConnection, order: Option<Uuid>) -> sqlx::Result<Vec<NotificationRow>> {
-    let rows: Vec<(Uuid, String, i64)> = sqlx::query_as(
-        "SELECT order_id, kind, received_ms FROM notifications WHERE $1::uuid IS NULL OR order_id = $1 ORDER BY id",
-    )
-    .bind(order)
-    .fetch_all(conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(order_id, kind, received_ms)| NotificationRow { order_id, kind, received_ms })
-        .collect())
-}
-
-pub async fn snapshot(conn: &mut PgConnection) -> sqlx::Result<NotificationSnapshot> {
-    Ok(NotificationSnapshot { notifications: rows(conn, None).await? })
+    let rows = sqlx::query_as("SELECT order_id, kind, received_ms FROM notifications WHERE order_id = $1 ORDER BY id")
+        .bind(order_id)
+        .fetch_all(&state.pool)
+        .await?;
+    Ok(Json(rows))
 }

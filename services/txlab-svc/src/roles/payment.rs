@@ -1,11 +1,11 @@
 //! Payment: wallets, charged per order and refunded on compensation.
 
 use sqlx::PgConnection;
-use txlab_api::admin::{PaymentRow, PaymentSnapshot, Wallet, WalletRow};
-use txlab_api::participant::{reasons, ChargeRequest};
+use txlab_api::admin::Wallet;
+use txlab_api::participant::{reasons, RecordState, ChargeRequest};
 use txlab_api::Role;
 
-use crate::participant::{business_rows, records, BusinessTable, Participant, Refusal};
+use crate::participant::{BusinessTable, Participant, Refusal};
 
 pub struct Payment;
 
@@ -14,8 +14,8 @@ impl Participant for Payment {
     const BUSINESS: BusinessTable = BusinessTable { table: "wallets", key: "customer", amount: "balance", held: "reserved" };
     const ROLE: Role = Role::Payment;
     const RECORDS: &'static str = "payments";
-    const APPLIED: &'static str = "captured";
-    const UNDONE: &'static str = "refunded";
+    const APPLIED: &'static str = RecordState::Captured.as_str();
+    const UNDONE: &'static str = RecordState::Refunded.as_str();
     const COLLECTION: &'static str = "payments";
     const FORWARD_OP: &'static str = "charge";
     const UNDO_OP: &'static str = "refund";
@@ -33,6 +33,10 @@ impl Participant for Payment {
 
     fn request_for(order: &txlab_api::event::OrderSpec) -> Self::Request {
         order.charge()
+    }
+
+    fn items(req: &ChargeRequest) -> Vec<(String, i64)> {
+        vec![(req.customer.clone(), req.amount)]
     }
 
     async fn hold(conn: &mut PgConnection, req: &ChargeRequest) -> sqlx::Result<Result<(), Refusal>> {
@@ -85,27 +89,4 @@ async fn wallet_update(conn: &mut PgConnection, set: &str, req: &ChargeRequest) 
 pub async fn seed(conn: &mut PgConnection, wallets: &[Wallet]) -> sqlx::Result<usize> {
     let rows: Vec<(&str, i64)> = wallets.iter().map(|w| (w.customer.as_str(), w.balance)).collect();
     crate::participant::seed::<Payment>(conn, &rows).await
-}
-
-pub async fn snapshot(conn: &mut PgConnection) -> sqlx::Result<PaymentSnapshot> {
-    let wallets = business_rows::<Payment>(conn).await?;
-    let payments = records::<Payment>(&mut *conn)
-        .await?
-        .into_iter()
-        .map(|r| {
-            let req: Option<ChargeRequest> = serde_json::from_value(r.request).ok();
-            PaymentRow {
-                order_id: r.order_id,
-                customer: req.as_ref().map(|q| q.customer.clone()).unwrap_or_default(),
-                amount: req.map(|q| q.amount).unwrap_or(0),
-                state: r.state,
-                movements: r.movements,
-            }
-        })
-        .collect();
-    Ok(PaymentSnapshot {
-        wallets: wallets.into_iter().map(|(customer, balance, reserved)| WalletRow { customer, balance, reserved }).collect(),
-        payments,
-        prepared_transactions: crate::participant::twopc::prepared_count::<Payment>(conn).await?,
-    })
 }

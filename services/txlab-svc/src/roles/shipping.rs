@@ -1,11 +1,11 @@
 //! Shipping: courier slots with a capacity, booked per order.
 
 use sqlx::PgConnection;
-use txlab_api::admin::{ShipmentRow, ShippingSnapshot, Slot, SlotRow};
-use txlab_api::participant::{reasons, BookRequest};
+use txlab_api::admin::Slot;
+use txlab_api::participant::{reasons, RecordState, BookRequest};
 use txlab_api::Role;
 
-use crate::participant::{business_rows, records, BusinessTable, Participant, Refusal};
+use crate::participant::{BusinessTable, Participant, Refusal};
 
 pub struct Shipping;
 
@@ -14,8 +14,8 @@ impl Participant for Shipping {
     const BUSINESS: BusinessTable = BusinessTable { table: "slots", key: "slot", amount: "capacity", held: "booked" };
     const ROLE: Role = Role::Shipping;
     const RECORDS: &'static str = "shipments";
-    const APPLIED: &'static str = "booked";
-    const UNDONE: &'static str = "cancelled";
+    const APPLIED: &'static str = RecordState::Booked.as_str();
+    const UNDONE: &'static str = RecordState::Cancelled.as_str();
     const COLLECTION: &'static str = "shipments";
     const FORWARD_OP: &'static str = "book";
     const UNDO_OP: &'static str = "cancel";
@@ -30,6 +30,11 @@ impl Participant for Shipping {
 
     fn request_for(order: &txlab_api::event::OrderSpec) -> Self::Request {
         order.book()
+    }
+
+    /// One booking of one slot.
+    fn items(req: &BookRequest) -> Vec<(String, i64)> {
+        vec![(req.slot.clone(), 1)]
     }
 
     /// A held booking already occupies the slot: capacity is what is promised.
@@ -80,23 +85,4 @@ async fn unbook(conn: &mut PgConnection, req: &BookRequest) -> sqlx::Result<()> 
 pub async fn seed(conn: &mut PgConnection, slots: &[Slot]) -> sqlx::Result<usize> {
     let rows: Vec<(&str, i64)> = slots.iter().map(|s| (s.slot.as_str(), s.capacity)).collect();
     crate::participant::seed::<Shipping>(conn, &rows).await
-}
-
-pub async fn snapshot(conn: &mut PgConnection) -> sqlx::Result<ShippingSnapshot> {
-    let slots = business_rows::<Shipping>(conn).await?;
-    let shipments = records::<Shipping>(&mut *conn)
-        .await?
-        .into_iter()
-        .map(|r| ShipmentRow {
-            order_id: r.order_id,
-            slot: serde_json::from_value::<BookRequest>(r.request).map(|q| q.slot).unwrap_or_default(),
-            state: r.state,
-            movements: r.movements,
-        })
-        .collect();
-    Ok(ShippingSnapshot {
-        slots: slots.into_iter().map(|(slot, capacity, booked)| SlotRow { slot, capacity, booked }).collect(),
-        shipments,
-        prepared_transactions: crate::participant::twopc::prepared_count::<Shipping>(conn).await?,
-    })
 }

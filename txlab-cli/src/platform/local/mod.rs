@@ -163,7 +163,8 @@ impl LocalPlatform {
             Some(f) => f.lock().unwrap_or_else(|p| p.into_inner()).services.iter().map(|(r, s)| (*r, s.url.clone())).collect(),
             None => BTreeMap::new(),
         };
-        Endpoints { urls }
+        let databases = Role::ALL.iter().map(|r| (*r, database_url(&self.admin_url, &database_name(*r)))).collect();
+        Endpoints { urls, databases, brokers: self.brokers.clone() }
     }
 
     /// The scratch directory (PostgreSQL's data), removed at shutdown unless kept.

@@ -90,13 +90,10 @@ pub async fn create(
     let now = txlab_tx::now_ms();
     let amount = req.amount().ok_or_else(|| ApiError::BadRequest("order total overflows".into()))?;
     let mut tx = orders.app.pool.begin().await?;
-    let epoch = match orders.method.is_event_driven() {
-        true => Some(crate::events::epoch(&mut tx).await?),
-        false => None,
-    };
+    let epoch = crate::events::epoch(&mut tx).await?;
     sqlx::query(
-        "INSERT INTO orders (id, customer, items, amount, slot, method, state, fault, created_ms, updated_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $8)",
+        "INSERT INTO orders (id, customer, items, amount, slot, method, state, fault, created_ms, updated_ms, epoch) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $8, $9)",
     )
     .bind(id)
     .bind(&req.customer)
@@ -106,10 +103,11 @@ pub async fn create(
     .bind(orders.method.as_str())
     .bind(&faults.raw)
     .bind(now)
+    .bind(&epoch)
     .execute(&mut *tx)
     .await?;
     insert_step_rows(&mut tx, "saga_steps (order_id, step, name, forward, compensation, updated_ms)", "'not_started', 'not_started'", id, now).await?;
-    if let Some(epoch) = epoch {
+    if orders.method.is_event_driven() {
         let spec = txlab_api::event::OrderSpec {
             customer: req.customer.clone(),
             amount,
@@ -203,9 +201,12 @@ pub async fn cancel(
     let flagged: Option<String> = sqlx::query_scalar(
         // A settled order turns back to compensating at once, so readers
         // (and long-polls) never see it as settled while it is being undone.
+        // A refused order being compensated is already on its way to
+        // `rejected`: its verdict stands, so the cancel is refused below.
         "UPDATE orders SET cancel_requested = true, updated_ms = $2, \
          state = CASE WHEN state IN ('confirmed', 'needs_attention') THEN 'compensating' ELSE state END \
-         WHERE id = $1 AND state NOT IN ('rejected', 'cancelled') RETURNING state",
+         WHERE id = $1 AND (state IN ('pending', 'confirmed', 'needs_attention') \
+                            OR (state = 'compensating' AND cancel_requested)) RETURNING state",
     )
     .bind(id)
     .bind(txlab_tx::now_ms())
@@ -215,9 +216,15 @@ pub async fn cancel(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no order {id}")))?;
     if flagged.is_none() {
-        return Err(ApiError::Conflict {
-            code: "already_terminal",
-            message: format!("order {id} is already {}; there is nothing to cancel", order.state),
+        return Err(match order.state() {
+            OrderState::Compensating => ApiError::Conflict {
+                code: "already_failing",
+                message: format!("order {id} was refused and is being compensated; it will end rejected"),
+            },
+            state => ApiError::Conflict {
+                code: "already_terminal",
+                message: format!("order {id} is already {state}; there is nothing to cancel"),
+            },
         });
     }
     // Without a coordinator, the cancel itself is an event every participant hears.

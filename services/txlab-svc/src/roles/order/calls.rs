@@ -2,6 +2,7 @@
 //! URL and body of each operation, and the two ways of retrying them.
 
 use serde_json::json;
+use txlab_api::admin::{EPOCH_HEADER, STALE_EPOCH};
 use txlab_api::fault::FAULT_HEADER;
 use txlab_api::ErrorBody;
 use txlab_tx::retry::{retry, Attempt, Backoff};
@@ -66,8 +67,8 @@ fn fault_for(order: &OrderRow, attempt: u32) -> Option<&str> {
     }
 }
 
-async fn call(orders: &Orders, url: &str, body: &Option<serde_json::Value>, fault: Option<&str>) -> Attempt<(), CallError> {
-    let mut req = orders.http.post(url);
+async fn call(orders: &Orders, order: &OrderRow, url: &str, body: &Option<serde_json::Value>, fault: Option<&str>) -> Attempt<(), CallError> {
+    let mut req = orders.http.post(url).header(EPOCH_HEADER, &order.epoch);
     if let Some(b) = body {
         req = req.json(b);
     }
@@ -96,7 +97,7 @@ pub async fn ask(orders: &Orders, order: &OrderRow, step: usize, op: Op) -> Resu
     let (url, body) = request(orders, order, step, op);
     retry(
         Backoff::FORWARD,
-        |attempt| call(orders, &url, &body, fault_for(order, attempt)),
+        |attempt| call(orders, order, &url, &body, fault_for(order, attempt)),
         |attempt, e| {
             orders.app.metrics.event("retry", STEPS[step]);
             tracing::warn!(step = STEPS[step], ?op, attempt, error = ?e, "call failed; retrying");
@@ -106,14 +107,16 @@ pub async fn ask(orders: &Orders, order: &OrderRow, step: usize, op: Op) -> Resu
 }
 
 /// A call that must eventually succeed (compensations, phase two): retried
-/// for as long as it takes, refusals included.
+/// for as long as it takes, refusals included — except a refusal for a
+/// stale epoch: the lab has reset the cell, and the order is gone.
 pub async fn insist(orders: &Orders, order: &OrderRow, step: usize, op: Op) {
     let (url, body) = request(orders, order, step, op);
     let (url, body) = (&url, &body);
     let _ = retry(
         Backoff::UNTIL_DONE,
         |attempt| async move {
-            match call(orders, url, body, fault_for(order, attempt)).await {
+            match call(orders, order, url, body, fault_for(order, attempt)).await {
+                Attempt::Fail(CallError::Refused(e)) if e == STALE_EPOCH => Attempt::Fail(CallError::Refused(e)),
                 Attempt::Fail(CallError::Refused(e)) => Attempt::Retry(CallError::Refused(e)),
                 other => other,
             }

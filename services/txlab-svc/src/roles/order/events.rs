@@ -76,6 +76,9 @@ async fn handle(orders: &Orders, event: CheckoutEvent) -> anyhow::Result<()> {
 pub async fn evaluate(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
     let mut conn = orders.app.pool.acquire().await?;
     let Some(order) = load_order(&mut conn, id).await? else { return Ok(()) };
+    if order.state().is_terminal() {
+        return Ok(()); // decided; a cancel moves it back to compensating first
+    }
     let rows: Vec<(i32, String, String)> =
         sqlx::query_as("SELECT step, forward, compensation FROM saga_steps WHERE order_id = $1")
             .bind(id)
@@ -93,9 +96,7 @@ pub async fn evaluate(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
     }
     let method: TxMode = order.method.parse().map_err(anyhow::Error::msg)?;
     if let Some(state) = verdict(method, &heard) {
-        if order.state() != state {
-            finish(orders, &order, state).await?;
-        }
+        finish(orders, &order, state).await?;
     }
     Ok(())
 }

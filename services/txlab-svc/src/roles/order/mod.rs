@@ -39,8 +39,6 @@ use crate::config::{Config, Peers};
 use crate::faults::{FaultSwitch, HasFaults};
 use crate::roles::AppState;
 
-pub use store::snapshot;
-
 /// Everything the order handlers and the orchestrator share.
 pub struct Orders {
     pub app: AppState,
@@ -139,6 +137,12 @@ impl Orders {
             Some(Ok(TxMode::SagaChor | TxMode::Outbox)) => events::evaluate(self, id).await,
             Some(Err(e)) => anyhow::bail!("order {id} has an unreadable method: {e}"),
         }
+    }
+
+    /// Whether this process is driving the transaction of `id` right now: a
+    /// live coordinator, so no participant may presume it abandoned.
+    fn is_driving(&self, id: Uuid) -> bool {
+        self.running.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&id)
     }
 
     /// Runs (or re-runs) the saga of `id` in the background, at most once at

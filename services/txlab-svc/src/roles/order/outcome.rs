@@ -10,11 +10,12 @@ use uuid::Uuid;
 use super::store::OrderRow;
 use super::Orders;
 
-/// Sets a non-terminal state (e.g. `compensating`) if it is not set yet.
-pub async fn set_state(orders: &Orders, id: Uuid, state: OrderState) -> sqlx::Result<()> {
-    sqlx::query("UPDATE orders SET state = $2, updated_ms = $3 WHERE id = $1 AND state <> $2")
+/// Marks a running order as compensating. Only a pending order moves here;
+/// a confirmed one is moved by the cancel itself, and a terminal one never.
+pub async fn set_compensating(orders: &Orders, id: Uuid) -> sqlx::Result<()> {
+    sqlx::query("UPDATE orders SET state = $2, updated_ms = $3 WHERE id = $1 AND state = 'pending'")
         .bind(id)
-        .bind(state.as_str())
+        .bind(OrderState::Compensating.as_str())
         .bind(txlab_tx::now_ms())
         .execute(&orders.app.pool)
         .await
@@ -31,11 +32,16 @@ pub fn state_of(outcome: Outcome) -> OrderState {
 }
 
 /// Records the terminal `state` and its outbox event in one transaction.
-/// Returns false when a cancel arrived in between, so the engine must go on.
+///
+/// The update is a compare-and-set: only a `pending` or `compensating`
+/// order takes a terminal state, so two engines (a consumer and a drive, a
+/// run and its re-run after a cancel) can never record two outcomes, and a
+/// terminal state changes only through a cancel, which first moves a
+/// confirmed or needs-attention order back to `compensating`.
+///
+/// Returns true when the order is decided (by this call or an earlier one),
+/// false when a cancel arrived before a confirmation, so the engine must go on.
 pub async fn finish(orders: &Orders, order: &OrderRow, state: OrderState) -> anyhow::Result<bool> {
-    if order.state() == state {
-        return Ok(true); // already recorded by an earlier run
-    }
     let now = txlab_tx::now_ms();
     let mut tx = orders.app.pool.begin().await?;
     let epoch = crate::events::epoch(&mut tx).await?;
@@ -55,7 +61,7 @@ pub async fn finish(orders: &Orders, order: &OrderRow, state: OrderState) -> any
     };
     let updated = sqlx::query(
         "UPDATE orders SET state = $2, reason = $3, decided_ms = $4, updated_ms = $4 \
-         WHERE id = $1 AND NOT ($2 = 'confirmed' AND cancel_requested)",
+         WHERE id = $1 AND state IN ('pending', 'compensating') AND NOT ($2 = 'confirmed' AND cancel_requested)",
     )
     .bind(order.id)
     .bind(state.as_str())
@@ -65,7 +71,20 @@ pub async fn finish(orders: &Orders, order: &OrderRow, state: OrderState) -> any
     .await?
     .rows_affected();
     if updated == 0 {
-        return Ok(false);
+        let now_in: Option<(String, bool)> = sqlx::query_as("SELECT state, cancel_requested FROM orders WHERE id = $1")
+            .bind(order.id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        return Ok(match now_in {
+            // Reset away, or decided by someone else: nothing left to do here.
+            None => true,
+            Some((current, _)) if OrderState::parse(&current).is_some_and(OrderState::is_terminal) => {
+                tracing::debug!(wanted = state.as_str(), current, "order already decided");
+                true
+            }
+            // Still open: a cancel overtook the confirmation.
+            Some(_) => false,
+        });
     }
     let event = OrderOutcome {
         event_id: Uuid::new_v4(),

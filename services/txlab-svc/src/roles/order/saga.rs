@@ -9,7 +9,7 @@ use txlab_tx::saga::{Compensation, Forward, Next};
 use uuid::Uuid;
 
 use super::calls::{ask, insist, CallError, Op};
-use super::outcome::{finish, set_state, state_of};
+use super::outcome::{finish, set_compensating, state_of};
 use super::store::{load_order, load_saga, set_row, STEPS};
 use super::Orders;
 
@@ -20,6 +20,9 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
         let Some(order) = load_order(&mut conn, id).await? else {
             return Ok(()); // reset away between cells
         };
+        if order.state().is_terminal() {
+            return Ok(()); // decided; a cancel moves it back to compensating first
+        }
         let saga = load_saga(&mut conn, &order).await?;
         drop(conn);
         let pool = &orders.app.pool;
@@ -36,7 +39,7 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
                 set_row(pool, "saga_steps", id, step, "forward", forward.as_str(), reason.as_deref()).await?;
             }
             Next::Compensate(step) => {
-                set_state(orders, id, txlab_api::order::OrderState::Compensating).await?;
+                set_compensating(orders, id).await?;
                 set_row(pool, "saga_steps", id, step, "compensation", Compensation::Started.as_str(), None).await?;
                 insist(orders, &order, step, Op::Compensate).await;
                 orders.app.metrics.event("compensation", STEPS[step]);

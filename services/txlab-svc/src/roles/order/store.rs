@@ -1,7 +1,6 @@
 //! The order service's tables: orders, the saga log, idempotency keys.
 
 use sqlx::{PgConnection, PgPool};
-use txlab_api::admin::OrderSnapshot;
 use txlab_api::event::OrderSpec;
 use txlab_api::order::{OrderItem, OrderState, OrderView};
 use txlab_tx::saga::{Compensation, Forward, Saga, StepRecord};
@@ -25,6 +24,8 @@ pub struct OrderRow {
     pub cancel_requested: bool,
     pub created_ms: i64,
     pub decided_ms: Option<i64>,
+    /// The lab epoch the order was born in, sent with every participant call.
+    pub epoch: String,
 }
 
 impl OrderRow {
@@ -61,7 +62,7 @@ impl OrderRow {
 }
 
 const ORDER_COLUMNS: &str =
-    "id, customer, items, amount, slot, method, state, reason, fault, cancel_requested, created_ms, decided_ms";
+    "id, customer, items, amount, slot, method, state, reason, fault, cancel_requested, created_ms, decided_ms, epoch";
 
 pub async fn load_order(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<OrderRow>> {
     sqlx::query_as(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1"))
@@ -167,14 +168,4 @@ pub async fn open_orders(pool: &PgPool) -> sqlx::Result<Vec<Uuid>> {
     sqlx::query_scalar("SELECT id FROM orders WHERE state IN ('pending', 'compensating') ORDER BY created_ms")
     .fetch_all(pool)
     .await
-}
-
-pub async fn snapshot(conn: &mut PgConnection) -> sqlx::Result<OrderSnapshot> {
-    let orders: Vec<OrderRow> = sqlx::query_as(&format!("SELECT {ORDER_COLUMNS} FROM orders ORDER BY created_ms, id"))
-        .fetch_all(&mut *conn)
-        .await?;
-    let outbox_unpublished: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_ms IS NULL")
-        .fetch_one(&mut *conn)
-        .await?;
-    Ok(OrderSnapshot { orders: orders.iter().map(OrderRow::view).collect(), outbox_unpublished })
 }

@@ -23,8 +23,10 @@ use super::Orders;
 use crate::faults::Faults;
 use crate::http::ApiError;
 
-/// How long a transaction may stay undecided before a participant's
-/// question makes the coordinator presume abort.
+/// How long a transaction's vote phase may make no progress (no vote asked
+/// or recorded) before a participant's question makes the coordinator
+/// presume abort. Counted from its last progress, not from the order's age,
+/// so a slow vote phase that is still moving is never aborted.
 const PRESUME_ABORT_AFTER_MS: i64 = 10_000;
 
 /// The operations of each phase under a method.
@@ -42,6 +44,9 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
     loop {
         let mut conn = orders.app.pool.acquire().await?;
         let Some(order) = load_order(&mut conn, id).await? else { return Ok(()) };
+        if order.state().is_terminal() {
+            return Ok(()); // decided; a cancel moves it back to compensating first
+        }
         let tp = load_two_phase(&mut conn, &order).await?;
         drop(conn);
         let method = order.method.parse::<TxMode>().map_err(anyhow::Error::msg)?;
@@ -115,21 +120,12 @@ pub async fn decision(
     let Query(q) = query?;
     let mut conn = orders.app.pool.acquire().await?;
     let mut decision = super::store::load_decision(&mut conn, id).await?;
-    if decision.is_none() && q.presume_abort {
-        let created: Option<i64> = sqlx::query_scalar("SELECT created_ms FROM orders WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?;
-        // Unknown to the coordinator, or undecided for too long: abort. The
-        // decision's primary key keeps this from racing with a commit.
-        if created.is_none_or(|c| txlab_tx::now_ms() - c > PRESUME_ABORT_AFTER_MS) {
-            let d = log_decision(&orders.app.pool, id, Decision::Abort, true).await?;
-            tracing::warn!(order_id = %id, decision = d.as_str(), "decision presumed for an in-doubt branch");
-            decision = Some(d);
-            if created.is_some() {
-                orders.clone().drive(id);
-            }
-        }
+    if decision.is_none() && q.presume_abort && may_presume_abort(&orders, &mut conn, id).await? {
+        // The decision's primary key keeps this from racing with a commit.
+        let d = log_decision(&orders.app.pool, id, Decision::Abort, true).await?;
+        tracing::warn!(order_id = %id, decision = d.as_str(), "decision presumed for an in-doubt branch");
+        decision = Some(d);
+        orders.clone().drive(id);
     }
     Ok(Json(WireDecision {
         order_id: id,
@@ -138,4 +134,22 @@ pub async fn decision(
             Decision::Abort => DecisionKind::Abort,
         }),
     }))
+}
+
+/// Whether an undecided transaction may be presumed aborted: it is unknown
+/// here (never started, or reset away), or it is a `twopc` transaction no
+/// live coordinator is driving and whose vote phase has not moved for
+/// [`PRESUME_ABORT_AFTER_MS`]. Orders of other methods are never presumed.
+async fn may_presume_abort(orders: &Orders, conn: &mut sqlx::PgConnection, id: Uuid) -> sqlx::Result<bool> {
+    let found: Option<(String, Option<i64>)> = sqlx::query_as(
+        "SELECT o.method, (SELECT max(b.updated_ms) FROM tx_branches b WHERE b.order_id = o.id) FROM orders o WHERE o.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    let Some((method, last_progress)) = found else { return Ok(true) };
+    if method != TxMode::Twopc.as_str() || orders.is_driving(id) {
+        return Ok(false);
+    }
+    Ok(last_progress.is_none_or(|t| txlab_tx::now_ms() - t > PRESUME_ABORT_AFTER_MS))
 }

@@ -1,0 +1,46 @@
+//! The epoch fence on participant calls. The order service sends each
+//! order's lab epoch in [`EPOCH_HEADER`]; a participant checks it inside
+//! the operation's own transaction (holding the epoch row, as event
+//! handlers do), so a call left over from a cell the lab has reset cannot
+//! change the next cell's data. A call without the header is not fenced
+//! (a person trying the API by hand).
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use sqlx::PgConnection;
+use txlab_api::admin::{EPOCH_HEADER, STALE_EPOCH};
+
+use crate::http::ApiError;
+
+#[derive(Debug, Clone, Default)]
+pub struct Fence(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Fence {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        match parts.headers.get(EPOCH_HEADER) {
+            None => Ok(Fence(None)),
+            Some(v) => v
+                .to_str()
+                .map(|s| Fence(Some(s.to_string())))
+                .map_err(|_| ApiError::BadRequest(format!("{EPOCH_HEADER} must be visible ASCII"))),
+        }
+    }
+}
+
+impl Fence {
+    /// Refuses (409 `stale_epoch`) when the caller's epoch is not the lab's
+    /// current one. Call it first in the operation's transaction.
+    pub async fn check(&self, conn: &mut PgConnection) -> Result<(), ApiError> {
+        let Some(theirs) = &self.0 else { return Ok(()) };
+        let ours = crate::events::epoch(conn).await?;
+        if &ours == theirs {
+            return Ok(());
+        }
+        Err(ApiError::Conflict {
+            code: STALE_EPOCH,
+            message: format!("the call belongs to lab epoch `{theirs}`, but this service is in `{ours}` (reset since)"),
+        })
+    }
+}
