@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use txlab_api::{Role, TxMode};
-use txlab_cli::audit::{check, quiesce};
 use txlab_cli::platform::local::LocalPlatform;
 use txlab_cli::platform::Platform;
 
@@ -70,11 +69,10 @@ async fn every_fault_point_and_crash_scenario_audits_clean_under_every_method() 
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// The payment participant's wallet of `customer`: (balance, reserved).
-async fn wallet(client: &reqwest::Client, payment: &str, customer: &str) -> (i64, i64) {
-    let snap: Value = client.get(format!("{payment}/admin/audit")).send().await.unwrap().json().await.unwrap();
-    let w = snap["wallets"].as_array().unwrap().iter().find(|w| w["customer"] == customer).unwrap();
-    (w["balance"].as_i64().unwrap(), w["reserved"].as_i64().unwrap())
+/// The wallet of `customer`, read from the payment database: (balance, reserved).
+async fn wallet(e: &txlab_cli::platform::Endpoints, customer: &str) -> (i64, i64) {
+    let mut db = common::db(e, Role::Payment).await;
+    sqlx::query_as("SELECT balance, reserved FROM wallets WHERE customer = $1").bind(customer).fetch_one(&mut db).await.unwrap()
 }
 
 async fn post(client: &reqwest::Client, url: String, body: Option<&Value>) -> (u16, Value) {
@@ -93,7 +91,7 @@ async fn the_tcc_barrier_stops_repeats_empty_cancels_and_hanging_tries() {
     common::reset_and_seed(&client, &e, &common::plan("smoke.yaml").seed.seed).await;
     let pay = e.url(Role::Payment).unwrap().to_string();
     let charge = json!({"customer": "c00003", "amount": 700});
-    let start = wallet(&client, &pay, "c00003").await;
+    let start = wallet(&e, "c00003").await;
 
     // 1. Repeated calls: a retried Try holds once, a retried Confirm takes once.
     // Without the barrier the second Try would hold another 700.
@@ -101,24 +99,24 @@ async fn the_tcc_barrier_stops_repeats_empty_cancels_and_hanging_tries() {
     assert_eq!(post(&client, format!("{pay}/tcc/payments/{a}/try"), Some(&charge)).await.0, 200);
     let (status, again) = post(&client, format!("{pay}/tcc/payments/{a}/try"), Some(&charge)).await;
     assert_eq!((status, again["repeated"].as_bool()), (200, Some(true)));
-    assert_eq!(wallet(&client, &pay, "c00003").await, (start.0 - 700, start.1 + 700));
+    assert_eq!(wallet(&e, "c00003").await, (start.0 - 700, start.1 + 700));
     for _ in 0..2 {
         assert_eq!(post(&client, format!("{pay}/tcc/payments/{a}/confirm"), None).await.0, 200);
     }
-    assert_eq!(wallet(&client, &pay, "c00003").await, (start.0 - 700, start.1));
+    assert_eq!(wallet(&e, "c00003").await, (start.0 - 700, start.1));
 
     // 2. Null compensation: a Cancel that overtakes its Try releases nothing.
     // Without the barrier it would release 700 that were never held.
     let b = uuid::Uuid::new_v4();
     let (status, cancelled) = post(&client, format!("{pay}/tcc/payments/{b}/cancel"), None).await;
     assert_eq!((status, cancelled["state"].as_str()), (200, Some("voided")));
-    assert_eq!(wallet(&client, &pay, "c00003").await, (start.0 - 700, start.1));
+    assert_eq!(wallet(&e, "c00003").await, (start.0 - 700, start.1));
 
     // 3. Hanging: the late Try after that Cancel is refused and holds nothing.
     // Without the barrier it would hold 700 that no Confirm or Cancel will ever free.
     let (status, late) = post(&client, format!("{pay}/tcc/payments/{b}/try"), Some(&charge)).await;
     assert_eq!((status, late["error"].as_str()), (422, Some("already_compensated")));
-    assert_eq!(wallet(&client, &pay, "c00003").await, (start.0 - 700, start.1));
+    assert_eq!(wallet(&e, "c00003").await, (start.0 - 700, start.1));
     platform.shutdown().await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -135,17 +133,18 @@ async fn an_in_doubt_2pc_branch_is_rolled_back_by_presumed_abort() {
     let id = uuid::Uuid::new_v4();
     let (status, _) = post(&client, format!("{pay}/2pc/payments/{id}/prepare"), Some(&json!({"customer": "c00004", "amount": 900}))).await;
     assert_eq!(status, 200);
-    let prepared = |v: &Value| v["prepared_transactions"].as_i64().unwrap();
-    let snap: Value = client.get(format!("{pay}/admin/audit")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(prepared(&snap), 1);
+    let mut db = common::db(&e, Role::Payment).await;
+    let prepared = "SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'txlab_payment_%'";
+    assert_eq!(sqlx::query_scalar::<_, i64>(prepared).fetch_one(&mut db).await.unwrap(), 1);
 
     // The participant asks the coordinator, which presumes abort; the branch goes.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let snap: Value = client.get(format!("{pay}/admin/audit")).send().await.unwrap().json().await.unwrap();
+        let left: i64 = sqlx::query_scalar(prepared).fetch_one(&mut db).await.unwrap();
         // Rolled back, and then a `voided` record written (so a late prepare is refused).
-        let state = snap["payments"].as_array().unwrap().iter().find(|p| p["order_id"] == id.to_string()).map(|r| r["state"].clone());
-        if prepared(&snap) == 0 && state == Some(json!("voided")) {
+        let state: Option<String> =
+            sqlx::query_scalar("SELECT state FROM payments WHERE order_id = $1").bind(id).fetch_optional(&mut db).await.unwrap();
+        if left == 0 && state.as_deref() == Some("voided") {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "the in-doubt branch was not resolved in 30 s");
@@ -153,8 +152,8 @@ async fn an_in_doubt_2pc_branch_is_rolled_back_by_presumed_abort() {
     }
     let decision = common::get_json(&client, &format!("{}/twopc/{id}/decision", e.url(Role::Order).unwrap())).await;
     assert_eq!(decision["decision"], "abort");
-    let (snaps, _, _) = quiesce(&client, &e, Duration::from_secs(10)).await.unwrap();
-    assert_eq!(check(&plan.seed.seed, &snaps).violations, vec![]);
+    let (_, unsettled, report) = common::settle_and_audit(&e, TxMode::Twopc, &plan.seed.seed, Duration::from_secs(10)).await;
+    assert_eq!((unsettled, report.violations), (vec![], vec![]));
     platform.shutdown().await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -243,11 +242,10 @@ async fn crash_under_load(method: TxMode) {
         let before = platform.restarts().get(&role).copied().unwrap_or(0);
         burst(&mut platform, &order_url, n, fault, kill).await;
         let what = fault.map(str::to_string).unwrap_or_else(|| format!("kill -9 {role}"));
-        let (snaps, _, settled) = quiesce(&client, &e, Duration::from_secs(30)).await.unwrap();
-        assert!(settled, "{method} {what}: settled");
-        let report = check(&plan.seed.seed, &snaps);
+        let (snaps, unsettled, report) = common::settle_and_audit(&e, method, &plan.seed.seed, Duration::from_secs(30)).await;
+        assert_eq!(unsettled, Vec::<String>::new(), "{method} {what}: settled");
         assert_eq!(report.violations, vec![], "{method} {what}");
-        assert!(snaps.order.orders.iter().all(|o| o.state.is_terminal()), "{method} {what}");
+        assert_eq!(snaps.orders.len(), 6, "{method} {what}");
         // A point passed by both phases (after_db) crashes each phase's first attempt.
         let after = platform.restarts().get(&role).copied().unwrap_or(0);
         assert!(after > before, "{method} {what}: the {role} service crashed and was restarted");

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use sqlx::Connection;
+use txlab_cli::audit::{check, quiesce, AuditReport, Reader, Snapshots};
 use txlab_cli::platform::local::{LocalOptions, LocalPlatform};
 use txlab_cli::platform::{Endpoints, Platform};
 use txlab_cli::spec::Plan;
@@ -116,4 +118,34 @@ pub fn alive(pid: u32, cmd: &str) -> bool {
         .map(|b| String::from_utf8_lossy(&b).replace('\0', " ") == cmd)
         .unwrap_or(false)
         && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+}
+
+/// Waits (up to `timeout`) until the lab has settled, then audits what it
+/// holds as a cell of `method` with no client view. Returns the rows read,
+/// what was still moving (empty: settled) and the audit.
+pub async fn settle_and_audit(
+    e: &Endpoints,
+    method: txlab_api::TxMode,
+    seed: &txlab_api::admin::Seed,
+    timeout: Duration,
+) -> (Snapshots, Vec<String>, AuditReport) {
+    let reader = Reader::connect(e).await.expect("the audit reaches every database");
+    let (snaps, _, unsettled) = quiesce(&reader, method, timeout).await.expect("the audit reads every database");
+    let report = check(seed, &snaps, method, None);
+    (snaps, unsettled, report)
+}
+
+/// A direct connection to `role`'s database, to inspect or tamper with it.
+pub async fn db(e: &Endpoints, role: txlab_api::Role) -> sqlx::PgConnection {
+    sqlx::PgConnection::connect(e.database(role).unwrap()).await.unwrap()
+}
+
+/// `POST /orders` with an optional `X-Txlab-Fault` header; returns the new order's id.
+pub async fn create_order(client: &reqwest::Client, e: &Endpoints, order: &serde_json::Value, fault: Option<&str>) -> String {
+    let mut req = client.post(format!("{}/orders", e.url(txlab_api::Role::Order).unwrap())).json(order);
+    if let Some(f) = fault {
+        req = req.header(txlab_api::fault::FAULT_HEADER, f);
+    }
+    let created: serde_json::Value = req.send().await.unwrap().json().await.unwrap();
+    created["id"].as_str().expect("the order was accepted").to_string()
 }
