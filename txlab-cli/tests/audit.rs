@@ -235,12 +235,18 @@ async fn a_second_run_on_the_same_database_is_clean() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Prepared branches in each participant database.
+/// Prepared branches of the lab, in all participant databases together.
 async fn prepared(e: &Endpoints) -> i64 {
     let mut n = 0;
     for role in [Role::Payment, Role::Inventory, Role::Shipping] {
         let mut db = common::db(e, role).await;
-        n += sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'txlab%'").fetch_one(&mut db).await.unwrap();
+        // pg_prepared_xacts lists the whole cluster: keep this database's.
+        n += sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'txlab%' AND database = current_database()",
+        )
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
         db.close().await.unwrap();
     }
     n
@@ -255,24 +261,29 @@ async fn a_reset_rolls_back_branches_left_prepared_and_fences_their_coordinator(
     let plan = common::plan("smoke.yaml");
     let http = common::client();
     common::reset_and_seed(&http, &e, &plan.seed.seed).await;
-    // The coordinator decides commit, and the payment participant stalls
-    // in its commit call: three branches stay prepared, holding their rows.
-    let order = json!({"customer": "c00007", "items": [{"sku": "sku-0007", "qty": 1, "unit_price": 100}], "slot": "slot-007"});
-    common::create_order(&http, &e, &order, Some("payment.during_commit=delay:3000")).await;
+    // Order A: the coordinator decides commit, then stalls for 8 s before
+    // phase two: its three branches stay prepared, holding their rows,
+    // until in-doubt recovery (after 5 s) would settle them.
+    let a = json!({"customer": "c00007", "items": [{"sku": "sku-0007", "qty": 1, "unit_price": 100}], "slot": "slot-007"});
+    common::create_order(&http, &e, &a, Some("order.during_commit=delay:8000")).await;
+    // Order B: its payment commit call stalls 2.5 s (under the coordinator's
+    // 3 s timeout), so it is still running when the reset comes.
+    let b = json!({"customer": "c00008", "items": [{"sku": "sku-0008", "qty": 1, "unit_price": 100}], "slot": "slot-008"});
+    common::create_order(&http, &e, &b, Some("payment.during_commit=delay:2500")).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while prepared(&e).await < 3 {
+    while prepared(&e).await < 6 {
         assert!(std::time::Instant::now() < deadline, "the branches were not prepared");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // The next cell's reset, well before in-doubt recovery (5 s) would
-    // resolve the branches: it must not wait for them.
+    // The next cell's reset, while the branches are prepared and well
+    // before in-doubt recovery would resolve them: it must not wait.
     let impatient = reqwest::Client::builder().timeout(Duration::from_secs(4)).build().unwrap();
     common::reset_and_seed(&impatient, &e, &plan.seed.seed).await;
     assert_eq!(prepared(&e).await, 0, "the reset rolled the branches back");
-    // The stalled commit call goes on: the participant refuses it as stale
-    // (and the coordinator stops insisting), so nothing of the old cell
-    // lands in this one.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // B's stalled commit call goes on, and A's coordinator wakes: the
+    // participant refuses the stale call, so nothing of the old cell lands
+    // in this one.
+    tokio::time::sleep(Duration::from_secs(8)).await;
     let (snaps, unsettled, report) = common::settle_and_audit(&e, TxMode::Twopc, &plan.seed.seed, Duration::from_secs(10)).await;
     assert_eq!((unsettled, report.violations), (vec![], vec![]));
     assert!(snaps.payment.ledger.is_empty() && snaps.payment.records.is_empty(), "{:?}", snaps.payment);
