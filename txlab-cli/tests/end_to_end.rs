@@ -75,3 +75,44 @@ async fn bad_input_is_refused_before_anything_starts() {
     assert!(format!("{err:#}").contains("unknown scenario `happy-paht`"), "{err:#}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Issue 6: orders dropped at `max_in_flight` were left out of the
+/// percentiles (p99 over the survivors) and the run exited 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_arrivals_stay_in_the_percentiles_and_fail_the_run() {
+    let dir = common::temp_dir("overload");
+    std::fs::create_dir_all(dir.join("scenarios")).unwrap();
+    std::fs::write(
+        dir.join("scenarios/slow-payment.yaml"),
+        "name: slow-payment\ndescription: Every charge takes 1.5 s.\nfault: payment.before_db=delay:1500\nexpect: confirmed\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("overload.yaml"),
+        "name: overload\nmethods: [saga_orch]\nscenarios: [slow-payment]\n\
+         load: {arrival: constant, rate: 20, duration_s: 2, max_in_flight: 5}\nquiesce_timeout_s: 20\n",
+    )
+    .unwrap();
+    let cli = Cli::parse_from([
+        "txlab",
+        "run",
+        "--profile",
+        dir.join("overload.yaml").to_str().unwrap(),
+        "--scenarios",
+        dir.join("scenarios").to_str().unwrap(),
+        "--results",
+        dir.join("results").to_str().unwrap(),
+    ]);
+    assert_eq!(txlab_cli::main(cli).await, std::process::ExitCode::from(txlab_cli::commands::run::EXIT_THRESHOLDS));
+
+    let run = std::fs::read_dir(dir.join("results")).unwrap().flatten().next().unwrap().path();
+    let s = &txlab_cli::results::read_summaries(&run).unwrap()[0];
+    assert!(s.dropped > 20, "most of the 40 arrivals find 5 orders in flight: {}", s.dropped);
+    assert_eq!(s.violations, 0, "what was sent is consistent");
+    assert_eq!(s.decided_ms.count, 40, "every arrival is in the decided percentiles");
+    assert_eq!((s.censored, s.accepted_ms.count), (s.dropped, 40));
+    // At the follow limit, to the histogram's 3 significant digits.
+    assert!((s.decided_ms.p99 - 60_000.0).abs() < 100.0, "p99 {} is censored, not computed over the survivors", s.decided_ms.p99);
+    assert!(s.threshold_failures.iter().any(|f| f.contains("dropped arrivals")), "{:?}", s.threshold_failures);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

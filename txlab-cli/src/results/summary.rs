@@ -164,3 +164,37 @@ impl Thresholds {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn passing() -> CellSummary {
+        serde_json::from_value(serde_json::json!({
+            "index": 0, "cell": "c", "method": "saga_orch", "scenario": "s", "replicas": 1, "repetition": 1,
+            "expect": "confirmed", "target_rate": 10.0, "achieved_rate": 10.0, "scheduled": 10, "sent": 10,
+            "accepted": 10, "decided": 10, "late": 0, "dropped": 0, "errors": 0, "undecided": 0, "unexpected": 0,
+            "outcomes": {"confirmed": 10}, "error_kinds": {}, "unexpected_examples": [],
+            "accepted_ms": Percentiles::default(), "decided_ms": Percentiles { p99: 80.0, ..Default::default() },
+            "quiesce_ms": 5, "settled": true, "violations": 0, "violations_by_invariant": {},
+            "notification_lag_p50_ms": null, "notification_lag_max_ms": null
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn default_thresholds_allow_nothing_and_null_lifts_a_limit() {
+        let strict = Thresholds::default();
+        assert_eq!(strict.broken_by(&passing()), Vec::<String>::new());
+        let mut s = passing();
+        s.unexpected = 2;
+        s.settled = false;
+        s.unsettled = vec!["3 orders not decided".into()];
+        let broken = strict.broken_by(&s);
+        assert_eq!(broken.len(), 2, "{broken:?}");
+        assert!(broken[0].contains("2 unexpected outcomes") && broken[1].contains("3 orders not decided"), "{broken:?}");
+
+        let lenient: Thresholds = serde_yaml::from_str("unexpected: ~\nallow_unsettled: true\ndecided_p99_ms: 50\n").unwrap();
+        assert_eq!(lenient.broken_by(&s), vec!["decided p99 80.0 ms (at most 50 ms allowed)".to_string()]);
+    }
+}
