@@ -273,3 +273,38 @@ async fn tcc_survives_crashes_at_every_point() {
 async fn twopc_survives_crashes_at_every_point() {
     crash_under_load(TxMode::Twopc).await;
 }
+
+/// Issue 6, bug 4: presumed abort went by the order's age and accepted any
+/// order. Now only an undriven `twopc` transaction whose vote phase has
+/// stalled is presumed aborted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presumed_abort_covers_only_stalled_twopc_transactions() {
+    let (mut platform, e, dir) = common::deployed_with("presume", TxMode::Twopc).await;
+    let client = common::client();
+    let plan = common::plan("smoke.yaml");
+    common::reset_and_seed(&client, &e, &plan.seed.seed).await;
+    let order_url = e.url(Role::Order).unwrap().to_string();
+    let ask = |id: &str| format!("{order_url}/twopc/{id}/decision?presume_abort=true");
+    // A twopc order whose vote phase is slow but driven: not presumed aborted.
+    let body = json!({"customer": "c00005", "items": [{"sku": "sku-0005", "qty": 1, "unit_price": 100}], "slot": "slot-005"});
+    let slow = common::create_order(&client, &e, &body, Some("shipping.during_prepare=delay:2000")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(common::get_json(&client, &ask(&slow)).await["decision"], Value::Null, "its coordinator is driving it");
+    assert_eq!(common::wait_decided(&client, &order_url, &slow).await["state"], "confirmed");
+
+    // A saga order, decided long ago (older than the 10 s window): not a
+    // 2PC transaction, so there is nothing to presume.
+    let e = platform.deploy(TxMode::SagaOrch).await.unwrap();
+    common::reset_and_seed(&client, &e, &plan.seed.seed).await;
+    let order_url = e.url(Role::Order).unwrap().to_string();
+    let saga = common::create_order(&client, &e, &body, None).await;
+    assert_eq!(common::wait_decided(&client, &order_url, &saga).await["state"], "confirmed");
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let asked = common::get_json(&client, &format!("{order_url}/twopc/{saga}/decision?presume_abort=true")).await;
+    assert_eq!(asked["decision"], Value::Null, "no decision is presumed for a saga");
+    let mut db = common::db(&e, Role::Order).await;
+    let decisions: i64 = sqlx::query_scalar("SELECT count(*) FROM tx_decisions").fetch_one(&mut db).await.unwrap();
+    assert_eq!(decisions, 0);
+    platform.shutdown().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
