@@ -42,7 +42,12 @@ pub fn table(summaries: &[CellSummary]) -> Table {
             if s.unexpected > 0 { TableCell::new(s.unexpected).fg(Color::Yellow) } else { TableCell::new(0) },
             TableCell::new(s.errors + s.undecided + s.dropped),
             TableCell::new(format!("{:.1} / {:.1}", s.accepted_ms.p50, s.accepted_ms.p99)),
-            TableCell::new(format!("{:.1} / {:.1}", s.decided_ms.p50, s.decided_ms.p99)),
+            // Censored arrivals (dropped, failed, undecided) sit at the follow limit.
+            if s.censored > 0 {
+                TableCell::new(format!("{:.1} / {:.1}\n{} censored", s.decided_ms.p50, s.decided_ms.p99, s.censored)).fg(Color::Red)
+            } else {
+                TableCell::new(format!("{:.1} / {:.1}", s.decided_ms.p50, s.decided_ms.p99))
+            },
             violations,
         ]);
     }
@@ -59,12 +64,13 @@ pub fn csv(summaries: &[CellSummary]) -> String {
     let mut out = String::from(
         "cell,method,scenario,replicas,repetition,target_rate,achieved_rate,sent,confirmed,rejected,cancelled,\
          unexpected,errors,undecided,dropped,late,accepted_p50_ms,accepted_p99_ms,decided_p50_ms,decided_p99_ms,\
-         decided_p999_ms,quiesce_ms,settled,violations,by_design,needs_attention,retries,compensations,restarts,notification_lag_p50_ms\n",
+         decided_p999_ms,censored,quiesce_ms,settled,violations,by_design,needs_attention,retries,compensations,restarts,\
+         notification_lag_p50_ms,thresholds_broken\n",
     );
     for s in summaries {
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{},{:.3},{},{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{:.3},{},{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{},{},{},{},{},{},{}",
             s.cell,
             s.method,
             s.scenario,
@@ -86,6 +92,7 @@ pub fn csv(summaries: &[CellSummary]) -> String {
             s.decided_ms.p50,
             s.decided_ms.p99,
             s.decided_ms.p999,
+            s.censored,
             s.quiesce_ms,
             s.settled,
             s.violations,
@@ -94,7 +101,8 @@ pub fn csv(summaries: &[CellSummary]) -> String {
             s.events.get("retry").copied().unwrap_or(0.0),
             s.events.get("compensation").copied().unwrap_or(0.0),
             s.restarts.values().sum::<u32>(),
-            s.notification_lag_p50_ms.map(|v| v.to_string()).unwrap_or_default()
+            s.notification_lag_p50_ms.map(|v| v.to_string()).unwrap_or_default(),
+            s.threshold_failures.len()
         );
     }
     out
@@ -130,11 +138,11 @@ mod tests {
             unexpected_examples: vec![],
             accepted_ms: Percentiles { p50: 1.5, p99: 4.0, ..Default::default() },
             decided_ms: Percentiles { p50: 20.0, p99: 80.0, ..Default::default() },
-            censored: 0,
+            censored: 1,
             quiesce_ms: 120,
             settled: true,
             unsettled: vec![],
-            threshold_failures: vec![],
+            threshold_failures: vec!["1 dropped arrivals (at most 0 allowed)".into()],
             violations: 0,
             by_design: 19,
             violations_by_invariant: Default::default(),
@@ -156,6 +164,7 @@ mod tests {
         let field = |name: &str| row[header.iter().position(|h| *h == name).unwrap()];
         assert_eq!((field("needs_attention"), field("by_design"), field("retries")), ("19", "19", "3"));
         assert_eq!((field("dropped"), field("decided_p99_ms")), ("1", "80.000"));
+        assert_eq!((field("censored"), field("thresholds_broken")), ("1", "1"));
     }
 
     #[test]
@@ -163,5 +172,6 @@ mod tests {
         let text = table(&[summary()]).to_string();
         assert!(text.contains("0 +19 by design"), "{text}");
         assert!(text.contains("10→9.5"), "{text}");
+        assert!(text.contains("1 censored"), "censored latencies are marked: {text}");
     }
 }
