@@ -166,7 +166,7 @@ async fn every_invariant_is_reported_when_a_real_run_breaks_it() {
     // termination: a 2PC branch prepared and never decided (no recovery runs under saga_orch).
     let stray = Uuid::new_v4();
     let prepared = http
-        .post(format!("{}/2pc/shipments/{stray}/prepare", e.url(Role::Shipping).unwrap()))
+        .post(format!("{}/twopc/shipments/{stray}/prepare", e.url(Role::Shipping).unwrap()))
         .json(&json!({"slot": "slot-000"}))
         .send()
         .await

@@ -131,7 +131,7 @@ async fn an_in_doubt_2pc_branch_is_rolled_back_by_presumed_abort() {
     // A branch prepared for a transaction the coordinator never heard of (its
     // coordinator died before logging anything): it holds the wallet's lock.
     let id = uuid::Uuid::new_v4();
-    let (status, _) = post(&client, format!("{pay}/2pc/payments/{id}/prepare"), Some(&json!({"customer": "c00004", "amount": 900}))).await;
+    let (status, _) = post(&client, format!("{pay}/twopc/payments/{id}/prepare"), Some(&json!({"customer": "c00004", "amount": 900}))).await;
     assert_eq!(status, 200);
     let mut db = common::db(&e, Role::Payment).await;
     let prepared = "SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'txlab_payment_%'";

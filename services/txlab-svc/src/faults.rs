@@ -114,3 +114,16 @@ pub async fn put_standing(
     switch.set(fault.clone());
     Ok(Json(fault))
 }
+
+/// Marks `key` (an event and a fault point) as fired, in its own committed
+/// transaction; returns false if it fired before. A planned fault thus fires
+/// once even when it crashes the process and the event is redelivered.
+pub async fn first_firing(pool: &sqlx::PgPool, key: &str) -> sqlx::Result<bool> {
+    let inserted = sqlx::query("INSERT INTO fault_log (key, fired_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(key)
+        .bind(txlab_tx::now_ms())
+        .execute(pool)
+        .await?
+        .rows_affected();
+    Ok(inserted == 1)
+}

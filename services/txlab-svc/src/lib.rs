@@ -4,7 +4,9 @@
 //! - [`config`]: the environment a service is started with.
 //! - [`http`]: what every service shares on the wire: JSON errors, the
 //!   request extractors that turn bad input into 4xx, `/health`, `/metrics`.
-//! - [`events`]: Kafka consumption with once-only effects (inbox, retries).
+//! - [`messaging`]: the transactional outbox and its relay, the inbox, Kafka
+//!   clients, and consumption with once-only effects (retries, dead letters).
+//! - [`epoch`]: the lab epoch that keeps one cell's work out of the next.
 //! - [`faults`]: fault points, fired from the per-request fault header.
 //! - [`participant`]: the record-keeping that makes a participant's
 //!   operations idempotent and safe against late or early compensation.
@@ -13,9 +15,10 @@
 
 pub mod config;
 pub mod db;
-pub mod events;
+pub mod epoch;
 pub mod faults;
 pub mod http;
+pub mod messaging;
 pub mod participant;
 pub mod roles;
 pub mod telemetry;

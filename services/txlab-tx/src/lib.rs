@@ -1,22 +1,17 @@
-//! The transaction machinery of txlab, shared by every service.
-//!
-//! Protocol state machines do no IO, so they are tested exhaustively in
-//! memory; the adapters beside them talk to PostgreSQL and Kafka.
+//! The transaction protocols of txlab as pure rules: no database, no broker,
+//! no network, so they are tested exhaustively in memory (`cargo test -p
+//! txlab-tx` builds no Kafka or PostgreSQL client). The services' adapters
+//! (outbox relay, inbox, Kafka clients) live in `txlab-svc`'s messaging.
 //!
 //! - [`saga`]: the orchestrated saga as a pure state machine: given what has
 //!   been persisted, it names the next action (run a step, compensate one,
 //!   finish). Resuming after a crash is just loading the records again.
-//! - [`twophase`]: the 2PC / TCC coordinator as a pure state machine: votes,
+//! - [`two_phase`]: the 2PC / TCC coordinator as a pure state machine: votes,
 //!   one durable decision, then that decision driven everywhere.
 //! - [`choreography`]: the event-driven methods (`saga_chor`, `outbox`) as
 //!   pure rules: who reacts to which event, and the order's verdict.
 //! - [`retry`]: exponential backoff with jitter and a cap.
-//! - [`outbox`]: write an event in the caller's transaction; a relay
-//!   publishes it (`FOR UPDATE SKIP LOCKED`, woken by LISTEN/NOTIFY).
-//! - [`inbox`]: deduplicate consumed messages in the same transaction as
-//!   their effect.
-//! - [`kafka`]: producer, consumer and topic set-up with the settings the lab
-//!   records (idempotent producer, `linger.ms=0`).
+//! - [`offsets`]: which offsets a concurrent consumer may commit.
 
 /// Names persisted states as text: `as_str` for writing, `parse` for reading.
 macro_rules! str_enum {
@@ -33,12 +28,10 @@ macro_rules! str_enum {
 }
 
 pub mod choreography;
-pub mod inbox;
-pub mod kafka;
-pub mod outbox;
+pub mod offsets;
 pub mod retry;
 pub mod saga;
-pub mod twophase;
+pub mod two_phase;
 
 /// Milliseconds since the Unix epoch, the one clock format the lab stores.
 pub fn now_ms() -> i64 {

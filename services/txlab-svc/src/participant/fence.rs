@@ -34,7 +34,7 @@ impl Fence {
     /// current one. Call it first in the operation's transaction.
     pub async fn check(&self, conn: &mut PgConnection) -> Result<(), ApiError> {
         let Some(theirs) = &self.0 else { return Ok(()) };
-        let ours = crate::events::epoch(conn).await?;
+        let ours = crate::epoch::epoch(conn).await?;
         if &ours == theirs {
             return Ok(());
         }

@@ -28,7 +28,7 @@
 //! - [`tcc`]: try, confirm, cancel.
 //! - [`twopc`]: prepare, commit, rollback, and the recovery of in-doubt
 //!   prepared transactions.
-//! - [`events`]: the event-driven methods: react to checkout events with
+//! - [`choreography`]: the event-driven methods: react to checkout events with
 //!   the same apply and compensate, emitting events through an outbox.
 
 /// Declares the axum handler of one participant operation: it reads the
@@ -66,7 +66,7 @@ macro_rules! participant_op {
     };
 }
 
-pub mod events;
+pub mod choreography;
 pub mod fence;
 pub mod ledger;
 pub mod saga;

@@ -29,7 +29,7 @@ pub fn gid(role: Role, order_id: Uuid) -> String {
 }
 
 pub fn path<P: Participant>(op: &str) -> String {
-    format!("/2pc/{}/{{order_id}}/{op}", P::COLLECTION)
+    format!("/twopc/{}/{{order_id}}/{op}", P::COLLECTION)
 }
 
 /// SQLSTATE 42704: the named prepared transaction does not exist.

@@ -72,7 +72,7 @@ async fn participant<P: Participant>(config: &Config, state: AppState, stop: wat
     let mut background = Vec::new();
     if config.tx_mode.is_event_driven() {
         let brokers = config.kafka_brokers.as_deref().context("KAFKA_BROKERS is needed under event-driven methods")?;
-        background.extend(crate::participant::events::start::<P>(brokers, config.tx_mode, state.clone(), stop.clone()).await?);
+        background.extend(crate::participant::choreography::start::<P>(brokers, config.tx_mode, state.clone(), stop.clone()).await?);
     }
     if config.tx_mode == TxMode::Twopc {
         let order_url = config.order_url.clone().context("ORDER_URL is needed under TX_MODE=twopc")?;

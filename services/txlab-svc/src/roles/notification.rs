@@ -1,7 +1,7 @@
 //! Notification: consumes order outcomes from Kafka and records exactly one
 //! notification per event, deduplicated by the inbox in the same
 //! transaction, with the offset committed only after that transaction
-//! (see [`crate::events`]).
+//! (see [`crate::messaging::consumer`]).
 
 use axum::extract::{Path, State};
 use axum::routing::get;
@@ -18,12 +18,12 @@ use crate::roles::AppState;
 pub async fn build(config: &Config, state: AppState, stop: watch::Receiver<bool>) -> anyhow::Result<(Router, Vec<JoinHandle<()>>)> {
     let brokers = config.kafka_brokers.clone().unwrap_or_default();
     super::order::ensure_topics_with_retry(&brokers).await?;
-    let offsets = crate::events::Offsets { pool: state.pool.clone(), consumer: "notification", topic: ORDER_EVENTS_TOPIC };
-    let consumer = crate::events::assigned(&brokers, &offsets).await?;
+    let offsets = crate::messaging::consumer::Offsets { pool: state.pool.clone(), consumer: "notification", topic: ORDER_EVENTS_TOPIC };
+    let consumer = crate::messaging::consumer::assigned(&brokers, &offsets).await?;
     let st = state.clone();
     let task = tokio::spawn(async move {
         let metrics = st.metrics.clone();
-        crate::events::consume(consumer, offsets, metrics, stop, move |event: OrderOutcome| {
+        crate::messaging::consumer::consume(consumer, offsets, metrics, stop, move |event: OrderOutcome| {
             let st = st.clone();
             async move {
                 let first = apply(&st, &event).await?;
@@ -44,10 +44,10 @@ pub async fn build(config: &Config, state: AppState, stop: watch::Receiver<bool>
 #[tracing::instrument(skip_all, fields(order_id = %event.order_id))]
 async fn apply(state: &AppState, event: &OrderOutcome) -> sqlx::Result<bool> {
     let mut tx = state.pool.begin().await?;
-    if !crate::events::current_epoch(&mut tx, &event.epoch).await? {
+    if !crate::epoch::current_epoch(&mut tx, &event.epoch).await? {
         return Ok(false); // from a cell the lab has reset away
     }
-    let first = txlab_tx::inbox::first_delivery(&mut tx, &event.event_id.to_string()).await?;
+    let first = crate::messaging::inbox::first_delivery(&mut tx, &event.event_id.to_string()).await?;
     if first {
         sqlx::query("INSERT INTO notifications (order_id, kind, received_ms) VALUES ($1, $2, $3)")
             .bind(event.order_id)

@@ -90,7 +90,7 @@ pub async fn create(
     let now = txlab_tx::now_ms();
     let amount = req.amount().ok_or_else(|| ApiError::BadRequest("order total overflows".into()))?;
     let mut tx = orders.app.pool.begin().await?;
-    let epoch = crate::events::epoch(&mut tx).await?;
+    let epoch = crate::epoch::epoch(&mut tx).await?;
     sqlx::query(
         "INSERT INTO orders (id, customer, items, amount, slot, method, state, fault, created_ms, updated_ms, epoch) \
          VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $8, $9)",
@@ -115,7 +115,7 @@ pub async fn create(
             slot: req.slot.clone(),
             fault: faults.raw.clone(),
         };
-        super::events::emit(&mut tx, id, spec, txlab_api::event::CheckoutKind::OrderPlaced, epoch).await?;
+        super::choreography::emit(&mut tx, id, spec, txlab_api::event::CheckoutKind::OrderPlaced, epoch).await?;
     }
     if matches!(orders.method, TxMode::Twopc | TxMode::Tcc) {
         insert_step_rows(&mut tx, "tx_branches (order_id, step, name, vote, phase2, updated_ms)", "'not_asked', 'pending'", id, now).await?;
@@ -197,7 +197,7 @@ pub async fn cancel(
 ) -> Result<(StatusCode, Json<OrderView>), ApiError> {
     let Path(id) = path?;
     let mut tx = orders.app.pool.begin().await?;
-    let epoch = crate::events::epoch(&mut tx).await?;
+    let epoch = crate::epoch::epoch(&mut tx).await?;
     let flagged: Option<String> = sqlx::query_scalar(
         // A settled order turns back to compensating at once, so readers
         // (and long-polls) never see it as settled while it is being undone.
@@ -229,7 +229,7 @@ pub async fn cancel(
     }
     // Without a coordinator, the cancel itself is an event every participant hears.
     if order.method.parse::<TxMode>().is_ok_and(TxMode::is_event_driven) {
-        super::events::emit(&mut tx, id, order.spec(), txlab_api::event::CheckoutKind::CancelRequested, epoch).await?;
+        super::choreography::emit(&mut tx, id, order.spec(), txlab_api::event::CheckoutKind::CancelRequested, epoch).await?;
     }
     tx.commit().await?;
     tracing::info!(order_id = %id, stage = %order.state, "cancel requested");

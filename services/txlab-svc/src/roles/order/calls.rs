@@ -50,9 +50,9 @@ pub fn request(orders: &Orders, order: &OrderRow, step: usize, op: Op) -> (Strin
         Op::Try => (format!("{base}/tcc/{collection}/{id}/try"), Some(body)),
         Op::Confirm => (format!("{base}/tcc/{collection}/{id}/confirm"), None),
         Op::Cancel => (format!("{base}/tcc/{collection}/{id}/cancel"), None),
-        Op::Prepare => (format!("{base}/2pc/{collection}/{id}/prepare"), Some(body)),
-        Op::Commit => (format!("{base}/2pc/{collection}/{id}/commit"), None),
-        Op::Rollback => (format!("{base}/2pc/{collection}/{id}/rollback"), None),
+        Op::Prepare => (format!("{base}/twopc/{collection}/{id}/prepare"), Some(body)),
+        Op::Commit => (format!("{base}/twopc/{collection}/{id}/commit"), None),
+        Op::Rollback => (format!("{base}/twopc/{collection}/{id}/rollback"), None),
     }
 }
 

@@ -9,14 +9,14 @@
 //! The engine is chosen per order by its method: `saga_orch` runs the saga
 //! orchestrator ([`saga`]); `twopc` and `tcc` run the two-phase coordinator
 //! ([`two_phase`]), whose participant operations differ only in name;
-//! `saga_chor` and `outbox` coordinate through checkout events ([`events`]).
+//! `saga_chor` and `outbox` coordinate through checkout events ([`choreography`]).
 //!
 //! Terminal outcomes leave through the outbox (one event per outcome), which
 //! the relay task publishes to Kafka for the notification service.
 
 mod api;
 mod calls;
-mod events;
+mod choreography;
 mod outcome;
 mod saga;
 mod store;
@@ -55,9 +55,9 @@ pub struct Orders {
 pub async fn build(config: &Config, app: AppState, stop: watch::Receiver<bool>) -> anyhow::Result<(Router, Vec<JoinHandle<()>>)> {
     let brokers = config.kafka_brokers.clone().unwrap_or_default();
     ensure_topics_with_retry(&brokers).await?;
-    let relay = txlab_tx::outbox::Relay {
+    let relay = crate::messaging::outbox::Relay {
         pool: app.pool.clone(),
-        producer: txlab_tx::kafka::producer(&brokers).context("creating the Kafka producer")?,
+        producer: crate::messaging::kafka::producer(&brokers).context("creating the Kafka producer")?,
         batch_size: 100,
         poll_every: Duration::from_millis(500),
     };
@@ -85,7 +85,7 @@ pub async fn build(config: &Config, app: AppState, stop: watch::Receiver<bool>) 
     }
     let mut background = vec![relay_task];
     if config.tx_mode.is_event_driven() {
-        background.push(events::start(orders.clone(), &brokers, stop).await?);
+        background.push(choreography::start(orders.clone(), &brokers, stop).await?);
     }
     let router = Router::new()
         .route("/orders", post(api::create))
@@ -103,7 +103,7 @@ pub async fn ensure_topics_with_retry(brokers: &str) -> anyhow::Result<()> {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            match txlab_tx::kafka::ensure_topic(brokers, topic, 3).await {
+            match crate::messaging::kafka::ensure_topic(brokers, topic, 3).await {
                 Ok(()) => break,
                 Err(e) if attempt < 20 => {
                     tracing::warn!(error = %e, attempt, topic, "Kafka topic set-up failed; retrying");
@@ -134,7 +134,7 @@ impl Orders {
             None => Ok(()), // reset away between cells
             Some(Ok(TxMode::SagaOrch)) => saga::run(self, id).await,
             Some(Ok(TxMode::Twopc | TxMode::Tcc)) => two_phase::run(self, id).await,
-            Some(Ok(TxMode::SagaChor | TxMode::Outbox)) => events::evaluate(self, id).await,
+            Some(Ok(TxMode::SagaChor | TxMode::Outbox)) => choreography::evaluate(self, id).await,
             Some(Err(e)) => anyhow::bail!("order {id} has an unreadable method: {e}"),
         }
     }

@@ -44,7 +44,7 @@ pub fn state_of(outcome: Outcome) -> OrderState {
 pub async fn finish(orders: &Orders, order: &OrderRow, state: OrderState) -> anyhow::Result<bool> {
     let now = txlab_tx::now_ms();
     let mut tx = orders.app.pool.begin().await?;
-    let epoch = crate::events::epoch(&mut tx).await?;
+    let epoch = crate::epoch::epoch(&mut tx).await?;
     let reason: Option<String> = match state {
         OrderState::Cancelled => Some("cancelled on request".into()),
         // The first refusal (or give-up) recorded by whichever engine ran.
@@ -95,7 +95,7 @@ pub async fn finish(orders: &Orders, order: &OrderRow, state: OrderState) -> any
         epoch,
     };
     let payload = serde_json::to_value(&event).context("encoding the outcome event")?;
-    txlab_tx::outbox::enqueue(&mut tx, ORDER_EVENTS_TOPIC, &order.id.to_string(), &payload).await?;
+    crate::messaging::outbox::enqueue(&mut tx, ORDER_EVENTS_TOPIC, &order.id.to_string(), &payload).await?;
     tx.commit().await?;
     orders.app.metrics.event("outcome", state.as_str());
     tracing::info!(outcome = state.as_str(), reason = reason.as_deref().unwrap_or(""), "order decided");

@@ -4,7 +4,7 @@ use sqlx::{PgConnection, PgPool};
 use txlab_api::event::OrderSpec;
 use txlab_api::order::{OrderItem, OrderState, OrderView};
 use txlab_tx::saga::{Compensation, Forward, Saga, StepRecord};
-use txlab_tx::twophase::{Decision, Phase2, TwoPhase, Vote};
+use txlab_tx::two_phase::{Decision, Phase2, TwoPhase, Vote};
 use uuid::Uuid;
 
 /// The saga's steps, in forward order.

@@ -13,7 +13,7 @@ use axum::Json;
 use txlab_api::fault::FaultPoint;
 use txlab_api::participant::{Decision as WireDecision, DecisionKind};
 use txlab_api::TxMode;
-use txlab_tx::twophase::{Decision, Next, Phase2, Vote};
+use txlab_tx::two_phase::{Decision, Next, Phase2, Vote};
 use uuid::Uuid;
 
 use super::calls::{ask, insist, CallError, Op};

@@ -42,7 +42,7 @@ pub async fn enqueue(conn: &mut PgConnection, topic: &str, key: &str, payload: &
         .bind(topic)
         .bind(key)
         .bind(payload)
-        .bind(crate::now_ms())
+        .bind(txlab_tx::now_ms())
         .execute(&mut *conn)
         .await?;
     sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL).execute(&mut *conn).await?;
@@ -82,7 +82,7 @@ impl Relay {
             ids.push(*id);
         }
         sqlx::query("UPDATE outbox SET published_ms = $1 WHERE id = ANY($2)")
-            .bind(crate::now_ms())
+            .bind(txlab_tx::now_ms())
             .bind(&ids)
             .execute(&mut *tx)
             .await?;

@@ -12,7 +12,7 @@ use sqlx::PgConnection;
 pub async fn first_delivery(conn: &mut PgConnection, message_id: &str) -> sqlx::Result<bool> {
     let inserted = sqlx::query("INSERT INTO inbox (message_id, received_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING")
         .bind(message_id)
-        .bind(crate::now_ms())
+        .bind(txlab_tx::now_ms())
         .execute(&mut *conn)
         .await?
         .rows_affected();

@@ -29,18 +29,18 @@ pub async fn start<P: Participant>(
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     crate::roles::order::ensure_topics_with_retry(brokers).await?;
-    let relay = txlab_tx::outbox::Relay {
+    let relay = crate::messaging::outbox::Relay {
         pool: state.pool.clone(),
-        producer: txlab_tx::kafka::producer(brokers).context("creating the Kafka producer")?,
+        producer: crate::messaging::kafka::producer(brokers).context("creating the Kafka producer")?,
         batch_size: 100,
         poll_every: Duration::from_millis(500),
     };
     let relay_task = tokio::spawn(relay.run(crate::stopped(stop.clone())));
-    let offsets = crate::events::Offsets { pool: state.pool.clone(), consumer: P::ROLE.as_str(), topic: CHECKOUT_TOPIC };
-    let consumer = crate::events::assigned(brokers, &offsets).await?;
+    let offsets = crate::messaging::consumer::Offsets { pool: state.pool.clone(), consumer: P::ROLE.as_str(), topic: CHECKOUT_TOPIC };
+    let consumer = crate::messaging::consumer::assigned(brokers, &offsets).await?;
     let consumer_task = tokio::spawn(async move {
         let metrics = state.metrics.clone();
-        crate::events::consume(consumer, offsets, metrics, stop, move |event: CheckoutEvent| {
+        crate::messaging::consumer::consume(consumer, offsets, metrics, stop, move |event: CheckoutEvent| {
             let state = state.clone();
             async move { handle::<P>(&state, method, event).await }
         })
@@ -54,7 +54,7 @@ pub async fn start<P: Participant>(
 pub async fn fire_once(state: &AppState, event: &CheckoutEvent, point: FaultPoint) -> anyhow::Result<()> {
     let planned = Faults::parse(event.order.fault.as_deref(), state.faults.clone())?;
     let header = if planned.spec.action_at(state.faults.role, point).is_some()
-        && crate::events::first_firing(&state.pool, &format!("{}:{}", event.event_id, point.as_str())).await?
+        && crate::faults::first_firing(&state.pool, &format!("{}:{}", event.event_id, point.as_str())).await?
     {
         event.order.fault.as_deref()
     } else {
@@ -69,11 +69,11 @@ async fn handle<P: Participant>(state: &AppState, method: TxMode, event: Checkou
     let Some(reaction) = react(method, P::STEP, &event.kind) else { return Ok(()) };
     fire_once(state, &event, FaultPoint::BeforeDb).await?;
     let mut tx = state.pool.begin().await?;
-    if !crate::events::current_epoch(&mut tx, &event.epoch).await? {
+    if !crate::epoch::current_epoch(&mut tx, &event.epoch).await? {
         state.metrics.event("stale_event", P::ROLE.as_str());
         return Ok(()); // from a cell the lab has reset away
     }
-    if !txlab_tx::inbox::first_delivery(&mut tx, &event.event_id.to_string()).await? {
+    if !crate::messaging::inbox::first_delivery(&mut tx, &event.event_id.to_string()).await? {
         return Ok(()); // a redelivery: its effect is already stored
     }
     let step = P::STEP;
@@ -97,10 +97,10 @@ async fn handle<P: Participant>(state: &AppState, method: TxMode, event: Checkou
     };
     let payload = serde_json::to_value(&out)?;
     let key = event.order_id.to_string();
-    txlab_tx::outbox::enqueue(&mut tx, CHECKOUT_TOPIC, &key, &payload).await?;
+    crate::messaging::outbox::enqueue(&mut tx, CHECKOUT_TOPIC, &key, &payload).await?;
     if method == TxMode::Outbox && matches!(kind, CheckoutKind::Rejected { .. }) {
         // No compensation under outbox: the failure waits for a person.
-        txlab_tx::outbox::enqueue(&mut tx, DEAD_LETTER_TOPIC, &key, &payload).await?;
+        crate::messaging::outbox::enqueue(&mut tx, DEAD_LETTER_TOPIC, &key, &payload).await?;
     }
     fire_once(state, &event, FaultPoint::AfterEvent).await?;
     tx.commit().await?;

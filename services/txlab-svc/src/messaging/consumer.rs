@@ -19,7 +19,7 @@
 //! (seen with tansu: a crashed member could stall its group for good). One
 //! process per service reads all partitions, which fits one replica.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
@@ -40,47 +40,6 @@ const WORKERS: usize = 16;
 /// 5 s: long enough to ride out a restarting database, short enough that
 /// one poison message does not hold up its worker's other orders for long.
 pub const MAX_EVENT_ATTEMPTS: u32 = 10;
-
-/// Which offsets of each partition are still being handled.
-#[derive(Debug, Default)]
-struct Progress {
-    in_flight: BTreeMap<i32, BTreeSet<i64>>,
-    next: BTreeMap<i32, i64>,
-    committed: BTreeMap<i32, i64>,
-}
-
-impl Progress {
-    /// Records a received message; returns the offset expected instead
-    /// when messages were skipped (Kafka offsets of this topic are dense).
-    fn started(&mut self, partition: i32, offset: i64) -> Option<i64> {
-        self.in_flight.entry(partition).or_default().insert(offset);
-        let gap = self.next.get(&partition).copied().filter(|expected| offset > *expected);
-        let next = self.next.entry(partition).or_insert(offset + 1);
-        *next = (*next).max(offset + 1);
-        gap
-    }
-
-    /// Forgets a message that will be fetched again from `expected`.
-    fn rewind(&mut self, partition: i32, offset: i64, expected: i64) {
-        if let Some(set) = self.in_flight.get_mut(&partition) {
-            set.remove(&offset);
-        }
-        self.next.insert(partition, expected);
-    }
-
-    /// Marks `offset` done; returns the offset to commit for its partition
-    /// if it moved: the lowest one still in flight, or past the last seen.
-    fn finished(&mut self, partition: i32, offset: i64) -> Option<i64> {
-        let in_flight = self.in_flight.entry(partition).or_default();
-        in_flight.remove(&offset);
-        let commit = in_flight.first().copied().unwrap_or_else(|| self.next.get(&partition).copied().unwrap_or(offset + 1));
-        let last = self.committed.entry(partition).or_insert(-1);
-        (commit > *last).then(|| {
-            *last = commit;
-            commit
-        })
-    }
-}
 
 /// Where a consumer's offsets are kept.
 #[derive(Clone)]
@@ -130,7 +89,7 @@ impl Offsets {
 /// the end then reads those few again, which the inbox absorbs.) An offset
 /// below the start (messages deleted) starts at the start.
 pub async fn assigned(brokers: &str, offsets: &Offsets) -> anyhow::Result<StreamConsumer> {
-    let consumer = txlab_tx::kafka::consumer(brokers, &format!("txlab-{}", offsets.consumer))?;
+    let consumer = crate::messaging::kafka::consumer(brokers, &format!("txlab-{}", offsets.consumer))?;
     let timeout = Duration::from_secs(10);
     let metadata = consumer.fetch_metadata(Some(offsets.topic), timeout)?;
     let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
@@ -189,7 +148,7 @@ where
             tx
         })
         .collect();
-    let mut progress = Progress::default();
+    let mut progress = txlab_tx::offsets::Progress::default();
     let stopped = crate::stopped(stop);
     tokio::pin!(stopped);
     loop {
@@ -315,59 +274,6 @@ async fn store_dead_letter(offsets: &Offsets, key: Option<&str>, event: &serde_j
         .bind(txlab_tx::now_ms())
         .execute(&mut *tx)
         .await?;
-    txlab_tx::outbox::enqueue(&mut tx, txlab_api::event::DEAD_LETTER_TOPIC, key.unwrap_or(""), &letter).await?;
+    crate::messaging::outbox::enqueue(&mut tx, txlab_api::event::DEAD_LETTER_TOPIC, key.unwrap_or(""), &letter).await?;
     tx.commit().await
-}
-
-/// Whether an event of `epoch` belongs to the lab's current cell. Holds the
-/// epoch row (FOR SHARE) until the caller's transaction ends, so a reset
-/// cannot slip in between this check and the event's effect.
-pub async fn current_epoch(conn: &mut sqlx::PgConnection, epoch: &str) -> sqlx::Result<bool> {
-    Ok(self::epoch(conn).await? == epoch)
-}
-
-/// The lab's current epoch, to stamp on a new event. Read it first in the
-/// transaction, before touching other tables: a reset takes the epoch row
-/// first and the tables after, and the same order everywhere rules out a
-/// deadlock between the two.
-pub async fn epoch(conn: &mut sqlx::PgConnection) -> sqlx::Result<String> {
-    sqlx::query_scalar("SELECT epoch FROM lab_epoch FOR SHARE").fetch_one(conn).await
-}
-
-/// Marks `key` (an event and a fault point) as fired, in its own committed
-/// transaction; returns false if it fired before. A planned fault thus fires
-/// once even when it crashes the process and the event is redelivered.
-pub async fn first_firing(pool: &PgPool, key: &str) -> sqlx::Result<bool> {
-    let inserted = sqlx::query("INSERT INTO fault_log (key, fired_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-        .bind(key)
-        .bind(txlab_tx::now_ms())
-        .execute(pool)
-        .await?
-        .rows_affected();
-    Ok(inserted == 1)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Progress;
-
-    #[test]
-    fn offsets_are_committed_only_past_finished_runs() {
-        let mut p = Progress::default();
-        for o in 10..14 {
-            assert_eq!(p.started(0, o), None);
-        }
-        // 11 and 12 finish first: 10 is still in flight, nothing may be committed past it.
-        assert_eq!(p.finished(0, 11), Some(10));
-        assert_eq!(p.finished(0, 12), None);
-        // 10 finishes: everything up to 13 (still running) is safe.
-        assert_eq!(p.finished(0, 10), Some(13));
-        assert_eq!(p.finished(0, 13), Some(14));
-        // Partitions are independent; a jump is reported.
-        assert_eq!(p.started(1, 5), None);
-        assert_eq!(p.started(1, 8), Some(6));
-        p.rewind(1, 8, 6);
-        assert_eq!(p.started(1, 6), None, "refetched from the gap");
-        assert_eq!(p.finished(1, 5), Some(6));
-    }
 }

@@ -18,20 +18,20 @@ use super::store::load_order;
 use super::Orders;
 
 /// Writes a checkout event with the caller's transaction. `epoch` must
-/// have been read first thing in that transaction (see [`crate::events::epoch`]).
+/// have been read first thing in that transaction (see [`crate::epoch::epoch`]).
 pub async fn emit(conn: &mut sqlx::PgConnection, order_id: Uuid, spec: OrderSpec, kind: CheckoutKind, epoch: String) -> sqlx::Result<()> {
     let event = CheckoutEvent { event_id: Uuid::new_v4(), order_id, kind, order: spec, epoch };
     let payload = serde_json::to_value(&event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    txlab_tx::outbox::enqueue(conn, CHECKOUT_TOPIC, &order_id.to_string(), &payload).await
+    crate::messaging::outbox::enqueue(conn, CHECKOUT_TOPIC, &order_id.to_string(), &payload).await
 }
 
 /// Consumes the participants' checkout events.
 pub async fn start(orders: Arc<Orders>, brokers: &str, stop: watch::Receiver<bool>) -> anyhow::Result<JoinHandle<()>> {
-    let offsets = crate::events::Offsets { pool: orders.app.pool.clone(), consumer: "order", topic: CHECKOUT_TOPIC };
-    let consumer = crate::events::assigned(brokers, &offsets).await?;
+    let offsets = crate::messaging::consumer::Offsets { pool: orders.app.pool.clone(), consumer: "order", topic: CHECKOUT_TOPIC };
+    let consumer = crate::messaging::consumer::assigned(brokers, &offsets).await?;
     Ok(tokio::spawn(async move {
         let metrics = orders.app.metrics.clone();
-        crate::events::consume(consumer, offsets, metrics, stop, move |event: CheckoutEvent| {
+        crate::messaging::consumer::consume(consumer, offsets, metrics, stop, move |event: CheckoutEvent| {
             let orders = orders.clone();
             async move { handle(&orders, event).await }
         })
@@ -49,11 +49,11 @@ async fn handle(orders: &Orders, event: CheckoutEvent) -> anyhow::Result<()> {
         CheckoutKind::OrderPlaced | CheckoutKind::CancelRequested => return Ok(()),
     };
     let mut tx = orders.app.pool.begin().await?;
-    if !crate::events::current_epoch(&mut tx, &event.epoch).await? {
+    if !crate::epoch::current_epoch(&mut tx, &event.epoch).await? {
         orders.app.metrics.event("stale_event", "order");
         return Ok(()); // from a cell the lab has reset away
     }
-    if txlab_tx::inbox::first_delivery(&mut tx, &event.event_id.to_string()).await? {
+    if crate::messaging::inbox::first_delivery(&mut tx, &event.event_id.to_string()).await? {
         let names = super::store::STEPS;
         let reason = reason.map(|r| format!("{}: {r}", names.get(step).copied().unwrap_or("participant")));
         sqlx::query(&format!(
