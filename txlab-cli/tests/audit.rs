@@ -99,7 +99,7 @@ async fn every_invariant_is_reported_when_a_real_run_breaks_it() {
     assert_eq!(unsettled, Vec::<String>::new());
     let mut report = check(&plan.seed.seed, &snaps, TxMode::SagaOrch, Some(&client));
     assert_eq!(report.violations, vec![], "control: the hand-made orders are clean too");
-    let confirmed: Vec<_> = snaps.orders.iter().filter(|o| o.state == "confirmed").collect();
+    let confirmed: Vec<_> = snaps.orders.iter().filter(|o| o.state == txlab_api::order::OrderState::Confirmed).collect();
     let (a, b, c, d) = (confirmed[0], confirmed[1], confirmed[2], confirmed[3]);
     let (mut pay, mut inv, mut shp, mut ord) =
         (common::db(&e, Role::Payment).await, common::db(&e, Role::Inventory).await, common::db(&e, Role::Shipping).await, common::db(&e, Role::Order).await);
@@ -155,7 +155,7 @@ async fn every_invariant_is_reported_when_a_real_run_breaks_it() {
 
     // notification: a notification lost.
     let mut note = common::db(&e, Role::Notification).await;
-    let lost: Uuid = client.orders.keys().find(|id| **id != a.id && **id != d.id && !client.orders[id].is_none()).copied().unwrap();
+    let lost: Uuid = client.orders.keys().find(|id| **id != a.id && **id != d.id && client.orders[id].is_some()).copied().unwrap();
     sqlx::query("DELETE FROM notifications WHERE order_id = $1").bind(lost).execute(&mut note).await.unwrap();
     report = expect_caught(&reader, &plan, &client, &report, "notification", &lost.to_string()).await;
 

@@ -73,16 +73,15 @@ impl OrderSpec {
     }
 }
 
-/// What happened, by whom. `step` is the participant's place in the
-/// checkout: 0 payment, 1 inventory, 2 shipping.
+/// What happened, and at which step of the checkout.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum CheckoutKind {
     OrderPlaced,
     CancelRequested,
-    Applied { step: usize },
-    Rejected { step: usize, reason: String },
-    Compensated { step: usize },
+    Applied { step: crate::Step },
+    Rejected { step: crate::Step, reason: String },
+    Compensated { step: crate::Step },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,13 +106,13 @@ mod tests {
         let e = CheckoutEvent {
             event_id: Uuid::nil(),
             order_id: Uuid::nil(),
-            kind: CheckoutKind::Rejected { step: 1, reason: "out_of_stock".into() },
+            kind: CheckoutKind::Rejected { step: crate::Step::Inventory, reason: "out_of_stock".into() },
             order: OrderSpec { customer: "c".into(), amount: 5, items: vec![], slot: "s".into(), fault: None },
             epoch: "cell-1".into(),
         };
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["kind"], "rejected");
-        assert_eq!(v["step"], 1);
+        assert_eq!(v["step"], "inventory");
         assert_eq!(serde_json::from_value::<CheckoutEvent>(v).unwrap(), e);
     }
 }

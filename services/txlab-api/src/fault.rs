@@ -14,62 +14,27 @@ use crate::Role;
 
 pub const FAULT_HEADER: &str = "x-txlab-fault";
 
-/// Where in a request a fault fires.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FaultPoint {
-    /// Before the handler touches its database.
-    BeforeDb,
-    /// After the local transaction committed, before the reply is built.
-    AfterDb,
-    /// Just before the reply is sent.
-    BeforeReply,
-    /// After an event was stored for publishing (event-driven methods).
-    AfterEvent,
-    /// 2PC: the work is done, before `PREPARE TRANSACTION`.
-    DuringPrepare,
-    /// 2PC: before `COMMIT PREPARED`.
-    DuringCommit,
-    /// TCC: the hold is made, before its transaction commits.
-    DuringTry,
-    /// TCC: before the confirm's transaction commits.
-    DuringConfirm,
-    /// TCC: before the cancel's transaction commits.
-    DuringCancel,
-}
-
-impl FaultPoint {
-    pub const ALL: [FaultPoint; 9] = [
-        FaultPoint::BeforeDb,
-        FaultPoint::AfterDb,
-        FaultPoint::BeforeReply,
-        FaultPoint::AfterEvent,
-        FaultPoint::DuringPrepare,
-        FaultPoint::DuringCommit,
-        FaultPoint::DuringTry,
-        FaultPoint::DuringConfirm,
-        FaultPoint::DuringCancel,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FaultPoint::BeforeDb => "before_db",
-            FaultPoint::AfterDb => "after_db",
-            FaultPoint::BeforeReply => "before_reply",
-            FaultPoint::AfterEvent => "after_event",
-            FaultPoint::DuringPrepare => "during_prepare",
-            FaultPoint::DuringCommit => "during_commit",
-            FaultPoint::DuringTry => "during_try",
-            FaultPoint::DuringConfirm => "during_confirm",
-            FaultPoint::DuringCancel => "during_cancel",
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<FaultPoint, String> {
-        FaultPoint::ALL.into_iter().find(|p| p.as_str() == s).ok_or_else(|| {
-            let names: Vec<&str> = FaultPoint::ALL.iter().map(|p| p.as_str()).collect();
-            format!("unknown fault point `{s}`; expected one of {}", names.join(", "))
-        })
+crate::text_enum! {
+    /// Where in a request a fault fires.
+    pub enum FaultPoint ("fault point") {
+        /// Before the handler touches its database.
+        BeforeDb = "before_db",
+        /// After the local transaction committed, before the reply is built.
+        AfterDb = "after_db",
+        /// Just before the reply is sent.
+        BeforeReply = "before_reply",
+        /// After an event was stored for publishing (event-driven methods).
+        AfterEvent = "after_event",
+        /// 2PC: the work is done, before `PREPARE TRANSACTION`.
+        DuringPrepare = "during_prepare",
+        /// 2PC: before `COMMIT PREPARED`.
+        DuringCommit = "during_commit",
+        /// TCC: the hold is made, before its transaction commits.
+        DuringTry = "during_try",
+        /// TCC: before the confirm's transaction commits.
+        DuringConfirm = "during_confirm",
+        /// TCC: before the cancel's transaction commits.
+        DuringCancel = "during_cancel",
     }
 }
 
@@ -117,12 +82,13 @@ fn default_action() -> FaultAction {
     FaultAction::Error
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FaultMode {
-    None,
-    Always,
-    Percent,
+crate::text_enum! {
+    /// When a standing fault fires.
+    pub enum FaultMode ("fault mode") {
+        None = "none",
+        Always = "always",
+        Percent = "percent",
+    }
 }
 
 impl StandingFault {
@@ -130,12 +96,7 @@ impl StandingFault {
 
     /// From the four environment values (each may be absent).
     pub fn from_env(mode: Option<&str>, point: Option<&str>, percent: Option<&str>, action: Option<&str>) -> Result<StandingFault, String> {
-        let mode = match mode.unwrap_or("none") {
-            "none" => FaultMode::None,
-            "always" => FaultMode::Always,
-            "percent" => FaultMode::Percent,
-            other => return Err(format!("FAULT_MODE `{other}` is not none, always or percent")),
-        };
+        let mode: FaultMode = mode.unwrap_or("none").parse().map_err(|e| format!("FAULT_MODE: {e}"))?;
         let mut action = match action {
             Some(a) => FaultAction::parse(a).map_err(|e| format!("FAULT_ACTION: {e}"))?,
             None => FaultAction::Error,
@@ -146,7 +107,7 @@ impl StandingFault {
                 action = FaultAction::Crash;
                 Some(FaultPoint::AfterDb)
             }
-            Some(p) => Some(FaultPoint::parse(p).map_err(|e| format!("FAULT_POINT: {e}"))?),
+            Some(p) => Some(p.parse::<FaultPoint>().map_err(|e| format!("FAULT_POINT: {e}"))?),
         };
         let percent = match percent {
             None => 0.0,
@@ -208,7 +169,7 @@ impl FaultSpec {
                 .split_once('.')
                 .ok_or_else(|| format!("fault target `{target}` must be `role.point`, e.g. `payment.before_db`"))?;
             let role: Role = role.parse()?;
-            let point = FaultPoint::parse(point)?;
+            let point: FaultPoint = point.parse()?;
             let action = FaultAction::parse(action)?;
             rules.push(FaultRule { role, point, action });
         }

@@ -26,106 +26,151 @@ pub struct ErrorBody {
     pub message: String,
 }
 
-/// The five services of the checkout. One binary, `txlab-svc <role>`, runs any of them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    Order,
-    Payment,
-    Inventory,
-    Shipping,
-    Notification,
-}
-
-impl Role {
-    pub const ALL: [Role; 5] = [
-        Role::Order,
-        Role::Payment,
-        Role::Inventory,
-        Role::Shipping,
-        Role::Notification,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Order => "order",
-            Role::Payment => "payment",
-            Role::Inventory => "inventory",
-            Role::Shipping => "shipping",
-            Role::Notification => "notification",
+/// Declares an enum whose values travel and are stored as text, from one
+/// list of `Variant = "text"` pairs: `ALL`, `as_str`, `parse`, `Display`,
+/// `FromStr` (its error names `$what` and the accepted values) and serde
+/// all come from that list, so a literal cannot drift between the wire, the
+/// database and the audit. Needs `serde` as a dependency where it is used.
+#[macro_export]
+macro_rules! text_enum {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident ($what:literal) {
+            $( $(#[$vmeta:meta])* $variant:ident = $text:literal ),+ $(,)?
         }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        $vis enum $name {
+            $( $(#[$vmeta])* $variant ),+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: [$name; 0 $(+ $crate::text_enum!(@one $variant))+] = [$($name::$variant),+];
+
+            /// The value's text, as stored and sent.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+
+            /// The texts of `values`, e.g. to bind as a SQL array.
+            pub fn texts(values: &[$name]) -> Vec<&'static str> {
+                values.iter().map(|v| v.as_str()).collect()
+            }
+
+            /// The value a text names, if any.
+            pub fn parse(s: &str) -> Option<$name> {
+                match s {
+                    $($text => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl ::std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                $name::parse(s).ok_or_else(|| format!("unknown {} `{}`; expected one of {}", $what, s, [$($text),+].join(", ")))
+            }
+        }
+
+        /// For reading the text back from a database row.
+        impl ::std::convert::TryFrom<String> for $name {
+            type Error = String;
+            fn try_from(s: String) -> Result<Self, String> {
+                s.parse()
+            }
+        }
+
+        impl ::serde::Serialize for $name {
+            fn serialize<S: ::serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> ::serde::Deserialize<'de> for $name {
+            fn deserialize<D: ::serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = <::std::borrow::Cow<'de, str> as ::serde::Deserialize>::deserialize(deserializer)?;
+                text.parse().map_err(::serde::de::Error::custom)
+            }
+        }
+    };
+    (@one $variant:ident) => {
+        1
+    };
+}
+
+text_enum! {
+    /// The five services of the checkout. One binary, `txlab-svc <role>`, runs any of them.
+    pub enum Role ("role") {
+        Order = "order",
+        Payment = "payment",
+        Inventory = "inventory",
+        Shipping = "shipping",
+        Notification = "notification",
     }
 }
 
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+text_enum! {
+    /// The transaction method a deployment runs (`TX_MODE`).
+    pub enum TxMode ("transaction method") {
+        Twopc = "twopc",
+        Tcc = "tcc",
+        Outbox = "outbox",
+        SagaChor = "saga_chor",
+        SagaOrch = "saga_orch",
     }
-}
-
-impl std::str::FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Role::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| {
-                format!("unknown role `{s}`; expected one of order, payment, inventory, shipping, notification")
-            })
-    }
-}
-
-/// The transaction method a deployment runs (`TX_MODE`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TxMode {
-    Twopc,
-    Tcc,
-    Outbox,
-    SagaChor,
-    SagaOrch,
 }
 
 impl TxMode {
-    pub const ALL: [TxMode; 5] = [
-        TxMode::Twopc,
-        TxMode::Tcc,
-        TxMode::Outbox,
-        TxMode::SagaChor,
-        TxMode::SagaOrch,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TxMode::Twopc => "twopc",
-            TxMode::Tcc => "tcc",
-            TxMode::Outbox => "outbox",
-            TxMode::SagaChor => "saga_chor",
-            TxMode::SagaOrch => "saga_orch",
-        }
-    }
-
     /// Whether the services coordinate through events (no coordinator calls).
     pub fn is_event_driven(self) -> bool {
         matches!(self, TxMode::SagaChor | TxMode::Outbox)
     }
 }
 
-impl std::fmt::Display for TxMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+text_enum! {
+    /// A participant's place in the checkout, in forward order. Stored as
+    /// its index (0, 1, 2) in the order service's step logs.
+    pub enum Step ("checkout step") {
+        Payment = "payment",
+        Inventory = "inventory",
+        Shipping = "shipping",
     }
 }
 
-impl std::str::FromStr for TxMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        TxMode::ALL
-            .into_iter()
-            .find(|m| m.as_str() == s)
-            .ok_or_else(|| {
-                format!("unknown transaction method `{s}`; expected one of twopc, tcc, outbox, saga_chor, saga_orch")
-            })
+impl Step {
+    /// Position in the checkout: 0 payment, 1 inventory, 2 shipping.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The step at `index`, if there is one.
+    pub fn at(index: usize) -> Option<Step> {
+        Step::ALL.get(index).copied()
+    }
+
+    /// The step after this one.
+    pub fn next(self) -> Option<Step> {
+        Step::at(self.index() + 1)
+    }
+
+    /// The service that performs this step.
+    pub fn role(self) -> Role {
+        match self {
+            Step::Payment => Role::Payment,
+            Step::Inventory => Role::Inventory,
+            Step::Shipping => Role::Shipping,
+        }
     }
 }
 
@@ -144,5 +189,10 @@ mod tests {
             assert_eq!(serde_json::to_string(&m).unwrap(), format!("\"{m}\""));
         }
         assert!("saga".parse::<TxMode>().unwrap_err().contains("saga_orch"));
+        assert_eq!(serde_json::from_str::<Role>("\"clerk\"").unwrap_err().to_string(), "unknown role `clerk`; expected one of order, payment, inventory, shipping, notification");
+        for s in Step::ALL {
+            assert_eq!(Step::at(s.index()), Some(s));
+        }
+        assert_eq!((Step::Payment.next(), Step::Shipping.next()), (Some(Step::Inventory), None));
     }
 }

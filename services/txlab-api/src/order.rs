@@ -63,56 +63,30 @@ impl CreateOrder {
     }
 }
 
-/// Where an order stands. `Confirmed`, `Rejected` and `Cancelled` are terminal,
-/// though a confirmed order can still be cancelled (a business compensation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OrderState {
-    /// The transaction is running forward.
-    Pending,
-    /// Undoing the effects already applied (after a failure or a cancel).
-    Compensating,
-    Confirmed,
-    Rejected,
-    Cancelled,
-    /// `outbox` only: a participant failed on business grounds and there is
-    /// no compensation; the order waits for a person (by design).
-    NeedsAttention,
+crate::text_enum! {
+    /// Where an order stands. `Confirmed`, `Rejected`, `Cancelled` and
+    /// `NeedsAttention` are terminal, though a confirmed or needs-attention
+    /// order can still be cancelled (a business compensation).
+    pub enum OrderState ("order state") {
+        /// The transaction is running forward.
+        Pending = "pending",
+        /// Undoing the effects already applied (after a failure or a cancel).
+        Compensating = "compensating",
+        Confirmed = "confirmed",
+        Rejected = "rejected",
+        Cancelled = "cancelled",
+        /// `outbox` only: a participant failed on business grounds and there is
+        /// no compensation; the order waits for a person (by design).
+        NeedsAttention = "needs_attention",
+    }
 }
 
 impl OrderState {
+    /// The states whose transaction is still running.
+    pub const OPEN: [OrderState; 2] = [OrderState::Pending, OrderState::Compensating];
+
     pub fn is_terminal(self) -> bool {
         matches!(self, OrderState::Confirmed | OrderState::Rejected | OrderState::Cancelled | OrderState::NeedsAttention)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OrderState::Pending => "pending",
-            OrderState::Compensating => "compensating",
-            OrderState::Confirmed => "confirmed",
-            OrderState::Rejected => "rejected",
-            OrderState::Cancelled => "cancelled",
-            OrderState::NeedsAttention => "needs_attention",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<OrderState> {
-        [
-            OrderState::Pending,
-            OrderState::Compensating,
-            OrderState::Confirmed,
-            OrderState::Rejected,
-            OrderState::Cancelled,
-            OrderState::NeedsAttention,
-        ]
-        .into_iter()
-        .find(|st| st.as_str() == s)
-    }
-}
-
-impl std::fmt::Display for OrderState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -127,7 +101,7 @@ pub struct OrderView {
     pub items: Vec<OrderItem>,
     /// Why the order was rejected or cancelled, when it was.
     pub reason: Option<String>,
-    pub method: String,
+    pub method: crate::TxMode,
     pub created_ms: i64,
     pub decided_ms: Option<i64>,
 }

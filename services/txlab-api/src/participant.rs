@@ -35,67 +35,38 @@ pub struct BookRequest {
     pub slot: String,
 }
 
-/// The state of a participant's record of one order: what this participant
-/// did for it. Stored as text in the records' `state` column (a CHECK
-/// constraint keeps the database to these names); the audit reads it back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RecordState {
-    /// TCC: resources held, not yet taken.
-    Tried,
-    /// Payment: money taken.
-    Captured,
-    /// Inventory: stock taken.
-    Reserved,
-    /// Shipping: slot taken.
-    Booked,
-    /// Payment: money given back.
-    Refunded,
-    /// Inventory: stock given back.
-    Released,
-    /// Shipping: slot given back.
-    Cancelled,
-    /// TCC: a held resource let go.
-    Aborted,
-    /// Refused on business grounds; nothing held.
-    Rejected,
-    /// Compensated before anything ran, so a late forward call is refused.
-    Voided,
+crate::text_enum! {
+    /// The state of a participant's record of one order: what this participant
+    /// did for it. Stored as text in the records' `state` column (a CHECK
+    /// constraint keeps the database to these names); the audit reads it back.
+    pub enum RecordState ("record state") {
+        /// TCC: resources held, not yet taken.
+        Tried = "tried",
+        /// Payment: money taken.
+        Captured = "captured",
+        /// Inventory: stock taken.
+        Reserved = "reserved",
+        /// Shipping: slot taken.
+        Booked = "booked",
+        /// Payment: money given back.
+        Refunded = "refunded",
+        /// Inventory: stock given back.
+        Released = "released",
+        /// Shipping: slot given back.
+        Cancelled = "cancelled",
+        /// TCC: a held resource let go.
+        Aborted = "aborted",
+        /// Refused on business grounds; nothing held.
+        Rejected = "rejected",
+        /// Compensated before anything ran, so a late forward call is refused.
+        Voided = "voided",
+        /// 2PC: the branch's work is prepared and awaits the decision. Only
+        /// ever in a reply: the record itself appears when the branch commits.
+        Prepared = "prepared",
+    }
 }
 
 impl RecordState {
-    pub const ALL: [RecordState; 10] = [
-        RecordState::Tried,
-        RecordState::Captured,
-        RecordState::Reserved,
-        RecordState::Booked,
-        RecordState::Refunded,
-        RecordState::Released,
-        RecordState::Cancelled,
-        RecordState::Aborted,
-        RecordState::Rejected,
-        RecordState::Voided,
-    ];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            RecordState::Tried => "tried",
-            RecordState::Captured => "captured",
-            RecordState::Reserved => "reserved",
-            RecordState::Booked => "booked",
-            RecordState::Refunded => "refunded",
-            RecordState::Released => "released",
-            RecordState::Cancelled => "cancelled",
-            RecordState::Aborted => "aborted",
-            RecordState::Rejected => "rejected",
-            RecordState::Voided => "voided",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<RecordState> {
-        RecordState::ALL.into_iter().find(|r| r.as_str() == s)
-    }
-
     /// What the ledger must hold for a record in this state: how many times
     /// each operation moved the order's items. The same under every method:
     /// a saga step or 2PC branch holds and captures in one transaction, a
@@ -106,50 +77,27 @@ impl RecordState {
             Rejected | Voided => (0, 0, 0, 0),
             Tried => (1, 0, 0, 0),
             Aborted => (1, 0, 1, 0),
-            Captured | Reserved | Booked => (1, 1, 0, 0),
+            Captured | Reserved | Booked | Prepared => (1, 1, 0, 0),
             Refunded | Released | Cancelled => (1, 1, 0, 1),
         };
         LedgerCount { hold, capture, release, restore }
     }
 }
 
-impl std::fmt::Display for RecordState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A business change a participant makes, one ledger row per item moved.
-/// The ledger is append-only and written in the same transaction as the
-/// change, so the audit counts what really moved rather than trusting a
-/// counter kept beside the state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LedgerOp {
-    /// Set aside (balance → reserved, available → reserved, a slot booked).
-    Hold,
-    /// Take what was held, for good.
-    Capture,
-    /// Give back what was held.
-    Release,
-    /// Give back what was captured (a refund, a restock, a freed slot).
-    Restore,
-}
-
-impl LedgerOp {
-    pub const ALL: [LedgerOp; 4] = [LedgerOp::Hold, LedgerOp::Capture, LedgerOp::Release, LedgerOp::Restore];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            LedgerOp::Hold => "hold",
-            LedgerOp::Capture => "capture",
-            LedgerOp::Release => "release",
-            LedgerOp::Restore => "restore",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<LedgerOp> {
-        LedgerOp::ALL.into_iter().find(|o| o.as_str() == s)
+crate::text_enum! {
+    /// A business change a participant makes, one ledger row per item moved.
+    /// The ledger is append-only and written in the same transaction as the
+    /// change, so the audit counts what really moved rather than trusting a
+    /// counter kept beside the state.
+    pub enum LedgerOp ("ledger operation") {
+        /// Set aside (balance → reserved, available → reserved, a slot booked).
+        Hold = "hold",
+        /// Take what was held, for good.
+        Capture = "capture",
+        /// Give back what was held.
+        Release = "release",
+        /// Give back what was captured (a refund, a restock, a freed slot).
+        Restore = "restore",
     }
 }
 
@@ -188,7 +136,7 @@ impl LedgerCount {
 pub struct StepReply {
     pub order_id: Uuid,
     /// The participant's record state after the call, e.g. `captured`.
-    pub state: String,
+    pub state: RecordState,
     /// True when the call found the operation already done and changed nothing.
     pub repeated: bool,
 }
@@ -206,12 +154,12 @@ pub mod reasons {
     pub const ALREADY_COMPENSATED: &str = "already_compensated";
 }
 
-/// A two-phase decision (2PC and TCC share the coordinator log).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DecisionKind {
-    Commit,
-    Abort,
+crate::text_enum! {
+    /// A two-phase decision (2PC and TCC share the coordinator log).
+    pub enum DecisionKind ("decision") {
+        Commit = "commit",
+        Abort = "abort",
+    }
 }
 
 /// `GET /twopc/{order_id}/decision` on the order service: the logged

@@ -64,3 +64,58 @@ pub async fn roll_back_lab_branches(pool: &sqlx::PgPool) -> sqlx::Result<usize> 
     }
     Ok(rolled_back)
 }
+
+#[cfg(test)]
+mod tests {
+    use txlab_api::order::OrderState;
+    use txlab_api::participant::{LedgerOp, RecordState};
+    use txlab_api::{Step, TxMode};
+    use txlab_tx::saga::{Compensation, Forward};
+    use txlab_tx::two_phase::{Decision, Phase2, Vote};
+
+    /// Every migration, concatenated, with runs of whitespace made one space.
+    fn migrations() -> String {
+        let mut all = String::new();
+        for dir in ["common", "order", "payment", "inventory", "shipping", "notification"] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations").join(dir);
+            for entry in std::fs::read_dir(path).unwrap() {
+                all += &std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            }
+        }
+        all.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+
+    /// The quoted values of the CHECK (... IN (...)) that follows `marker`.
+    fn check_list<'a>(sql: &'a str, marker: &str) -> Vec<&'a str> {
+        let from = sql.find(marker).unwrap_or_else(|| panic!("no `{marker}` in the migrations"));
+        let list = &sql[from..];
+        let open = list.find(" IN (").expect("an IN list") + 5;
+        let close = open + list[open..].find(')').expect("a closing parenthesis");
+        list[open..close].split(',').map(|v| v.trim().trim_matches('\'')).collect()
+    }
+
+    #[test]
+    fn every_check_constraint_lists_exactly_its_enums_values() {
+        let sql = migrations();
+        let cases: Vec<(&str, Vec<&str>)> = vec![
+            ("orders_state_known", OrderState::texts(&OrderState::ALL)),
+            ("orders_method_known", TxMode::texts(&TxMode::ALL)),
+            ("saga_steps_forward_known", Forward::texts(&Forward::ALL)),
+            ("saga_steps_compensation_known", Compensation::texts(&Compensation::ALL)),
+            ("saga_steps_name_known", Step::texts(&Step::ALL)),
+            ("tx_branches_vote_known", Vote::texts(&Vote::ALL)),
+            ("tx_branches_phase2_known", Phase2::texts(&Phase2::ALL)),
+            ("tx_branches_name_known", Step::texts(&Step::ALL)),
+            ("tx_decisions_decision_known", Decision::texts(&Decision::ALL)),
+            ("op TEXT NOT NULL CHECK", LedgerOp::texts(&LedgerOp::ALL)),
+        ];
+        for (marker, want) in cases {
+            assert_eq!(check_list(&sql, marker), want, "{marker}");
+        }
+        // Records never store `prepared` (it is only ever a reply).
+        let stored: Vec<&str> = RecordState::ALL.iter().filter(|s| **s != RecordState::Prepared).map(|s| s.as_str()).collect();
+        for table in ["payments", "reservations", "shipments"] {
+            assert_eq!(check_list(&sql, &format!("{table}_state_known")), stored, "{table}");
+        }
+    }
+}

@@ -6,7 +6,7 @@
 
 use txlab_api::event::CheckoutKind;
 use txlab_api::order::OrderState;
-use txlab_api::TxMode;
+use txlab_api::{Step, TxMode};
 
 /// What a participant does about an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,17 +15,17 @@ pub enum Reaction {
     Compensate,
 }
 
-/// The reaction of participant `step` (0 payment, 1 inventory, 2 shipping).
-pub fn react(method: TxMode, step: usize, kind: &CheckoutKind) -> Option<Reaction> {
+/// The reaction of the participant of `step`.
+pub fn react(method: TxMode, step: Step, kind: &CheckoutKind) -> Option<Reaction> {
     match (method, kind) {
         // Every method's cancel: every participant undoes its part (or
         // leaves a voided record if it has none yet).
         (_, CheckoutKind::CancelRequested) => Some(Reaction::Compensate),
         (TxMode::Outbox, CheckoutKind::OrderPlaced) => Some(Reaction::Apply),
-        (TxMode::SagaChor, CheckoutKind::OrderPlaced) if step == 0 => Some(Reaction::Apply),
-        (TxMode::SagaChor, CheckoutKind::Applied { step: s }) if s + 1 == step => Some(Reaction::Apply),
+        (TxMode::SagaChor, CheckoutKind::OrderPlaced) if step == Step::Payment => Some(Reaction::Apply),
+        (TxMode::SagaChor, CheckoutKind::Applied { step: s }) if s.next() == Some(step) => Some(Reaction::Apply),
         // The step after this one failed, or undid itself: undo this one.
-        (TxMode::SagaChor, CheckoutKind::Rejected { step: s, .. } | CheckoutKind::Compensated { step: s }) if *s == step + 1 => {
+        (TxMode::SagaChor, CheckoutKind::Rejected { step: s, .. } | CheckoutKind::Compensated { step: s }) if step.next() == Some(*s) => {
             Some(Reaction::Compensate)
         }
         _ => None,
@@ -34,6 +34,7 @@ pub fn react(method: TxMode, step: usize, kind: &CheckoutKind) -> Option<Reactio
 
 /// What the order service has heard from each participant.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Each array is indexed by [`Step::index`].
 pub struct Heard {
     pub applied: [bool; 3],
     pub rejected: [bool; 3],
@@ -51,13 +52,15 @@ pub fn verdict(method: TxMode, h: &Heard) -> Option<OrderState> {
         // Every participant acts on its own, so the verdict waits until all
         // three have reported: what a refused order still holds is then
         // settled, and the audit's by-design count does not depend on timing.
-        TxMode::Outbox if !(0..3).all(|i| h.applied[i] || h.rejected[i]) => None,
+        TxMode::Outbox if !Step::ALL.iter().all(|s| h.applied[s.index()] || h.rejected[s.index()]) => None,
         TxMode::Outbox if h.rejected.iter().any(|r| *r) => Some(OrderState::NeedsAttention),
         TxMode::Outbox => Some(OrderState::Confirmed),
-        _ if h.applied[2] => Some(OrderState::Confirmed),
+        _ if h.applied[Step::Shipping.index()] => Some(OrderState::Confirmed),
         // Payment refused (nothing to undo), or payment undid itself: the
         // compensation chain has reached its start.
-        _ if h.rejected[0] || (h.compensated[0] && h.rejected.iter().any(|r| *r)) => Some(OrderState::Rejected),
+        _ if h.rejected[Step::Payment.index()] || (h.compensated[Step::Payment.index()] && h.rejected.iter().any(|r| *r)) => {
+            Some(OrderState::Rejected)
+        }
         _ => None,
     }
 }
@@ -66,31 +69,34 @@ pub fn verdict(method: TxMode, h: &Heard) -> Option<OrderState> {
 mod tests {
     use super::*;
 
-    fn rejected(step: usize) -> CheckoutKind {
+    use Step::{Inventory, Payment, Shipping};
+
+    fn rejected(step: Step) -> CheckoutKind {
         CheckoutKind::Rejected { step, reason: "x".into() }
     }
 
     #[test]
     fn choreography_chains_forward_and_compensates_backward() {
         let m = TxMode::SagaChor;
-        assert_eq!(react(m, 0, &CheckoutKind::OrderPlaced), Some(Reaction::Apply));
-        assert_eq!(react(m, 1, &CheckoutKind::OrderPlaced), None);
-        assert_eq!(react(m, 1, &CheckoutKind::Applied { step: 0 }), Some(Reaction::Apply));
-        assert_eq!(react(m, 2, &CheckoutKind::Applied { step: 0 }), None);
-        assert_eq!(react(m, 1, &rejected(2)), Some(Reaction::Compensate));
-        assert_eq!(react(m, 0, &CheckoutKind::Compensated { step: 1 }), Some(Reaction::Compensate));
-        assert_eq!(react(m, 0, &rejected(0)), None, "a refusal is not undone by its own participant");
-        assert_eq!(react(m, 2, &CheckoutKind::CancelRequested), Some(Reaction::Compensate));
+        assert_eq!(react(m, Payment, &CheckoutKind::OrderPlaced), Some(Reaction::Apply));
+        assert_eq!(react(m, Inventory, &CheckoutKind::OrderPlaced), None);
+        assert_eq!(react(m, Inventory, &CheckoutKind::Applied { step: Payment }), Some(Reaction::Apply));
+        assert_eq!(react(m, Shipping, &CheckoutKind::Applied { step: Payment }), None);
+        assert_eq!(react(m, Inventory, &rejected(Shipping)), Some(Reaction::Compensate));
+        assert_eq!(react(m, Payment, &CheckoutKind::Compensated { step: Inventory }), Some(Reaction::Compensate));
+        assert_eq!(react(m, Payment, &rejected(Payment)), None, "a refusal is not undone by its own participant");
+        assert_eq!(react(m, Shipping, &CheckoutKind::CancelRequested), Some(Reaction::Compensate));
     }
 
     #[test]
     fn outbox_applies_everywhere_at_once_and_never_compensates_a_failure() {
         let m = TxMode::Outbox;
-        for step in 0..3 {
+        for step in Step::ALL {
             assert_eq!(react(m, step, &CheckoutKind::OrderPlaced), Some(Reaction::Apply));
-            assert_eq!(react(m, step, &rejected((step + 1) % 3)), None);
+            let other = Step::at((step.index() + 1) % Step::ALL.len()).unwrap();
+            assert_eq!(react(m, step, &rejected(other)), None);
         }
-        assert_eq!(react(m, 1, &CheckoutKind::CancelRequested), Some(Reaction::Compensate));
+        assert_eq!(react(m, Inventory, &CheckoutKind::CancelRequested), Some(Reaction::Compensate));
     }
 
     #[test]

@@ -13,20 +13,6 @@
 //! - [`retry`]: exponential backoff with jitter and a cap.
 //! - [`offsets`]: which offsets a concurrent consumer may commit.
 
-/// Names persisted states as text: `as_str` for writing, `parse` for reading.
-macro_rules! str_enum {
-    ($t:ty { $($v:ident => $s:literal),* $(,)? }) => {
-        impl $t {
-            pub fn as_str(self) -> &'static str {
-                match self { $(Self::$v => $s),* }
-            }
-            pub fn parse(s: &str) -> Option<Self> {
-                match s { $($s => Some(Self::$v),)* _ => None }
-            }
-        }
-    };
-}
-
 pub mod choreography;
 pub mod offsets;
 pub mod retry;

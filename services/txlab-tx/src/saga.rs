@@ -10,31 +10,28 @@
 
 use serde::{Deserialize, Serialize};
 
-/// How far a step's forward operation got, as persisted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Forward {
-    NotStarted,
-    /// Persisted before the call; the outcome is not known yet.
-    Started,
-    Done,
-    /// The participant refused on business grounds; it applied nothing.
-    Rejected,
-    /// Retries ran out without an answer; the effect may or may not exist.
-    Unknown,
+txlab_api::text_enum! {
+    /// How far a step's forward operation got, as persisted.
+    pub enum Forward ("forward state") {
+        NotStarted = "not_started",
+        /// Persisted before the call; the outcome is not known yet.
+        Started = "started",
+        Done = "done",
+        /// The participant refused on business grounds; it applied nothing.
+        Rejected = "rejected",
+        /// Retries ran out without an answer; the effect may or may not exist.
+        Unknown = "unknown",
+    }
 }
 
-/// How far a step's compensation got, as persisted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Compensation {
-    NotStarted,
-    Started,
-    Done,
+txlab_api::text_enum! {
+    /// How far a step's compensation got, as persisted.
+    pub enum Compensation ("compensation state") {
+        NotStarted = "not_started",
+        Started = "started",
+        Done = "done",
+    }
 }
-
-str_enum!(Forward { NotStarted => "not_started", Started => "started", Done => "done", Rejected => "rejected", Unknown => "unknown" });
-str_enum!(Compensation { NotStarted => "not_started", Started => "started", Done => "done" });
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepRecord {

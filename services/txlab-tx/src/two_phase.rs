@@ -8,43 +8,34 @@
 //! logged decision is finished; an undecided transaction whose vote was
 //! under way is asked again (participants answer repeated calls the same).
 
-use serde::{Deserialize, Serialize};
 
 use crate::saga::Outcome;
 
-/// A participant's answer to phase one, as persisted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Vote {
-    NotAsked,
-    /// Persisted before the call.
-    Asked,
-    Yes,
-    /// Refused on business grounds.
-    No,
-    /// Retries ran out (e.g. a try timed out): counts as no.
-    Unknown,
+txlab_api::text_enum! {
+    /// A participant's answer to phase one, as persisted.
+    pub enum Vote ("vote") {
+        NotAsked = "not_asked",
+        /// Persisted before the call.
+        Asked = "asked",
+        Yes = "yes",
+        /// Refused on business grounds.
+        No = "no",
+        /// Retries ran out (e.g. a try timed out): counts as no.
+        Unknown = "unknown",
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Decision {
-    Commit,
-    Abort,
-}
+/// The coordinator's decision: the one the participants ask about.
+pub use txlab_api::participant::DecisionKind as Decision;
 
-/// Phase two at one participant, as persisted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase2 {
-    Pending,
-    Started,
-    Done,
+txlab_api::text_enum! {
+    /// Phase two at one participant, as persisted.
+    pub enum Phase2 ("phase-two state") {
+        Pending = "pending",
+        Started = "started",
+        Done = "done",
+    }
 }
-
-str_enum!(Vote { NotAsked => "not_asked", Asked => "asked", Yes => "yes", No => "no", Unknown => "unknown" });
-str_enum!(Decision { Commit => "commit", Abort => "abort" });
-str_enum!(Phase2 { Pending => "pending", Started => "started", Done => "done" });
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {

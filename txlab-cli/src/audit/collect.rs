@@ -10,7 +10,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgPool};
 use txlab_api::event::{CHECKOUT_TOPIC, ORDER_EVENTS_TOPIC};
-use txlab_api::order::OrderItem;
+use txlab_api::order::{OrderItem, OrderState};
+use txlab_api::participant::{LedgerOp, RecordState};
 use txlab_api::{Role, TxMode};
 use uuid::Uuid;
 
@@ -25,8 +26,10 @@ pub struct OrderRow {
     pub items: sqlx::types::Json<Vec<OrderItem>>,
     pub amount: i64,
     pub slot: String,
-    pub method: String,
-    pub state: String,
+    #[sqlx(try_from = "String")]
+    pub method: TxMode,
+    #[sqlx(try_from = "String")]
+    pub state: OrderState,
     pub decided_ms: Option<i64>,
 }
 
@@ -45,14 +48,16 @@ pub struct ItemRow {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
 pub struct RecordRow {
     pub order_id: Uuid,
-    pub state: String,
+    #[sqlx(try_from = "String")]
+    pub state: RecordState,
 }
 
 /// One line of a participant's ledger: what moved.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
 pub struct LedgerRow {
     pub order_id: Uuid,
-    pub op: String,
+    #[sqlx(try_from = "String")]
+    pub op: LedgerOp,
     pub item: String,
     pub qty: i64,
 }
@@ -72,14 +77,16 @@ pub struct ParticipantDb {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct OutcomeRow {
     pub order_id: Uuid,
-    pub state: String,
+    pub state: OrderState,
     pub decided_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
 pub struct NotificationRow {
     pub order_id: Uuid,
-    pub kind: String,
+    /// The outcome it announces.
+    #[sqlx(try_from = "String")]
+    pub kind: OrderState,
     pub received_ms: i64,
 }
 
@@ -139,7 +146,7 @@ impl Snapshots {
     /// or prepared. Auditing anything still moving would be unfair.
     pub fn unsettled(&self, method: TxMode) -> Vec<String> {
         let mut out = Vec::new();
-        let open = self.orders.iter().filter(|o| matches!(o.state.as_str(), "pending" | "compensating")).count();
+        let open = self.orders.iter().filter(|o| !o.state.is_terminal()).count();
         if open > 0 {
             out.push(format!("{open} orders not decided"));
         }
@@ -162,7 +169,7 @@ impl Snapshots {
         }
         for role in [Role::Payment, Role::Inventory, Role::Shipping] {
             let p = self.participant(role);
-            let tried = p.records.iter().filter(|r| r.state == "tried").count();
+            let tried = p.records.iter().filter(|r| r.state == RecordState::Tried).count();
             if tried > 0 {
                 out.push(format!("{role}: {tried} branches tried"));
             }
@@ -294,7 +301,7 @@ async fn read_orders(conn: &mut PgConnection, s: &mut Snapshots) -> anyhow::Resu
         .into_iter()
         .map(|(p,)| {
             let e: txlab_api::event::OrderOutcome = serde_json::from_value(p).context("an outcome event in the outbox is unreadable")?;
-            Ok(OutcomeRow { order_id: e.order_id, state: e.state.to_string(), decided_ms: e.decided_ms })
+            Ok(OutcomeRow { order_id: e.order_id, state: e.state, decided_ms: e.decided_ms })
         })
         .collect::<anyhow::Result<_>>()?;
     Ok(())

@@ -64,16 +64,12 @@ pub struct ClientView {
     pub orders: BTreeMap<Uuid, Option<OrderState>>,
 }
 
-/// The legal histories of an order's outcomes (ARCHITECTURE: a terminal
+/// The legal histories of an order's outcomes (docs/architecture.md: a terminal
 /// state changes only by a cancel of a confirmed or needs-attention order).
-const LEGAL_OUTCOMES: [&[&str]; 6] = [
-    &["confirmed"],
-    &["rejected"],
-    &["cancelled"],
-    &["confirmed", "cancelled"],
-    &["needs_attention"],
-    &["needs_attention", "cancelled"],
-];
+const LEGAL_OUTCOMES: [&[OrderState]; 6] = {
+    use OrderState::{Cancelled, Confirmed, NeedsAttention, Rejected};
+    [&[Confirmed], &[Rejected], &[Cancelled], &[Confirmed, Cancelled], &[NeedsAttention], &[NeedsAttention, Cancelled]]
+};
 
 const PARTICIPANTS: [Role; 3] = [Role::Payment, Role::Inventory, Role::Shipping];
 
@@ -177,21 +173,16 @@ impl Moved {
 }
 
 /// The ledger of one participant, per item (for conservation) or per order.
-fn ledger_by<K: Ord>(db: &ParticipantDb, key: impl Fn(&super::collect::LedgerRow) -> K) -> (BTreeMap<K, Moved>, Vec<String>) {
+fn ledger_by<K: Ord>(db: &ParticipantDb, key: impl Fn(&super::collect::LedgerRow) -> K) -> BTreeMap<K, Moved> {
     let mut out: BTreeMap<K, Moved> = BTreeMap::new();
-    let mut unknown = Vec::new();
     for row in &db.ledger {
-        let Some(op) = LedgerOp::parse(&row.op) else {
-            unknown.push(row.op.clone());
-            continue;
-        };
         let m = out.entry(key(row)).or_default();
-        *m.by_op.entry(op).or_default().entry(row.item.clone()).or_default() += row.qty;
+        *m.by_op.entry(row.op).or_default().entry(row.item.clone()).or_default() += row.qty;
         if !m.orders.contains(&row.order_id) {
             m.orders.push(row.order_id);
         }
     }
-    (out, unknown)
+    out
 }
 
 /// Money and stock: for every seeded customer or SKU, what is left plus
@@ -202,7 +193,7 @@ fn conservation(a: &mut Audit, role: Role, seeded: &BTreeMap<&str, i64>, db: &Pa
         Role::Payment => ("money", "customer", "balance", "reserved"),
         _ => ("stock", "SKU", "available", "reserved"),
     };
-    let (per_item, _) = ledger_by(db, |r| r.item.clone());
+    let per_item = ledger_by(db, |r| r.item.clone());
     let empty = Moved::default();
     for row in &db.items {
         let m = per_item.get(&row.item).unwrap_or(&empty);
@@ -242,7 +233,7 @@ fn conservation(a: &mut Audit, role: Role, seeded: &BTreeMap<&str, i64>, db: &Pa
 /// Courier slots: the capacity is the one seeded, the booked counter equals
 /// the live bookings in the ledger, and those never exceed the seeded capacity.
 fn slots(a: &mut Audit, seeded: &BTreeMap<&str, i64>, db: &ParticipantDb) {
-    let (per_slot, _) = ledger_by(db, |r| r.item.clone());
+    let per_slot = ledger_by(db, |r| r.item.clone());
     let empty = Moved::default();
     for row in &db.items {
         let m = per_slot.get(&row.item).unwrap_or(&empty);
@@ -274,18 +265,12 @@ fn slots(a: &mut Audit, seeded: &BTreeMap<&str, i64>, db: &ParticipantDb) {
 /// the quantities of the order's own content.
 fn exactly_once(a: &mut Audit, role: Role, db: &ParticipantDb, orders: &HashMap<Uuid, &OrderRow>) {
     let what = part_name(role);
-    let (per_order, unknown_ops) = ledger_by(db, |r| r.order_id);
-    for op in unknown_ops {
-        a.flag("exactly_once", format!("the {role} ledger holds an unknown operation `{op}`"), vec![]);
-    }
+    let per_order = ledger_by(db, |r| r.order_id);
     let mut recorded = std::collections::HashSet::new();
     for rec in &db.records {
         recorded.insert(rec.order_id);
         let id = rec.order_id;
-        let Some(state) = RecordState::parse(&rec.state) else {
-            a.flag("exactly_once", format!("{what} of order {id} is in an unknown state `{}`", rec.state), vec![id]);
-            continue;
-        };
+        let state = rec.state;
         let Some(order) = orders.get(&id) else {
             // A call for an order the coordinator never logged that came to
             // nothing (a branch rolled back by presumed abort) holds nothing.
@@ -322,21 +307,19 @@ fn exactly_once(a: &mut Audit, role: Role, db: &ParticipantDb, orders: &HashMap<
 /// part taken, a rejected or cancelled one none held or taken, and only an
 /// `outbox` order may be left needing attention (by design).
 fn atomicity(a: &mut Audit, s: &Snapshots) {
-    let records: Vec<HashMap<Uuid, Option<RecordState>>> = PARTICIPANTS
-        .iter()
-        .map(|r| s.participant(*r).records.iter().map(|x| (x.order_id, RecordState::parse(&x.state))).collect())
-        .collect();
+    let records: Vec<HashMap<Uuid, RecordState>> =
+        PARTICIPANTS.iter().map(|r| s.participant(*r).records.iter().map(|x| (x.order_id, x.state)).collect()).collect();
     for o in &s.orders {
         let parts: Vec<(Role, Option<RecordState>)> =
-            PARTICIPANTS.iter().zip(&records).map(|(r, m)| (*r, m.get(&o.id).copied().flatten())).collect();
+            PARTICIPANTS.iter().zip(&records).map(|(r, m)| (*r, m.get(&o.id).copied())).collect();
         let holding: Vec<String> = parts
             .iter()
             .filter(|(r, st)| *st == Some(applied(*r)) || *st == Some(RecordState::Tried))
             .map(|(r, st)| format!("{} ({})", part_name(*r), st.map(|x| x.as_str()).unwrap_or("")))
             .collect();
         let id = o.id;
-        match o.state.as_str() {
-            "confirmed" => {
+        match o.state {
+            OrderState::Confirmed => {
                 let missing: Vec<String> = parts
                     .iter()
                     .filter(|(r, st)| *st != Some(applied(*r)))
@@ -346,17 +329,17 @@ fn atomicity(a: &mut Audit, s: &Snapshots) {
                     a.flag("atomicity", format!("confirmed order {id} lacks its {}", missing.join(", ")), vec![id]);
                 }
             }
-            "rejected" | "cancelled" if !holding.is_empty() => {
+            OrderState::Rejected | OrderState::Cancelled if !holding.is_empty() => {
                 a.flag("atomicity", format!("{} order {id} still holds its {}", o.state, holding.join(", ")), vec![id]);
             }
-            "needs_attention" if o.method != TxMode::Outbox.as_str() => a.flag(
+            OrderState::NeedsAttention if o.method != TxMode::Outbox => a.flag(
                 "atomicity",
                 format!("order {id} needs attention under {}; only outbox leaves an order for a person", o.method),
                 vec![id],
             ),
             // Outbox applies without compensation: a refused step leaves the
             // others' effects standing until a person acts.
-            "needs_attention" if !holding.is_empty() => a.by_design(
+            OrderState::NeedsAttention if !holding.is_empty() => a.by_design(
                 "atomicity",
                 format!("order {id} needs attention and holds its {} (outbox, by design)", holding.join(", ")),
                 vec![id],
@@ -369,12 +352,12 @@ fn atomicity(a: &mut Audit, s: &Snapshots) {
 /// Nothing left moving: every order decided, no branch tried or prepared,
 /// every outbox published, every consumer at its topic's end.
 fn termination(a: &mut Audit, s: &Snapshots, method: TxMode) {
-    for o in s.orders.iter().filter(|o| !OrderState::parse(&o.state).is_some_and(OrderState::is_terminal)) {
+    for o in s.orders.iter().filter(|o| !o.state.is_terminal()) {
         a.flag("termination", format!("order {} is still {} after quiesce", o.id, o.state), vec![o.id]);
     }
     for role in PARTICIPANTS {
         let db = s.participant(role);
-        for r in db.records.iter().filter(|r| r.state == RecordState::Tried.as_str()) {
+        for r in db.records.iter().filter(|r| r.state == RecordState::Tried) {
             a.flag("termination", format!("the {role} TCC branch of order {} was left tried", r.order_id), vec![r.order_id]);
         }
         for gid in &db.prepared {
@@ -395,8 +378,16 @@ fn termination(a: &mut Audit, s: &Snapshots, method: TxMode) {
     }
 }
 
-fn sequences<'a>(pairs: impl Iterator<Item = (Uuid, &'a str)>) -> BTreeMap<Uuid, Vec<&'a str>> {
-    let mut out: BTreeMap<Uuid, Vec<&str>> = BTreeMap::new();
+/// An outcome history in words, e.g. `confirmed → cancelled`.
+fn history(seq: &[OrderState]) -> String {
+    if seq.is_empty() {
+        return "none".into();
+    }
+    seq.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" → ")
+}
+
+fn sequences(pairs: impl Iterator<Item = (Uuid, OrderState)>) -> BTreeMap<Uuid, Vec<OrderState>> {
+    let mut out: BTreeMap<Uuid, Vec<OrderState>> = BTreeMap::new();
     for (id, state) in pairs {
         out.entry(id).or_default().push(state);
     }
@@ -406,15 +397,15 @@ fn sequences<'a>(pairs: impl Iterator<Item = (Uuid, &'a str)>) -> BTreeMap<Uuid,
 /// Each decided order's outcome events form a legal history ending in its
 /// current state.
 fn outcomes(a: &mut Audit, s: &Snapshots, orders: &HashMap<Uuid, &OrderRow>) {
-    let seqs = sequences(s.outcomes.iter().map(|o| (o.order_id, o.state.as_str())));
-    for o in s.orders.iter().filter(|o| OrderState::parse(&o.state).is_some_and(OrderState::is_terminal)) {
+    let seqs = sequences(s.outcomes.iter().map(|o| (o.order_id, o.state)));
+    for o in s.orders.iter().filter(|o| o.state.is_terminal()) {
         let seq = seqs.get(&o.id).cloned().unwrap_or_default();
         if seq.is_empty() {
             a.flag("outcomes", format!("order {} is {} but no outcome event was written", o.id, o.state), vec![o.id]);
         } else if !LEGAL_OUTCOMES.contains(&seq.as_slice()) {
-            a.flag("outcomes", format!("order {} has outcome events {seq:?}, not a legal history", o.id), vec![o.id]);
-        } else if seq.last() != Some(&o.state.as_str()) {
-            a.flag("outcomes", format!("order {}'s last outcome event says {:?}, the order is {}", o.id, seq.last(), o.state), vec![o.id]);
+            a.flag("outcomes", format!("order {} has outcome events {}, not a legal history", o.id, history(&seq)), vec![o.id]);
+        } else if seq.last() != Some(&o.state) {
+            a.flag("outcomes", format!("order {}'s outcome events say {}, the order is {}", o.id, history(&seq), o.state), vec![o.id]);
         }
     }
     for id in seqs.keys().filter(|id| !orders.contains_key(id)) {
@@ -425,19 +416,19 @@ fn outcomes(a: &mut Audit, s: &Snapshots, orders: &HashMap<Uuid, &OrderRow>) {
 /// Exactly one notification per outcome event, in the same order; returns
 /// the notification lag's median and maximum.
 fn notifications(a: &mut Audit, s: &Snapshots, orders: &HashMap<Uuid, &OrderRow>) -> (Option<i64>, Option<i64>) {
-    let outcomes = sequences(s.outcomes.iter().map(|o| (o.order_id, o.state.as_str())));
-    let notified = sequences(s.notifications.iter().map(|n| (n.order_id, n.kind.as_str())));
+    let outcomes = sequences(s.outcomes.iter().map(|o| (o.order_id, o.state)));
+    let notified = sequences(s.notifications.iter().map(|n| (n.order_id, n.kind)));
     let mut ids: Vec<Uuid> = outcomes.keys().chain(notified.keys()).copied().collect();
     ids.sort_unstable();
     ids.dedup();
     for id in ids {
         let (want, got) = (outcomes.get(&id).cloned().unwrap_or_default(), notified.get(&id).cloned().unwrap_or_default());
         if !orders.contains_key(&id) && want.is_empty() {
-            a.flag("notification", format!("notifications {got:?} for order {id}, which the order service does not know"), vec![id]);
+            a.flag("notification", format!("notifications {} for order {id}, which the order service does not know", history(&got)), vec![id]);
         } else if got.is_empty() {
-            a.flag("notification", format!("order {id} was never notified of its outcomes {want:?}"), vec![id]);
+            a.flag("notification", format!("order {id} was never notified of its outcomes {}", history(&want)), vec![id]);
         } else if got != want {
-            a.flag("notification", format!("order {id} was notified {got:?} for the outcomes {want:?}"), vec![id]);
+            a.flag("notification", format!("order {id} was notified {} for the outcomes {}", history(&got), history(&want)), vec![id]);
         }
     }
     let decided: HashMap<Uuid, i64> = s.outcomes.iter().map(|o| (o.order_id, o.decided_ms)).collect();
@@ -454,7 +445,7 @@ fn reconcile(a: &mut Audit, client: &ClientView, orders: &HashMap<Uuid, &OrderRo
     for (id, seen) in &client.orders {
         match (orders.get(id), seen) {
             (None, _) => a.flag("client", format!("the driver was answered for order {id}, which the database does not hold"), vec![*id]),
-            (Some(o), Some(seen)) if seen.as_str() != o.state => a.flag(
+            (Some(o), Some(seen)) if *seen != o.state => a.flag(
                 "client",
                 format!("the driver saw order {id} decided {seen}, the database says {}", o.state),
                 vec![*id],
@@ -500,15 +491,15 @@ mod tests {
         Uuid::from_u128(n)
     }
 
-    fn order(n: u128, state: &str) -> OrderRow {
+    fn order(n: u128, state: OrderState) -> OrderRow {
         OrderRow {
             id: id(n),
             customer: "c1".into(),
             items: sqlx::types::Json(vec![OrderItem { sku: "k1".into(), qty: 2, unit_price: 150 }]),
             amount: 300,
             slot: "s1".into(),
-            method: "saga_orch".into(),
-            state: state.into(),
+            method: TxMode::SagaOrch,
+            state,
             decided_ms: Some(1_010),
         }
     }
@@ -521,20 +512,20 @@ mod tests {
         }
     }
 
-    fn rec(n: u128, state: &str) -> RecordRow {
-        RecordRow { order_id: id(n), state: state.into() }
+    fn rec(n: u128, state: RecordState) -> RecordRow {
+        RecordRow { order_id: id(n), state }
     }
 
-    fn moved(n: u128, op: &str, item: &str, qty: i64) -> LedgerRow {
-        LedgerRow { order_id: id(n), op: op.into(), item: item.into(), qty }
+    fn moved(n: u128, op: LedgerOp, item: &str, qty: i64) -> LedgerRow {
+        LedgerRow { order_id: id(n), op, item: item.into(), qty }
     }
 
-    fn outcome(n: u128, state: &str) -> OutcomeRow {
-        OutcomeRow { order_id: id(n), state: state.into(), decided_ms: 1_010 }
+    fn outcome(n: u128, state: OrderState) -> OutcomeRow {
+        OutcomeRow { order_id: id(n), state, decided_ms: 1_010 }
     }
 
-    fn notified(n: u128, kind: &str, at: i64) -> NotificationRow {
-        NotificationRow { order_id: id(n), kind: kind.into(), received_ms: at }
+    fn notified(n: u128, kind: OrderState, at: i64) -> NotificationRow {
+        NotificationRow { order_id: id(n), kind, received_ms: at }
     }
 
     /// A consistent world: order 1 confirmed, order 2 rejected at inventory
@@ -544,33 +535,33 @@ mod tests {
         messaging.get_mut(&Role::Notification).unwrap().offsets =
             vec![ConsumerOffset { consumer: "notification".into(), topic: ORDER_EVENTS_TOPIC.into(), partition: 0, next_offset: 2 }];
         Snapshots {
-            orders: vec![order(1, "confirmed"), order(2, "rejected")],
-            outcomes: vec![outcome(1, "confirmed"), outcome(2, "rejected")],
+            orders: vec![order(1, OrderState::Confirmed), order(2, OrderState::Rejected)],
+            outcomes: vec![outcome(1, OrderState::Confirmed), outcome(2, OrderState::Rejected)],
             payment: ParticipantDb {
                 items: vec![ItemRow { item: "c1".into(), amount: 700, held: 0 }],
-                records: vec![rec(1, "captured"), rec(2, "refunded")],
+                records: vec![rec(1, RecordState::Captured), rec(2, RecordState::Refunded)],
                 ledger: vec![
-                    moved(1, "hold", "c1", 300),
-                    moved(1, "capture", "c1", 300),
-                    moved(2, "hold", "c1", 300),
-                    moved(2, "capture", "c1", 300),
-                    moved(2, "restore", "c1", 300),
+                    moved(1, LedgerOp::Hold, "c1", 300),
+                    moved(1, LedgerOp::Capture, "c1", 300),
+                    moved(2, LedgerOp::Hold, "c1", 300),
+                    moved(2, LedgerOp::Capture, "c1", 300),
+                    moved(2, LedgerOp::Restore, "c1", 300),
                 ],
                 prepared: vec![],
             },
             inventory: ParticipantDb {
                 items: vec![ItemRow { item: "k1".into(), amount: 8, held: 0 }],
-                records: vec![rec(1, "reserved"), rec(2, "rejected")],
-                ledger: vec![moved(1, "hold", "k1", 2), moved(1, "capture", "k1", 2)],
+                records: vec![rec(1, RecordState::Reserved), rec(2, RecordState::Rejected)],
+                ledger: vec![moved(1, LedgerOp::Hold, "k1", 2), moved(1, LedgerOp::Capture, "k1", 2)],
                 prepared: vec![],
             },
             shipping: ParticipantDb {
                 items: vec![ItemRow { item: "s1".into(), amount: 5, held: 1 }],
-                records: vec![rec(1, "booked")],
-                ledger: vec![moved(1, "hold", "s1", 1), moved(1, "capture", "s1", 1)],
+                records: vec![rec(1, RecordState::Booked)],
+                ledger: vec![moved(1, LedgerOp::Hold, "s1", 1), moved(1, LedgerOp::Capture, "s1", 1)],
                 prepared: vec![],
             },
-            notifications: vec![notified(1, "confirmed", 1_020), notified(2, "rejected", 1_050)],
+            notifications: vec![notified(1, OrderState::Confirmed, 1_020), notified(2, OrderState::Rejected, 1_050)],
             messaging,
             topic_ends: [((ORDER_EVENTS_TOPIC.to_string(), 0), 2)].into_iter().collect(),
         }
@@ -653,7 +644,7 @@ mod tests {
     #[test]
     fn a_skipped_compensation_breaks_atomicity_and_exactly_once() {
         let mut w = world();
-        w.payment.records[1].state = "captured".into();
+        w.payment.records[1].state = RecordState::Captured;
         let r = audit(&w);
         assert!(kinds(&r).contains(&"atomicity") && kinds(&r).contains(&"exactly_once"), "{:#?}", r.violations);
     }
@@ -661,7 +652,7 @@ mod tests {
     #[test]
     fn a_step_applied_twice_breaks_exactly_once_even_when_money_adds_up() {
         let mut w = world();
-        w.inventory.ledger.extend([moved(1, "hold", "k1", 2), moved(1, "capture", "k1", 2)]);
+        w.inventory.ledger.extend([moved(1, LedgerOp::Hold, "k1", 2), moved(1, LedgerOp::Capture, "k1", 2)]);
         w.inventory.items[0].amount = 6;
         let d = only(&audit(&w), "exactly_once");
         assert!(d.iter().any(|x| x.contains("hold moved {\"k1\": 4}") && x.contains("{\"k1\": 2}")), "{d:?}");
@@ -685,7 +676,7 @@ mod tests {
     #[test]
     fn unfinished_work_breaks_termination() {
         let mut w = world();
-        w.orders.push(order(3, "compensating"));
+        w.orders.push(order(3, OrderState::Compensating));
         w.inventory.prepared.push(format!("txlab_inventory_{}", id(3).simple()));
         w.messaging.get_mut(&Role::Payment).unwrap().unpublished = 2;
         w.topic_ends.insert((ORDER_EVENTS_TOPIC.to_string(), 1), 4);
@@ -702,8 +693,8 @@ mod tests {
     #[test]
     fn a_branch_left_tried_breaks_termination_and_atomicity() {
         let mut w = world();
-        w.shipping.records.push(rec(2, "tried"));
-        w.shipping.ledger.push(moved(2, "hold", "s1", 1));
+        w.shipping.records.push(rec(2, RecordState::Tried));
+        w.shipping.ledger.push(moved(2, LedgerOp::Hold, "s1", 1));
         w.shipping.items[0].held = 2;
         let r = audit(&w);
         assert_eq!(kinds(&r), vec!["atomicity", "termination"], "{:#?}", r.violations);
@@ -713,30 +704,30 @@ mod tests {
     fn an_overwritten_outcome_breaks_the_outcome_history() {
         let mut w = world();
         // Rejected, then cancelled as well: the race of issue 6.
-        w.orders[1].state = "cancelled".into();
-        w.outcomes.push(outcome(2, "cancelled"));
-        w.notifications.push(notified(2, "cancelled", 1_060));
+        w.orders[1].state = OrderState::Cancelled;
+        w.outcomes.push(outcome(2, OrderState::Cancelled));
+        w.notifications.push(notified(2, OrderState::Cancelled, 1_060));
         let mut c = client();
         c.orders.insert(id(2), Some(OrderState::Rejected));
         let r = check(&seed(), &w, TxMode::SagaOrch, Some(&c));
         assert_eq!(kinds(&r), vec!["outcomes", "client"], "{:#?}", r.violations);
-        assert!(r.violations[0].detail.contains("[\"rejected\", \"cancelled\"]"));
+        assert!(r.violations[0].detail.contains("rejected → cancelled"), "{:#?}", r.violations);
     }
 
     #[test]
     fn a_confirmed_then_cancelled_order_is_a_legal_history() {
         let mut w = world();
-        w.orders[0].state = "cancelled".into();
-        w.outcomes.push(outcome(1, "cancelled"));
-        w.notifications.push(notified(1, "cancelled", 1_070));
-        w.payment.records[0].state = "refunded".into();
-        w.payment.ledger.push(moved(1, "restore", "c1", 300));
+        w.orders[0].state = OrderState::Cancelled;
+        w.outcomes.push(outcome(1, OrderState::Cancelled));
+        w.notifications.push(notified(1, OrderState::Cancelled, 1_070));
+        w.payment.records[0].state = RecordState::Refunded;
+        w.payment.ledger.push(moved(1, LedgerOp::Restore, "c1", 300));
         w.payment.items[0].amount = 1_000;
-        w.inventory.records[0].state = "released".into();
-        w.inventory.ledger.push(moved(1, "restore", "k1", 2));
+        w.inventory.records[0].state = RecordState::Released;
+        w.inventory.ledger.push(moved(1, LedgerOp::Restore, "k1", 2));
         w.inventory.items[0].amount = 10;
-        w.shipping.records[0].state = "cancelled".into();
-        w.shipping.ledger.push(moved(1, "restore", "s1", 1));
+        w.shipping.records[0].state = RecordState::Cancelled;
+        w.shipping.ledger.push(moved(1, LedgerOp::Restore, "s1", 1));
         w.shipping.items[0].held = 0;
         let mut c = client();
         c.orders.insert(id(1), Some(OrderState::Cancelled));
@@ -751,7 +742,7 @@ mod tests {
         w.notifications.remove(1);
         let d = only(&audit(&w), "notification");
         assert_eq!(d.len(), 2, "{d:?}");
-        assert!(d.iter().any(|x| x.contains("[\"confirmed\", \"confirmed\"]")) && d.iter().any(|x| x.contains("never notified")));
+        assert!(d.iter().any(|x| x.contains("notified confirmed → confirmed")) && d.iter().any(|x| x.contains("never notified")));
     }
 
     #[test]
@@ -780,11 +771,11 @@ mod tests {
     fn needing_attention_is_by_design_only_under_outbox() {
         let mut w = world();
         // Inventory refused order 2, but its payment stayed taken: outbox's contract.
-        w.orders[1].state = "needs_attention".into();
-        w.orders[1].method = "outbox".into();
-        w.outcomes[1].state = "needs_attention".into();
-        w.notifications[1].kind = "needs_attention".into();
-        w.payment.records[1].state = "captured".into();
+        w.orders[1].state = OrderState::NeedsAttention;
+        w.orders[1].method = TxMode::Outbox;
+        w.outcomes[1].state = OrderState::NeedsAttention;
+        w.notifications[1].kind = OrderState::NeedsAttention;
+        w.payment.records[1].state = RecordState::Captured;
         w.payment.ledger.pop();
         w.payment.items[0].amount = 400;
         let mut c = client();
@@ -794,7 +785,7 @@ mod tests {
         assert!(r.violations[0].by_design && r.violations[0].invariant == "atomicity");
         assert_eq!(r.by_invariant.values().sum::<usize>(), 0, "no bugs counted");
 
-        w.orders[1].method = "saga_orch".into();
+        w.orders[1].method = TxMode::SagaOrch;
         let r = check(&seed(), &w, TxMode::SagaOrch, Some(&c));
         assert!(r.violations.iter().any(|v| !v.by_design && v.detail.contains("only outbox")), "{:#?}", r.violations);
     }

@@ -6,10 +6,12 @@ use std::fmt::Write as _;
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{Cell as TableCell, CellAlignment, Color, ContentArrangement, Table};
 
+use txlab_api::order::OrderState;
+
 use crate::results::CellSummary;
 
-fn outcome(s: &CellSummary, state: &str) -> u64 {
-    s.outcomes.get(state).copied().unwrap_or(0)
+fn outcome(s: &CellSummary, state: OrderState) -> u64 {
+    s.outcomes.get(state.as_str()).copied().unwrap_or(0)
 }
 
 /// One row per cell: throughput, outcomes, latency, audit.
@@ -35,10 +37,10 @@ pub fn table(summaries: &[CellSummary]) -> Table {
             TableCell::new(scenario),
             TableCell::new(format!("{:.0}→{:.1}", s.target_rate, s.achieved_rate)),
             TableCell::new(s.sent),
-            TableCell::new(outcome(s, "confirmed")),
-            TableCell::new(outcome(s, "rejected")),
-            TableCell::new(outcome(s, "cancelled")),
-            TableCell::new(outcome(s, "needs_attention")),
+            TableCell::new(outcome(s, OrderState::Confirmed)),
+            TableCell::new(outcome(s, OrderState::Rejected)),
+            TableCell::new(outcome(s, OrderState::Cancelled)),
+            TableCell::new(outcome(s, OrderState::NeedsAttention)),
             if s.unexpected > 0 { TableCell::new(s.unexpected).fg(Color::Yellow) } else { TableCell::new(0) },
             TableCell::new(s.errors + s.undecided + s.dropped),
             TableCell::new(format!("{:.1} / {:.1}", s.accepted_ms.p50, s.accepted_ms.p99)),
@@ -79,9 +81,9 @@ pub fn csv(summaries: &[CellSummary]) -> String {
             s.target_rate,
             s.achieved_rate,
             s.sent,
-            outcome(s, "confirmed"),
-            outcome(s, "rejected"),
-            outcome(s, "cancelled"),
+            outcome(s, OrderState::Confirmed),
+            outcome(s, OrderState::Rejected),
+            outcome(s, OrderState::Cancelled),
             s.unexpected,
             s.errors,
             s.undecided,
@@ -97,7 +99,7 @@ pub fn csv(summaries: &[CellSummary]) -> String {
             s.settled,
             s.violations,
             s.by_design,
-            outcome(s, "needs_attention"),
+            outcome(s, OrderState::NeedsAttention),
             s.events.get("retry").copied().unwrap_or(0.0),
             s.events.get("compensation").copied().unwrap_or(0.0),
             s.restarts.values().sum::<u32>(),

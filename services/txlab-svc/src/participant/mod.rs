@@ -83,7 +83,7 @@ use serde::Serialize;
 use sqlx::PgConnection;
 use txlab_api::fault::FaultPoint;
 use txlab_api::participant::{RecordState, StepReply};
-use txlab_api::Role;
+use txlab_api::{Role, Step};
 use uuid::Uuid;
 
 use crate::faults::Faults;
@@ -113,15 +113,15 @@ pub struct BusinessTable {
 /// what was captured (a refund).
 pub trait Participant: Send + Sync + 'static {
     const ROLE: Role;
-    /// Place in the checkout: 0 payment, 1 inventory, 2 shipping.
-    const STEP: usize;
+    /// Place in the checkout.
+    const STEP: Step;
     const BUSINESS: BusinessTable;
     /// Table of per-order records.
     const RECORDS: &'static str;
     /// Record state once resources are taken, e.g. `captured`.
-    const APPLIED: &'static str;
+    const APPLIED: RecordState;
     /// Record state once taken resources are given back, e.g. `refunded`.
-    const UNDONE: &'static str;
+    const UNDONE: RecordState;
     /// URL segment of the participant's records, e.g. `payments`.
     const COLLECTION: &'static str;
     /// Saga operation names: `/{COLLECTION}/{order_id}/{FORWARD_OP}` and `/{UNDO_OP}`.
@@ -151,20 +151,16 @@ pub trait Participant: Send + Sync + 'static {
     fn restore(conn: &mut PgConnection, req: &Self::Request) -> impl Future<Output = sqlx::Result<()>> + Send;
 }
 
-pub const TRIED: &str = RecordState::Tried.as_str();
-pub const ABORTED: &str = RecordState::Aborted.as_str();
-pub const REJECTED: &str = RecordState::Rejected.as_str();
-pub const VOIDED: &str = RecordState::Voided.as_str();
 /// A racing duplicate insert is retried this many times before giving up.
 const RACE_RETRIES: usize = 3;
 
-pub fn reply(order_id: Uuid, state: &str, repeated: bool) -> StepReply {
-    StepReply { order_id, state: state.to_string(), repeated }
+pub fn reply(order_id: Uuid, state: RecordState, repeated: bool) -> StepReply {
+    StepReply { order_id, state, repeated }
 }
 
 /// The record of `order_id`, locked for the rest of the transaction.
 pub struct Record {
-    pub state: String,
+    pub state: RecordState,
     pub reason: Option<String>,
     pub request: serde_json::Value,
 }
@@ -182,13 +178,19 @@ pub async fn lock_record<P: Participant>(conn: &mut PgConnection, order_id: Uuid
             .bind(order_id)
             .fetch_optional(conn)
             .await?;
-    Ok(row.map(|(state, reason, request)| Record { state, reason, request }))
+    row.map(|(state, reason, request)| Ok(Record { state: record_state(&state)?, reason, request })).transpose()
+}
+
+/// A record state read back from the database (a CHECK constraint keeps
+/// it to the known ones).
+pub fn record_state(text: &str) -> sqlx::Result<RecordState> {
+    text.parse().map_err(|e: String| sqlx::Error::Decode(e.into()))
 }
 
 pub async fn insert_record<P: Participant>(
     conn: &mut PgConnection,
     order_id: Uuid,
-    state: &str,
+    state: RecordState,
     reason: Option<&str>,
     request: &serde_json::Value,
 ) -> sqlx::Result<()> {
@@ -197,7 +199,7 @@ pub async fn insert_record<P: Participant>(
         P::RECORDS
     ))
     .bind(order_id)
-    .bind(state)
+    .bind(state.as_str())
     .bind(reason)
     .bind(request)
     .bind(txlab_tx::now_ms())
@@ -207,13 +209,13 @@ pub async fn insert_record<P: Participant>(
 }
 
 /// Moves a record to `state`.
-pub async fn advance_record<P: Participant>(conn: &mut PgConnection, order_id: Uuid, state: &str) -> sqlx::Result<()> {
+pub async fn advance_record<P: Participant>(conn: &mut PgConnection, order_id: Uuid, state: RecordState) -> sqlx::Result<()> {
     sqlx::query(&format!(
         "UPDATE {} SET state = $2, updated_ms = $3 WHERE order_id = $1",
         P::RECORDS
     ))
     .bind(order_id)
-    .bind(state)
+    .bind(state.as_str())
     .bind(txlab_tx::now_ms())
     .execute(conn)
     .await
@@ -223,14 +225,14 @@ pub async fn advance_record<P: Participant>(conn: &mut PgConnection, order_id: U
 /// Records a compensation that found nothing to undo, so a late forward
 /// call is refused.
 pub async fn void_record<P: Participant>(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<StepReply> {
-    insert_record::<P>(conn, order_id, VOIDED, None, &serde_json::Value::Null).await?;
-    Ok(reply(order_id, VOIDED, false))
+    insert_record::<P>(conn, order_id, RecordState::Voided, None, &serde_json::Value::Null).await?;
+    Ok(reply(order_id, RecordState::Voided, false))
 }
 
 /// The refusal a forward call gets when the record says it may not run.
 pub fn refused_by_record(order_id: Uuid, record: &Record) -> ApiError {
-    if record.state == REJECTED {
-        let code = record.reason.clone().unwrap_or_else(|| REJECTED.into());
+    if record.state == RecordState::Rejected {
+        let code = record.reason.clone().unwrap_or_else(|| RecordState::Rejected.to_string());
         return ApiError::refused(&code, format!("order {order_id} was refused before: {code}"));
     }
     ApiError::refused(

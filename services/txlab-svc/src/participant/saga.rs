@@ -15,7 +15,7 @@ use super::*;
 /// recorded too and returned as `Err`, so the caller must still commit.
 pub async fn apply_in<P: Participant>(conn: &mut PgConnection, order_id: Uuid, req: &P::Request) -> Result<StepReply, ApiError> {
     if let Some(record) = lock_record::<P>(conn, order_id).await? {
-        return match record.state.as_str() {
+        return match record.state {
             s if s == P::APPLIED => Ok(reply(order_id, s, true)),
             _ => Err(refused_by_record(order_id, &record)),
         };
@@ -28,7 +28,7 @@ pub async fn apply_in<P: Participant>(conn: &mut PgConnection, order_id: Uuid, r
             Ok(reply(order_id, P::APPLIED, false))
         }
         Err(refusal) => {
-            insert_record::<P>(conn, order_id, REJECTED, Some(refusal.code), &request).await?;
+            insert_record::<P>(conn, order_id, RecordState::Rejected, Some(refusal.code), &request).await?;
             Err(ApiError::refused(refusal.code, refusal.message))
         }
     }
@@ -44,12 +44,12 @@ pub async fn compensate_in<P: Participant>(conn: &mut PgConnection, order_id: Uu
             advance_record::<P>(conn, order_id, P::UNDONE).await?;
             reply(order_id, P::UNDONE, false)
         }
-        Some(r) if r.state == TRIED => {
+        Some(r) if r.state == RecordState::Tried => {
             ledger::release::<P>(conn, order_id, &r.request::<P>()?).await?;
-            advance_record::<P>(conn, order_id, ABORTED).await?;
-            reply(order_id, ABORTED, false)
+            advance_record::<P>(conn, order_id, RecordState::Aborted).await?;
+            reply(order_id, RecordState::Aborted, false)
         }
-        Some(r) => reply(order_id, &r.state, true),
+        Some(r) => reply(order_id, r.state, true),
     })
 }
 

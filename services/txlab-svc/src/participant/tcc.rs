@@ -18,7 +18,7 @@ pub fn path<P: Participant>(op: &str) -> String {
     format!("/tcc/{}/{{order_id}}/{op}", P::COLLECTION)
 }
 
-fn conflict(order_id: Uuid, state: &str, op: &str) -> ApiError {
+fn conflict(order_id: Uuid, state: &dyn std::fmt::Display, op: &str) -> ApiError {
     ApiError::Conflict { code: "wrong_state", message: format!("cannot {op} order {order_id}: its record is {state}") }
 }
 
@@ -26,21 +26,21 @@ pub async fn try_once<P: Participant>(pool: &PgPool, faults: &Faults, fence: &Fe
     let mut tx = pool.begin().await?;
     fence.check(&mut tx).await?;
     if let Some(record) = lock_record::<P>(&mut tx, order_id).await? {
-        return match record.state.as_str() {
-            s if s == TRIED || s == P::APPLIED => Ok(reply(order_id, s, true)),
+        return match record.state {
+            s if s == RecordState::Tried || s == P::APPLIED => Ok(reply(order_id, s, true)),
             _ => Err(refused_by_record(order_id, &record)),
         };
     }
     let request = serde_json::to_value(req).map_err(anyhow::Error::from)?;
     match hold_in_savepoint::<P>(&mut tx, order_id, req).await? {
         Ok(()) => {
-            insert_record::<P>(&mut tx, order_id, TRIED, None, &request).await?;
+            insert_record::<P>(&mut tx, order_id, RecordState::Tried, None, &request).await?;
             faults.fire(FaultPoint::DuringTry).await?;
             tx.commit().await?;
-            Ok(reply(order_id, TRIED, false))
+            Ok(reply(order_id, RecordState::Tried, false))
         }
         Err(refusal) => {
-            insert_record::<P>(&mut tx, order_id, REJECTED, Some(refusal.code), &request).await?;
+            insert_record::<P>(&mut tx, order_id, RecordState::Rejected, Some(refusal.code), &request).await?;
             tx.commit().await?;
             Err(ApiError::refused(refusal.code, refusal.message))
         }
@@ -51,14 +51,14 @@ pub async fn confirm_once<P: Participant>(pool: &PgPool, faults: &Faults, fence:
     let mut tx = pool.begin().await?;
     fence.check(&mut tx).await?;
     let out = match lock_record::<P>(&mut tx, order_id).await? {
-        None => return Err(conflict(order_id, "missing (no try)", "confirm")),
-        Some(r) if r.state == TRIED => {
+        None => return Err(conflict(order_id, &"missing (no try)", "confirm")),
+        Some(r) if r.state == RecordState::Tried => {
             ledger::capture::<P>(&mut tx, order_id, &r.request::<P>()?).await?;
             advance_record::<P>(&mut tx, order_id, P::APPLIED).await?;
             faults.fire(FaultPoint::DuringConfirm).await?;
             reply(order_id, P::APPLIED, false)
         }
-        Some(r) if r.state == P::APPLIED => reply(order_id, &r.state, true),
+        Some(r) if r.state == P::APPLIED => reply(order_id, r.state, true),
         Some(r) => return Err(conflict(order_id, &r.state, "confirm")),
     };
     tx.commit().await?;
@@ -70,13 +70,13 @@ pub async fn cancel_once<P: Participant>(pool: &PgPool, faults: &Faults, fence: 
     fence.check(&mut tx).await?;
     let out = match lock_record::<P>(&mut tx, order_id).await? {
         None => void_record::<P>(&mut tx, order_id).await?,
-        Some(r) if r.state == TRIED => {
+        Some(r) if r.state == RecordState::Tried => {
             ledger::release::<P>(&mut tx, order_id, &r.request::<P>()?).await?;
-            advance_record::<P>(&mut tx, order_id, ABORTED).await?;
-            reply(order_id, ABORTED, false)
+            advance_record::<P>(&mut tx, order_id, RecordState::Aborted).await?;
+            reply(order_id, RecordState::Aborted, false)
         }
         Some(r) if r.state == P::APPLIED => return Err(conflict(order_id, &r.state, "cancel")),
-        Some(r) => reply(order_id, &r.state, true),
+        Some(r) => reply(order_id, r.state, true),
     };
     faults.fire(FaultPoint::DuringCancel).await?;
     tx.commit().await?;

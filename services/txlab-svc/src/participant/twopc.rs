@@ -69,7 +69,7 @@ async fn prepare_in<P: Participant>(
     sqlx::query(&format!("PREPARE TRANSACTION '{}'", gid(P::ROLE, order_id)))
         .execute(&mut *conn)
         .await?;
-    Ok(reply(order_id, "prepared", false))
+    Ok(reply(order_id, RecordState::Prepared, false))
 }
 
 /// Rolls back the explicit transaction, or closes the connection if even
@@ -112,13 +112,14 @@ async fn prepare_to_end<P: Participant>(
             .await?;
     if let Some((state, reason)) = existing {
         // Committed already (a repeated prepare), or compensated first.
+        let state = record_state(&state)?;
         if state == P::APPLIED {
-            return Ok(reply(order_id, &state, true));
+            return Ok(reply(order_id, state, true));
         }
         return Err(refused_by_record(order_id, &Record { state, reason, request: serde_json::Value::Null }));
     }
     if is_prepared(&mut conn, &gid(P::ROLE, order_id)).await? {
-        return Ok(reply(order_id, "prepared", true));
+        return Ok(reply(order_id, RecordState::Prepared, true));
     }
     sqlx::query("BEGIN").execute(&mut *conn).await?;
     match prepare_in::<P>(&mut conn, faults, fence, order_id, req).await {
@@ -146,8 +147,8 @@ async fn commit_once<P: Participant>(pool: &PgPool, faults: &Faults, fence: &Fen
                 .bind(order_id)
                 .fetch_optional(&mut *conn)
                 .await?;
-            match state {
-                Some(s) if s == P::APPLIED || s == P::UNDONE => Ok(reply(order_id, &s, true)),
+            match state.as_deref().map(record_state).transpose()? {
+                Some(s) if s == P::APPLIED || s == P::UNDONE => Ok(reply(order_id, s, true)),
                 other => Err(ApiError::Conflict {
                     code: "not_prepared",
                     message: format!("order {order_id} has no prepared branch here (record: {other:?})"),
@@ -179,7 +180,7 @@ pub async fn rollback_once<P: Participant>(pool: &PgPool, fence: &Fence, order_i
                 message: format!("order {order_id}'s branch committed; it can only be compensated"),
             })
         }
-        Ok(Some(r)) => reply(order_id, &r.state, !rolled_back),
+        Ok(Some(r)) => reply(order_id, r.state, !rolled_back),
         // A prepare racing with this rollback holds the record's key: retry.
         Err(e) if crate::db::is_lock_timeout(&e) => return Err(ApiError::Unavailable("branch is being prepared; retry".into())),
         Err(e) => return Err(e.into()),

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use sqlx::PgConnection;
 use txlab_api::admin::StockLevel;
 use txlab_api::participant::{reasons, RecordState, ReserveLine, ReserveRequest};
-use txlab_api::Role;
+use txlab_api::{Role, Step};
 
 use crate::participant::{BusinessTable, Participant, Refusal};
 
@@ -22,12 +22,12 @@ fn per_sku(lines: &[ReserveLine]) -> BTreeMap<&str, i64> {
 }
 
 impl Participant for Inventory {
-    const STEP: usize = 1;
+    const STEP: Step = Step::Inventory;
     const BUSINESS: BusinessTable = BusinessTable { table: "stock", key: "sku", amount: "available", held: "reserved" };
     const ROLE: Role = Role::Inventory;
     const RECORDS: &'static str = "reservations";
-    const APPLIED: &'static str = RecordState::Reserved.as_str();
-    const UNDONE: &'static str = RecordState::Released.as_str();
+    const APPLIED: RecordState = RecordState::Reserved;
+    const UNDONE: RecordState = RecordState::Released;
     const COLLECTION: &'static str = "reservations";
     const FORWARD_OP: &'static str = "reserve";
     const UNDO_OP: &'static str = "release";

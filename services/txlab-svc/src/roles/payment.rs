@@ -3,19 +3,19 @@
 use sqlx::PgConnection;
 use txlab_api::admin::Wallet;
 use txlab_api::participant::{reasons, RecordState, ChargeRequest};
-use txlab_api::Role;
+use txlab_api::{Role, Step};
 
 use crate::participant::{BusinessTable, Participant, Refusal};
 
 pub struct Payment;
 
 impl Participant for Payment {
-    const STEP: usize = 0;
+    const STEP: Step = Step::Payment;
     const BUSINESS: BusinessTable = BusinessTable { table: "wallets", key: "customer", amount: "balance", held: "reserved" };
     const ROLE: Role = Role::Payment;
     const RECORDS: &'static str = "payments";
-    const APPLIED: &'static str = RecordState::Captured.as_str();
-    const UNDONE: &'static str = RecordState::Refunded.as_str();
+    const APPLIED: RecordState = RecordState::Captured;
+    const UNDONE: RecordState = RecordState::Refunded;
     const COLLECTION: &'static str = "payments";
     const FORWARD_OP: &'static str = "charge";
     const UNDO_OP: &'static str = "refund";

@@ -3,19 +3,19 @@
 use sqlx::PgConnection;
 use txlab_api::admin::Slot;
 use txlab_api::participant::{reasons, RecordState, BookRequest};
-use txlab_api::Role;
+use txlab_api::{Role, Step};
 
 use crate::participant::{BusinessTable, Participant, Refusal};
 
 pub struct Shipping;
 
 impl Participant for Shipping {
-    const STEP: usize = 2;
+    const STEP: Step = Step::Shipping;
     const BUSINESS: BusinessTable = BusinessTable { table: "slots", key: "slot", amount: "capacity", held: "booked" };
     const ROLE: Role = Role::Shipping;
     const RECORDS: &'static str = "shipments";
-    const APPLIED: &'static str = RecordState::Booked.as_str();
-    const UNDONE: &'static str = RecordState::Cancelled.as_str();
+    const APPLIED: RecordState = RecordState::Booked;
+    const UNDONE: RecordState = RecordState::Cancelled;
     const COLLECTION: &'static str = "shipments";
     const FORWARD_OP: &'static str = "book";
     const UNDO_OP: &'static str = "cancel";

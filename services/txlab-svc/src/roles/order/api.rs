@@ -7,11 +7,13 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use txlab_api::TxMode;
+use txlab_api::{Step, TxMode};
+use txlab_tx::saga::{Compensation, Forward};
+use txlab_tx::two_phase::{Phase2, Vote};
 use txlab_api::order::{CreateOrder, GetOrderQuery, OrderState, OrderView, IDEMPOTENCY_KEY_HEADER};
 use uuid::Uuid;
 
-use super::store::{load_order, STEPS};
+use super::store::load_order;
 use super::Orders;
 use crate::faults::Faults;
 use crate::http::ApiError;
@@ -58,12 +60,20 @@ async fn replay(orders: &Orders, key: &str, request: &serde_json::Value) -> Resu
 
 /// One row per checkout step in an engine's log table, in its initial state
 /// (`columns` names the table and columns, `initial` the two state values).
-async fn insert_step_rows(tx: &mut sqlx::PgConnection, columns: &str, initial: &str, id: Uuid, now: i64) -> sqlx::Result<()> {
-    for (step, name) in STEPS.iter().enumerate() {
-        sqlx::query(&format!("INSERT INTO {columns} VALUES ($1, $2, $3, {initial}, $4)"))
+async fn insert_step_rows(
+    tx: &mut sqlx::PgConnection,
+    columns: &str,
+    initial: (&str, &str),
+    id: Uuid,
+    now: i64,
+) -> sqlx::Result<()> {
+    for step in Step::ALL {
+        sqlx::query(&format!("INSERT INTO {columns} VALUES ($1, $2, $3, $4, $5, $6)"))
             .bind(id)
-            .bind(step as i32)
-            .bind(name)
+            .bind(step.index() as i32)
+            .bind(step.as_str())
+            .bind(initial.0)
+            .bind(initial.1)
             .bind(now)
             .execute(&mut *tx)
             .await?;
@@ -93,7 +103,7 @@ pub async fn create(
     let epoch = crate::epoch::epoch(&mut tx).await?;
     sqlx::query(
         "INSERT INTO orders (id, customer, items, amount, slot, method, state, fault, created_ms, updated_ms, epoch) \
-         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $8, $9)",
+         VALUES ($1, $2, $3, $4, $5, $6, $10, $7, $8, $8, $9)",
     )
     .bind(id)
     .bind(&req.customer)
@@ -104,9 +114,11 @@ pub async fn create(
     .bind(&faults.raw)
     .bind(now)
     .bind(&epoch)
+    .bind(OrderState::Pending.as_str())
     .execute(&mut *tx)
     .await?;
-    insert_step_rows(&mut tx, "saga_steps (order_id, step, name, forward, compensation, updated_ms)", "'not_started', 'not_started'", id, now).await?;
+    let initial = (Forward::NotStarted.as_str(), Compensation::NotStarted.as_str());
+    insert_step_rows(&mut tx, "saga_steps (order_id, step, name, forward, compensation, updated_ms)", initial, id, now).await?;
     if orders.method.is_event_driven() {
         let spec = txlab_api::event::OrderSpec {
             customer: req.customer.clone(),
@@ -118,7 +130,8 @@ pub async fn create(
         super::choreography::emit(&mut tx, id, spec, txlab_api::event::CheckoutKind::OrderPlaced, epoch).await?;
     }
     if matches!(orders.method, TxMode::Twopc | TxMode::Tcc) {
-        insert_step_rows(&mut tx, "tx_branches (order_id, step, name, vote, phase2, updated_ms)", "'not_asked', 'pending'", id, now).await?;
+        let initial = (Vote::NotAsked.as_str(), Phase2::Pending.as_str());
+        insert_step_rows(&mut tx, "tx_branches (order_id, step, name, vote, phase2, updated_ms)", initial, id, now).await?;
     }
     if let Some(key) = &key {
         let inserted = sqlx::query("INSERT INTO idempotency_keys (key, request, order_id, created_ms) VALUES ($1, $2, $3, $4)")
@@ -153,7 +166,7 @@ pub async fn create(
         slot: req.slot,
         items: req.items,
         reason: None,
-        method: orders.method.to_string(),
+        method: orders.method,
         created_ms: now,
         decided_ms: None,
     };
@@ -178,7 +191,7 @@ pub async fn get(
         };
         let order = order.ok_or_else(|| ApiError::NotFound(format!("no order {id}")))?;
         let now = tokio::time::Instant::now();
-        if order.state().is_terminal() || now >= deadline {
+        if order.state.is_terminal() || now >= deadline {
             return Ok(Json(order.view()));
         }
         // Another replica may decide the order, so re-read now and then even
@@ -198,25 +211,29 @@ pub async fn cancel(
     let Path(id) = path?;
     let mut tx = orders.app.pool.begin().await?;
     let epoch = crate::epoch::epoch(&mut tx).await?;
+    // Decided, but a cancel may still undo it (a business compensation).
+    let settled = [OrderState::Confirmed, OrderState::NeedsAttention];
     let flagged: Option<String> = sqlx::query_scalar(
         // A settled order turns back to compensating at once, so readers
         // (and long-polls) never see it as settled while it is being undone.
         // A refused order being compensated is already on its way to
         // `rejected`: its verdict stands, so the cancel is refused below.
         "UPDATE orders SET cancel_requested = true, updated_ms = $2, \
-         state = CASE WHEN state IN ('confirmed', 'needs_attention') THEN 'compensating' ELSE state END \
-         WHERE id = $1 AND (state IN ('pending', 'confirmed', 'needs_attention') \
-                            OR (state = 'compensating' AND cancel_requested)) RETURNING state",
+         state = CASE WHEN state = ANY($3) THEN $4 ELSE state END \
+         WHERE id = $1 AND (state = ANY($5) OR (state = $4 AND cancel_requested)) RETURNING state",
     )
     .bind(id)
     .bind(txlab_tx::now_ms())
+    .bind(OrderState::texts(&settled))
+    .bind(OrderState::Compensating.as_str())
+    .bind(OrderState::texts(&[OrderState::Pending, settled[0], settled[1]]))
     .fetch_optional(&mut *tx)
     .await?;
     let order = load_order(&mut tx, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no order {id}")))?;
     if flagged.is_none() {
-        return Err(match order.state() {
+        return Err(match order.state {
             OrderState::Compensating => ApiError::Conflict {
                 code: "already_failing",
                 message: format!("order {id} was refused and is being compensated; it will end rejected"),
@@ -228,7 +245,7 @@ pub async fn cancel(
         });
     }
     // Without a coordinator, the cancel itself is an event every participant hears.
-    if order.method.parse::<TxMode>().is_ok_and(TxMode::is_event_driven) {
+    if order.method.is_event_driven() {
         super::choreography::emit(&mut tx, id, order.spec(), txlab_api::event::CheckoutKind::CancelRequested, epoch).await?;
     }
     tx.commit().await?;

@@ -7,7 +7,8 @@ use txlab_api::fault::FAULT_HEADER;
 use txlab_api::ErrorBody;
 use txlab_tx::retry::{retry, Attempt, Backoff};
 
-use super::store::{OrderRow, STEPS};
+use super::store::OrderRow;
+use txlab_api::Step;
 use super::Orders;
 
 /// Why a participant call did not succeed.
@@ -35,13 +36,13 @@ pub enum Op {
 }
 
 /// URL and body of `op` on participant `step` for `order`.
-pub fn request(orders: &Orders, order: &OrderRow, step: usize, op: Op) -> (String, Option<serde_json::Value>) {
+pub fn request(orders: &Orders, order: &OrderRow, step: Step, op: Op) -> (String, Option<serde_json::Value>) {
     let p = &orders.peers;
     let spec = order.spec();
     let (base, collection, apply, compensate, body) = match step {
-        0 => (&p.payment, "payments", "charge", "refund", json!(spec.charge())),
-        1 => (&p.inventory, "reservations", "reserve", "release", json!(spec.reserve())),
-        _ => (&p.shipping, "shipments", "book", "cancel", json!(spec.book())),
+        Step::Payment => (&p.payment, "payments", "charge", "refund", json!(spec.charge())),
+        Step::Inventory => (&p.inventory, "reservations", "reserve", "release", json!(spec.reserve())),
+        Step::Shipping => (&p.shipping, "shipments", "book", "cancel", json!(spec.book())),
     };
     let id = order.id;
     match op {
@@ -93,14 +94,14 @@ async fn call(orders: &Orders, order: &OrderRow, url: &str, body: &Option<serde_
 }
 
 /// A forward call: a few retries of transient failures; a refusal is final.
-pub async fn ask(orders: &Orders, order: &OrderRow, step: usize, op: Op) -> Result<(), CallError> {
+pub async fn ask(orders: &Orders, order: &OrderRow, step: Step, op: Op) -> Result<(), CallError> {
     let (url, body) = request(orders, order, step, op);
     retry(
         Backoff::FORWARD,
         |attempt| call(orders, order, &url, &body, fault_for(order, attempt)),
         |attempt, e| {
-            orders.app.metrics.event("retry", STEPS[step]);
-            tracing::warn!(step = STEPS[step], ?op, attempt, error = ?e, "call failed; retrying");
+            orders.app.metrics.event("retry", step.as_str());
+            tracing::warn!(step = step.as_str(), ?op, attempt, error = ?e, "call failed; retrying");
         },
     )
     .await
@@ -109,7 +110,7 @@ pub async fn ask(orders: &Orders, order: &OrderRow, step: usize, op: Op) -> Resu
 /// A call that must eventually succeed (compensations, phase two): retried
 /// for as long as it takes, refusals included — except a refusal for a
 /// stale epoch: the lab has reset the cell, and the order is gone.
-pub async fn insist(orders: &Orders, order: &OrderRow, step: usize, op: Op) {
+pub async fn insist(orders: &Orders, order: &OrderRow, step: Step, op: Op) {
     let (url, body) = request(orders, order, step, op);
     let (url, body) = (&url, &body);
     let _ = retry(
@@ -122,8 +123,8 @@ pub async fn insist(orders: &Orders, order: &OrderRow, step: usize, op: Op) {
             }
         },
         |attempt, e| {
-            orders.app.metrics.event("retry", STEPS[step]);
-            tracing::warn!(step = STEPS[step], ?op, attempt, error = ?e, "call must succeed; retrying");
+            orders.app.metrics.event("retry", step.as_str());
+            tracing::warn!(step = step.as_str(), ?op, attempt, error = ?e, "call must succeed; retrying");
         },
     )
     .await;

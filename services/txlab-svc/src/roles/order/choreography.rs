@@ -9,12 +9,12 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use txlab_api::event::{CheckoutEvent, CheckoutKind, OrderSpec, CHECKOUT_TOPIC};
-use txlab_api::TxMode;
 use txlab_tx::choreography::{verdict, Heard};
+use txlab_tx::saga::{Compensation, Forward};
 use uuid::Uuid;
 
 use super::outcome::finish;
-use super::store::load_order;
+use super::store::{load_order, load_saga, set_row};
 use super::Orders;
 
 /// Writes a checkout event with the caller's transaction. `epoch` must
@@ -42,9 +42,9 @@ pub async fn start(orders: Arc<Orders>, brokers: &str, stop: watch::Receiver<boo
 #[tracing::instrument(skip_all, fields(order_id = %event.order_id, event = ?event.kind))]
 async fn handle(orders: &Orders, event: CheckoutEvent) -> anyhow::Result<()> {
     let (step, column, value, reason) = match &event.kind {
-        CheckoutKind::Applied { step } => (*step, "forward", "done", None),
-        CheckoutKind::Rejected { step, reason } => (*step, "forward", "rejected", Some(reason.clone())),
-        CheckoutKind::Compensated { step } => (*step, "compensation", "done", None),
+        CheckoutKind::Applied { step } => (*step, "forward", Forward::Done.as_str(), None),
+        CheckoutKind::Rejected { step, reason } => (*step, "forward", Forward::Rejected.as_str(), Some(format!("{step}: {reason}"))),
+        CheckoutKind::Compensated { step } => (*step, "compensation", Compensation::Done.as_str(), None),
         // Our own events, read back from the shared topic.
         CheckoutKind::OrderPlaced | CheckoutKind::CancelRequested => return Ok(()),
     };
@@ -54,18 +54,7 @@ async fn handle(orders: &Orders, event: CheckoutEvent) -> anyhow::Result<()> {
         return Ok(()); // from a cell the lab has reset away
     }
     if crate::messaging::inbox::first_delivery(&mut tx, &event.event_id.to_string()).await? {
-        let names = super::store::STEPS;
-        let reason = reason.map(|r| format!("{}: {r}", names.get(step).copied().unwrap_or("participant")));
-        sqlx::query(&format!(
-            "UPDATE saga_steps SET {column} = $3, reason = COALESCE($4, reason), updated_ms = $5 WHERE order_id = $1 AND step = $2"
-        ))
-        .bind(event.order_id)
-        .bind(step as i32)
-        .bind(value)
-        .bind(reason)
-        .bind(txlab_tx::now_ms())
-        .execute(&mut *tx)
-        .await?;
+        set_row(&mut *tx, "saga_steps", event.order_id, step, column, value, reason.as_deref()).await?;
     }
     tx.commit().await?;
     // Also after a redelivery: a crash may have come between the two.
@@ -76,26 +65,19 @@ async fn handle(orders: &Orders, event: CheckoutEvent) -> anyhow::Result<()> {
 pub async fn evaluate(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
     let mut conn = orders.app.pool.acquire().await?;
     let Some(order) = load_order(&mut conn, id).await? else { return Ok(()) };
-    if order.state().is_terminal() {
+    if order.state.is_terminal() {
         return Ok(()); // decided; a cancel moves it back to compensating first
     }
-    let rows: Vec<(i32, String, String)> =
-        sqlx::query_as("SELECT step, forward, compensation FROM saga_steps WHERE order_id = $1")
-            .bind(id)
-            .fetch_all(&mut *conn)
-            .await?;
+    // The event-driven methods record what they hear in the saga log.
+    let log = load_saga(&mut conn, &order).await?;
     drop(conn);
     let mut heard = Heard { cancel_requested: order.cancel_requested, ..Heard::default() };
-    for (step, forward, compensation) in rows {
-        let i = step as usize;
-        if i < 3 {
-            heard.applied[i] = forward == "done";
-            heard.rejected[i] = forward == "rejected";
-            heard.compensated[i] = compensation == "done";
-        }
+    for (i, step) in log.steps.iter().enumerate() {
+        heard.applied[i] = step.forward == Forward::Done;
+        heard.rejected[i] = step.forward == Forward::Rejected;
+        heard.compensated[i] = step.compensation == Compensation::Done;
     }
-    let method: TxMode = order.method.parse().map_err(anyhow::Error::msg)?;
-    if let Some(state) = verdict(method, &heard) {
+    if let Some(state) = verdict(order.method, &heard) {
         finish(orders, &order, state).await?;
     }
     Ok(())

@@ -4,7 +4,8 @@
 use anyhow::Context;
 use txlab_api::event::{OrderOutcome, ORDER_EVENTS_TOPIC};
 use txlab_api::order::OrderState;
-use txlab_tx::saga::Outcome;
+use txlab_tx::saga::{Forward, Outcome};
+use txlab_tx::two_phase::Vote;
 use uuid::Uuid;
 
 use super::store::OrderRow;
@@ -13,10 +14,11 @@ use super::Orders;
 /// Marks a running order as compensating. Only a pending order moves here;
 /// a confirmed one is moved by the cancel itself, and a terminal one never.
 pub async fn set_compensating(orders: &Orders, id: Uuid) -> sqlx::Result<()> {
-    sqlx::query("UPDATE orders SET state = $2, updated_ms = $3 WHERE id = $1 AND state = 'pending'")
+    sqlx::query("UPDATE orders SET state = $2, updated_ms = $3 WHERE id = $1 AND state = $4")
         .bind(id)
         .bind(OrderState::Compensating.as_str())
         .bind(txlab_tx::now_ms())
+        .bind(OrderState::Pending.as_str())
         .execute(&orders.app.pool)
         .await
         .map(drop)
@@ -49,11 +51,13 @@ pub async fn finish(orders: &Orders, order: &OrderRow, state: OrderState) -> any
         OrderState::Cancelled => Some("cancelled on request".into()),
         // The first refusal (or give-up) recorded by whichever engine ran.
         OrderState::Rejected | OrderState::NeedsAttention => sqlx::query_scalar(
-            "SELECT reason FROM (SELECT step, reason FROM saga_steps WHERE order_id = $1 AND forward IN ('rejected', 'unknown') \
-             UNION ALL SELECT step, reason FROM tx_branches WHERE order_id = $1 AND vote IN ('no', 'unknown')) r \
+            "SELECT reason FROM (SELECT step, reason FROM saga_steps WHERE order_id = $1 AND forward = ANY($2) \
+             UNION ALL SELECT step, reason FROM tx_branches WHERE order_id = $1 AND vote = ANY($3)) r \
              ORDER BY step LIMIT 1",
         )
         .bind(order.id)
+        .bind(Forward::texts(&[Forward::Rejected, Forward::Unknown]))
+        .bind(Vote::texts(&[Vote::No, Vote::Unknown]))
         .fetch_optional(&mut *tx)
         .await?
         .flatten(),
@@ -61,24 +65,26 @@ pub async fn finish(orders: &Orders, order: &OrderRow, state: OrderState) -> any
     };
     let updated = sqlx::query(
         "UPDATE orders SET state = $2, reason = $3, decided_ms = $4, updated_ms = $4 \
-         WHERE id = $1 AND state IN ('pending', 'compensating') AND NOT ($2 = 'confirmed' AND cancel_requested)",
+         WHERE id = $1 AND state = ANY($5) AND NOT ($2 = $6 AND cancel_requested)",
     )
     .bind(order.id)
     .bind(state.as_str())
     .bind(&reason)
     .bind(now)
+    .bind(OrderState::texts(&OrderState::OPEN))
+    .bind(OrderState::Confirmed.as_str())
     .execute(&mut *tx)
     .await?
     .rows_affected();
     if updated == 0 {
-        let now_in: Option<(String, bool)> = sqlx::query_as("SELECT state, cancel_requested FROM orders WHERE id = $1")
+        let now_in: Option<(String,)> = sqlx::query_as("SELECT state FROM orders WHERE id = $1")
             .bind(order.id)
             .fetch_optional(&mut *tx)
             .await?;
         return Ok(match now_in {
             // Reset away, or decided by someone else: nothing left to do here.
             None => true,
-            Some((current, _)) if OrderState::parse(&current).is_some_and(OrderState::is_terminal) => {
+            Some((current,)) if OrderState::parse(&current).is_some_and(OrderState::is_terminal) => {
                 tracing::debug!(wanted = state.as_str(), current, "order already decided");
                 true
             }

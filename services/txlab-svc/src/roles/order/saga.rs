@@ -5,12 +5,13 @@
 //! Every method uses its compensation half to undo a confirmed order that
 //! is cancelled (a business compensation after the commit point).
 
+use txlab_api::Step;
 use txlab_tx::saga::{Compensation, Forward, Next};
 use uuid::Uuid;
 
 use super::calls::{ask, insist, CallError, Op};
 use super::outcome::{finish, set_compensating, state_of};
-use super::store::{load_order, load_saga, set_row, STEPS};
+use super::store::{load_order, load_saga, set_row};
 use super::Orders;
 
 /// Runs the saga of `id` until it finishes (or the order is gone).
@@ -20,30 +21,32 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
         let Some(order) = load_order(&mut conn, id).await? else {
             return Ok(()); // reset away between cells
         };
-        if order.state().is_terminal() {
+        if order.state.is_terminal() {
             return Ok(()); // decided; a cancel moves it back to compensating first
         }
         let saga = load_saga(&mut conn, &order).await?;
         drop(conn);
         let pool = &orders.app.pool;
         match saga.next() {
-            Next::Run(step) => {
+            Next::Run(i) => {
+                let step = Step::ALL[i];
                 set_row(pool, "saga_steps", id, step, "forward", Forward::Started.as_str(), None).await?;
                 let (forward, reason) = match ask(orders, &order, step, Op::Apply).await {
                     Ok(()) => (Forward::Done, None),
-                    Err(CallError::Refused(code)) => (Forward::Rejected, Some(format!("{}: {code}", STEPS[step]))),
-                    Err(CallError::Transient(e)) => (Forward::Unknown, Some(format!("{}: gave up after retries ({e})", STEPS[step]))),
+                    Err(CallError::Refused(code)) => (Forward::Rejected, Some(format!("{}: {code}", step.as_str()))),
+                    Err(CallError::Transient(e)) => (Forward::Unknown, Some(format!("{}: gave up after retries ({e})", step.as_str()))),
                 };
                 orders.app.metrics.event("step", forward.as_str());
-                tracing::info!(step = STEPS[step], outcome = forward.as_str(), "step");
+                tracing::info!(step = step.as_str(), outcome = forward.as_str(), "step");
                 set_row(pool, "saga_steps", id, step, "forward", forward.as_str(), reason.as_deref()).await?;
             }
-            Next::Compensate(step) => {
+            Next::Compensate(i) => {
+                let step = Step::ALL[i];
                 set_compensating(orders, id).await?;
                 set_row(pool, "saga_steps", id, step, "compensation", Compensation::Started.as_str(), None).await?;
                 insist(orders, &order, step, Op::Compensate).await;
-                orders.app.metrics.event("compensation", STEPS[step]);
-                tracing::info!(step = STEPS[step], "compensated");
+                orders.app.metrics.event("compensation", step.as_str());
+                tracing::info!(step = step.as_str(), "compensated");
                 set_row(pool, "saga_steps", id, step, "compensation", Compensation::Done.as_str(), None).await?;
             }
             Next::Finish(outcome) => {

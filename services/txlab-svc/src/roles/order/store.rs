@@ -3,12 +3,10 @@
 use sqlx::{PgConnection, PgPool};
 use txlab_api::event::OrderSpec;
 use txlab_api::order::{OrderItem, OrderState, OrderView};
+use txlab_api::{Step, TxMode};
 use txlab_tx::saga::{Compensation, Forward, Saga, StepRecord};
 use txlab_tx::two_phase::{Decision, Phase2, TwoPhase, Vote};
 use uuid::Uuid;
-
-/// The saga's steps, in forward order.
-pub const STEPS: [&str; 3] = ["payment", "inventory", "shipping"];
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct OrderRow {
@@ -17,8 +15,10 @@ pub struct OrderRow {
     pub items: sqlx::types::Json<Vec<OrderItem>>,
     pub amount: i64,
     pub slot: String,
-    pub method: String,
-    pub state: String,
+    #[sqlx(try_from = "String")]
+    pub method: TxMode,
+    #[sqlx(try_from = "String")]
+    pub state: OrderState,
     pub reason: Option<String>,
     pub fault: Option<String>,
     pub cancel_requested: bool,
@@ -29,11 +29,6 @@ pub struct OrderRow {
 }
 
 impl OrderRow {
-    pub fn state(&self) -> OrderState {
-        // Written only by this service from OrderState; anything else is a bug.
-        OrderState::parse(&self.state).unwrap_or(OrderState::Pending)
-    }
-
     /// What participants need of the order, as checkout events carry it.
     pub fn spec(&self) -> OrderSpec {
         OrderSpec {
@@ -48,13 +43,13 @@ impl OrderRow {
     pub fn view(&self) -> OrderView {
         OrderView {
             id: self.id,
-            state: self.state(),
+            state: self.state,
             customer: self.customer.clone(),
             amount: self.amount,
             slot: self.slot.clone(),
             items: self.items.0.clone(),
             reason: self.reason.clone(),
-            method: self.method.clone(),
+            method: self.method,
             created_ms: self.created_ms,
             decided_ms: self.decided_ms,
         }
@@ -78,7 +73,7 @@ pub async fn load_saga(conn: &mut PgConnection, order: &OrderRow) -> sqlx::Resul
             .bind(order.id)
             .fetch_all(conn)
             .await?;
-    let mut saga = Saga::new(STEPS.len());
+    let mut saga = Saga::new(Step::ALL.len());
     for (step, fwd, comp) in rows {
         let record = StepRecord {
             forward: Forward::parse(&fwd).ok_or_else(|| sqlx::Error::Decode(format!("bad forward state {fwd}").into()))?,
@@ -101,10 +96,10 @@ pub async fn load_two_phase(conn: &mut PgConnection, order: &OrderRow) -> sqlx::
             .fetch_all(&mut *conn)
             .await?;
     let bad = |what: &str, v: &str| sqlx::Error::Decode(format!("bad {what} {v}").into());
-    let mut tp = TwoPhase::new(STEPS.len());
+    let mut tp = TwoPhase::new(Step::ALL.len());
     for (step, vote, phase2) in rows {
         let i = step as usize;
-        if i < STEPS.len() {
+        if i < Step::ALL.len() {
             tp.votes[i] = Vote::parse(&vote).ok_or_else(|| bad("vote", &vote))?;
             tp.phase2[i] = Phase2::parse(&phase2).ok_or_else(|| bad("phase-two state", &phase2))?;
         }
@@ -138,26 +133,28 @@ pub async fn log_decision(pool: &PgPool, id: Uuid, decision: Decision, presumed:
 
 /// Sets one column of one step's row in `saga_steps` or `tx_branches`,
 /// counting an attempt when the value marks a call about to be made.
-pub async fn set_row(
-    pool: &PgPool,
+pub async fn set_row<'c>(
+    conn: impl sqlx::PgExecutor<'c>,
     table: &'static str,
     id: Uuid,
-    step: usize,
+    step: Step,
     column: &'static str,
     value: &str,
     reason: Option<&str>,
 ) -> sqlx::Result<()> {
-    let bump = if value == "started" || value == "asked" { ", attempts = attempts + 1" } else { "" };
+    // Forward, compensation and phase two all say `started`; a vote says `asked`.
+    let calling = value == Forward::Started.as_str() || value == Vote::Asked.as_str();
+    let bump = if calling { ", attempts = attempts + 1" } else { "" };
     sqlx::query(&format!(
         "UPDATE {table} SET {column} = $3, reason = COALESCE($4, reason), updated_ms = $5{bump} \
          WHERE order_id = $1 AND step = $2"
     ))
     .bind(id)
-    .bind(step as i32)
+    .bind(step.index() as i32)
     .bind(value)
     .bind(reason)
     .bind(txlab_tx::now_ms())
-    .execute(pool)
+    .execute(conn)
     .await
     .map(drop)
 }
@@ -165,7 +162,8 @@ pub async fn set_row(
 /// Orders whose saga has work left (a cancel of a confirmed order turns it
 /// back to `compensating` in the same statement that records the cancel).
 pub async fn open_orders(pool: &PgPool) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar("SELECT id FROM orders WHERE state IN ('pending', 'compensating') ORDER BY created_ms")
+    sqlx::query_scalar("SELECT id FROM orders WHERE state = ANY($1) ORDER BY created_ms")
+        .bind(OrderState::texts(&OrderState::OPEN))
     .fetch_all(pool)
     .await
 }

@@ -12,13 +12,14 @@ use axum::extract::{Path, Query, State};
 use axum::Json;
 use txlab_api::fault::FaultPoint;
 use txlab_api::participant::{Decision as WireDecision, DecisionKind};
-use txlab_api::TxMode;
+use txlab_api::{Step, TxMode};
+use txlab_tx::saga::Forward;
 use txlab_tx::two_phase::{Decision, Next, Phase2, Vote};
 use uuid::Uuid;
 
 use super::calls::{ask, insist, CallError, Op};
 use super::outcome::{finish, state_of};
-use super::store::{load_order, load_two_phase, log_decision, set_row, STEPS};
+use super::store::{load_order, load_two_phase, log_decision, set_row};
 use super::Orders;
 use crate::faults::Faults;
 use crate::http::ApiError;
@@ -44,24 +45,25 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
     loop {
         let mut conn = orders.app.pool.acquire().await?;
         let Some(order) = load_order(&mut conn, id).await? else { return Ok(()) };
-        if order.state().is_terminal() {
+        if order.state.is_terminal() {
             return Ok(()); // decided; a cancel moves it back to compensating first
         }
         let tp = load_two_phase(&mut conn, &order).await?;
         drop(conn);
-        let method = order.method.parse::<TxMode>().map_err(anyhow::Error::msg)?;
+        let method = order.method;
         let (vote_op, commit_op, abort_op) = ops(method);
         let pool = &orders.app.pool;
         match tp.next() {
-            Next::Ask(step) => {
+            Next::Ask(i) => {
+                let step = Step::ALL[i];
                 set_row(pool, "tx_branches", id, step, "vote", Vote::Asked.as_str(), None).await?;
                 let (vote, reason) = match ask(orders, &order, step, vote_op).await {
                     Ok(()) => (Vote::Yes, None),
-                    Err(CallError::Refused(code)) => (Vote::No, Some(format!("{}: {code}", STEPS[step]))),
-                    Err(CallError::Transient(e)) => (Vote::Unknown, Some(format!("{}: no vote after retries ({e})", STEPS[step]))),
+                    Err(CallError::Refused(code)) => (Vote::No, Some(format!("{}: {code}", step.as_str()))),
+                    Err(CallError::Transient(e)) => (Vote::Unknown, Some(format!("{}: no vote after retries ({e})", step.as_str()))),
                 };
                 orders.app.metrics.event("vote", vote.as_str());
-                tracing::info!(step = STEPS[step], vote = vote.as_str(), "vote");
+                tracing::info!(step = step.as_str(), vote = vote.as_str(), "vote");
                 set_row(pool, "tx_branches", id, step, "vote", vote.as_str(), reason.as_deref()).await?;
             }
             Next::Decide(decision) => {
@@ -77,7 +79,8 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
                     tracing::warn!(error = %e, "injected coordinator error ignored");
                 }
             }
-            Next::Complete(step, decision) => {
+            Next::Complete(i, decision) => {
+                let step = Step::ALL[i];
                 set_row(pool, "tx_branches", id, step, "phase2", Phase2::Started.as_str(), None).await?;
                 insist(orders, &order, step, if decision == Decision::Commit { commit_op } else { abort_op }).await;
                 set_row(pool, "tx_branches", id, step, "phase2", Phase2::Done.as_str(), None).await?;
@@ -86,8 +89,9 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
                 if tp.decision == Some(Decision::Commit) {
                     // Every effect now stands, exactly as after a saga's
                     // forward steps: a later cancel compensates them.
-                    sqlx::query("UPDATE saga_steps SET forward = 'done' WHERE order_id = $1 AND forward <> 'done'")
+                    sqlx::query("UPDATE saga_steps SET forward = $2 WHERE order_id = $1 AND forward <> $2")
                         .bind(id)
+                        .bind(Forward::Done.as_str())
                         .execute(pool)
                         .await?;
                     if order.cancel_requested {
