@@ -45,7 +45,10 @@ pub enum Command {
 pub async fn main(cli: Cli) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TXLAB_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .try_init();
     let result = match cli.command {
         Command::Run(args) => commands::run::execute(args).await,
         Command::Report(args) => commands::report::execute(args).map(|()| ExitCode::SUCCESS),

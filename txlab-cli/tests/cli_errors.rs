@@ -17,16 +17,32 @@ fn txlab(name: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
     }
     let out = cmd.output().unwrap();
     std::fs::remove_dir_all(&results).unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
 }
 
 #[test]
 fn a_missing_broker_says_how_to_install_it() {
     // No tansu on PATH, in cargo's bin directory, or by variable.
-    let (code, stderr) = txlab("no-broker", &[("PATH", "/usr/bin:/bin"), ("HOME", "/nonexistent"), ("CARGO_HOME", "/nonexistent")]);
+    let (code, stderr) = txlab(
+        "no-broker",
+        &[
+            ("PATH", "/usr/bin:/bin"),
+            ("HOME", "/nonexistent"),
+            ("CARGO_HOME", "/nonexistent"),
+        ],
+    );
     assert_eq!(code, Some(1));
-    assert!(stderr.contains("tansu, the Kafka-API broker the local lab starts, was not found"), "{stderr}");
-    assert!(stderr.contains("cargo install tansu --locked --version 0.6.0 --features dynostore"), "{stderr}");
+    assert!(
+        stderr.contains("tansu, the Kafka-API broker the local lab starts, was not found"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("cargo install tansu --locked --version 0.6.0 --features dynostore"),
+        "{stderr}"
+    );
     assert!(stderr.contains("--kafka-brokers"), "{stderr}");
 }
 
@@ -34,14 +50,21 @@ fn a_missing_broker_says_how_to_install_it() {
 fn a_wrong_postgres_directory_is_named() {
     let (code, stderr) = txlab("bad-pg-bin", &[("TXLAB_PG_BIN", "/tmp")]);
     assert_eq!(code, Some(1));
-    assert!(stderr.contains("TXLAB_PG_BIN=/tmp holds no initdb and postgres"), "{stderr}");
+    assert!(
+        stderr.contains("TXLAB_PG_BIN=/tmp holds no initdb and postgres"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn a_typo_in_the_profile_names_file_line_and_field() {
     let dir = common::temp_dir("cli-typo");
     let profile = dir.join("typo.yaml");
-    std::fs::write(&profile, "name: t\nmethods: [saga_orch]\nscenarios: [happy-path]\nload:\n  arrival: poisson\n  rat: 5\n").unwrap();
+    std::fs::write(
+        &profile,
+        "name: t\nmethods: [saga_orch]\nscenarios: [happy-path]\nload:\n  arrival: poisson\n  rat: 5\n",
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_txlab"))
         .args(["run", "--dry-run", "--scenarios"])
         .arg(common::repo().join("scenarios"))
@@ -52,5 +75,8 @@ fn a_typo_in_the_profile_names_file_line_and_field() {
     std::fs::remove_dir_all(&dir).unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr.contains("typo.yaml:6:3: load.rat: unknown field `rat`"), "{stderr}");
+    assert!(
+        stderr.contains("typo.yaml:6:3: load.rat: unknown field `rat`"),
+        "{stderr}"
+    );
 }

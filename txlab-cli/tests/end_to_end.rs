@@ -22,36 +22,77 @@ async fn smoke_profile_decides_every_order_and_audits_clean() {
     let code = txlab_cli::main(cli).await;
     assert_eq!(code, std::process::ExitCode::SUCCESS);
 
-    let runs: Vec<_> = std::fs::read_dir(&results).unwrap().flatten().map(|e| e.path()).collect();
+    let runs: Vec<_> = std::fs::read_dir(&results)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     assert_eq!(runs.len(), 1, "one run directory");
     let run = &runs[0];
-    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
     assert_eq!(meta["status"], "finished");
     assert_eq!(meta["seed"], 7);
-    assert!(meta["platform"]["versions"]["postgres"].as_str().unwrap().contains("PostgreSQL"));
+    assert!(meta["platform"]["versions"]["postgres"]
+        .as_str()
+        .unwrap()
+        .contains("PostgreSQL"));
 
     let summaries = txlab_cli::results::read_summaries(run).unwrap();
     let scenarios: Vec<_> = summaries.iter().map(|s| s.scenario.as_str()).collect();
-    assert_eq!(scenarios, ["happy-path", "fail-payment", "fail-inventory", "fail-shipping", "cancel-after-payment"]);
+    assert_eq!(
+        scenarios,
+        [
+            "happy-path",
+            "fail-payment",
+            "fail-inventory",
+            "fail-shipping",
+            "cancel-after-payment"
+        ]
+    );
     for s in &summaries {
         assert_eq!(s.sent, 20, "{}: 10/s for 2 s", s.cell);
         assert_eq!(s.decided, s.sent, "{}: every order decided", s.cell);
-        assert_eq!(s.outcomes.get(&s.expect).copied(), Some(s.sent), "{}: outcomes {:?}, e.g. {:?}", s.cell, s.outcomes, s.unexpected_examples);
+        assert_eq!(
+            s.outcomes.get(&s.expect).copied(),
+            Some(s.sent),
+            "{}: outcomes {:?}, e.g. {:?}",
+            s.cell,
+            s.outcomes,
+            s.unexpected_examples
+        );
         assert_eq!((s.errors, s.undecided, s.unexpected), (0, 0, 0), "{}", s.cell);
         assert!(s.settled, "{} settled", s.cell);
-        assert_eq!(s.violations, 0, "{}: audit {:?}", s.cell, s.violations_by_invariant);
+        assert_eq!(
+            s.violations, 0,
+            "{}: audit {:?}",
+            s.cell, s.violations_by_invariant
+        );
         assert!(s.decided_ms.p50 > 0.0 && s.decided_ms.count == 20);
         let dir = run.join("cells").join(&s.cell);
-        for f in ["cell.json", "audit.json", "accepted.hdr", "decided.hdr", "percentiles.csv", "timeseries.csv", "logs/order.log"] {
+        for f in [
+            "cell.json",
+            "audit.json",
+            "accepted.hdr",
+            "decided.hdr",
+            "percentiles.csv",
+            "timeseries.csv",
+            "logs/order.log",
+        ] {
             assert!(dir.join(f).is_file(), "{} lacks {f}", s.cell);
         }
     }
     // The cell's own slice of the order log names its orders.
-    let audit: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("cells/saga_orch-fail-shipping-r1-1/audit.json")).unwrap()).unwrap();
+    let audit: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("cells/saga_orch-fail-shipping-r1-1/audit.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(audit["orders_checked"], 20);
     let log = std::fs::read_to_string(run.join("cells/saga_orch-fail-shipping-r1-1/logs/order.log")).unwrap();
-    assert!(log.contains("\"order_id\"") && log.contains("compensated"), "order log has structured, per-order lines");
+    assert!(
+        log.contains("\"order_id\"") && log.contains("compensated"),
+        "order log has structured, per-order lines"
+    );
     std::fs::remove_dir_all(&results).unwrap();
 }
 
@@ -60,7 +101,14 @@ async fn bad_input_is_refused_before_anything_starts() {
     let dir = common::temp_dir("bad-input");
     std::fs::write(dir.join("typo.yaml"), "name: t\nmethods: [saga_orch]\nscenarios: [happy-path]\nload: {arrival: poisson, rate: 5, duration: 2}\n").unwrap();
     let args = |profile: &str| {
-        let cli = Cli::parse_from(["txlab", "run", "--profile", profile, "--scenarios", common::repo().join("scenarios").to_str().unwrap()]);
+        let cli = Cli::parse_from([
+            "txlab",
+            "run",
+            "--profile",
+            profile,
+            "--scenarios",
+            common::repo().join("scenarios").to_str().unwrap(),
+        ]);
         match cli.command {
             txlab_cli::Command::Run(a) => a,
             _ => unreachable!(),
@@ -68,11 +116,17 @@ async fn bad_input_is_refused_before_anything_starts() {
     };
     let err = txlab_cli::commands::run::plan(&args(dir.join("typo.yaml").to_str().unwrap())).unwrap_err();
     let text = format!("{err:#}");
-    assert!(text.contains("typo.yaml:4:") && text.contains("load.duration: unknown field `duration`"), "{text}");
+    assert!(
+        text.contains("typo.yaml:4:") && text.contains("load.duration: unknown field `duration`"),
+        "{text}"
+    );
 
     std::fs::write(dir.join("unknown.yaml"), "name: t\nmethods: [saga_orch]\nscenarios: [happy-paht]\nload: {arrival: poisson, rate: 5, duration_s: 2}\n").unwrap();
     let err = txlab_cli::commands::run::plan(&args(dir.join("unknown.yaml").to_str().unwrap())).unwrap_err();
-    assert!(format!("{err:#}").contains("unknown scenario `happy-paht`"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("unknown scenario `happy-paht`"),
+        "{err:#}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -103,16 +157,41 @@ async fn dropped_arrivals_stay_in_the_percentiles_and_fail_the_run() {
         "--results",
         dir.join("results").to_str().unwrap(),
     ]);
-    assert_eq!(txlab_cli::main(cli).await, std::process::ExitCode::from(txlab_cli::commands::run::EXIT_THRESHOLDS));
+    assert_eq!(
+        txlab_cli::main(cli).await,
+        std::process::ExitCode::from(txlab_cli::commands::run::EXIT_THRESHOLDS)
+    );
 
-    let run = std::fs::read_dir(dir.join("results")).unwrap().flatten().next().unwrap().path();
+    let run = std::fs::read_dir(dir.join("results"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
     let s = &txlab_cli::results::read_summaries(&run).unwrap()[0];
-    assert!(s.dropped > 20, "most of the 40 arrivals find 5 orders in flight: {}", s.dropped);
+    assert!(
+        s.dropped > 20,
+        "most of the 40 arrivals find 5 orders in flight: {}",
+        s.dropped
+    );
     assert_eq!(s.violations, 0, "what was sent is consistent");
-    assert_eq!(s.decided_ms.count, 40, "every arrival is in the decided percentiles");
+    assert_eq!(
+        s.decided_ms.count, 40,
+        "every arrival is in the decided percentiles"
+    );
     assert_eq!((s.censored, s.accepted_ms.count), (s.dropped, 40));
     // At the follow limit, to the histogram's 3 significant digits.
-    assert!((s.decided_ms.p99 - 60_000.0).abs() < 100.0, "p99 {} is censored, not computed over the survivors", s.decided_ms.p99);
-    assert!(s.threshold_failures.iter().any(|f| f.contains("dropped arrivals")), "{:?}", s.threshold_failures);
+    assert!(
+        (s.decided_ms.p99 - 60_000.0).abs() < 100.0,
+        "p99 {} is censored, not computed over the survivors",
+        s.decided_ms.p99
+    );
+    assert!(
+        s.threshold_failures
+            .iter()
+            .any(|f| f.contains("dropped arrivals")),
+        "{:?}",
+        s.threshold_failures
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -14,7 +14,13 @@ use txlab_cli::platform::Platform;
 
 /// Runs `profiles/<name>.yaml` on a fresh platform, shortened to 15 orders
 /// per cell (10/s for 1.5 s, evenly spaced, no warm-up).
-async fn run_shortened(name: &str) -> (LocalPlatform, std::path::PathBuf, Vec<txlab_cli::results::CellSummary>) {
+async fn run_shortened(
+    name: &str,
+) -> (
+    LocalPlatform,
+    std::path::PathBuf,
+    Vec<txlab_cli::results::CellSummary>,
+) {
     let (mut platform, _, dir) = common::deployed_with(name, TxMode::SagaOrch).await;
     let mut plan = common::plan(&format!("{name}.yaml"));
     plan.profile.load.arrival = txlab_cli::spec::Arrival::Constant;
@@ -22,7 +28,9 @@ async fn run_shortened(name: &str) -> (LocalPlatform, std::path::PathBuf, Vec<tx
     plan.profile.load.duration_s = 1.5;
     plan.profile.load.warmup_s = 0.0;
     let run = txlab_cli::results::RunDir::create(&dir.join("results"), name).unwrap();
-    let summaries = txlab_cli::commands::run::run_cells(&mut platform, &plan, &run).await.unwrap();
+    let summaries = txlab_cli::commands::run::run_cells(&mut platform, &plan, &run)
+        .await
+        .unwrap();
     (platform, dir, summaries)
 }
 
@@ -32,7 +40,14 @@ async fn every_method_passes_the_failure_and_cancel_scenarios() {
     assert_eq!(summaries.len(), 5 * 7);
     for s in &summaries {
         assert_eq!(s.sent, 15, "{}", s.cell);
-        assert_eq!(s.outcomes.get(&s.expect).copied(), Some(s.sent), "{}: {:?} e.g. {:?}", s.cell, s.outcomes, s.unexpected_examples);
+        assert_eq!(
+            s.outcomes.get(&s.expect).copied(),
+            Some(s.sent),
+            "{}: {:?} e.g. {:?}",
+            s.cell,
+            s.outcomes,
+            s.unexpected_examples
+        );
         assert_eq!((s.errors, s.undecided), (0, 0), "{}", s.cell);
         assert!(s.settled, "{}", s.cell);
         assert_eq!(s.violations, 0, "{}: {:?}", s.cell, s.violations_by_invariant);
@@ -40,13 +55,34 @@ async fn every_method_passes_the_failure_and_cancel_scenarios() {
     // The methods really differ underneath: votes and decisions for the
     // two-phase ones, none for the saga.
     let events = |cell: &str| summaries.iter().find(|s| s.cell == cell).unwrap().events.clone();
-    assert!(events("twopc-happy-path-r1-1").get("decision").copied().unwrap_or(0.0) >= 15.0);
-    assert!(events("tcc-fail-shipping-r1-1").get("vote").copied().unwrap_or(0.0) >= 45.0);
+    assert!(
+        events("twopc-happy-path-r1-1")
+            .get("decision")
+            .copied()
+            .unwrap_or(0.0)
+            >= 15.0
+    );
+    assert!(
+        events("tcc-fail-shipping-r1-1")
+            .get("vote")
+            .copied()
+            .unwrap_or(0.0)
+            >= 45.0
+    );
     assert_eq!(events("saga_orch-happy-path-r1-1").get("decision"), None);
     // Outbox leaves refused orders for a person: reported by design, not as bugs.
-    let outbox_fail = summaries.iter().find(|s| s.cell == "outbox-fail-payment-r1-1").unwrap();
+    let outbox_fail = summaries
+        .iter()
+        .find(|s| s.cell == "outbox-fail-payment-r1-1")
+        .unwrap();
     assert_eq!((outbox_fail.violations, outbox_fail.by_design), (0, 15));
-    assert!(events("saga_orch-fail-shipping-r1-1").get("compensation").copied().unwrap_or(0.0) >= 30.0);
+    assert!(
+        events("saga_orch-fail-shipping-r1-1")
+            .get("compensation")
+            .copied()
+            .unwrap_or(0.0)
+            >= 30.0
+    );
     platform.shutdown().await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -56,12 +92,34 @@ async fn every_fault_point_and_crash_scenario_audits_clean_under_every_method() 
     let (platform, dir, summaries) = run_shortened("faults").await;
     assert_eq!(summaries.len(), 5 * 11);
     for s in &summaries {
-        assert_eq!(s.outcomes.get(&s.expect).copied(), Some(s.sent), "{}: {:?} e.g. {:?}", s.cell, s.outcomes, s.unexpected_examples);
-        assert!(s.settled && s.errors == 0, "{}: settled {}, errors {:?}", s.cell, s.settled, s.error_kinds);
+        assert_eq!(
+            s.outcomes.get(&s.expect).copied(),
+            Some(s.sent),
+            "{}: {:?} e.g. {:?}",
+            s.cell,
+            s.outcomes,
+            s.unexpected_examples
+        );
+        assert!(
+            s.settled && s.errors == 0,
+            "{}: settled {}, errors {:?}",
+            s.cell,
+            s.settled,
+            s.error_kinds
+        );
         assert_eq!(s.violations, 0, "{}: {:?}", s.cell, s.violations_by_invariant);
     }
     // The injected errors really fired and were retried.
-    let retries = |cell: &str| summaries.iter().find(|s| s.cell == cell).unwrap().events.get("retry").copied().unwrap_or(0.0);
+    let retries = |cell: &str| {
+        summaries
+            .iter()
+            .find(|s| s.cell == cell)
+            .unwrap()
+            .events
+            .get("retry")
+            .copied()
+            .unwrap_or(0.0)
+    };
     assert!(retries("saga_orch-fault-after-db-r1-1") >= 15.0);
     assert!(retries("twopc-fault-during-prepare-r1-1") >= 15.0);
     assert!(retries("tcc-fault-during-confirm-r1-1") >= 15.0);
@@ -72,7 +130,11 @@ async fn every_fault_point_and_crash_scenario_audits_clean_under_every_method() 
 /// The wallet of `customer`, read from the payment database: (balance, reserved).
 async fn wallet(e: &txlab_cli::platform::Endpoints, customer: &str) -> (i64, i64) {
     let mut db = common::db(e, Role::Payment).await;
-    sqlx::query_as("SELECT balance, reserved FROM wallets WHERE customer = $1").bind(customer).fetch_one(&mut db).await.unwrap()
+    sqlx::query_as("SELECT balance, reserved FROM wallets WHERE customer = $1")
+        .bind(customer)
+        .fetch_one(&mut db)
+        .await
+        .unwrap()
 }
 
 async fn post(client: &reqwest::Client, url: String, body: Option<&Value>) -> (u16, Value) {
@@ -96,12 +158,22 @@ async fn the_tcc_barrier_stops_repeats_empty_cancels_and_hanging_tries() {
     // 1. Repeated calls: a retried Try holds once, a retried Confirm takes once.
     // Without the barrier the second Try would hold another 700.
     let a = uuid::Uuid::new_v4();
-    assert_eq!(post(&client, format!("{pay}/tcc/payments/{a}/try"), Some(&charge)).await.0, 200);
+    assert_eq!(
+        post(&client, format!("{pay}/tcc/payments/{a}/try"), Some(&charge))
+            .await
+            .0,
+        200
+    );
     let (status, again) = post(&client, format!("{pay}/tcc/payments/{a}/try"), Some(&charge)).await;
     assert_eq!((status, again["repeated"].as_bool()), (200, Some(true)));
     assert_eq!(wallet(&e, "c00003").await, (start.0 - 700, start.1 + 700));
     for _ in 0..2 {
-        assert_eq!(post(&client, format!("{pay}/tcc/payments/{a}/confirm"), None).await.0, 200);
+        assert_eq!(
+            post(&client, format!("{pay}/tcc/payments/{a}/confirm"), None)
+                .await
+                .0,
+            200
+        );
     }
     assert_eq!(wallet(&e, "c00003").await, (start.0 - 700, start.1));
 
@@ -115,7 +187,10 @@ async fn the_tcc_barrier_stops_repeats_empty_cancels_and_hanging_tries() {
     // 3. Hanging: the late Try after that Cancel is refused and holds nothing.
     // Without the barrier it would hold 700 that no Confirm or Cancel will ever free.
     let (status, late) = post(&client, format!("{pay}/tcc/payments/{b}/try"), Some(&charge)).await;
-    assert_eq!((status, late["error"].as_str()), (422, Some("already_compensated")));
+    assert_eq!(
+        (status, late["error"].as_str()),
+        (422, Some("already_compensated"))
+    );
     assert_eq!(wallet(&e, "c00003").await, (start.0 - 700, start.1));
     platform.shutdown().await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
@@ -131,28 +206,50 @@ async fn an_in_doubt_2pc_branch_is_rolled_back_by_presumed_abort() {
     // A branch prepared for a transaction the coordinator never heard of (its
     // coordinator died before logging anything): it holds the wallet's lock.
     let id = uuid::Uuid::new_v4();
-    let (status, _) = post(&client, format!("{pay}/twopc/payments/{id}/prepare"), Some(&json!({"customer": "c00004", "amount": 900}))).await;
+    let (status, _) = post(
+        &client,
+        format!("{pay}/twopc/payments/{id}/prepare"),
+        Some(&json!({"customer": "c00004", "amount": 900})),
+    )
+    .await;
     assert_eq!(status, 200);
     let mut db = common::db(&e, Role::Payment).await;
     let prepared = "SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'txlab_payment_%'";
-    assert_eq!(sqlx::query_scalar::<_, i64>(prepared).fetch_one(&mut db).await.unwrap(), 1);
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>(prepared)
+            .fetch_one(&mut db)
+            .await
+            .unwrap(),
+        1
+    );
 
     // The participant asks the coordinator, which presumes abort; the branch goes.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let left: i64 = sqlx::query_scalar(prepared).fetch_one(&mut db).await.unwrap();
         // Rolled back, and then a `voided` record written (so a late prepare is refused).
-        let state: Option<String> =
-            sqlx::query_scalar("SELECT state FROM payments WHERE order_id = $1").bind(id).fetch_optional(&mut db).await.unwrap();
+        let state: Option<String> = sqlx::query_scalar("SELECT state FROM payments WHERE order_id = $1")
+            .bind(id)
+            .fetch_optional(&mut db)
+            .await
+            .unwrap();
         if left == 0 && state.as_deref() == Some("voided") {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the in-doubt branch was not resolved in 30 s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the in-doubt branch was not resolved in 30 s"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let decision = common::get_json(&client, &format!("{}/twopc/{id}/decision", e.url(Role::Order).unwrap())).await;
+    let decision = common::get_json(
+        &client,
+        &format!("{}/twopc/{id}/decision", e.url(Role::Order).unwrap()),
+    )
+    .await;
     assert_eq!(decision["decision"], "abort");
-    let (_, unsettled, report) = common::settle_and_audit(&e, TxMode::Twopc, &plan.seed.seed, Duration::from_secs(10)).await;
+    let (_, unsettled, report) =
+        common::settle_and_audit(&e, TxMode::Twopc, &plan.seed.seed, Duration::from_secs(10)).await;
     assert_eq!((unsettled, report.violations), (vec![], vec![]));
     platform.shutdown().await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
@@ -188,10 +285,20 @@ fn crash_points(method: TxMode) -> Vec<(Role, String)> {
 
 /// Sends a burst of orders, `faulted` of which carries `fault`, while
 /// `kill` (if any) is killed mid-burst; waits for every order to be decided.
-async fn burst(platform: &mut LocalPlatform, order_url: &str, n: usize, fault: Option<&str>, kill: Option<Role>) {
+async fn burst(
+    platform: &mut LocalPlatform,
+    order_url: &str,
+    n: usize,
+    fault: Option<&str>,
+    kill: Option<Role>,
+) {
     let client = common::client();
     // Only a cancel (an abort) passes during_cancel: that order's slot is full.
-    let slot = if fault.is_some_and(|f| f.contains("during_cancel")) { "full" } else { "slot-001" };
+    let slot = if fault.is_some_and(|f| f.contains("during_cancel")) {
+        "full"
+    } else {
+        "slot-001"
+    };
     let mut ids = Vec::new();
     for i in 0..6 {
         if i == 3 {
@@ -241,14 +348,20 @@ async fn crash_under_load(method: TxMode) {
         common::reset_and_seed(&client, &e, &plan.seed.seed).await;
         let before = platform.restarts().get(&role).copied().unwrap_or(0);
         burst(&mut platform, &order_url, n, fault, kill).await;
-        let what = fault.map(str::to_string).unwrap_or_else(|| format!("kill -9 {role}"));
-        let (snaps, unsettled, report) = common::settle_and_audit(&e, method, &plan.seed.seed, Duration::from_secs(30)).await;
+        let what = fault
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("kill -9 {role}"));
+        let (snaps, unsettled, report) =
+            common::settle_and_audit(&e, method, &plan.seed.seed, Duration::from_secs(30)).await;
         assert_eq!(unsettled, Vec::<String>::new(), "{method} {what}: settled");
         assert_eq!(report.violations, vec![], "{method} {what}");
         assert_eq!(snaps.orders.len(), 6, "{method} {what}");
         // A point passed by both phases (after_db) crashes each phase's first attempt.
         let after = platform.restarts().get(&role).copied().unwrap_or(0);
-        assert!(after > before, "{method} {what}: the {role} service crashed and was restarted");
+        assert!(
+            after > before,
+            "{method} {what}: the {role} service crashed and was restarted"
+        );
     }
     platform.shutdown().await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
@@ -289,8 +402,15 @@ async fn presumed_abort_covers_only_stalled_twopc_transactions() {
     let body = json!({"customer": "c00005", "items": [{"sku": "sku-0005", "qty": 1, "unit_price": 100}], "slot": "slot-005"});
     let slow = common::create_order(&client, &e, &body, Some("shipping.during_prepare=delay:2000")).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(common::get_json(&client, &ask(&slow)).await["decision"], Value::Null, "its coordinator is driving it");
-    assert_eq!(common::wait_decided(&client, &order_url, &slow).await["state"], "confirmed");
+    assert_eq!(
+        common::get_json(&client, &ask(&slow)).await["decision"],
+        Value::Null,
+        "its coordinator is driving it"
+    );
+    assert_eq!(
+        common::wait_decided(&client, &order_url, &slow).await["state"],
+        "confirmed"
+    );
 
     // A saga order, decided long ago (older than the 10 s window): not a
     // 2PC transaction, so there is nothing to presume.
@@ -298,12 +418,26 @@ async fn presumed_abort_covers_only_stalled_twopc_transactions() {
     common::reset_and_seed(&client, &e, &plan.seed.seed).await;
     let order_url = e.url(Role::Order).unwrap().to_string();
     let saga = common::create_order(&client, &e, &body, None).await;
-    assert_eq!(common::wait_decided(&client, &order_url, &saga).await["state"], "confirmed");
+    assert_eq!(
+        common::wait_decided(&client, &order_url, &saga).await["state"],
+        "confirmed"
+    );
     tokio::time::sleep(Duration::from_secs(11)).await;
-    let asked = common::get_json(&client, &format!("{order_url}/twopc/{saga}/decision?presume_abort=true")).await;
-    assert_eq!(asked["decision"], Value::Null, "no decision is presumed for a saga");
+    let asked = common::get_json(
+        &client,
+        &format!("{order_url}/twopc/{saga}/decision?presume_abort=true"),
+    )
+    .await;
+    assert_eq!(
+        asked["decision"],
+        Value::Null,
+        "no decision is presumed for a saga"
+    );
     let mut db = common::db(&e, Role::Order).await;
-    let decisions: i64 = sqlx::query_scalar("SELECT count(*) FROM tx_decisions").fetch_one(&mut db).await.unwrap();
+    let decisions: i64 = sqlx::query_scalar("SELECT count(*) FROM tx_decisions")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
     assert_eq!(decisions, 0);
     platform.shutdown().await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();

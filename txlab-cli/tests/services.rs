@@ -20,15 +20,56 @@ async fn the_api_answers_bad_input_with_json_reasons_and_honours_idempotency_key
     let good = json!({"customer": "c00001", "items": [{"sku": "sku-0001", "qty": 1, "unit_price": 250}], "slot": "slot-001"});
 
     let cases = [
-        (client.post(&order_url).header("content-type", "application/json").body("{not json"), 400, "bad_request"),
-        (client.post(&order_url).json(&json!({"customer": "c00001", "items": [], "slot": "slot-001"})), 400, "bad_request"),
-        (client.post(&order_url).json(&json!({"customer": "c1", "items": [], "slot": "s", "coupon": 1})), 400, "bad_request"),
-        (client.post(&order_url).body(good.to_string()), 415, "unsupported_media_type"),
-        (client.post(&order_url).header("x-txlab-fault", "payment.nowhere=error").json(&good), 400, "bad_request"),
+        (
+            client
+                .post(&order_url)
+                .header("content-type", "application/json")
+                .body("{not json"),
+            400,
+            "bad_request",
+        ),
+        (
+            client
+                .post(&order_url)
+                .json(&json!({"customer": "c00001", "items": [], "slot": "slot-001"})),
+            400,
+            "bad_request",
+        ),
+        (
+            client
+                .post(&order_url)
+                .json(&json!({"customer": "c1", "items": [], "slot": "s", "coupon": 1})),
+            400,
+            "bad_request",
+        ),
+        (
+            client.post(&order_url).body(good.to_string()),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            client
+                .post(&order_url)
+                .header("x-txlab-fault", "payment.nowhere=error")
+                .json(&good),
+            400,
+            "bad_request",
+        ),
         (client.get(format!("{order_url}/not-a-uuid")), 400, "bad_request"),
-        (client.get(format!("{order_url}/{}", uuid::Uuid::nil())), 404, "not_found"),
+        (
+            client.get(format!("{order_url}/{}", uuid::Uuid::nil())),
+            404,
+            "not_found",
+        ),
         (client.delete(&order_url), 405, "method_not_allowed"),
-        (client.post(&order_url).header("content-type", "application/json").body(vec![b' '; 100 * 1024]), 413, "payload_too_large"),
+        (
+            client
+                .post(&order_url)
+                .header("content-type", "application/json")
+                .body(vec![b' '; 100 * 1024]),
+            413,
+            "payload_too_large",
+        ),
     ];
     for (i, (req, status, code)) in cases.into_iter().enumerate() {
         let r = req.send().await.unwrap();
@@ -36,37 +77,82 @@ async fn the_api_answers_bad_input_with_json_reasons_and_honours_idempotency_key
         if !code.is_empty() {
             let body: Value = r.json().await.unwrap();
             assert_eq!(body["error"], code, "case {i}: {body}");
-            assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "case {i}: {body}");
+            assert!(
+                body["message"].as_str().is_some_and(|m| !m.is_empty()),
+                "case {i}: {body}"
+            );
         }
     }
 
     // The same key and body: the same order, once.
-    let first = client.post(&order_url).header("idempotency-key", "k-1").json(&good).send().await.unwrap();
+    let first = client
+        .post(&order_url)
+        .header("idempotency-key", "k-1")
+        .json(&good)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(first.status().as_u16(), 202);
     let first: Value = first.json().await.unwrap();
-    let again = client.post(&order_url).header("idempotency-key", "k-1").json(&good).send().await.unwrap();
+    let again = client
+        .post(&order_url)
+        .header("idempotency-key", "k-1")
+        .json(&good)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(again.status().as_u16(), 200);
     let again: Value = again.json().await.unwrap();
     assert_eq!(first["id"], again["id"]);
     // The same key with another body is the client's mistake.
     let mut other = good.clone();
     other["slot"] = json!("slot-002");
-    let clash = client.post(&order_url).header("idempotency-key", "k-1").json(&other).send().await.unwrap();
+    let clash = client
+        .post(&order_url)
+        .header("idempotency-key", "k-1")
+        .json(&other)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(clash.status().as_u16(), 422);
-    assert_eq!(clash.json::<Value>().await.unwrap()["error"], "idempotency_key_reused");
+    assert_eq!(
+        clash.json::<Value>().await.unwrap()["error"],
+        "idempotency_key_reused"
+    );
 
-    let decided = common::get_json(&client, &format!("{order_url}/{}?wait_ms=10000", first["id"].as_str().unwrap())).await;
+    let decided = common::get_json(
+        &client,
+        &format!("{order_url}/{}?wait_ms=10000", first["id"].as_str().unwrap()),
+    )
+    .await;
     assert_eq!(decided["state"], "confirmed");
-    let (snaps, unsettled, _) = common::settle_and_audit(&e, TxMode::SagaOrch, &plan.seed.seed, Duration::from_secs(20)).await;
+    let (snaps, unsettled, _) =
+        common::settle_and_audit(&e, TxMode::SagaOrch, &plan.seed.seed, Duration::from_secs(20)).await;
     assert_eq!(unsettled, Vec::<String>::new());
     assert_eq!(snaps.orders.len(), 1, "one order for two requests with one key");
     assert_eq!(snaps.payment.records.len(), 1);
     // Cancelling a cancelled order is refused with a reason.
     let id = first["id"].as_str().unwrap();
-    assert_eq!(client.post(format!("{order_url}/{id}/cancel")).send().await.unwrap().status().as_u16(), 202);
+    assert_eq!(
+        client
+            .post(format!("{order_url}/{id}/cancel"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        202
+    );
     let after = common::get_json(&client, &format!("{order_url}/{id}?wait_ms=10000")).await;
-    assert_eq!(after["state"], "cancelled", "cancel after confirm compensates everything");
-    let twice = client.post(format!("{order_url}/{id}/cancel")).send().await.unwrap();
+    assert_eq!(
+        after["state"], "cancelled",
+        "cancel after confirm compensates everything"
+    );
+    let twice = client
+        .post(format!("{order_url}/{id}/cancel"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(twice.status().as_u16(), 409);
     assert_eq!(twice.json::<Value>().await.unwrap()["error"], "already_terminal");
 
@@ -76,18 +162,39 @@ async fn the_api_answers_bad_input_with_json_reasons_and_honours_idempotency_key
     let id = common::create_order(&client, &e, &refused, Some("payment.before_db=delay:700")).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while common::get_json(&client, &format!("{order_url}/{id}")).await["state"] != "compensating" {
-        assert!(std::time::Instant::now() < deadline, "the refused order never compensated");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refused order never compensated"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let late = client.post(format!("{order_url}/{id}/cancel")).send().await.unwrap();
+    let late = client
+        .post(format!("{order_url}/{id}/cancel"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(late.status().as_u16(), 409);
     assert_eq!(late.json::<Value>().await.unwrap()["error"], "already_failing");
-    assert_eq!(common::wait_decided(&client, e.url(Role::Order).unwrap(), &id).await["state"], "rejected");
-    let (_, unsettled, report) = common::settle_and_audit(&e, TxMode::SagaOrch, &plan.seed.seed, Duration::from_secs(20)).await;
+    assert_eq!(
+        common::wait_decided(&client, e.url(Role::Order).unwrap(), &id).await["state"],
+        "rejected"
+    );
+    let (_, unsettled, report) =
+        common::settle_and_audit(&e, TxMode::SagaOrch, &plan.seed.seed, Duration::from_secs(20)).await;
     assert_eq!((unsettled, report.violations), (vec![], vec![]));
 
-    let metrics = client.get(format!("{}/metrics", e.url(Role::Order).unwrap())).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("txlab_http_requests_total{") && metrics.contains("route=\"/orders\""), "{metrics}");
+    let metrics = client
+        .get(format!("{}/metrics", e.url(Role::Order).unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("txlab_http_requests_total{") && metrics.contains("route=\"/orders\""),
+        "{metrics}"
+    );
     assert!(metrics.contains("txlab_http_request_duration_seconds_bucket"));
     platform.shutdown().await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
@@ -104,17 +211,44 @@ async fn an_in_flight_saga_resumes_after_the_order_service_is_killed() {
     let id = common::create_order(&client, &e, &order, Some("inventory.before_db=delay:1500")).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     platform.crash(Role::Order).await.unwrap();
-    assert_eq!(platform.restarts().get(&Role::Order), Some(&1), "the supervisor restarted it once");
+    assert_eq!(
+        platform.restarts().get(&Role::Order),
+        Some(&1),
+        "the supervisor restarted it once"
+    );
 
-    let after = common::get_json(&client, &format!("{}/orders/{id}?wait_ms=20000", e.url(Role::Order).unwrap())).await;
+    let after = common::get_json(
+        &client,
+        &format!("{}/orders/{id}?wait_ms=20000", e.url(Role::Order).unwrap()),
+    )
+    .await;
     assert_eq!(after["state"], "confirmed", "{after}");
-    let (snaps, unsettled, report) = common::settle_and_audit(&e, TxMode::SagaOrch, &plan.seed.seed, Duration::from_secs(20)).await;
+    let (snaps, unsettled, report) =
+        common::settle_and_audit(&e, TxMode::SagaOrch, &plan.seed.seed, Duration::from_secs(20)).await;
     assert_eq!((unsettled, report.violations), (vec![], vec![]));
-    let payment = snaps.payment.records.iter().find(|p| p.order_id.to_string() == id).unwrap();
-    let moved: Vec<&str> = snaps.payment.ledger.iter().filter(|l| l.order_id.to_string() == id).map(|l| l.op.as_str()).collect();
-    assert_eq!((payment.state.as_str(), moved), ("captured", vec!["hold", "capture"]), "charged exactly once");
+    let payment = snaps
+        .payment
+        .records
+        .iter()
+        .find(|p| p.order_id.to_string() == id)
+        .unwrap();
+    let moved: Vec<&str> = snaps
+        .payment
+        .ledger
+        .iter()
+        .filter(|l| l.order_id.to_string() == id)
+        .map(|l| l.op.as_str())
+        .collect();
+    assert_eq!(
+        (payment.state.as_str(), moved),
+        ("captured", vec!["hold", "capture"]),
+        "charged exactly once"
+    );
     let order_log = std::fs::read_to_string(dir.join("logs/order.log")).unwrap();
-    assert!(order_log.contains("resuming in-flight sagas"), "the restarted service says it resumed");
+    assert!(
+        order_log.contains("resuming in-flight sagas"),
+        "the restarted service says it resumed"
+    );
     platform.shutdown().await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }

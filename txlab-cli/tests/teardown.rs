@@ -26,14 +26,20 @@ fn start_run(name: &str) -> (std::process::Child, PathBuf, Vec<(u32, String)>, P
     loop {
         let tree = common::tree(child.id());
         let services = tree.iter().filter(|(_, c)| c.contains("txlab-svc")).count();
-        let infra = tree.iter().any(|(_, c)| c.contains("postgres -D")) && tree.iter().any(|(_, c)| c.contains("tansu broker"));
+        let infra = tree.iter().any(|(_, c)| c.contains("postgres -D"))
+            && tree.iter().any(|(_, c)| c.contains("tansu broker"));
         if services == 5 && infra {
             // Let the load begin, so work is in flight when the signal lands.
             std::thread::sleep(Duration::from_secs(2));
             let tree = common::tree(child.id());
             let scratch = tree
                 .iter()
-                .find_map(|(_, c)| c.split_whitespace().skip_while(|w| *w != "-D").nth(1).map(PathBuf::from))
+                .find_map(|(_, c)| {
+                    c.split_whitespace()
+                        .skip_while(|w| *w != "-D")
+                        .nth(1)
+                        .map(PathBuf::from)
+                })
                 .and_then(|pgdata| pgdata.parent().map(PathBuf::from))
                 .expect("postgres runs from the scratch directory");
             return (child, results, tree, scratch);
@@ -55,7 +61,12 @@ fn assert_all_gone(procs: &[(u32, String)], scratch: &Path) {
         if left.is_empty() && !scratch.exists() {
             return;
         }
-        assert!(Instant::now() < deadline, "left behind: {left:?}, scratch {} exists: {}", scratch.display(), scratch.exists());
+        assert!(
+            Instant::now() < deadline,
+            "left behind: {left:?}, scratch {} exists: {}",
+            scratch.display(),
+            scratch.exists()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -63,14 +74,29 @@ fn assert_all_gone(procs: &[(u32, String)], scratch: &Path) {
 #[test]
 fn ctrl_c_tears_everything_down() {
     let (mut child, results, procs, scratch) = start_run("ctrl-c");
-    assert!(procs.len() >= 8, "txlab, reaper, postgres (+backends), tansu, 5 services: {procs:?}");
-    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    assert!(
+        procs.len() >= 8,
+        "txlab, reaper, postgres (+backends), tansu, 5 services: {procs:?}"
+    );
+    assert!(Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "exit code after Ctrl-C");
     assert_all_gone(&procs, &scratch);
-    let run = std::fs::read_dir(&results).unwrap().flatten().next().unwrap().path();
+    let run = std::fs::read_dir(&results)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
     let meta = std::fs::read_to_string(run.join("run.json")).unwrap();
-    assert!(meta.contains("\"status\": \"interrupted\""), "run.json records the interruption");
+    assert!(
+        meta.contains("\"status\": \"interrupted\""),
+        "run.json records the interruption"
+    );
     std::fs::remove_dir_all(&results).unwrap();
 }
 

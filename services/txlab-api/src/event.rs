@@ -57,19 +57,31 @@ pub struct OrderSpec {
 impl OrderSpec {
     /// The payment participant's part.
     pub fn charge(&self) -> crate::participant::ChargeRequest {
-        crate::participant::ChargeRequest { customer: self.customer.clone(), amount: self.amount }
+        crate::participant::ChargeRequest {
+            customer: self.customer.clone(),
+            amount: self.amount,
+        }
     }
 
     /// The inventory participant's part.
     pub fn reserve(&self) -> crate::participant::ReserveRequest {
         crate::participant::ReserveRequest {
-            lines: self.items.iter().map(|i| crate::participant::ReserveLine { sku: i.sku.clone(), qty: i.qty }).collect(),
+            lines: self
+                .items
+                .iter()
+                .map(|i| crate::participant::ReserveLine {
+                    sku: i.sku.clone(),
+                    qty: i.qty,
+                })
+                .collect(),
         }
     }
 
     /// The shipping participant's part.
     pub fn book(&self) -> crate::participant::BookRequest {
-        crate::participant::BookRequest { slot: self.slot.clone() }
+        crate::participant::BookRequest {
+            slot: self.slot.clone(),
+        }
     }
 }
 
@@ -106,8 +118,17 @@ mod tests {
         let e = CheckoutEvent {
             event_id: Uuid::nil(),
             order_id: Uuid::nil(),
-            kind: CheckoutKind::Rejected { step: crate::Step::Inventory, reason: "out_of_stock".into() },
-            order: OrderSpec { customer: "c".into(), amount: 5, items: vec![], slot: "s".into(), fault: None },
+            kind: CheckoutKind::Rejected {
+                step: crate::Step::Inventory,
+                reason: "out_of_stock".into(),
+            },
+            order: OrderSpec {
+                customer: "c".into(),
+                amount: 5,
+                items: vec![],
+                slot: "s".into(),
+                fault: None,
+            },
             epoch: "cell-1".into(),
         };
         let v = serde_json::to_value(&e).unwrap();

@@ -55,7 +55,9 @@ impl FaultAction {
             other => match other.strip_prefix("delay:").map(str::parse::<u64>) {
                 Some(Ok(ms)) if ms <= 60_000 => Ok(FaultAction::DelayMs(ms)),
                 Some(Ok(_)) => Err(format!("delay `{other}` exceeds 60000 ms")),
-                _ => Err(format!("unknown fault action `{other}`; expected error, crash or delay:<ms>")),
+                _ => Err(format!(
+                    "unknown fault action `{other}`; expected error, crash or delay:<ms>"
+                )),
             },
         }
     }
@@ -92,11 +94,24 @@ crate::text_enum! {
 }
 
 impl StandingFault {
-    pub const NONE: StandingFault = StandingFault { mode: FaultMode::None, point: None, percent: 0.0, action: FaultAction::Error };
+    pub const NONE: StandingFault = StandingFault {
+        mode: FaultMode::None,
+        point: None,
+        percent: 0.0,
+        action: FaultAction::Error,
+    };
 
     /// From the four environment values (each may be absent).
-    pub fn from_env(mode: Option<&str>, point: Option<&str>, percent: Option<&str>, action: Option<&str>) -> Result<StandingFault, String> {
-        let mode: FaultMode = mode.unwrap_or("none").parse().map_err(|e| format!("FAULT_MODE: {e}"))?;
+    pub fn from_env(
+        mode: Option<&str>,
+        point: Option<&str>,
+        percent: Option<&str>,
+        action: Option<&str>,
+    ) -> Result<StandingFault, String> {
+        let mode: FaultMode = mode
+            .unwrap_or("none")
+            .parse()
+            .map_err(|e| format!("FAULT_MODE: {e}"))?;
         let mut action = match action {
             Some(a) => FaultAction::parse(a).map_err(|e| format!("FAULT_ACTION: {e}"))?,
             None => FaultAction::Error,
@@ -111,9 +126,16 @@ impl StandingFault {
         };
         let percent = match percent {
             None => 0.0,
-            Some(p) => p.parse::<f64>().map_err(|_| format!("FAULT_PERCENT `{p}` is not a number"))?,
+            Some(p) => p
+                .parse::<f64>()
+                .map_err(|_| format!("FAULT_PERCENT `{p}` is not a number"))?,
         };
-        let fault = StandingFault { mode, point, percent, action };
+        let fault = StandingFault {
+            mode,
+            point,
+            percent,
+            action,
+        };
         fault.validate()?;
         Ok(fault)
     }
@@ -162,12 +184,12 @@ impl FaultSpec {
     pub fn parse(text: &str) -> Result<FaultSpec, String> {
         let mut rules = Vec::new();
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (target, action) = part
-                .split_once('=')
-                .ok_or_else(|| format!("fault `{part}` lacks `=action`; write e.g. `payment.before_db=error`"))?;
-            let (role, point) = target
-                .split_once('.')
-                .ok_or_else(|| format!("fault target `{target}` must be `role.point`, e.g. `payment.before_db`"))?;
+            let (target, action) = part.split_once('=').ok_or_else(|| {
+                format!("fault `{part}` lacks `=action`; write e.g. `payment.before_db=error`")
+            })?;
+            let (role, point) = target.split_once('.').ok_or_else(|| {
+                format!("fault target `{target}` must be `role.point`, e.g. `payment.before_db`")
+            })?;
             let role: Role = role.parse()?;
             let point: FaultPoint = point.parse()?;
             let action = FaultAction::parse(action)?;
@@ -191,36 +213,73 @@ mod tests {
 
     #[test]
     fn parses_a_list_of_rules() {
-        let spec = FaultSpec::parse("inventory.before_db=delay:300, payment.after_db=error,order.before_reply=crash").unwrap();
+        let spec = FaultSpec::parse(
+            "inventory.before_db=delay:300, payment.after_db=error,order.before_reply=crash",
+        )
+        .unwrap();
         assert_eq!(spec.rules.len(), 3);
-        assert_eq!(spec.action_at(Role::Inventory, FaultPoint::BeforeDb), Some(FaultAction::DelayMs(300)));
-        assert_eq!(spec.action_at(Role::Payment, FaultPoint::AfterDb), Some(FaultAction::Error));
-        assert_eq!(spec.action_at(Role::Order, FaultPoint::BeforeReply), Some(FaultAction::Crash));
+        assert_eq!(
+            spec.action_at(Role::Inventory, FaultPoint::BeforeDb),
+            Some(FaultAction::DelayMs(300))
+        );
+        assert_eq!(
+            spec.action_at(Role::Payment, FaultPoint::AfterDb),
+            Some(FaultAction::Error)
+        );
+        assert_eq!(
+            spec.action_at(Role::Order, FaultPoint::BeforeReply),
+            Some(FaultAction::Crash)
+        );
         assert_eq!(spec.action_at(Role::Payment, FaultPoint::BeforeDb), None);
     }
 
     #[test]
     fn rejects_malformed_rules_with_a_reason() {
         assert!(FaultSpec::parse("payment").unwrap_err().contains("=action"));
-        assert!(FaultSpec::parse("payment=error").unwrap_err().contains("role.point"));
-        assert!(FaultSpec::parse("bank.before_db=error").unwrap_err().contains("unknown role"));
-        assert!(FaultSpec::parse("payment.during=error").unwrap_err().contains("unknown fault point"));
+        assert!(FaultSpec::parse("payment=error")
+            .unwrap_err()
+            .contains("role.point"));
+        assert!(FaultSpec::parse("bank.before_db=error")
+            .unwrap_err()
+            .contains("unknown role"));
+        assert!(FaultSpec::parse("payment.during=error")
+            .unwrap_err()
+            .contains("unknown fault point"));
         assert!(FaultSpec::parse("payment.during_try=crash").is_ok());
-        assert!(FaultSpec::parse("payment.before_db=explode").unwrap_err().contains("unknown fault action"));
-        assert!(FaultSpec::parse("payment.before_db=delay:999999").unwrap_err().contains("60000"));
+        assert!(FaultSpec::parse("payment.before_db=explode")
+            .unwrap_err()
+            .contains("unknown fault action"));
+        assert!(FaultSpec::parse("payment.before_db=delay:999999")
+            .unwrap_err()
+            .contains("60000"));
     }
 
     #[test]
     fn standing_faults_from_the_environment() {
-        assert_eq!(StandingFault::from_env(None, None, None, None).unwrap(), StandingFault::NONE);
+        assert_eq!(
+            StandingFault::from_env(None, None, None, None).unwrap(),
+            StandingFault::NONE
+        );
         let crash = StandingFault::from_env(Some("always"), Some("crash"), None, None).unwrap();
         assert_eq!(crash.hits(FaultPoint::AfterDb, 99.0), Some(FaultAction::Crash));
         assert_eq!(crash.hits(FaultPoint::BeforeDb, 0.0), None);
-        let some = StandingFault::from_env(Some("percent"), Some("during_try"), Some("25"), Some("delay:10")).unwrap();
-        assert_eq!(some.hits(FaultPoint::DuringTry, 24.9), Some(FaultAction::DelayMs(10)));
+        let some = StandingFault::from_env(Some("percent"), Some("during_try"), Some("25"), Some("delay:10"))
+            .unwrap();
+        assert_eq!(
+            some.hits(FaultPoint::DuringTry, 24.9),
+            Some(FaultAction::DelayMs(10))
+        );
         assert_eq!(some.hits(FaultPoint::DuringTry, 25.0), None);
-        assert!(StandingFault::from_env(Some("sometimes"), None, None, None).unwrap_err().contains("FAULT_MODE"));
-        assert!(StandingFault::from_env(Some("always"), None, None, None).unwrap_err().contains("needs a point"));
-        assert!(StandingFault::from_env(Some("percent"), Some("after_db"), Some("120"), None).unwrap_err().contains("between 0 and 100"));
+        assert!(StandingFault::from_env(Some("sometimes"), None, None, None)
+            .unwrap_err()
+            .contains("FAULT_MODE"));
+        assert!(StandingFault::from_env(Some("always"), None, None, None)
+            .unwrap_err()
+            .contains("needs a point"));
+        assert!(
+            StandingFault::from_env(Some("percent"), Some("after_db"), Some("120"), None)
+                .unwrap_err()
+                .contains("between 0 and 100")
+        );
     }
 }

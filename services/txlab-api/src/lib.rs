@@ -189,10 +189,16 @@ mod tests {
             assert_eq!(serde_json::to_string(&m).unwrap(), format!("\"{m}\""));
         }
         assert!("saga".parse::<TxMode>().unwrap_err().contains("saga_orch"));
-        assert_eq!(serde_json::from_str::<Role>("\"clerk\"").unwrap_err().to_string(), "unknown role `clerk`; expected one of order, payment, inventory, shipping, notification");
+        assert_eq!(
+            serde_json::from_str::<Role>("\"clerk\"").unwrap_err().to_string(),
+            "unknown role `clerk`; expected one of order, payment, inventory, shipping, notification"
+        );
         for s in Step::ALL {
             assert_eq!(Step::at(s.index()), Some(s));
         }
-        assert_eq!((Step::Payment.next(), Step::Shipping.next()), (Some(Step::Inventory), None));
+        assert_eq!(
+            (Step::Payment.next(), Step::Shipping.next()),
+            (Some(Step::Inventory), None)
+        );
     }
 }

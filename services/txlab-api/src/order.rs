@@ -86,7 +86,10 @@ impl OrderState {
     pub const OPEN: [OrderState; 2] = [OrderState::Pending, OrderState::Compensating];
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, OrderState::Confirmed | OrderState::Rejected | OrderState::Cancelled | OrderState::NeedsAttention)
+        matches!(
+            self,
+            OrderState::Confirmed | OrderState::Rejected | OrderState::Cancelled | OrderState::NeedsAttention
+        )
     }
 }
 

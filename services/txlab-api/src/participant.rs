@@ -80,7 +80,12 @@ impl RecordState {
             Captured | Reserved | Booked | Prepared => (1, 1, 0, 0),
             Refunded | Released | Cancelled => (1, 1, 0, 1),
         };
-        LedgerCount { hold, capture, release, restore }
+        LedgerCount {
+            hold,
+            capture,
+            release,
+            restore,
+        }
     }
 }
 

@@ -46,7 +46,11 @@ impl Config {
     /// Reads the configuration through `var` (the process environment in
     /// production, a map in tests).
     pub fn from_env(role: Role, var: impl Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
-        let required = |k: &str| var(k).filter(|v| !v.is_empty()).with_context(|| format!("{k} is not set"));
+        let required = |k: &str| {
+            var(k)
+                .filter(|v| !v.is_empty())
+                .with_context(|| format!("{k} is not set"))
+        };
         let listen = var("LISTEN_ADDR")
             .unwrap_or_else(|| "127.0.0.1:8080".into())
             .parse()
@@ -95,7 +99,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| m.get(k).cloned()
     }
 
@@ -103,23 +110,40 @@ mod tests {
     fn order_needs_its_peers_and_kafka() {
         let err = Config::from_env(Role::Order, env(&[("DATABASE_URL", "postgres://x")])).unwrap_err();
         assert_eq!(format!("{err:#}"), "KAFKA_BROKERS is not set");
-        let err = Config::from_env(Role::Order, env(&[("DATABASE_URL", "postgres://x"), ("KAFKA_BROKERS", "k:1")])).unwrap_err();
+        let err = Config::from_env(
+            Role::Order,
+            env(&[("DATABASE_URL", "postgres://x"), ("KAFKA_BROKERS", "k:1")]),
+        )
+        .unwrap_err();
         assert_eq!(format!("{err:#}"), "PAYMENT_URL is not set");
     }
 
     #[test]
     fn an_unknown_method_is_refused_at_start() {
-        let err = Config::from_env(Role::Payment, env(&[("DATABASE_URL", "postgres://x"), ("TX_MODE", "xa")])).unwrap_err();
+        let err = Config::from_env(
+            Role::Payment,
+            env(&[("DATABASE_URL", "postgres://x"), ("TX_MODE", "xa")]),
+        )
+        .unwrap_err();
         assert!(format!("{err:#}").contains("unknown transaction method `xa`"));
     }
 
     #[test]
     fn a_malformed_fault_setting_stops_the_service_at_start() {
-        let err = Config::from_env(Role::Payment, env(&[("DATABASE_URL", "postgres://x"), ("FAULT_MODE", "always")])).unwrap_err();
+        let err = Config::from_env(
+            Role::Payment,
+            env(&[("DATABASE_URL", "postgres://x"), ("FAULT_MODE", "always")]),
+        )
+        .unwrap_err();
         assert!(format!("{err:#}").contains("needs a point"));
         let c = Config::from_env(
             Role::Payment,
-            env(&[("DATABASE_URL", "postgres://x"), ("FAULT_MODE", "percent"), ("FAULT_POINT", "during_try"), ("FAULT_PERCENT", "10")]),
+            env(&[
+                ("DATABASE_URL", "postgres://x"),
+                ("FAULT_MODE", "percent"),
+                ("FAULT_POINT", "during_try"),
+                ("FAULT_PERCENT", "10"),
+            ]),
         )
         .unwrap();
         assert_eq!(c.standing_fault.percent, 10.0);
@@ -127,7 +151,11 @@ mod tests {
 
     #[test]
     fn a_participant_needs_only_its_database() {
-        let c = Config::from_env(Role::Payment, env(&[("DATABASE_URL", "postgres://x"), ("LISTEN_ADDR", "127.0.0.1:9")])).unwrap();
+        let c = Config::from_env(
+            Role::Payment,
+            env(&[("DATABASE_URL", "postgres://x"), ("LISTEN_ADDR", "127.0.0.1:9")]),
+        )
+        .unwrap();
         assert_eq!(c.listen.port(), 9);
         assert_eq!(c.tx_mode, TxMode::SagaOrch);
     }

@@ -48,15 +48,19 @@ pub fn is_lock_timeout(e: &sqlx::Error) -> bool {
 /// lab's reset ends a cell, and a branch left in doubt would otherwise keep
 /// its row locks (and block the reset's TRUNCATE) for ever. Returns how many.
 pub async fn roll_back_lab_branches(pool: &sqlx::PgPool) -> sqlx::Result<usize> {
-    let gids: Vec<String> =
-        sqlx::query_scalar("SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 'txlab\\_%' AND database = current_database()")
-            .fetch_all(pool)
-            .await?;
+    let gids: Vec<String> = sqlx::query_scalar(
+        "SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 'txlab\\_%' AND database = current_database()",
+    )
+    .fetch_all(pool)
+    .await?;
     let mut rolled_back = 0;
     for gid in gids {
         // The gid is one of ours (a role name and a UUID's hex digits), so
         // inlining it is safe; a branch resolved meanwhile is not an error.
-        match sqlx::query(&format!("ROLLBACK PREPARED '{}'", gid.replace('\'', "''"))).execute(pool).await {
+        match sqlx::query(&format!("ROLLBACK PREPARED '{}'", gid.replace('\'', "''")))
+            .execute(pool)
+            .await
+        {
             Ok(_) => rolled_back += 1,
             Err(sqlx::Error::Database(d)) if d.code().as_deref() == Some("42704") => {}
             Err(e) => return Err(e),
@@ -76,8 +80,17 @@ mod tests {
     /// Every migration, concatenated, with runs of whitespace made one space.
     fn migrations() -> String {
         let mut all = String::new();
-        for dir in ["common", "order", "payment", "inventory", "shipping", "notification"] {
-            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations").join(dir);
+        for dir in [
+            "common",
+            "order",
+            "payment",
+            "inventory",
+            "shipping",
+            "notification",
+        ] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("migrations")
+                .join(dir);
             for entry in std::fs::read_dir(path).unwrap() {
                 all += &std::fs::read_to_string(entry.unwrap().path()).unwrap();
             }
@@ -87,11 +100,16 @@ mod tests {
 
     /// The quoted values of the CHECK (... IN (...)) that follows `marker`.
     fn check_list<'a>(sql: &'a str, marker: &str) -> Vec<&'a str> {
-        let from = sql.find(marker).unwrap_or_else(|| panic!("no `{marker}` in the migrations"));
+        let from = sql
+            .find(marker)
+            .unwrap_or_else(|| panic!("no `{marker}` in the migrations"));
         let list = &sql[from..];
         let open = list.find(" IN (").expect("an IN list") + 5;
         let close = open + list[open..].find(')').expect("a closing parenthesis");
-        list[open..close].split(',').map(|v| v.trim().trim_matches('\'')).collect()
+        list[open..close]
+            .split(',')
+            .map(|v| v.trim().trim_matches('\''))
+            .collect()
     }
 
     #[test]
@@ -101,7 +119,10 @@ mod tests {
             ("orders_state_known", OrderState::texts(&OrderState::ALL)),
             ("orders_method_known", TxMode::texts(&TxMode::ALL)),
             ("saga_steps_forward_known", Forward::texts(&Forward::ALL)),
-            ("saga_steps_compensation_known", Compensation::texts(&Compensation::ALL)),
+            (
+                "saga_steps_compensation_known",
+                Compensation::texts(&Compensation::ALL),
+            ),
             ("saga_steps_name_known", Step::texts(&Step::ALL)),
             ("tx_branches_vote_known", Vote::texts(&Vote::ALL)),
             ("tx_branches_phase2_known", Phase2::texts(&Phase2::ALL)),
@@ -113,9 +134,17 @@ mod tests {
             assert_eq!(check_list(&sql, marker), want, "{marker}");
         }
         // Records never store `prepared` (it is only ever a reply).
-        let stored: Vec<&str> = RecordState::ALL.iter().filter(|s| **s != RecordState::Prepared).map(|s| s.as_str()).collect();
+        let stored: Vec<&str> = RecordState::ALL
+            .iter()
+            .filter(|s| **s != RecordState::Prepared)
+            .map(|s| s.as_str())
+            .collect();
         for table in ["payments", "reservations", "shipments"] {
-            assert_eq!(check_list(&sql, &format!("{table}_state_known")), stored, "{table}");
+            assert_eq!(
+                check_list(&sql, &format!("{table}_state_known")),
+                stored,
+                "{table}"
+            );
         }
     }
 }

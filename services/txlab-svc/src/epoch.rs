@@ -14,5 +14,7 @@ pub async fn current_epoch(conn: &mut sqlx::PgConnection, epoch: &str) -> sqlx::
 /// first and the tables after, and the same order everywhere rules out a
 /// deadlock between the two.
 pub async fn epoch(conn: &mut sqlx::PgConnection) -> sqlx::Result<String> {
-    sqlx::query_scalar("SELECT epoch FROM lab_epoch FOR SHARE").fetch_one(conn).await
+    sqlx::query_scalar("SELECT epoch FROM lab_epoch FOR SHARE")
+        .fetch_one(conn)
+        .await
 }

@@ -24,7 +24,10 @@ pub struct FaultSwitch {
 
 impl FaultSwitch {
     pub fn new(role: Role, standing: StandingFault) -> Arc<FaultSwitch> {
-        Arc::new(FaultSwitch { role, standing: RwLock::new(standing) })
+        Arc::new(FaultSwitch {
+            role,
+            standing: RwLock::new(standing),
+        })
     }
 
     pub fn get(&self) -> StandingFault {
@@ -49,26 +52,36 @@ impl Faults {
     pub fn parse(raw: Option<&str>, switch: Arc<FaultSwitch>) -> Result<Faults, ApiError> {
         let spec = match raw {
             None => FaultSpec::default(),
-            Some(text) => FaultSpec::parse(text).map_err(|e| ApiError::BadRequest(format!("{FAULT_HEADER}: {e}")))?,
+            Some(text) => {
+                FaultSpec::parse(text).map_err(|e| ApiError::BadRequest(format!("{FAULT_HEADER}: {e}")))?
+            }
         };
-        Ok(Faults { spec, raw: raw.map(str::to_string), switch })
+        Ok(Faults {
+            spec,
+            raw: raw.map(str::to_string),
+            switch,
+        })
     }
 
     /// Applies the fault planned here: a delay returns after sleeping, an
     /// error returns 503, a crash ends the process.
     pub async fn fire(&self, point: FaultPoint) -> Result<(), ApiError> {
         let role = self.switch.role;
-        let action = self
-            .spec
-            .action_at(role, point)
-            .or_else(|| self.switch.get().hits(point, rand::thread_rng().gen_range(0.0..100.0)));
+        let action = self.spec.action_at(role, point).or_else(|| {
+            self.switch
+                .get()
+                .hits(point, rand::thread_rng().gen_range(0.0..100.0))
+        });
         match action {
             None => Ok(()),
             Some(FaultAction::DelayMs(ms)) => {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 Ok(())
             }
-            Some(FaultAction::Error) => Err(ApiError::Unavailable(format!("injected fault at {role}.{}", point.as_str()))),
+            Some(FaultAction::Error) => Err(ApiError::Unavailable(format!(
+                "injected fault at {role}.{}",
+                point.as_str()
+            ))),
             Some(FaultAction::Crash) => {
                 tracing::error!(point = point.as_str(), "injected crash");
                 // Exit at once, as a killed pod would: no graceful shutdown.
@@ -92,7 +105,10 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let raw = match parts.headers.get(FAULT_HEADER) {
             None => None,
-            Some(v) => Some(v.to_str().map_err(|_| ApiError::BadRequest(format!("{FAULT_HEADER} is not ASCII")))?),
+            Some(v) => Some(
+                v.to_str()
+                    .map_err(|_| ApiError::BadRequest(format!("{FAULT_HEADER} is not ASCII")))?,
+            ),
         };
         Faults::parse(raw, state.fault_switch())
     }
@@ -119,11 +135,12 @@ pub async fn put_standing(
 /// transaction; returns false if it fired before. A planned fault thus fires
 /// once even when it crashes the process and the event is redelivered.
 pub async fn first_firing(pool: &sqlx::PgPool, key: &str) -> sqlx::Result<bool> {
-    let inserted = sqlx::query("INSERT INTO fault_log (key, fired_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-        .bind(key)
-        .bind(txlab_tx::now_ms())
-        .execute(pool)
-        .await?
-        .rows_affected();
+    let inserted =
+        sqlx::query("INSERT INTO fault_log (key, fired_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(key)
+            .bind(txlab_tx::now_ms())
+            .execute(pool)
+            .await?
+            .rows_affected();
     Ok(inserted == 1)
 }

@@ -57,9 +57,10 @@ impl From<sqlx::Error> for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         match r.status() {
-            s @ (StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE) => {
-                ApiError::Payload { status: s, message: r.body_text() }
-            }
+            s @ (StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE) => ApiError::Payload {
+                status: s,
+                message: r.body_text(),
+            },
             // axum says 422 for well-formed JSON of the wrong shape; to a
             // client both are malformed input.
             _ => ApiError::BadRequest(r.body_text()),
@@ -91,7 +92,10 @@ impl ApiError {
     }
 
     pub fn refused(code: &str, message: impl Into<String>) -> ApiError {
-        ApiError::Refused { code: code.to_string(), message: message.into() }
+        ApiError::Refused {
+            code: code.to_string(),
+            message: message.into(),
+        }
     }
 }
 
@@ -99,7 +103,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = match &self {
             ApiError::BadRequest(_) => "bad_request".to_string(),
-            ApiError::Payload { status, .. } if *status == StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large".to_string(),
+            ApiError::Payload { status, .. } if *status == StatusCode::PAYLOAD_TOO_LARGE => {
+                "payload_too_large".to_string()
+            }
             ApiError::Payload { .. } => "unsupported_media_type".to_string(),
             ApiError::NotFound(_) => "not_found".to_string(),
             ApiError::Conflict { code, .. } => code.to_string(),
@@ -110,7 +116,10 @@ impl IntoResponse for ApiError {
                 "internal".to_string()
             }
         };
-        let body = ErrorBody { error: code, message: self.to_string() };
+        let body = ErrorBody {
+            error: code,
+            message: self.to_string(),
+        };
         (self.status(), Json(body)).into_response()
     }
 }
@@ -128,8 +137,11 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(role: txlab_api::Role) -> Metrics {
-        let registry = Registry::new_custom(Some("txlab".into()), Some([("role".to_string(), role.to_string())].into()))
-            .expect("static registry labels are valid");
+        let registry = Registry::new_custom(
+            Some("txlab".into()),
+            Some([("role".to_string(), role.to_string())].into()),
+        )
+        .expect("static registry labels are valid");
         let requests = IntCounterVec::new(
             Opts::new("http_requests_total", "HTTP requests served"),
             &["method", "route", "status"],
@@ -142,12 +154,24 @@ impl Metrics {
             &["method", "route"],
         )
         .expect("static metric definition");
-        let events = IntCounterVec::new(Opts::new("events_total", "Transaction events by kind"), &["kind", "detail"])
-            .expect("static metric definition");
-        for c in [Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>, Box::new(latency.clone()), Box::new(events.clone())] {
+        let events = IntCounterVec::new(
+            Opts::new("events_total", "Transaction events by kind"),
+            &["kind", "detail"],
+        )
+        .expect("static metric definition");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(latency.clone()),
+            Box::new(events.clone()),
+        ] {
             registry.register(c).expect("metric names are unique");
         }
-        Metrics { registry, requests, latency, events }
+        Metrics {
+            registry,
+            requests,
+            latency,
+            events,
+        }
     }
 
     pub fn event(&self, kind: &str, detail: &str) {
@@ -186,11 +210,20 @@ async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) ->
 pub fn common(role_routes: Router, metrics: Arc<Metrics>) -> Router {
     let m = metrics.clone();
     role_routes
-        .route("/health", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
+        .route(
+            "/health",
+            get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
+        )
         .route("/metrics", get(move || async move { m.render() }))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
-            (StatusCode::METHOD_NOT_ALLOWED, Json(ErrorBody { error: "method_not_allowed".into(), message: "method not allowed on this endpoint".into() }))
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                Json(ErrorBody {
+                    error: "method_not_allowed".into(),
+                    message: "method not allowed on this endpoint".into(),
+                }),
+            )
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(metrics, track))
@@ -211,10 +244,15 @@ mod tests {
 
     #[tokio::test]
     async fn internal_errors_keep_their_details_out_of_the_reply() {
-        let err = ApiError::Internal(anyhow::anyhow!("relation \"wallets\" does not exist: SELECT secret"));
+        let err = ApiError::Internal(anyhow::anyhow!(
+            "relation \"wallets\" does not exist: SELECT secret"
+        ));
         let (status, body) = body_json(err.into_response()).await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-        assert_eq!(body, serde_json::json!({"error": "internal", "message": "internal error"}));
+        assert_eq!(
+            body,
+            serde_json::json!({"error": "internal", "message": "internal error"})
+        );
     }
 
     #[tokio::test]
@@ -228,14 +266,43 @@ mod tests {
     #[tokio::test]
     async fn unknown_routes_and_methods_answer_in_json() {
         let metrics = Arc::new(Metrics::new(txlab_api::Role::Payment));
-        let app = common(Router::new().route("/x", axum::routing::post(|| async { "ok" })), metrics.clone());
-        let (status, body) = body_json(app.clone().oneshot(Request::get("/nowhere").body(Body::empty()).unwrap()).await.unwrap()).await;
-        assert_eq!((status, body["error"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
-        let (status, body) = body_json(app.clone().oneshot(Request::get("/x").body(Body::empty()).unwrap()).await.unwrap()).await;
-        assert_eq!((status, body["error"].as_str()), (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed")));
+        let app = common(
+            Router::new().route("/x", axum::routing::post(|| async { "ok" })),
+            metrics.clone(),
+        );
+        let (status, body) = body_json(
+            app.clone()
+                .oneshot(Request::get("/nowhere").body(Body::empty()).unwrap())
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::NOT_FOUND, Some("not_found"))
+        );
+        let (status, body) = body_json(
+            app.clone()
+                .oneshot(Request::get("/x").body(Body::empty()).unwrap())
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed"))
+        );
         // Both were counted, under their route pattern.
         let text = metrics.render();
-        assert!(text.contains(r#"txlab_http_requests_total{method="GET",route="unmatched",status="404",role="payment"} 1"#), "{text}");
-        assert!(text.contains(r#"route="/x",status="405",role="payment"} 1"#), "{text}");
+        assert!(
+            text.contains(
+                r#"txlab_http_requests_total{method="GET",route="unmatched",status="404",role="payment"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"route="/x",status="405",role="payment"} 1"#),
+            "{text}"
+        );
     }
 }

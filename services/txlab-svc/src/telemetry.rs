@@ -4,7 +4,8 @@
 use tracing_subscriber::EnvFilter;
 
 pub fn init(role: txlab_api::Role) {
-    let filter = EnvFilter::try_from_env("TXLAB_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,rdkafka=warn"));
+    let filter = EnvFilter::try_from_env("TXLAB_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,rdkafka=warn"));
     let _ = tracing_subscriber::fmt()
         .json()
         .with_current_span(true)

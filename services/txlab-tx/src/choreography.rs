@@ -23,11 +23,14 @@ pub fn react(method: TxMode, step: Step, kind: &CheckoutKind) -> Option<Reaction
         (_, CheckoutKind::CancelRequested) => Some(Reaction::Compensate),
         (TxMode::Outbox, CheckoutKind::OrderPlaced) => Some(Reaction::Apply),
         (TxMode::SagaChor, CheckoutKind::OrderPlaced) if step == Step::Payment => Some(Reaction::Apply),
-        (TxMode::SagaChor, CheckoutKind::Applied { step: s }) if s.next() == Some(step) => Some(Reaction::Apply),
-        // The step after this one failed, or undid itself: undo this one.
-        (TxMode::SagaChor, CheckoutKind::Rejected { step: s, .. } | CheckoutKind::Compensated { step: s }) if step.next() == Some(*s) => {
-            Some(Reaction::Compensate)
+        (TxMode::SagaChor, CheckoutKind::Applied { step: s }) if s.next() == Some(step) => {
+            Some(Reaction::Apply)
         }
+        // The step after this one failed, or undid itself: undo this one.
+        (
+            TxMode::SagaChor,
+            CheckoutKind::Rejected { step: s, .. } | CheckoutKind::Compensated { step: s },
+        ) if step.next() == Some(*s) => Some(Reaction::Compensate),
         _ => None,
     }
 }
@@ -52,13 +55,21 @@ pub fn verdict(method: TxMode, h: &Heard) -> Option<OrderState> {
         // Every participant acts on its own, so the verdict waits until all
         // three have reported: what a refused order still holds is then
         // settled, and the audit's by-design count does not depend on timing.
-        TxMode::Outbox if !Step::ALL.iter().all(|s| h.applied[s.index()] || h.rejected[s.index()]) => None,
+        TxMode::Outbox
+            if !Step::ALL
+                .iter()
+                .all(|s| h.applied[s.index()] || h.rejected[s.index()]) =>
+        {
+            None
+        }
         TxMode::Outbox if h.rejected.iter().any(|r| *r) => Some(OrderState::NeedsAttention),
         TxMode::Outbox => Some(OrderState::Confirmed),
         _ if h.applied[Step::Shipping.index()] => Some(OrderState::Confirmed),
         // Payment refused (nothing to undo), or payment undid itself: the
         // compensation chain has reached its start.
-        _ if h.rejected[Step::Payment.index()] || (h.compensated[Step::Payment.index()] && h.rejected.iter().any(|r| *r)) => {
+        _ if h.rejected[Step::Payment.index()]
+            || (h.compensated[Step::Payment.index()] && h.rejected.iter().any(|r| *r)) =>
+        {
             Some(OrderState::Rejected)
         }
         _ => None,
@@ -72,20 +83,42 @@ mod tests {
     use Step::{Inventory, Payment, Shipping};
 
     fn rejected(step: Step) -> CheckoutKind {
-        CheckoutKind::Rejected { step, reason: "x".into() }
+        CheckoutKind::Rejected {
+            step,
+            reason: "x".into(),
+        }
     }
 
     #[test]
     fn choreography_chains_forward_and_compensates_backward() {
         let m = TxMode::SagaChor;
-        assert_eq!(react(m, Payment, &CheckoutKind::OrderPlaced), Some(Reaction::Apply));
+        assert_eq!(
+            react(m, Payment, &CheckoutKind::OrderPlaced),
+            Some(Reaction::Apply)
+        );
         assert_eq!(react(m, Inventory, &CheckoutKind::OrderPlaced), None);
-        assert_eq!(react(m, Inventory, &CheckoutKind::Applied { step: Payment }), Some(Reaction::Apply));
+        assert_eq!(
+            react(m, Inventory, &CheckoutKind::Applied { step: Payment }),
+            Some(Reaction::Apply)
+        );
         assert_eq!(react(m, Shipping, &CheckoutKind::Applied { step: Payment }), None);
-        assert_eq!(react(m, Inventory, &rejected(Shipping)), Some(Reaction::Compensate));
-        assert_eq!(react(m, Payment, &CheckoutKind::Compensated { step: Inventory }), Some(Reaction::Compensate));
-        assert_eq!(react(m, Payment, &rejected(Payment)), None, "a refusal is not undone by its own participant");
-        assert_eq!(react(m, Shipping, &CheckoutKind::CancelRequested), Some(Reaction::Compensate));
+        assert_eq!(
+            react(m, Inventory, &rejected(Shipping)),
+            Some(Reaction::Compensate)
+        );
+        assert_eq!(
+            react(m, Payment, &CheckoutKind::Compensated { step: Inventory }),
+            Some(Reaction::Compensate)
+        );
+        assert_eq!(
+            react(m, Payment, &rejected(Payment)),
+            None,
+            "a refusal is not undone by its own participant"
+        );
+        assert_eq!(
+            react(m, Shipping, &CheckoutKind::CancelRequested),
+            Some(Reaction::Compensate)
+        );
     }
 
     #[test]
@@ -96,7 +129,10 @@ mod tests {
             let other = Step::at((step.index() + 1) % Step::ALL.len()).unwrap();
             assert_eq!(react(m, step, &rejected(other)), None);
         }
-        assert_eq!(react(m, Inventory, &CheckoutKind::CancelRequested), Some(Reaction::Compensate));
+        assert_eq!(
+            react(m, Inventory, &CheckoutKind::CancelRequested),
+            Some(Reaction::Compensate)
+        );
     }
 
     #[test]
@@ -107,10 +143,17 @@ mod tests {
         h.applied = [true, true, true];
         assert_eq!(verdict(chor, &h), Some(OrderState::Confirmed));
 
-        let h = Heard { rejected: [true, false, false], ..Heard::default() };
+        let h = Heard {
+            rejected: [true, false, false],
+            ..Heard::default()
+        };
         assert_eq!(verdict(chor, &h), Some(OrderState::Rejected));
         // Shipping refused: not rejected until payment has undone its charge.
-        let mut h = Heard { applied: [true, true, false], rejected: [false, false, true], ..Heard::default() };
+        let mut h = Heard {
+            applied: [true, true, false],
+            rejected: [false, false, true],
+            ..Heard::default()
+        };
         assert_eq!(verdict(chor, &h), None);
         h.compensated = [false, true, false];
         assert_eq!(verdict(chor, &h), None);
@@ -118,18 +161,33 @@ mod tests {
         assert_eq!(verdict(chor, &h), Some(OrderState::Rejected));
 
         // A cancel waits for every participant, whatever else was heard.
-        let mut h = Heard { applied: [true, true, true], cancel_requested: true, ..Heard::default() };
+        let mut h = Heard {
+            applied: [true, true, true],
+            cancel_requested: true,
+            ..Heard::default()
+        };
         h.compensated = [true, true, false];
         assert_eq!(verdict(chor, &h), None);
         h.compensated = [true; 3];
         assert_eq!(verdict(chor, &h), Some(OrderState::Cancelled));
 
         let outbox = TxMode::Outbox;
-        let h = Heard { applied: [true, false, false], rejected: [false, true, false], ..Heard::default() };
+        let h = Heard {
+            applied: [true, false, false],
+            rejected: [false, true, false],
+            ..Heard::default()
+        };
         assert_eq!(verdict(outbox, &h), None, "shipping has not reported yet");
-        let h = Heard { applied: [true, false, true], rejected: [false, true, false], ..Heard::default() };
+        let h = Heard {
+            applied: [true, false, true],
+            rejected: [false, true, false],
+            ..Heard::default()
+        };
         assert_eq!(verdict(outbox, &h), Some(OrderState::NeedsAttention));
-        let h = Heard { applied: [true; 3], ..Heard::default() };
+        let h = Heard {
+            applied: [true; 3],
+            ..Heard::default()
+        };
         assert_eq!(verdict(outbox, &h), Some(OrderState::Confirmed));
     }
 }

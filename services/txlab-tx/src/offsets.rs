@@ -17,7 +17,11 @@ impl Progress {
     /// when messages were skipped (Kafka offsets of this topic are dense).
     pub fn started(&mut self, partition: i32, offset: i64) -> Option<i64> {
         self.in_flight.entry(partition).or_default().insert(offset);
-        let gap = self.next.get(&partition).copied().filter(|expected| offset > *expected);
+        let gap = self
+            .next
+            .get(&partition)
+            .copied()
+            .filter(|expected| offset > *expected);
         let next = self.next.entry(partition).or_insert(offset + 1);
         *next = (*next).max(offset + 1);
         gap
@@ -36,7 +40,10 @@ impl Progress {
     pub fn finished(&mut self, partition: i32, offset: i64) -> Option<i64> {
         let in_flight = self.in_flight.entry(partition).or_default();
         in_flight.remove(&offset);
-        let commit = in_flight.first().copied().unwrap_or_else(|| self.next.get(&partition).copied().unwrap_or(offset + 1));
+        let commit = in_flight
+            .first()
+            .copied()
+            .unwrap_or_else(|| self.next.get(&partition).copied().unwrap_or(offset + 1));
         let last = self.committed.entry(partition).or_insert(-1);
         (commit > *last).then(|| {
             *last = commit;

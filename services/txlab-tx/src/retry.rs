@@ -34,7 +34,9 @@ impl Backoff {
 
     /// Delay before retry number `attempt` (1 is the first retry).
     pub fn delay(&self, attempt: u32, rng: &mut impl Rng) -> Duration {
-        let exp = self.base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        let exp = self
+            .base
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
         let ceiling = exp.min(self.cap);
         let half = ceiling / 2;
         half + half.mul_f64(rng.gen::<f64>())
@@ -58,7 +60,11 @@ pub enum Attempt<T, E> {
 /// Runs `op` until it is done, fails finally, or the policy gives up; the
 /// last transient error is returned in that case. `on_retry` sees each
 /// transient error (for logs and counters).
-pub async fn retry<T, E, F, Fut>(policy: Backoff, mut op: F, mut on_retry: impl FnMut(u32, &E)) -> Result<T, E>
+pub async fn retry<T, E, F, Fut>(
+    policy: Backoff,
+    mut op: F,
+    mut on_retry: impl FnMut(u32, &E),
+) -> Result<T, E>
 where
     F: FnMut(u32) -> Fut,
     Fut: std::future::Future<Output = Attempt<T, E>>,
@@ -99,7 +105,11 @@ mod tests {
                 .saturating_mul(1 << (attempt - 1).min(20))
                 .min(Duration::from_secs(1));
             let d = b.delay(attempt, &mut rng);
-            assert!(d >= ceiling / 2 && d <= ceiling, "attempt {attempt}: {d:?} outside [{:?}, {ceiling:?}]", ceiling / 2);
+            assert!(
+                d >= ceiling / 2 && d <= ceiling,
+                "attempt {attempt}: {d:?} outside [{:?}, {ceiling:?}]",
+                ceiling / 2
+            );
         }
     }
 
@@ -129,12 +139,26 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn final_failures_are_not_retried_and_success_ends_the_loop() {
         let mut calls = 0;
-        let out: Result<u32, &str> = retry(Backoff::UNTIL_DONE, |_| { calls += 1; async { Attempt::Fail("422") } }, |_, _| {}).await;
+        let out: Result<u32, &str> = retry(
+            Backoff::UNTIL_DONE,
+            |_| {
+                calls += 1;
+                async { Attempt::Fail("422") }
+            },
+            |_, _| {},
+        )
+        .await;
         assert_eq!((out, calls), (Err("422"), 1));
 
         let out: Result<u32, &str> = retry(
             Backoff::UNTIL_DONE,
-            |n| async move { if n < 3 { Attempt::Retry("503") } else { Attempt::Done(n) } },
+            |n| async move {
+                if n < 3 {
+                    Attempt::Retry("503")
+                } else {
+                    Attempt::Done(n)
+                }
+            },
             |_, _| {},
         )
         .await;

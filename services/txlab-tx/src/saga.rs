@@ -153,7 +153,15 @@ mod tests {
     fn all_steps_done_confirms() {
         let mut s = Saga::new(3);
         let (taken, outcome) = drive(&mut s, &[Forward::Done; 3]);
-        assert_eq!(taken, vec![Next::Run(0), Next::Run(1), Next::Run(2), Next::Finish(Outcome::Confirmed)]);
+        assert_eq!(
+            taken,
+            vec![
+                Next::Run(0),
+                Next::Run(1),
+                Next::Run(2),
+                Next::Finish(Outcome::Confirmed)
+            ]
+        );
         assert_eq!(outcome, Outcome::Confirmed);
     }
 
@@ -190,7 +198,13 @@ mod tests {
         let (taken, _) = drive(&mut s, &[Forward::Done, Forward::Unknown, Forward::Done]);
         assert_eq!(
             taken,
-            vec![Next::Run(0), Next::Run(1), Next::Compensate(1), Next::Compensate(0), Next::Finish(Outcome::Rejected)]
+            vec![
+                Next::Run(0),
+                Next::Run(1),
+                Next::Compensate(1),
+                Next::Compensate(0),
+                Next::Finish(Outcome::Rejected)
+            ]
         );
     }
 
@@ -213,7 +227,12 @@ mod tests {
         let (taken, outcome) = drive(&mut s, &[Forward::Done; 3]);
         assert_eq!(
             taken,
-            vec![Next::Compensate(2), Next::Compensate(1), Next::Compensate(0), Next::Finish(Outcome::Cancelled)]
+            vec![
+                Next::Compensate(2),
+                Next::Compensate(1),
+                Next::Compensate(0),
+                Next::Finish(Outcome::Cancelled)
+            ]
         );
         assert_eq!(outcome, Outcome::Cancelled);
     }
@@ -244,10 +263,20 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for f in [Forward::NotStarted, Forward::Started, Forward::Done, Forward::Rejected, Forward::Unknown] {
+        for f in [
+            Forward::NotStarted,
+            Forward::Started,
+            Forward::Done,
+            Forward::Rejected,
+            Forward::Unknown,
+        ] {
             assert_eq!(Forward::parse(f.as_str()), Some(f));
         }
-        for c in [Compensation::NotStarted, Compensation::Started, Compensation::Done] {
+        for c in [
+            Compensation::NotStarted,
+            Compensation::Started,
+            Compensation::Done,
+        ] {
             assert_eq!(Compensation::parse(c.as_str()), Some(c));
         }
         assert_eq!(Forward::parse("finished"), None);

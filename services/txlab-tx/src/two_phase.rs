@@ -8,7 +8,6 @@
 //! logged decision is finished; an undecided transaction whose vote was
 //! under way is asked again (participants answer repeated calls the same).
 
-
 use crate::saga::Outcome;
 
 txlab_api::text_enum! {
@@ -136,7 +135,10 @@ mod tests {
     fn a_no_aborts_at_once_and_everyone_hears_it() {
         let mut tp = TwoPhase::new(3);
         let taken = drive(&mut tp, &[Vote::Yes, Vote::No, Vote::Yes]);
-        assert_eq!(taken[..3], [Next::Ask(0), Next::Ask(1), Next::Decide(Decision::Abort)]);
+        assert_eq!(
+            taken[..3],
+            [Next::Ask(0), Next::Ask(1), Next::Decide(Decision::Abort)]
+        );
         // The never-asked third participant is told too (no late vote may hang).
         assert!(taken.contains(&Next::Complete(2, Decision::Abort)));
         assert_eq!(*taken.last().unwrap(), Next::Finish(Outcome::Rejected));

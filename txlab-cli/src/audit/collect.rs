@@ -195,7 +195,13 @@ impl Snapshots {
         let stored: BTreeMap<i32, i64> = self
             .messaging
             .get(&consumer)
-            .map(|m| m.offsets.iter().filter(|o| o.topic == topic).map(|o| (o.partition, o.next_offset)).collect())
+            .map(|m| {
+                m.offsets
+                    .iter()
+                    .filter(|o| o.topic == topic)
+                    .map(|o| (o.partition, o.next_offset))
+                    .collect()
+            })
             .unwrap_or_default();
         self.topic_ends
             .iter()
@@ -209,7 +215,9 @@ impl Snapshots {
 pub fn active_consumers(method: TxMode) -> Vec<(Role, &'static str)> {
     let mut out = vec![(Role::Notification, ORDER_EVENTS_TOPIC)];
     if method.is_event_driven() {
-        out.extend([Role::Order, Role::Payment, Role::Inventory, Role::Shipping].map(|r| (r, CHECKOUT_TOPIC)));
+        out.extend(
+            [Role::Order, Role::Payment, Role::Inventory, Role::Shipping].map(|r| (r, CHECKOUT_TOPIC)),
+        );
     }
     out
 }
@@ -240,7 +248,10 @@ impl Reader {
             .set("enable.auto.commit", "false")
             .create()
             .with_context(|| format!("connecting to the broker at {}", endpoints.brokers))?;
-        Ok(Reader { pools, kafka: std::sync::Arc::new(kafka) })
+        Ok(Reader {
+            pools,
+            kafka: std::sync::Arc::new(kafka),
+        })
     }
 
     /// Reads every database (each in one repeatable-read transaction), then
@@ -249,7 +260,9 @@ impl Reader {
         let mut s = Snapshots::default();
         for (role, pool) in &self.pools {
             let mut tx = pool.begin().await?;
-            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .execute(&mut *tx)
+                .await?;
             match role {
                 Role::Order => read_orders(&mut tx, &mut s).await,
                 Role::Notification => read_notifications(&mut tx, &mut s).await,
@@ -263,7 +276,12 @@ impl Reader {
                 }
             }
             .with_context(|| format!("reading the {role} database"))?;
-            s.messaging.insert(*role, read_messaging(&mut tx).await.with_context(|| format!("reading {role}'s messaging tables"))?);
+            s.messaging.insert(
+                *role,
+                read_messaging(&mut tx)
+                    .await
+                    .with_context(|| format!("reading {role}'s messaging tables"))?,
+            );
             tx.commit().await?;
         }
         s.topic_ends = self.topic_ends().await?;
@@ -276,10 +294,18 @@ impl Reader {
             let timeout = Duration::from_secs(5);
             let mut ends = BTreeMap::new();
             for topic in [ORDER_EVENTS_TOPIC, CHECKOUT_TOPIC] {
-                let metadata = kafka.fetch_metadata(Some(topic), timeout).with_context(|| format!("reading the partitions of {topic}"))?;
-                let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
+                let metadata = kafka
+                    .fetch_metadata(Some(topic), timeout)
+                    .with_context(|| format!("reading the partitions of {topic}"))?;
+                let partitions = metadata
+                    .topics()
+                    .first()
+                    .map(|t| t.partitions().len())
+                    .unwrap_or(0);
                 for p in 0..partitions as i32 {
-                    let (_, high) = kafka.fetch_watermarks(topic, p, timeout).with_context(|| format!("reading the end of {topic}/{p}"))?;
+                    let (_, high) = kafka
+                        .fetch_watermarks(topic, p, timeout)
+                        .with_context(|| format!("reading the end of {topic}/{p}"))?;
                     ends.insert((topic.to_string(), p), high);
                 }
             }
@@ -293,31 +319,48 @@ async fn read_orders(conn: &mut PgConnection, s: &mut Snapshots) -> anyhow::Resu
     s.orders = sqlx::query_as("SELECT id, customer, items, amount, slot, method, state, decided_ms FROM orders ORDER BY created_ms, id")
         .fetch_all(&mut *conn)
         .await?;
-    let rows: Vec<(serde_json::Value,)> = sqlx::query_as("SELECT payload FROM outbox WHERE topic = $1 ORDER BY id")
-        .bind(ORDER_EVENTS_TOPIC)
-        .fetch_all(&mut *conn)
-        .await?;
+    let rows: Vec<(serde_json::Value,)> =
+        sqlx::query_as("SELECT payload FROM outbox WHERE topic = $1 ORDER BY id")
+            .bind(ORDER_EVENTS_TOPIC)
+            .fetch_all(&mut *conn)
+            .await?;
     s.outcomes = rows
         .into_iter()
         .map(|(p,)| {
-            let e: txlab_api::event::OrderOutcome = serde_json::from_value(p).context("an outcome event in the outbox is unreadable")?;
-            Ok(OutcomeRow { order_id: e.order_id, state: e.state, decided_ms: e.decided_ms })
+            let e: txlab_api::event::OrderOutcome =
+                serde_json::from_value(p).context("an outcome event in the outbox is unreadable")?;
+            Ok(OutcomeRow {
+                order_id: e.order_id,
+                state: e.state,
+                decided_ms: e.decided_ms,
+            })
         })
         .collect::<anyhow::Result<_>>()?;
     Ok(())
 }
 
 async fn read_notifications(conn: &mut PgConnection, s: &mut Snapshots) -> anyhow::Result<()> {
-    s.notifications = sqlx::query_as("SELECT order_id, kind, received_ms FROM notifications ORDER BY id").fetch_all(conn).await?;
+    s.notifications = sqlx::query_as("SELECT order_id, kind, received_ms FROM notifications ORDER BY id")
+        .fetch_all(conn)
+        .await?;
     Ok(())
 }
 
 /// The business table and the record table of a participant.
 fn tables(role: Role) -> (&'static str, &'static str) {
     match role {
-        Role::Payment => ("SELECT customer, balance, reserved FROM wallets ORDER BY customer", "payments"),
-        Role::Inventory => ("SELECT sku, available, reserved FROM stock ORDER BY sku", "reservations"),
-        _ => ("SELECT slot, capacity, booked FROM slots ORDER BY slot", "shipments"),
+        Role::Payment => (
+            "SELECT customer, balance, reserved FROM wallets ORDER BY customer",
+            "payments",
+        ),
+        Role::Inventory => (
+            "SELECT sku, available, reserved FROM stock ORDER BY sku",
+            "reservations",
+        ),
+        _ => (
+            "SELECT slot, capacity, booked FROM slots ORDER BY slot",
+            "shipments",
+        ),
     }
 }
 
@@ -339,15 +382,25 @@ async fn read_participant(conn: &mut PgConnection, role: Role) -> anyhow::Result
 
 async fn read_messaging(conn: &mut PgConnection) -> anyhow::Result<Messaging> {
     Ok(Messaging {
-        unpublished: sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_ms IS NULL").fetch_one(&mut *conn).await?,
-        dead_letters: sqlx::query_as("SELECT consumer, key, error FROM dead_letters ORDER BY id").fetch_all(&mut *conn).await?,
-        offsets: sqlx::query_as("SELECT consumer, topic, partition, next_offset FROM consumer_offsets").fetch_all(&mut *conn).await?,
+        unpublished: sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_ms IS NULL")
+            .fetch_one(&mut *conn)
+            .await?,
+        dead_letters: sqlx::query_as("SELECT consumer, key, error FROM dead_letters ORDER BY id")
+            .fetch_all(&mut *conn)
+            .await?,
+        offsets: sqlx::query_as("SELECT consumer, topic, partition, next_offset FROM consumer_offsets")
+            .fetch_all(&mut *conn)
+            .await?,
     })
 }
 
 /// Polls until the cell has settled or `timeout` passes; returns the last
 /// snapshots, how long it took, and what was still moving (empty: settled).
-pub async fn quiesce(reader: &Reader, method: TxMode, timeout: Duration) -> anyhow::Result<(Snapshots, Duration, Vec<String>)> {
+pub async fn quiesce(
+    reader: &Reader,
+    method: TxMode,
+    timeout: Duration,
+) -> anyhow::Result<(Snapshots, Duration, Vec<String>)> {
     let started = tokio::time::Instant::now();
     loop {
         let s = reader.read().await?;

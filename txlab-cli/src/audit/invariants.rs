@@ -68,7 +68,14 @@ pub struct ClientView {
 /// state changes only by a cancel of a confirmed or needs-attention order).
 const LEGAL_OUTCOMES: [&[OrderState]; 6] = {
     use OrderState::{Cancelled, Confirmed, NeedsAttention, Rejected};
-    [&[Confirmed], &[Rejected], &[Cancelled], &[Confirmed, Cancelled], &[NeedsAttention], &[NeedsAttention, Cancelled]]
+    [
+        &[Confirmed],
+        &[Rejected],
+        &[Cancelled],
+        &[Confirmed, Cancelled],
+        &[NeedsAttention],
+        &[NeedsAttention, Cancelled],
+    ]
 };
 
 const PARTICIPANTS: [Role; 3] = [Role::Payment, Role::Inventory, Role::Shipping];
@@ -79,20 +86,36 @@ struct Audit {
 
 impl Audit {
     fn flag(&mut self, invariant: &'static str, detail: String, orders: Vec<Uuid>) {
-        self.violations.push(Violation { invariant, detail, orders, by_design: false });
+        self.violations.push(Violation {
+            invariant,
+            detail,
+            orders,
+            by_design: false,
+        });
     }
 
     fn by_design(&mut self, invariant: &'static str, detail: String, orders: Vec<Uuid>) {
-        self.violations.push(Violation { invariant, detail, orders, by_design: true });
+        self.violations.push(Violation {
+            invariant,
+            detail,
+            orders,
+            by_design: true,
+        });
     }
 }
 
 /// Checks a settled cell of `method`. `client` is what the load driver saw,
 /// when there was a load.
 pub fn check(seed: &Seed, s: &Snapshots, method: TxMode, client: Option<&ClientView>) -> AuditReport {
-    let mut a = Audit { violations: Vec::new() };
+    let mut a = Audit {
+        violations: Vec::new(),
+    };
     let orders: HashMap<Uuid, &OrderRow> = s.orders.iter().map(|o| (o.id, o)).collect();
-    let wallets = seed.wallets.iter().map(|w| (w.customer.as_str(), w.balance)).collect();
+    let wallets = seed
+        .wallets
+        .iter()
+        .map(|w| (w.customer.as_str(), w.balance))
+        .collect();
     conservation(&mut a, Role::Payment, &wallets, &s.payment);
     let stock = seed.stock.iter().map(|l| (l.sku.as_str(), l.available)).collect();
     conservation(&mut a, Role::Inventory, &stock, &s.inventory);
@@ -173,11 +196,18 @@ impl Moved {
 }
 
 /// The ledger of one participant, per item (for conservation) or per order.
-fn ledger_by<K: Ord>(db: &ParticipantDb, key: impl Fn(&super::collect::LedgerRow) -> K) -> BTreeMap<K, Moved> {
+fn ledger_by<K: Ord>(
+    db: &ParticipantDb,
+    key: impl Fn(&super::collect::LedgerRow) -> K,
+) -> BTreeMap<K, Moved> {
     let mut out: BTreeMap<K, Moved> = BTreeMap::new();
     for row in &db.ledger {
         let m = out.entry(key(row)).or_default();
-        *m.by_op.entry(row.op).or_default().entry(row.item.clone()).or_default() += row.qty;
+        *m.by_op
+            .entry(row.op)
+            .or_default()
+            .entry(row.item.clone())
+            .or_default() += row.qty;
         if !m.orders.contains(&row.order_id) {
             m.orders.push(row.order_id);
         }
@@ -197,12 +227,20 @@ fn conservation(a: &mut Audit, role: Role, seeded: &BTreeMap<&str, i64>, db: &Pa
     let empty = Moved::default();
     for row in &db.items {
         let m = per_item.get(&row.item).unwrap_or(&empty);
-        let (hold, capture, release, restore) =
-            (m.sum(LedgerOp::Hold), m.sum(LedgerOp::Capture), m.sum(LedgerOp::Release), m.sum(LedgerOp::Restore));
+        let (hold, capture, release, restore) = (
+            m.sum(LedgerOp::Hold),
+            m.sum(LedgerOp::Capture),
+            m.sum(LedgerOp::Release),
+            m.sum(LedgerOp::Restore),
+        );
         let taken = capture - restore;
         let item = &row.item;
         match seeded.get(item.as_str()) {
-            None => a.flag(invariant, format!("{what} {item} exists but was never seeded"), m.orders.clone()),
+            None => a.flag(
+                invariant,
+                format!("{what} {item} exists but was never seeded"),
+                m.orders.clone(),
+            ),
             Some(&start) if row.amount + row.held + taken != start => a.flag(
                 invariant,
                 format!(
@@ -217,10 +255,24 @@ fn conservation(a: &mut Audit, role: Role, seeded: &BTreeMap<&str, i64>, db: &Pa
         }
         let ledger_held = hold - capture - release;
         if row.held != ledger_held {
-            a.flag(invariant, format!("{what} {item}: {held} {} but the ledger holds {ledger_held}", row.held), m.orders.clone());
+            a.flag(
+                invariant,
+                format!(
+                    "{what} {item}: {held} {} but the ledger holds {ledger_held}",
+                    row.held
+                ),
+                m.orders.clone(),
+            );
         }
         if row.amount < 0 || row.held < 0 || taken < 0 {
-            a.flag(invariant, format!("{what} {item} went negative ({amount} {}, {held} {}, taken {taken})", row.amount, row.held), m.orders.clone());
+            a.flag(
+                invariant,
+                format!(
+                    "{what} {item} went negative ({amount} {}, {held} {}, taken {taken})",
+                    row.amount, row.held
+                ),
+                m.orders.clone(),
+            );
         }
     }
     for item in seeded.keys() {
@@ -240,17 +292,39 @@ fn slots(a: &mut Audit, seeded: &BTreeMap<&str, i64>, db: &ParticipantDb) {
         let live = m.sum(LedgerOp::Hold) - m.sum(LedgerOp::Release) - m.sum(LedgerOp::Restore);
         let slot = &row.item;
         let Some(&capacity) = seeded.get(slot.as_str()) else {
-            a.flag("slots", format!("slot {slot} exists but was never seeded"), m.orders.clone());
+            a.flag(
+                "slots",
+                format!("slot {slot} exists but was never seeded"),
+                m.orders.clone(),
+            );
             continue;
         };
         if row.amount != capacity {
-            a.flag("slots", format!("slot {slot}: capacity is {}, but {capacity} was seeded", row.amount), m.orders.clone());
+            a.flag(
+                "slots",
+                format!(
+                    "slot {slot}: capacity is {}, but {capacity} was seeded",
+                    row.amount
+                ),
+                m.orders.clone(),
+            );
         }
         if row.held != live {
-            a.flag("slots", format!("slot {slot}: booked counter says {}, the ledger holds {live} live bookings", row.held), m.orders.clone());
+            a.flag(
+                "slots",
+                format!(
+                    "slot {slot}: booked counter says {}, the ledger holds {live} live bookings",
+                    row.held
+                ),
+                m.orders.clone(),
+            );
         }
         if live > capacity || live < 0 {
-            a.flag("slots", format!("slot {slot}: {live} live bookings against a seeded capacity of {capacity}"), m.orders.clone());
+            a.flag(
+                "slots",
+                format!("slot {slot}: {live} live bookings against a seeded capacity of {capacity}"),
+                m.orders.clone(),
+            );
         }
     }
     for slot in seeded.keys() {
@@ -274,7 +348,8 @@ fn exactly_once(a: &mut Audit, role: Role, db: &ParticipantDb, orders: &HashMap<
         let Some(order) = orders.get(&id) else {
             // A call for an order the coordinator never logged that came to
             // nothing (a branch rolled back by presumed abort) holds nothing.
-            let came_to_nothing = matches!(state, RecordState::Rejected | RecordState::Voided) && !per_order.contains_key(&id);
+            let came_to_nothing =
+                matches!(state, RecordState::Rejected | RecordState::Voided) && !per_order.contains_key(&id);
             if !came_to_nothing {
                 a.flag("atomicity", format!("a {what} record ({state}) exists for order {id}, which the order service does not know"), vec![id]);
             }
@@ -286,8 +361,14 @@ fn exactly_once(a: &mut Audit, role: Role, db: &ParticipantDb, orders: &HashMap<
         let moved = per_order.get(&id).unwrap_or(&empty);
         for op in LedgerOp::ALL {
             let times = want_counts.times(op);
-            let want: BTreeMap<String, i64> =
-                if times == 0 { BTreeMap::new() } else { content.iter().map(|(k, q)| (k.clone(), q * i64::from(times))).collect() };
+            let want: BTreeMap<String, i64> = if times == 0 {
+                BTreeMap::new()
+            } else {
+                content
+                    .iter()
+                    .map(|(k, q)| (k.clone(), q * i64::from(times)))
+                    .collect()
+            };
             let got = moved.by_op.get(&op).cloned().unwrap_or_default();
             if got != want {
                 a.flag(
@@ -299,7 +380,11 @@ fn exactly_once(a: &mut Audit, role: Role, db: &ParticipantDb, orders: &HashMap<
         }
     }
     for (id, _) in per_order.iter().filter(|(id, _)| !recorded.contains(*id)) {
-        a.flag("exactly_once", format!("the {role} ledger moved items for order {id}, which has no {what} record"), vec![*id]);
+        a.flag(
+            "exactly_once",
+            format!("the {role} ledger moved items for order {id}, which has no {what} record"),
+            vec![*id],
+        );
     }
 }
 
@@ -307,11 +392,22 @@ fn exactly_once(a: &mut Audit, role: Role, db: &ParticipantDb, orders: &HashMap<
 /// part taken, a rejected or cancelled one none held or taken, and only an
 /// `outbox` order may be left needing attention (by design).
 fn atomicity(a: &mut Audit, s: &Snapshots) {
-    let records: Vec<HashMap<Uuid, RecordState>> =
-        PARTICIPANTS.iter().map(|r| s.participant(*r).records.iter().map(|x| (x.order_id, x.state)).collect()).collect();
+    let records: Vec<HashMap<Uuid, RecordState>> = PARTICIPANTS
+        .iter()
+        .map(|r| {
+            s.participant(*r)
+                .records
+                .iter()
+                .map(|x| (x.order_id, x.state))
+                .collect()
+        })
+        .collect();
     for o in &s.orders {
-        let parts: Vec<(Role, Option<RecordState>)> =
-            PARTICIPANTS.iter().zip(&records).map(|(r, m)| (*r, m.get(&o.id).copied())).collect();
+        let parts: Vec<(Role, Option<RecordState>)> = PARTICIPANTS
+            .iter()
+            .zip(&records)
+            .map(|(r, m)| (*r, m.get(&o.id).copied()))
+            .collect();
         let holding: Vec<String> = parts
             .iter()
             .filter(|(r, st)| *st == Some(applied(*r)) || *st == Some(RecordState::Tried))
@@ -323,25 +419,45 @@ fn atomicity(a: &mut Audit, s: &Snapshots) {
                 let missing: Vec<String> = parts
                     .iter()
                     .filter(|(r, st)| *st != Some(applied(*r)))
-                    .map(|(r, st)| format!("{} (record: {})", part_name(*r), st.map(|x| x.as_str()).unwrap_or("none")))
+                    .map(|(r, st)| {
+                        format!(
+                            "{} (record: {})",
+                            part_name(*r),
+                            st.map(|x| x.as_str()).unwrap_or("none")
+                        )
+                    })
                     .collect();
                 if !missing.is_empty() {
-                    a.flag("atomicity", format!("confirmed order {id} lacks its {}", missing.join(", ")), vec![id]);
+                    a.flag(
+                        "atomicity",
+                        format!("confirmed order {id} lacks its {}", missing.join(", ")),
+                        vec![id],
+                    );
                 }
             }
             OrderState::Rejected | OrderState::Cancelled if !holding.is_empty() => {
-                a.flag("atomicity", format!("{} order {id} still holds its {}", o.state, holding.join(", ")), vec![id]);
+                a.flag(
+                    "atomicity",
+                    format!("{} order {id} still holds its {}", o.state, holding.join(", ")),
+                    vec![id],
+                );
             }
             OrderState::NeedsAttention if o.method != TxMode::Outbox => a.flag(
                 "atomicity",
-                format!("order {id} needs attention under {}; only outbox leaves an order for a person", o.method),
+                format!(
+                    "order {id} needs attention under {}; only outbox leaves an order for a person",
+                    o.method
+                ),
                 vec![id],
             ),
             // Outbox applies without compensation: a refused step leaves the
             // others' effects standing until a person acts.
             OrderState::NeedsAttention if !holding.is_empty() => a.by_design(
                 "atomicity",
-                format!("order {id} needs attention and holds its {} (outbox, by design)", holding.join(", ")),
+                format!(
+                    "order {id} needs attention and holds its {} (outbox, by design)",
+                    holding.join(", ")
+                ),
                 vec![id],
             ),
             _ => {}
@@ -353,27 +469,50 @@ fn atomicity(a: &mut Audit, s: &Snapshots) {
 /// every outbox published, every consumer at its topic's end.
 fn termination(a: &mut Audit, s: &Snapshots, method: TxMode) {
     for o in s.orders.iter().filter(|o| !o.state.is_terminal()) {
-        a.flag("termination", format!("order {} is still {} after quiesce", o.id, o.state), vec![o.id]);
+        a.flag(
+            "termination",
+            format!("order {} is still {} after quiesce", o.id, o.state),
+            vec![o.id],
+        );
     }
     for role in PARTICIPANTS {
         let db = s.participant(role);
         for r in db.records.iter().filter(|r| r.state == RecordState::Tried) {
-            a.flag("termination", format!("the {role} TCC branch of order {} was left tried", r.order_id), vec![r.order_id]);
+            a.flag(
+                "termination",
+                format!("the {role} TCC branch of order {} was left tried", r.order_id),
+                vec![r.order_id],
+            );
         }
         for gid in &db.prepared {
             let order = gid.rsplit('_').next().and_then(|hex| Uuid::parse_str(hex).ok());
-            a.flag("termination", format!("prepared transaction {gid} was left in the {role} database"), order.into_iter().collect());
+            a.flag(
+                "termination",
+                format!("prepared transaction {gid} was left in the {role} database"),
+                order.into_iter().collect(),
+            );
         }
     }
     for (role, m) in &s.messaging {
         if m.unpublished > 0 {
-            a.flag("termination", format!("{} outbox rows of the {role} service were never published", m.unpublished), vec![]);
+            a.flag(
+                "termination",
+                format!(
+                    "{} outbox rows of the {role} service were never published",
+                    m.unpublished
+                ),
+                vec![],
+            );
         }
     }
     for (consumer, topic) in active_consumers(method) {
         let behind = s.consumer_lag(consumer, topic);
         if behind != 0 {
-            a.flag("termination", format!("the {consumer} consumer is {behind} messages from the end of {topic}"), vec![]);
+            a.flag(
+                "termination",
+                format!("the {consumer} consumer is {behind} messages from the end of {topic}"),
+                vec![],
+            );
         }
     }
 }
@@ -401,39 +540,93 @@ fn outcomes(a: &mut Audit, s: &Snapshots, orders: &HashMap<Uuid, &OrderRow>) {
     for o in s.orders.iter().filter(|o| o.state.is_terminal()) {
         let seq = seqs.get(&o.id).cloned().unwrap_or_default();
         if seq.is_empty() {
-            a.flag("outcomes", format!("order {} is {} but no outcome event was written", o.id, o.state), vec![o.id]);
+            a.flag(
+                "outcomes",
+                format!("order {} is {} but no outcome event was written", o.id, o.state),
+                vec![o.id],
+            );
         } else if !LEGAL_OUTCOMES.contains(&seq.as_slice()) {
-            a.flag("outcomes", format!("order {} has outcome events {}, not a legal history", o.id, history(&seq)), vec![o.id]);
+            a.flag(
+                "outcomes",
+                format!(
+                    "order {} has outcome events {}, not a legal history",
+                    o.id,
+                    history(&seq)
+                ),
+                vec![o.id],
+            );
         } else if seq.last() != Some(&o.state) {
-            a.flag("outcomes", format!("order {}'s outcome events say {}, the order is {}", o.id, history(&seq), o.state), vec![o.id]);
+            a.flag(
+                "outcomes",
+                format!(
+                    "order {}'s outcome events say {}, the order is {}",
+                    o.id,
+                    history(&seq),
+                    o.state
+                ),
+                vec![o.id],
+            );
         }
     }
     for id in seqs.keys().filter(|id| !orders.contains_key(id)) {
-        a.flag("outcomes", format!("outcome events for order {id}, which the order service does not know"), vec![*id]);
+        a.flag(
+            "outcomes",
+            format!("outcome events for order {id}, which the order service does not know"),
+            vec![*id],
+        );
     }
 }
 
 /// Exactly one notification per outcome event, in the same order; returns
 /// the notification lag's median and maximum.
-fn notifications(a: &mut Audit, s: &Snapshots, orders: &HashMap<Uuid, &OrderRow>) -> (Option<i64>, Option<i64>) {
+fn notifications(
+    a: &mut Audit,
+    s: &Snapshots,
+    orders: &HashMap<Uuid, &OrderRow>,
+) -> (Option<i64>, Option<i64>) {
     let outcomes = sequences(s.outcomes.iter().map(|o| (o.order_id, o.state)));
     let notified = sequences(s.notifications.iter().map(|n| (n.order_id, n.kind)));
     let mut ids: Vec<Uuid> = outcomes.keys().chain(notified.keys()).copied().collect();
     ids.sort_unstable();
     ids.dedup();
     for id in ids {
-        let (want, got) = (outcomes.get(&id).cloned().unwrap_or_default(), notified.get(&id).cloned().unwrap_or_default());
+        let (want, got) = (
+            outcomes.get(&id).cloned().unwrap_or_default(),
+            notified.get(&id).cloned().unwrap_or_default(),
+        );
         if !orders.contains_key(&id) && want.is_empty() {
-            a.flag("notification", format!("notifications {} for order {id}, which the order service does not know", history(&got)), vec![id]);
+            a.flag(
+                "notification",
+                format!(
+                    "notifications {} for order {id}, which the order service does not know",
+                    history(&got)
+                ),
+                vec![id],
+            );
         } else if got.is_empty() {
-            a.flag("notification", format!("order {id} was never notified of its outcomes {}", history(&want)), vec![id]);
+            a.flag(
+                "notification",
+                format!("order {id} was never notified of its outcomes {}", history(&want)),
+                vec![id],
+            );
         } else if got != want {
-            a.flag("notification", format!("order {id} was notified {} for the outcomes {}", history(&got), history(&want)), vec![id]);
+            a.flag(
+                "notification",
+                format!(
+                    "order {id} was notified {} for the outcomes {}",
+                    history(&got),
+                    history(&want)
+                ),
+                vec![id],
+            );
         }
     }
     let decided: HashMap<Uuid, i64> = s.outcomes.iter().map(|o| (o.order_id, o.decided_ms)).collect();
-    let mut lags: Vec<i64> =
-        s.notifications.iter().filter_map(|n| decided.get(&n.order_id).map(|d| n.received_ms - d)).collect();
+    let mut lags: Vec<i64> = s
+        .notifications
+        .iter()
+        .filter_map(|n| decided.get(&n.order_id).map(|d| n.received_ms - d))
+        .collect();
     lags.sort_unstable();
     (lags.get(lags.len() / 2).copied(), lags.last().copied())
 }
@@ -444,19 +637,34 @@ fn notifications(a: &mut Audit, s: &Snapshots, orders: &HashMap<Uuid, &OrderRow>
 fn reconcile(a: &mut Audit, client: &ClientView, orders: &HashMap<Uuid, &OrderRow>) {
     for (id, seen) in &client.orders {
         match (orders.get(id), seen) {
-            (None, _) => a.flag("client", format!("the driver was answered for order {id}, which the database does not hold"), vec![*id]),
+            (None, _) => a.flag(
+                "client",
+                format!("the driver was answered for order {id}, which the database does not hold"),
+                vec![*id],
+            ),
             (Some(o), Some(seen)) if *seen != o.state => a.flag(
                 "client",
-                format!("the driver saw order {id} decided {seen}, the database says {}", o.state),
+                format!(
+                    "the driver saw order {id} decided {seen}, the database says {}",
+                    o.state
+                ),
                 vec![*id],
             ),
             _ => {}
         }
     }
-    let mut extra: Vec<Uuid> = orders.keys().filter(|id| !client.orders.contains_key(id)).copied().collect();
+    let mut extra: Vec<Uuid> = orders
+        .keys()
+        .filter(|id| !client.orders.contains_key(id))
+        .copied()
+        .collect();
     extra.sort_unstable();
     for id in extra {
-        a.flag("client", format!("order {id} is in the database, but the driver never created it"), vec![id]);
+        a.flag(
+            "client",
+            format!("order {id} is in the database, but the driver never created it"),
+            vec![id],
+        );
     }
 }
 
@@ -495,7 +703,11 @@ mod tests {
         OrderRow {
             id: id(n),
             customer: "c1".into(),
-            items: sqlx::types::Json(vec![OrderItem { sku: "k1".into(), qty: 2, unit_price: 150 }]),
+            items: sqlx::types::Json(vec![OrderItem {
+                sku: "k1".into(),
+                qty: 2,
+                unit_price: 150,
+            }]),
             amount: 300,
             slot: "s1".into(),
             method: TxMode::SagaOrch,
@@ -506,39 +718,76 @@ mod tests {
 
     fn seed() -> Seed {
         Seed {
-            wallets: vec![Wallet { customer: "c1".into(), balance: 1_000 }],
-            stock: vec![StockLevel { sku: "k1".into(), available: 10 }],
-            slots: vec![Slot { slot: "s1".into(), capacity: 5 }],
+            wallets: vec![Wallet {
+                customer: "c1".into(),
+                balance: 1_000,
+            }],
+            stock: vec![StockLevel {
+                sku: "k1".into(),
+                available: 10,
+            }],
+            slots: vec![Slot {
+                slot: "s1".into(),
+                capacity: 5,
+            }],
         }
     }
 
     fn rec(n: u128, state: RecordState) -> RecordRow {
-        RecordRow { order_id: id(n), state }
+        RecordRow {
+            order_id: id(n),
+            state,
+        }
     }
 
     fn moved(n: u128, op: LedgerOp, item: &str, qty: i64) -> LedgerRow {
-        LedgerRow { order_id: id(n), op, item: item.into(), qty }
+        LedgerRow {
+            order_id: id(n),
+            op,
+            item: item.into(),
+            qty,
+        }
     }
 
     fn outcome(n: u128, state: OrderState) -> OutcomeRow {
-        OutcomeRow { order_id: id(n), state, decided_ms: 1_010 }
+        OutcomeRow {
+            order_id: id(n),
+            state,
+            decided_ms: 1_010,
+        }
     }
 
     fn notified(n: u128, kind: OrderState, at: i64) -> NotificationRow {
-        NotificationRow { order_id: id(n), kind, received_ms: at }
+        NotificationRow {
+            order_id: id(n),
+            kind,
+            received_ms: at,
+        }
     }
 
     /// A consistent world: order 1 confirmed, order 2 rejected at inventory
     /// after its payment was refunded.
     fn world() -> Snapshots {
-        let mut messaging: BTreeMap<Role, Messaging> = Role::ALL.iter().map(|r| (*r, Messaging::default())).collect();
-        messaging.get_mut(&Role::Notification).unwrap().offsets =
-            vec![ConsumerOffset { consumer: "notification".into(), topic: ORDER_EVENTS_TOPIC.into(), partition: 0, next_offset: 2 }];
+        let mut messaging: BTreeMap<Role, Messaging> =
+            Role::ALL.iter().map(|r| (*r, Messaging::default())).collect();
+        messaging.get_mut(&Role::Notification).unwrap().offsets = vec![ConsumerOffset {
+            consumer: "notification".into(),
+            topic: ORDER_EVENTS_TOPIC.into(),
+            partition: 0,
+            next_offset: 2,
+        }];
         Snapshots {
             orders: vec![order(1, OrderState::Confirmed), order(2, OrderState::Rejected)],
-            outcomes: vec![outcome(1, OrderState::Confirmed), outcome(2, OrderState::Rejected)],
+            outcomes: vec![
+                outcome(1, OrderState::Confirmed),
+                outcome(2, OrderState::Rejected),
+            ],
             payment: ParticipantDb {
-                items: vec![ItemRow { item: "c1".into(), amount: 700, held: 0 }],
+                items: vec![ItemRow {
+                    item: "c1".into(),
+                    amount: 700,
+                    held: 0,
+                }],
                 records: vec![rec(1, RecordState::Captured), rec(2, RecordState::Refunded)],
                 ledger: vec![
                     moved(1, LedgerOp::Hold, "c1", 300),
@@ -550,25 +799,49 @@ mod tests {
                 prepared: vec![],
             },
             inventory: ParticipantDb {
-                items: vec![ItemRow { item: "k1".into(), amount: 8, held: 0 }],
+                items: vec![ItemRow {
+                    item: "k1".into(),
+                    amount: 8,
+                    held: 0,
+                }],
                 records: vec![rec(1, RecordState::Reserved), rec(2, RecordState::Rejected)],
-                ledger: vec![moved(1, LedgerOp::Hold, "k1", 2), moved(1, LedgerOp::Capture, "k1", 2)],
+                ledger: vec![
+                    moved(1, LedgerOp::Hold, "k1", 2),
+                    moved(1, LedgerOp::Capture, "k1", 2),
+                ],
                 prepared: vec![],
             },
             shipping: ParticipantDb {
-                items: vec![ItemRow { item: "s1".into(), amount: 5, held: 1 }],
+                items: vec![ItemRow {
+                    item: "s1".into(),
+                    amount: 5,
+                    held: 1,
+                }],
                 records: vec![rec(1, RecordState::Booked)],
-                ledger: vec![moved(1, LedgerOp::Hold, "s1", 1), moved(1, LedgerOp::Capture, "s1", 1)],
+                ledger: vec![
+                    moved(1, LedgerOp::Hold, "s1", 1),
+                    moved(1, LedgerOp::Capture, "s1", 1),
+                ],
                 prepared: vec![],
             },
-            notifications: vec![notified(1, OrderState::Confirmed, 1_020), notified(2, OrderState::Rejected, 1_050)],
+            notifications: vec![
+                notified(1, OrderState::Confirmed, 1_020),
+                notified(2, OrderState::Rejected, 1_050),
+            ],
             messaging,
             topic_ends: [((ORDER_EVENTS_TOPIC.to_string(), 0), 2)].into_iter().collect(),
         }
     }
 
     fn client() -> ClientView {
-        ClientView { orders: [(id(1), Some(OrderState::Confirmed)), (id(2), Some(OrderState::Rejected))].into_iter().collect() }
+        ClientView {
+            orders: [
+                (id(1), Some(OrderState::Confirmed)),
+                (id(2), Some(OrderState::Rejected)),
+            ]
+            .into_iter()
+            .collect(),
+        }
     }
 
     fn audit(w: &Snapshots) -> AuditReport {
@@ -596,7 +869,10 @@ mod tests {
         assert_eq!(r.violations, vec![]);
         assert_eq!(r.orders_checked, 2);
         assert_eq!(r.by_invariant.len(), INVARIANTS.len());
-        assert_eq!((r.notification_lag_p50_ms, r.notification_lag_max_ms), (Some(40), Some(40)));
+        assert_eq!(
+            (r.notification_lag_p50_ms, r.notification_lag_max_ms),
+            (Some(40), Some(40))
+        );
         assert!(world().unsettled(TxMode::SagaOrch).is_empty());
     }
 
@@ -605,7 +881,10 @@ mod tests {
         let mut w = world();
         w.payment.items[0].amount -= 50;
         let d = only(&audit(&w), "money");
-        assert!(d[0].contains("customer c1: balance 650") && d[0].contains("1000 was seeded"), "{d:?}");
+        assert!(
+            d[0].contains("customer c1: balance 650") && d[0].contains("1000 was seeded"),
+            "{d:?}"
+        );
     }
 
     #[test]
@@ -615,7 +894,10 @@ mod tests {
         w.inventory.items[0].amount -= 1;
         w.inventory.items[0].held += 1;
         let d = only(&audit(&w), "stock");
-        assert!(d[0].contains("SKU k1: reserved 1 but the ledger holds 0"), "{d:?}");
+        assert!(
+            d[0].contains("SKU k1: reserved 1 but the ledger holds 0"),
+            "{d:?}"
+        );
     }
 
     #[test]
@@ -625,7 +907,10 @@ mod tests {
         w.shipping.items[0].held = 2;
         let d = only(&audit(&w), "slots");
         assert_eq!(d.len(), 2, "{d:?}");
-        assert!(d[0].contains("capacity is 9, but 5 was seeded") && d[1].contains("the ledger holds 1"), "{d:?}");
+        assert!(
+            d[0].contains("capacity is 9, but 5 was seeded") && d[1].contains("the ledger holds 1"),
+            "{d:?}"
+        );
     }
 
     #[test]
@@ -646,38 +931,63 @@ mod tests {
         let mut w = world();
         w.payment.records[1].state = RecordState::Captured;
         let r = audit(&w);
-        assert!(kinds(&r).contains(&"atomicity") && kinds(&r).contains(&"exactly_once"), "{:#?}", r.violations);
+        assert!(
+            kinds(&r).contains(&"atomicity") && kinds(&r).contains(&"exactly_once"),
+            "{:#?}",
+            r.violations
+        );
     }
 
     #[test]
     fn a_step_applied_twice_breaks_exactly_once_even_when_money_adds_up() {
         let mut w = world();
-        w.inventory.ledger.extend([moved(1, LedgerOp::Hold, "k1", 2), moved(1, LedgerOp::Capture, "k1", 2)]);
+        w.inventory.ledger.extend([
+            moved(1, LedgerOp::Hold, "k1", 2),
+            moved(1, LedgerOp::Capture, "k1", 2),
+        ]);
         w.inventory.items[0].amount = 6;
         let d = only(&audit(&w), "exactly_once");
-        assert!(d.iter().any(|x| x.contains("hold moved {\"k1\": 4}") && x.contains("{\"k1\": 2}")), "{d:?}");
+        assert!(
+            d.iter()
+                .any(|x| x.contains("hold moved {\"k1\": 4}") && x.contains("{\"k1\": 2}")),
+            "{d:?}"
+        );
     }
 
     #[test]
     fn a_part_taken_with_other_content_than_the_order_breaks_exactly_once() {
         let mut w = world();
         // The payment took 300 from another customer's wallet.
-        w.payment.items.push(ItemRow { item: "c2".into(), amount: 700, held: 0 });
+        w.payment.items.push(ItemRow {
+            item: "c2".into(),
+            amount: 700,
+            held: 0,
+        });
         w.payment.items[0].amount = 1_000;
         for l in w.payment.ledger.iter_mut().filter(|l| l.order_id == id(1)) {
             l.item = "c2".into();
         }
         let mut s = seed();
-        s.wallets.push(Wallet { customer: "c2".into(), balance: 1_000 });
+        s.wallets.push(Wallet {
+            customer: "c2".into(),
+            balance: 1_000,
+        });
         let r = check(&s, &w, TxMode::SagaOrch, Some(&client()));
-        assert_eq!(kinds(&r), vec!["exactly_once", "exactly_once"], "{:#?}", r.violations);
+        assert_eq!(
+            kinds(&r),
+            vec!["exactly_once", "exactly_once"],
+            "{:#?}",
+            r.violations
+        );
     }
 
     #[test]
     fn unfinished_work_breaks_termination() {
         let mut w = world();
         w.orders.push(order(3, OrderState::Compensating));
-        w.inventory.prepared.push(format!("txlab_inventory_{}", id(3).simple()));
+        w.inventory
+            .prepared
+            .push(format!("txlab_inventory_{}", id(3).simple()));
         w.messaging.get_mut(&Role::Payment).unwrap().unpublished = 2;
         w.topic_ends.insert((ORDER_EVENTS_TOPIC.to_string(), 1), 4);
         let mut c = client();
@@ -686,8 +996,18 @@ mod tests {
         let d = only(&r, "termination");
         assert_eq!(d.len(), 4, "{d:?}");
         assert!(d.iter().any(|x| x.contains("4 messages from the end")), "{d:?}");
-        assert!(r.violations.iter().any(|v| v.orders == vec![id(3)] && v.detail.contains("prepared")), "{d:?}");
-        assert_eq!(w.unsettled(TxMode::SagaOrch).len(), 4, "{:?}", w.unsettled(TxMode::SagaOrch));
+        assert!(
+            r.violations
+                .iter()
+                .any(|v| v.orders == vec![id(3)] && v.detail.contains("prepared")),
+            "{d:?}"
+        );
+        assert_eq!(
+            w.unsettled(TxMode::SagaOrch).len(),
+            4,
+            "{:?}",
+            w.unsettled(TxMode::SagaOrch)
+        );
     }
 
     #[test]
@@ -711,7 +1031,11 @@ mod tests {
         c.orders.insert(id(2), Some(OrderState::Rejected));
         let r = check(&seed(), &w, TxMode::SagaOrch, Some(&c));
         assert_eq!(kinds(&r), vec!["outcomes", "client"], "{:#?}", r.violations);
-        assert!(r.violations[0].detail.contains("rejected → cancelled"), "{:#?}", r.violations);
+        assert!(
+            r.violations[0].detail.contains("rejected → cancelled"),
+            "{:#?}",
+            r.violations
+        );
     }
 
     #[test]
@@ -742,7 +1066,10 @@ mod tests {
         w.notifications.remove(1);
         let d = only(&audit(&w), "notification");
         assert_eq!(d.len(), 2, "{d:?}");
-        assert!(d.iter().any(|x| x.contains("notified confirmed → confirmed")) && d.iter().any(|x| x.contains("never notified")));
+        assert!(
+            d.iter().any(|x| x.contains("notified confirmed → confirmed"))
+                && d.iter().any(|x| x.contains("never notified"))
+        );
     }
 
     #[test]
@@ -754,14 +1081,20 @@ mod tests {
         let r = check(&seed(), &world(), TxMode::SagaOrch, Some(&c));
         let d = only(&r, "client");
         assert_eq!(d.len(), 3, "{d:?}");
-        assert!(d[0].contains("saw order") && d[1].contains("does not hold") && d[2].contains("never created it"), "{d:?}");
+        assert!(
+            d[0].contains("saw order") && d[1].contains("does not hold") && d[2].contains("never created it"),
+            "{d:?}"
+        );
     }
 
     #[test]
     fn dead_letters_name_their_orders() {
         let mut w = world();
-        w.messaging.get_mut(&Role::Payment).unwrap().dead_letters =
-            vec![DeadLetter { consumer: "payment".into(), key: Some(id(1).to_string()), error: "boom".into() }];
+        w.messaging.get_mut(&Role::Payment).unwrap().dead_letters = vec![DeadLetter {
+            consumer: "payment".into(),
+            key: Some(id(1).to_string()),
+            error: "boom".into(),
+        }];
         let r = audit(&w);
         assert_eq!(only(&r, "dead_letter").len(), 1);
         assert_eq!(r.violations[0].orders, vec![id(1)]);
@@ -787,6 +1120,12 @@ mod tests {
 
         w.orders[1].method = TxMode::SagaOrch;
         let r = check(&seed(), &w, TxMode::SagaOrch, Some(&c));
-        assert!(r.violations.iter().any(|v| !v.by_design && v.detail.contains("only outbox")), "{:#?}", r.violations);
+        assert!(
+            r.violations
+                .iter()
+                .any(|v| !v.by_design && v.detail.contains("only outbox")),
+            "{:#?}",
+            r.violations
+        );
     }
 }

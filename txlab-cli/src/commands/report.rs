@@ -19,7 +19,12 @@ pub struct ReportArgs {
 /// The newest run directory under `results` (names start with a timestamp).
 fn newest_run(results: &std::path::Path) -> anyhow::Result<PathBuf> {
     let mut runs: Vec<PathBuf> = std::fs::read_dir(results)
-        .with_context(|| format!("no results directory at {}; run `txlab run` first", results.display()))?
+        .with_context(|| {
+            format!(
+                "no results directory at {}; run `txlab run` first",
+                results.display()
+            )
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.join("run.json").is_file())
         .collect();
@@ -39,7 +44,8 @@ pub fn execute(args: ReportArgs) -> anyhow::Result<()> {
     let out = args.reports.join(id);
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let csv_path = out.join("summary.csv");
-    std::fs::write(&csv_path, crate::report::csv(&summaries)).with_context(|| format!("writing {}", csv_path.display()))?;
+    std::fs::write(&csv_path, crate::report::csv(&summaries))
+        .with_context(|| format!("writing {}", csv_path.display()))?;
     println!("{}", crate::report::table(&summaries));
     println!("wrote {}", csv_path.display());
     Ok(())

@@ -64,12 +64,19 @@ pub struct RunArgs {
 /// `scenarios/` beside the folder holding the profile (profiles/x.yaml → scenarios/).
 fn default_scenarios_dir(profile: &Path) -> PathBuf {
     let dir = profile.parent().unwrap_or(Path::new("."));
-    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     dir.join("..").join("scenarios")
 }
 
 pub fn plan(args: &RunArgs) -> anyhow::Result<Plan> {
-    let scenarios = args.scenarios.clone().unwrap_or_else(|| default_scenarios_dir(&args.profile));
+    let scenarios = args
+        .scenarios
+        .clone()
+        .unwrap_or_else(|| default_scenarios_dir(&args.profile));
     let mut plan = Plan::load(&args.profile, &scenarios)?;
     if let Some(only) = &args.only {
         plan.cells.retain(|c| c.id.contains(only.as_str()));
@@ -90,7 +97,12 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let run = RunDir::create(&args.results, &plan.profile.name)?;
-    eprintln!("txlab: run {} ({} cells) → {}", run.id, plan.cells.len(), run.root.display());
+    eprintln!(
+        "txlab: run {} ({} cells) → {}",
+        run.id,
+        plan.cells.len(),
+        run.root.display()
+    );
     let started = SystemTime::now();
     let opts = LocalOptions {
         keep: args.keep,
@@ -136,7 +148,10 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(Ok(_)) => "finished".to_string(),
         Some(Err(e)) => format!("failed: {e:#}"),
     };
-    run.write_json("run.json", &run_metadata(&plan, &run, started, &status, description).await)?;
+    run.write_json(
+        "run.json",
+        &run_metadata(&plan, &run, started, &status, description).await,
+    )?;
     if !summaries.is_empty() {
         println!("{}", crate::report::table(&summaries));
     }
@@ -156,9 +171,17 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
             let failed: Vec<&CellSummary> = s.iter().filter(|c| !c.threshold_failures.is_empty()).collect();
             if !failed.is_empty() {
                 for c in &failed {
-                    eprintln!("txlab: {} broke its thresholds: {}", c.cell, c.threshold_failures.join("; "));
+                    eprintln!(
+                        "txlab: {} broke its thresholds: {}",
+                        c.cell,
+                        c.threshold_failures.join("; ")
+                    );
                 }
-                eprintln!("txlab: {} of {} cells broke the profile's thresholds", failed.len(), s.len());
+                eprintln!(
+                    "txlab: {} of {} cells broke the profile's thresholds",
+                    failed.len(),
+                    s.len()
+                );
                 return Ok(ExitCode::from(EXIT_THRESHOLDS));
             }
             Ok(ExitCode::SUCCESS)
@@ -167,40 +190,89 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// POSTs `body` to `path` on every service.
-async fn broadcast(client: &reqwest::Client, endpoints: &Endpoints, path: &str, body: &serde_json::Value) -> anyhow::Result<()> {
+async fn broadcast(
+    client: &reqwest::Client,
+    endpoints: &Endpoints,
+    path: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<()> {
     for role in Role::ALL {
         let url = format!("{}{path}", endpoints.url(role)?);
-        let resp = client.post(&url).json(body).send().await.with_context(|| format!("calling {url}"))?;
+        let resp = client
+            .post(&url)
+            .json(body)
+            .send()
+            .await
+            .with_context(|| format!("calling {url}"))?;
         if !resp.status().is_success() {
-            bail!("{url} answered {}: {}", resp.status(), resp.text().await.unwrap_or_default());
+            bail!(
+                "{url} answered {}: {}",
+                resp.status(),
+                resp.text().await.unwrap_or_default()
+            );
         }
     }
     Ok(())
 }
 
 /// Sets (or with `{"mode": "none"}` clears) one service's standing fault.
-async fn set_standing_fault(client: &reqwest::Client, endpoints: &Endpoints, role: Role, fault: &serde_json::Value) -> anyhow::Result<()> {
+async fn set_standing_fault(
+    client: &reqwest::Client,
+    endpoints: &Endpoints,
+    role: Role,
+    fault: &serde_json::Value,
+) -> anyhow::Result<()> {
     let url = format!("{}/admin/faults", endpoints.url(role)?);
-    let resp = client.put(&url).json(fault).send().await.with_context(|| format!("calling {url}"))?;
+    let resp = client
+        .put(&url)
+        .json(fault)
+        .send()
+        .await
+        .with_context(|| format!("calling {url}"))?;
     if !resp.status().is_success() {
-        bail!("{url} answered {}: {}", resp.status(), resp.text().await.unwrap_or_default());
+        bail!(
+            "{url} answered {}: {}",
+            resp.status(),
+            resp.text().await.unwrap_or_default()
+        );
     }
     Ok(())
 }
 
 /// Runs every cell in order, writing each as it finishes.
-pub async fn run_cells(platform: &mut impl Platform, plan: &Plan, run: &RunDir) -> anyhow::Result<Vec<CellSummary>> {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+pub async fn run_cells(
+    platform: &mut impl Platform,
+    plan: &Plan,
+    run: &RunDir,
+) -> anyhow::Result<Vec<CellSummary>> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
     let style = ProgressStyle::with_template("{prefix:>40} [{bar:30}] {pos}/{len} orders {msg}")
         .expect("static progress template")
         .progress_chars("=> ");
     let mut summaries = Vec::new();
     let total = plan.cells.len();
     for (index, cell) in plan.cells.iter().enumerate() {
-        let endpoints = platform.deploy(cell.method).await.with_context(|| format!("deploying {}", cell.method))?;
+        let endpoints = platform
+            .deploy(cell.method)
+            .await
+            .with_context(|| format!("deploying {}", cell.method))?;
         // A new epoch per cell: events still in flight from the last one are dropped.
-        broadcast(&client, &endpoints, "/admin/reset", &json!({ "epoch": format!("{}/{}", run.id, cell.id) })).await?;
-        broadcast(&client, &endpoints, "/admin/seed", &serde_json::to_value(&plan.seed.seed)?).await?;
+        broadcast(
+            &client,
+            &endpoints,
+            "/admin/reset",
+            &json!({ "epoch": format!("{}/{}", run.id, cell.id) }),
+        )
+        .await?;
+        broadcast(
+            &client,
+            &endpoints,
+            "/admin/seed",
+            &serde_json::to_value(&plan.seed.seed)?,
+        )
+        .await?;
         let logs = platform.log_files();
         let marks = log_marks(&logs);
         let restarts_before = platform.restarts();
@@ -209,8 +281,15 @@ pub async fn run_cells(platform: &mut impl Platform, plan: &Plan, run: &RunDir) 
         if let Some(f) = &cell.scenario.standing_fault {
             set_standing_fault(&client, &endpoints, f.role, &serde_json::to_value(&f.fault)?).await?;
         }
-        let progress = ProgressBar::new(0).with_style(style.clone()).with_prefix(format!("[{}/{total}] {}", index + 1, cell.id));
-        let target = Target { base_url: endpoints.url(Role::Order)?, run_id: &run.id };
+        let progress = ProgressBar::new(0).with_style(style.clone()).with_prefix(format!(
+            "[{}/{total}] {}",
+            index + 1,
+            cell.id
+        ));
+        let target = Target {
+            base_url: endpoints.url(Role::Order)?,
+            run_id: &run.id,
+        };
         let load = drive(target, plan, cell, &progress).await;
         if let Some(f) = &cell.scenario.standing_fault {
             // Cleared even if the load failed. Best effort: a service that is
@@ -225,11 +304,17 @@ pub async fn run_cells(platform: &mut impl Platform, plan: &Plan, run: &RunDir) 
         let reader = Reader::connect(&endpoints).await?;
         let (snapshots, waited, unsettled) = quiesce(&reader, cell.method, timeout).await?;
         let audit = check(&plan.seed.seed, &snapshots, cell.method, Some(&load.client));
-        let events = crate::metrics::delta(&events_before, &crate::metrics::scrape(&client, &endpoints).await);
+        let events =
+            crate::metrics::delta(&events_before, &crate::metrics::scrape(&client, &endpoints).await);
         let restarts: BTreeMap<String, u32> = platform
             .restarts()
             .into_iter()
-            .map(|(role, n)| (role.to_string(), n - restarts_before.get(&role).copied().unwrap_or(0)))
+            .map(|(role, n)| {
+                (
+                    role.to_string(),
+                    n - restarts_before.get(&role).copied().unwrap_or(0),
+                )
+            })
             .filter(|(_, n)| *n > 0)
             .collect();
         progress.finish_and_clear();
@@ -249,9 +334,17 @@ pub async fn run_cells(platform: &mut impl Platform, plan: &Plan, run: &RunDir) 
             summary.decided,
             summary.unexpected,
             summary.decided_ms.p99,
-            if summary.censored > 0 { format!(" ({} censored)", summary.censored) } else { String::new() },
+            if summary.censored > 0 {
+                format!(" ({} censored)", summary.censored)
+            } else {
+                String::new()
+            },
             summary.violations,
-            if summary.settled { String::new() } else { format!(" — did not settle: {}", summary.unsettled.join("; ")) }
+            if summary.settled {
+                String::new()
+            } else {
+                format!(" — did not settle: {}", summary.unsettled.join("; "))
+            }
         );
         summaries.push(summary);
     }
@@ -259,7 +352,13 @@ pub async fn run_cells(platform: &mut impl Platform, plan: &Plan, run: &RunDir) 
 }
 
 /// Everything needed to know later what this run was.
-async fn run_metadata(plan: &Plan, run: &RunDir, started: SystemTime, status: &str, platform: serde_json::Value) -> serde_json::Value {
+async fn run_metadata(
+    plan: &Plan,
+    run: &RunDir,
+    started: SystemTime,
+    status: &str,
+    platform: serde_json::Value,
+) -> serde_json::Value {
     json!({
         "run_id": run.id,
         "status": status,
@@ -287,7 +386,9 @@ async fn git_revision() -> serde_json::Value {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
     let rev = out(&["rev-parse", "HEAD"]).await;
-    let dirty = out(&["status", "--porcelain", "--untracked-files=no"]).await.map(|s| !s.is_empty());
+    let dirty = out(&["status", "--porcelain", "--untracked-files=no"])
+        .await
+        .map(|s| !s.is_empty());
     json!({ "revision": rev, "dirty": dirty })
 }
 
@@ -319,7 +420,13 @@ mod tests {
 
     #[test]
     fn scenarios_default_to_the_sibling_folder_of_profiles() {
-        assert_eq!(default_scenarios_dir(Path::new("profiles/quick.yaml")), Path::new("profiles/../scenarios"));
-        assert_eq!(default_scenarios_dir(Path::new("quick.yaml")), Path::new("./../scenarios"));
+        assert_eq!(
+            default_scenarios_dir(Path::new("profiles/quick.yaml")),
+            Path::new("profiles/../scenarios")
+        );
+        assert_eq!(
+            default_scenarios_dir(Path::new("quick.yaml")),
+            Path::new("./../scenarios")
+        );
     }
 }

@@ -93,9 +93,15 @@ struct Recorder {
 
 impl Recorder {
     fn second(&mut self, s: u64) -> &mut (SecondStats, Histogram<u64>) {
-        self.per_second
-            .entry(s)
-            .or_insert_with(|| (SecondStats { second: s, ..Default::default() }, histogram()))
+        self.per_second.entry(s).or_insert_with(|| {
+            (
+                SecondStats {
+                    second: s,
+                    ..Default::default()
+                },
+                histogram(),
+            )
+        })
     }
 
     fn error(&mut self, second: u64, kind: String) {
@@ -136,7 +142,12 @@ pub struct Target<'a> {
 }
 
 /// Runs the cell's load and returns what it measured.
-pub async fn drive(target: Target<'_>, plan: &Plan, cell: &Cell, progress: &ProgressBar) -> anyhow::Result<LoadReport> {
+pub async fn drive(
+    target: Target<'_>,
+    plan: &Plan,
+    cell: &Cell,
+    progress: &ProgressBar,
+) -> anyhow::Result<LoadReport> {
     let spec = &plan.profile.load;
     let mut rng = SmallRng::seed_from_u64(cell_seed(plan.profile.seed, &cell.scenario.name, cell.repetition));
     let offsets = arrivals(spec, &mut rng);
@@ -184,7 +195,13 @@ pub async fn drive(target: Target<'_>, plan: &Plan, cell: &Cell, progress: &Prog
         tokio::time::sleep_until(intended).await;
         let now = Instant::now();
         last_send = now;
-        let journey = Journey { index: index as u64, intended, second: offset.as_secs(), measured: *offset >= warmup, order };
+        let journey = Journey {
+            index: index as u64,
+            intended,
+            second: offset.as_secs(),
+            measured: *offset >= warmup,
+            order,
+        };
         {
             let mut r = rec.lock().expect("recorder lock");
             if now.duration_since(intended) > LATE_AFTER {
@@ -200,12 +217,31 @@ pub async fn drive(target: Target<'_>, plan: &Plan, cell: &Cell, progress: &Prog
             r.second(journey.second).0.sent += 1;
         }
         in_flight.fetch_add(1, Ordering::Relaxed);
-        let (client, rec, in_flight, progress) = (client.clone(), rec.clone(), in_flight.clone(), progress.clone());
-        let (base, run_id, cell_id) = (target.base_url.to_string(), target.run_id.to_string(), cell.id.clone());
-        let (fault, cancel_after, expect) = (cell.scenario.fault.clone(), cell.scenario.cancel_after_ms, cell.scenario.expect_for(cell.method));
+        let (client, rec, in_flight, progress) =
+            (client.clone(), rec.clone(), in_flight.clone(), progress.clone());
+        let (base, run_id, cell_id) = (
+            target.base_url.to_string(),
+            target.run_id.to_string(),
+            cell.id.clone(),
+        );
+        let (fault, cancel_after, expect) = (
+            cell.scenario.fault.clone(),
+            cell.scenario.cancel_after_ms,
+            cell.scenario.expect_for(cell.method),
+        );
         tasks.push(tokio::spawn(async move {
             let key = format!("{run_id}/{cell_id}/{}", journey.index);
-            follow(&client, &base, &key, fault.as_deref(), cancel_after, expect, journey, &rec).await;
+            follow(
+                &client,
+                &base,
+                &key,
+                fault.as_deref(),
+                cancel_after,
+                expect,
+                journey,
+                &rec,
+            )
+            .await;
             in_flight.fetch_sub(1, Ordering::Relaxed);
             progress.inc(1);
         }));
@@ -245,7 +281,10 @@ async fn follow(
     j: Journey,
     rec: &Mutex<Recorder>,
 ) {
-    let mut post = client.post(format!("{base}/orders")).header(IDEMPOTENCY_KEY_HEADER, key).json(&j.order);
+    let mut post = client
+        .post(format!("{base}/orders"))
+        .header(IDEMPOTENCY_KEY_HEADER, key)
+        .json(&j.order);
     if let Some(f) = fault {
         post = post.header(FAULT_HEADER, f);
     }
@@ -271,18 +310,33 @@ async fn follow(
     let mut cancelled = false;
     if let Some(ms) = cancel_after_ms {
         tokio::time::sleep_until(Instant::now() + Duration::from_millis(ms)).await;
-        let resp = client.post(format!("{base}/orders/{}/cancel", created.id)).send().await;
+        let resp = client
+            .post(format!("{base}/orders/{}/cancel", created.id))
+            .send()
+            .await;
         match resp {
             Ok(r) if r.status().is_success() => cancelled = true,
             // 409: already terminal; the outcome check below tells whether that was expected.
             Ok(r) if r.status() == reqwest::StatusCode::CONFLICT => {}
-            Ok(r) => rec.lock().expect("recorder lock").error(j.second, format!("cancel: HTTP {}", r.status().as_u16())),
-            Err(e) => rec.lock().expect("recorder lock").error(j.second, format!("cancel: {}", transport_kind(&e))),
+            Ok(r) => rec
+                .lock()
+                .expect("recorder lock")
+                .error(j.second, format!("cancel: HTTP {}", r.status().as_u16())),
+            Err(e) => rec
+                .lock()
+                .expect("recorder lock")
+                .error(j.second, format!("cancel: {}", transport_kind(&e))),
         }
     }
     // A cancelled order is decided when its compensation is over, not when
     // it was confirmed just before the cancel landed.
-    let settled = |s: OrderState| if cancelled { matches!(s, OrderState::Cancelled | OrderState::Rejected) } else { s.is_terminal() };
+    let settled = |s: OrderState| {
+        if cancelled {
+            matches!(s, OrderState::Cancelled | OrderState::Rejected)
+        } else {
+            s.is_terminal()
+        }
+    };
     let deadline = j.intended + FOLLOW_LIMIT;
     loop {
         let view: Result<OrderView, String> =
@@ -348,7 +402,11 @@ async fn send_json<T: serde::de::DeserializeOwned>(req: reqwest::RequestBuilder)
     let status = resp.status();
     if !status.is_success() {
         let body: Option<txlab_api::ErrorBody> = resp.json().await.ok();
-        return Err(format!("HTTP {} {}", status.as_u16(), body.map(|b| b.error).unwrap_or_default()));
+        return Err(format!(
+            "HTTP {} {}",
+            status.as_u16(),
+            body.map(|b| b.error).unwrap_or_default()
+        ));
     }
     resp.json().await.map_err(|_| "bad reply body".to_string())
 }

@@ -22,12 +22,24 @@ pub fn make_order(t: &OrderTemplate, seed: &SeedPlan, rng: &mut impl Rng) -> Cre
         let lines = rng.gen_range(1..=t.max_lines.max(1)) as usize;
         seed.skus
             .choose_multiple(rng, lines)
-            .map(|sku| OrderItem { sku: sku.clone(), qty: rng.gen_range(1..=2), unit_price: rng.gen_range(100..=5_000) })
+            .map(|sku| OrderItem {
+                sku: sku.clone(),
+                qty: rng.gen_range(1..=2),
+                unit_price: rng.gen_range(100..=5_000),
+            })
             .collect()
     } else {
-        vec![OrderItem { sku: t.sku.clone(), qty: 1, unit_price: rng.gen_range(100..=5_000) }]
+        vec![OrderItem {
+            sku: t.sku.clone(),
+            qty: 1,
+            unit_price: rng.gen_range(100..=5_000),
+        }]
     };
-    CreateOrder { customer, items, slot }
+    CreateOrder {
+        customer,
+        items,
+        slot,
+    }
 }
 
 #[cfg(test)]
@@ -50,8 +62,15 @@ mod tests {
             skus.dedup();
             assert_eq!(skus.len(), o.items.len(), "distinct SKUs per order");
         }
-        let broke = OrderTemplate { customer: "broke".into(), sku: "sold-out".into(), ..OrderTemplate::default() };
+        let broke = OrderTemplate {
+            customer: "broke".into(),
+            sku: "sold-out".into(),
+            ..OrderTemplate::default()
+        };
         let o = make_order(&broke, &seed, &mut rng);
-        assert_eq!((o.customer.as_str(), o.items.len(), o.items[0].sku.as_str()), ("broke", 1, "sold-out"));
+        assert_eq!(
+            (o.customer.as_str(), o.items.len(), o.items[0].sku.as_str()),
+            ("broke", 1, "sold-out")
+        );
     }
 }

@@ -36,12 +36,21 @@ mod tests {
     use rand::{rngs::SmallRng, SeedableRng};
 
     fn spec(arrival: Arrival, rate: f64, duration_s: f64) -> LoadSpec {
-        LoadSpec { arrival, rate, duration_s, warmup_s: 0.0, max_in_flight: 10 }
+        LoadSpec {
+            arrival,
+            rate,
+            duration_s,
+            warmup_s: 0.0,
+            max_in_flight: 10,
+        }
     }
 
     #[test]
     fn constant_arrivals_are_evenly_spaced() {
-        let a = arrivals(&spec(Arrival::Constant, 4.0, 2.0), &mut SmallRng::seed_from_u64(1));
+        let a = arrivals(
+            &spec(Arrival::Constant, 4.0, 2.0),
+            &mut SmallRng::seed_from_u64(1),
+        );
         assert_eq!(a.len(), 8);
         assert_eq!(a[0], Duration::ZERO);
         assert_eq!(a[1], Duration::from_millis(250));

@@ -12,7 +12,9 @@ use crate::platform::Endpoints;
 pub fn events_by_kind(text: &str) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
     for line in text.lines().filter(|l| l.starts_with("txlab_events_total{")) {
-        let Some((labels, value)) = line.rsplit_once(' ') else { continue };
+        let Some((labels, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
         let Ok(value) = value.parse::<f64>() else { continue };
         let kind = labels
             .split(['{', ',', '}'])
@@ -76,6 +78,9 @@ mod tests {
     fn deltas_survive_a_restarted_counter() {
         let before = BTreeMap::from([("retry".to_string(), 10.0), ("step".to_string(), 4.0)]);
         let after = BTreeMap::from([("retry".to_string(), 3.0), ("step".to_string(), 9.0)]);
-        assert_eq!(delta(&before, &after), BTreeMap::from([("retry".to_string(), 3.0), ("step".to_string(), 5.0)]));
+        assert_eq!(
+            delta(&before, &after),
+            BTreeMap::from([("retry".to_string(), 3.0), ("step".to_string(), 5.0)])
+        );
     }
 }

@@ -17,21 +17,45 @@ fn outcome(s: &CellSummary, state: OrderState) -> u64 {
 /// One row per cell: throughput, outcomes, latency, audit.
 pub fn table(summaries: &[CellSummary]) -> Table {
     let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic);
     t.set_header(vec![
-        "method", "scenario", "rate/s\ntarget→got", "orders", "confirmed", "rejected", "cancelled", "needs\nattention", "unexpected",
-        "errors", "accepted ms\np50 / p99", "decided ms\np50 / p99", "audit\nviolations",
+        "method",
+        "scenario",
+        "rate/s\ntarget→got",
+        "orders",
+        "confirmed",
+        "rejected",
+        "cancelled",
+        "needs\nattention",
+        "unexpected",
+        "errors",
+        "accepted ms\np50 / p99",
+        "decided ms\np50 / p99",
+        "audit\nviolations",
     ]);
     for s in summaries {
-        let by_design = if s.by_design > 0 { format!(" +{} by design", s.by_design) } else { String::new() };
+        let by_design = if s.by_design > 0 {
+            format!(" +{} by design", s.by_design)
+        } else {
+            String::new()
+        };
         let violations = if !s.settled {
             TableCell::new(format!("{} (unsettled){by_design}", s.violations)).fg(Color::Red)
         } else if s.violations == 0 {
-            TableCell::new(format!("0{by_design}")).fg(if s.by_design > 0 { Color::Yellow } else { Color::Green })
+            TableCell::new(format!("0{by_design}")).fg(if s.by_design > 0 {
+                Color::Yellow
+            } else {
+                Color::Green
+            })
         } else {
             TableCell::new(format!("{}{by_design}", s.violations)).fg(Color::Red)
         };
-        let scenario = if s.repetition > 1 { format!("{} #{}", s.scenario, s.repetition) } else { s.scenario.clone() };
+        let scenario = if s.repetition > 1 {
+            format!("{} #{}", s.scenario, s.repetition)
+        } else {
+            s.scenario.clone()
+        };
         t.add_row(vec![
             TableCell::new(&s.method),
             TableCell::new(scenario),
@@ -41,12 +65,20 @@ pub fn table(summaries: &[CellSummary]) -> Table {
             TableCell::new(outcome(s, OrderState::Rejected)),
             TableCell::new(outcome(s, OrderState::Cancelled)),
             TableCell::new(outcome(s, OrderState::NeedsAttention)),
-            if s.unexpected > 0 { TableCell::new(s.unexpected).fg(Color::Yellow) } else { TableCell::new(0) },
+            if s.unexpected > 0 {
+                TableCell::new(s.unexpected).fg(Color::Yellow)
+            } else {
+                TableCell::new(0)
+            },
             TableCell::new(s.errors + s.undecided + s.dropped),
             TableCell::new(format!("{:.1} / {:.1}", s.accepted_ms.p50, s.accepted_ms.p99)),
             // Censored arrivals (dropped, failed, undecided) sit at the follow limit.
             if s.censored > 0 {
-                TableCell::new(format!("{:.1} / {:.1}\n{} censored", s.decided_ms.p50, s.decided_ms.p99, s.censored)).fg(Color::Red)
+                TableCell::new(format!(
+                    "{:.1} / {:.1}\n{} censored",
+                    s.decided_ms.p50, s.decided_ms.p99, s.censored
+                ))
+                .fg(Color::Red)
             } else {
                 TableCell::new(format!("{:.1} / {:.1}", s.decided_ms.p50, s.decided_ms.p99))
             },
@@ -138,8 +170,16 @@ mod tests {
             outcomes: [("needs_attention".to_string(), 19)].into(),
             error_kinds: Default::default(),
             unexpected_examples: vec![],
-            accepted_ms: Percentiles { p50: 1.5, p99: 4.0, ..Default::default() },
-            decided_ms: Percentiles { p50: 20.0, p99: 80.0, ..Default::default() },
+            accepted_ms: Percentiles {
+                p50: 1.5,
+                p99: 4.0,
+                ..Default::default()
+            },
+            decided_ms: Percentiles {
+                p50: 20.0,
+                p99: 80.0,
+                ..Default::default()
+            },
             censored: 1,
             quiesce_ms: 120,
             settled: true,
@@ -164,7 +204,10 @@ mod tests {
         let row: Vec<&str> = lines[1].split(',').collect();
         assert_eq!(header.len(), row.len());
         let field = |name: &str| row[header.iter().position(|h| *h == name).unwrap()];
-        assert_eq!((field("needs_attention"), field("by_design"), field("retries")), ("19", "19", "3"));
+        assert_eq!(
+            (field("needs_attention"), field("by_design"), field("retries")),
+            ("19", "19", "3")
+        );
         assert_eq!((field("dropped"), field("decided_p99_ms")), ("1", "80.000"));
         assert_eq!((field("censored"), field("thresholds_broken")), ("1", "1"));
     }
@@ -174,6 +217,9 @@ mod tests {
         let text = table(&[summary()]).to_string();
         assert!(text.contains("0 +19 by design"), "{text}");
         assert!(text.contains("10→9.5"), "{text}");
-        assert!(text.contains("1 censored"), "censored latencies are marked: {text}");
+        assert!(
+            text.contains("1 censored"),
+            "censored latencies are marked: {text}"
+        );
     }
 }

@@ -35,16 +35,33 @@ impl RunDir {
     /// Creates `results/<timestamp>-<profile>` (with a suffix if taken).
     pub fn create(results: &Path, profile: &str) -> anyhow::Result<RunDir> {
         let stamp = time::compact(std::time::SystemTime::now());
-        let safe: String = profile.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+        let safe: String = profile
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
         for n in 0..100 {
-            let id = if n == 0 { format!("{stamp}-{safe}") } else { format!("{stamp}-{safe}-{n}") };
+            let id = if n == 0 {
+                format!("{stamp}-{safe}")
+            } else {
+                format!("{stamp}-{safe}-{n}")
+            };
             let root = results.join(&id);
             if !root.exists() {
-                std::fs::create_dir_all(root.join("cells")).with_context(|| format!("creating {}", root.display()))?;
+                std::fs::create_dir_all(root.join("cells"))
+                    .with_context(|| format!("creating {}", root.display()))?;
                 return Ok(RunDir { id, root });
             }
         }
-        anyhow::bail!("could not find a free run directory name under {}", results.display())
+        anyhow::bail!(
+            "could not find a free run directory name under {}",
+            results.display()
+        )
     }
 
     pub fn services_log_dir(&self) -> PathBuf {
@@ -80,7 +97,11 @@ fn percentiles_csv(load: &LoadReport) -> String {
     let mut out = String::from("latency,quantile,value_ms,count\n");
     for (name, h) in [("accepted", &load.accepted_us), ("decided", &load.decided_us)] {
         for q in QUANTILES {
-            let v = if h.is_empty() { 0.0 } else { h.value_at_quantile(q) as f64 / 1000.0 };
+            let v = if h.is_empty() {
+                0.0
+            } else {
+                h.value_at_quantile(q) as f64 / 1000.0
+            };
             let _ = writeln!(out, "{name},{q},{v:.3},{}", h.len());
         }
     }
@@ -100,7 +121,13 @@ fn timeseries_csv(load: &LoadReport) -> String {
 }
 
 /// Writes everything a cell produced into its directory.
-pub fn write_cell(dir: &Path, cell: &Cell, summary: &CellSummary, load: &LoadReport, audit: &AuditReport) -> anyhow::Result<()> {
+pub fn write_cell(
+    dir: &Path,
+    cell: &Cell,
+    summary: &CellSummary,
+    load: &LoadReport,
+    audit: &AuditReport,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     write_json(&dir.join("cell.json"), cell)?;
     write_json(&dir.join("summary.json"), summary)?;
@@ -115,16 +142,25 @@ pub fn write_cell(dir: &Path, cell: &Cell, summary: &CellSummary, load: &LoadRep
 
 /// Sizes of the log files now, so a cell can keep just its own share.
 pub fn log_marks(files: &[(txlab_api::Role, PathBuf)]) -> Vec<u64> {
-    files.iter().map(|(_, p)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).collect()
+    files
+        .iter()
+        .map(|(_, p)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .collect()
 }
 
 /// Copies what each log gained since `marks` into `<cell>/logs/`.
-pub fn copy_log_slices(dir: &Path, files: &[(txlab_api::Role, PathBuf)], marks: &[u64]) -> anyhow::Result<()> {
+pub fn copy_log_slices(
+    dir: &Path,
+    files: &[(txlab_api::Role, PathBuf)],
+    marks: &[u64],
+) -> anyhow::Result<()> {
     use std::io::{Read, Seek, SeekFrom};
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs)?;
     for ((role, path), &from) in files.iter().zip(marks) {
-        let Ok(mut f) = std::fs::File::open(path) else { continue };
+        let Ok(mut f) = std::fs::File::open(path) else {
+            continue;
+        };
         f.seek(SeekFrom::Start(from))?;
         let mut slice = Vec::new();
         f.read_to_end(&mut slice)?;
@@ -146,7 +182,8 @@ pub fn read_summaries(run: &Path) -> anyhow::Result<Vec<CellSummary>> {
         .iter()
         .map(|d| {
             let path = d.join("summary.json");
-            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            let text =
+                std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
             serde_json::from_str(&text).with_context(|| format!("decoding {}", path.display()))
         })
         .collect::<anyhow::Result<_>>()?;
@@ -179,7 +216,9 @@ mod tests {
         write_histogram(&path, &h).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
-        let back: Histogram<u64> = hdrhistogram::serialization::Deserializer::new().deserialize(&mut bytes.as_slice()).unwrap();
+        let back: Histogram<u64> = hdrhistogram::serialization::Deserializer::new()
+            .deserialize(&mut bytes.as_slice())
+            .unwrap();
         assert_eq!(back.len(), 4);
         assert_eq!(back.value_at_quantile(0.5), h.value_at_quantile(0.5));
     }

@@ -100,7 +100,14 @@ pub struct CellSummary {
 }
 
 impl CellSummary {
-    pub fn new(index: usize, cell: &Cell, load: &LoadReport, audit: &AuditReport, quiesce_ms: u64, unsettled: Vec<String>) -> CellSummary {
+    pub fn new(
+        index: usize,
+        cell: &Cell,
+        load: &LoadReport,
+        audit: &AuditReport,
+        quiesce_ms: u64,
+        unsettled: Vec<String>,
+    ) -> CellSummary {
         CellSummary {
             index,
             cell: cell.id.clone(),
@@ -132,7 +139,11 @@ impl CellSummary {
             threshold_failures: Vec::new(),
             violations: audit.violations.iter().filter(|v| !v.by_design).count(),
             by_design: audit.violations.iter().filter(|v| v.by_design).count(),
-            violations_by_invariant: audit.by_invariant.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            violations_by_invariant: audit
+                .by_invariant
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
             notification_lag_p50_ms: audit.notification_lag_p50_ms,
             notification_lag_max_ms: audit.notification_lag_max_ms,
             events: BTreeMap::new(),
@@ -159,7 +170,10 @@ impl Thresholds {
             out.push(format!("did not settle: {}", s.unsettled.join("; ")));
         }
         if let Some(max) = self.decided_p99_ms.filter(|max| s.decided_ms.p99 > *max) {
-            out.push(format!("decided p99 {:.1} ms (at most {max} ms allowed)", s.decided_ms.p99));
+            out.push(format!(
+                "decided p99 {:.1} ms (at most {max} ms allowed)",
+                s.decided_ms.p99
+            ));
         }
         out
     }
@@ -192,9 +206,16 @@ mod tests {
         s.unsettled = vec!["3 orders not decided".into()];
         let broken = strict.broken_by(&s);
         assert_eq!(broken.len(), 2, "{broken:?}");
-        assert!(broken[0].contains("2 unexpected outcomes") && broken[1].contains("3 orders not decided"), "{broken:?}");
+        assert!(
+            broken[0].contains("2 unexpected outcomes") && broken[1].contains("3 orders not decided"),
+            "{broken:?}"
+        );
 
-        let lenient: Thresholds = serde_yaml::from_str("unexpected: ~\nallow_unsettled: true\ndecided_p99_ms: 50\n").unwrap();
-        assert_eq!(lenient.broken_by(&s), vec!["decided p99 80.0 ms (at most 50 ms allowed)".to_string()]);
+        let lenient: Thresholds =
+            serde_yaml::from_str("unexpected: ~\nallow_unsettled: true\ndecided_p99_ms: 50\n").unwrap();
+        assert_eq!(
+            lenient.broken_by(&s),
+            vec!["decided p99 80.0 ms (at most 50 ms allowed)".to_string()]
+        );
     }
 }

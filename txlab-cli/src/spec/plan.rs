@@ -46,24 +46,50 @@ impl SeedPlan {
         let seed = Seed {
             wallets: customers
                 .iter()
-                .map(|c| Wallet { customer: c.clone(), balance: data.balance })
-                .chain([Wallet { customer: BROKE_CUSTOMER.into(), balance: 0 }])
+                .map(|c| Wallet {
+                    customer: c.clone(),
+                    balance: data.balance,
+                })
+                .chain([Wallet {
+                    customer: BROKE_CUSTOMER.into(),
+                    balance: 0,
+                }])
                 .collect(),
             stock: skus
                 .iter()
-                .map(|s| StockLevel { sku: s.clone(), available: data.stock })
+                .map(|s| StockLevel {
+                    sku: s.clone(),
+                    available: data.stock,
+                })
                 .chain([
-                    StockLevel { sku: SOLD_OUT_SKU.into(), available: 0 },
-                    StockLevel { sku: HOT_SKU.into(), available: data.hot_stock },
+                    StockLevel {
+                        sku: SOLD_OUT_SKU.into(),
+                        available: 0,
+                    },
+                    StockLevel {
+                        sku: HOT_SKU.into(),
+                        available: data.hot_stock,
+                    },
                 ])
                 .collect(),
             slots: slots
                 .iter()
-                .map(|s| Slot { slot: s.clone(), capacity: data.capacity })
-                .chain([Slot { slot: FULL_SLOT.into(), capacity: 0 }])
+                .map(|s| Slot {
+                    slot: s.clone(),
+                    capacity: data.capacity,
+                })
+                .chain([Slot {
+                    slot: FULL_SLOT.into(),
+                    capacity: 0,
+                }])
                 .collect(),
         };
-        SeedPlan { seed, customers, skus, slots }
+        SeedPlan {
+            seed,
+            customers,
+            skus,
+            slots,
+        }
     }
 }
 
@@ -77,7 +103,10 @@ pub struct Plan {
 }
 
 fn invalid(path: &Path, message: impl Into<String>) -> SpecError {
-    SpecError::Invalid { path: path.to_path_buf(), message: message.into() }
+    SpecError::Invalid {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
 }
 
 impl Plan {
@@ -93,13 +122,20 @@ impl Plan {
         Plan::resolve(profile_path, profile, scenarios)
     }
 
-    pub fn resolve(profile_path: &Path, profile: Profile, scenarios: Vec<Scenario>) -> Result<Plan, SpecError> {
+    pub fn resolve(
+        profile_path: &Path,
+        profile: Profile,
+        scenarios: Vec<Scenario>,
+    ) -> Result<Plan, SpecError> {
         let p = profile_path;
         if profile.name.trim().is_empty() {
             return Err(invalid(p, "name: must not be empty"));
         }
         if profile.methods.is_empty() {
-            return Err(invalid(p, "methods: list at least one of twopc, tcc, outbox, saga_chor, saga_orch"));
+            return Err(invalid(
+                p,
+                "methods: list at least one of twopc, tcc, outbox, saga_chor, saga_orch",
+            ));
         }
         let unique: BTreeSet<_> = profile.methods.iter().map(|m| m.as_str()).collect();
         if unique.len() != profile.methods.len() {
@@ -109,20 +145,32 @@ impl Plan {
             return Err(invalid(p, "scenarios: list at least one scenario"));
         }
         if profile.replicas.is_empty() || profile.replicas.iter().any(|&r| r != 1) {
-            return Err(invalid(p, "replicas: this build runs one process per service; use [1]"));
+            return Err(invalid(
+                p,
+                "replicas: this build runs one process per service; use [1]",
+            ));
         }
         if !(1..=100).contains(&profile.repetitions) {
             return Err(invalid(p, "repetitions: must be between 1 and 100"));
         }
         let load = &profile.load;
         if !(load.rate > 0.0 && load.rate <= 10_000.0) {
-            return Err(invalid(p, format!("load.rate: must be above 0 and at most 10000 orders/s, got {}", load.rate)));
+            return Err(invalid(
+                p,
+                format!(
+                    "load.rate: must be above 0 and at most 10000 orders/s, got {}",
+                    load.rate
+                ),
+            ));
         }
         if !(load.duration_s > 0.0 && load.duration_s <= 3_600.0) {
             return Err(invalid(p, "load.duration_s: must be above 0 and at most 3600"));
         }
         if !(load.warmup_s >= 0.0 && load.warmup_s < load.duration_s) {
-            return Err(invalid(p, "load.warmup_s: must be at least 0 and shorter than load.duration_s"));
+            return Err(invalid(
+                p,
+                "load.warmup_s: must be at least 0 and shorter than load.duration_s",
+            ));
         }
         if load.max_in_flight == 0 {
             return Err(invalid(p, "load.max_in_flight: must be at least 1"));
@@ -131,8 +179,18 @@ impl Plan {
             return Err(invalid(p, "quiesce_timeout_s: must be above 0 and at most 600"));
         }
         let d = &profile.seed_data;
-        if d.customers == 0 || d.skus == 0 || d.slots == 0 || d.balance < 0 || d.stock < 0 || d.capacity < 0 || d.hot_stock < 0 {
-            return Err(invalid(p, "seed_data: counts must be at least 1 and amounts not negative"));
+        if d.customers == 0
+            || d.skus == 0
+            || d.slots == 0
+            || d.balance < 0
+            || d.stock < 0
+            || d.capacity < 0
+            || d.hot_stock < 0
+        {
+            return Err(invalid(
+                p,
+                "seed_data: counts must be at least 1 and amounts not negative",
+            ));
         }
         let seed = SeedPlan::new(d);
         for s in &scenarios {
@@ -154,7 +212,12 @@ impl Plan {
                 }
             }
         }
-        Ok(Plan { profile_path: profile_path.to_path_buf(), profile, cells, seed })
+        Ok(Plan {
+            profile_path: profile_path.to_path_buf(),
+            profile,
+            cells,
+            seed,
+        })
     }
 }
 
@@ -174,19 +237,28 @@ fn load_scenario(profile_path: &Path, dir: &Path, name: &str) -> Result<Scenario
             format!(
                 "scenarios: unknown scenario `{name}` (no {}); known scenarios: {}",
                 path.display(),
-                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
             ),
         ));
     }
     let scenario: Scenario = load_yaml(&path)?;
     if scenario.name != name {
-        return Err(invalid(&path, format!("name: is `{}` but the file is named `{name}.yaml`", scenario.name)));
+        return Err(invalid(
+            &path,
+            format!("name: is `{}` but the file is named `{name}.yaml`", scenario.name),
+        ));
     }
     if let Some(f) = &scenario.fault {
         FaultSpec::parse(f).map_err(|e| invalid(&path, format!("fault: {e}")))?;
     }
     if let Some(f) = &scenario.standing_fault {
-        f.fault.validate().map_err(|e| invalid(&path, format!("standing_fault: {e}")))?;
+        f.fault
+            .validate()
+            .map_err(|e| invalid(&path, format!("standing_fault: {e}")))?;
     }
     if scenario.cancel_after_ms.is_some_and(|ms| ms > 60_000) {
         return Err(invalid(&path, "cancel_after_ms: at most 60000"));
@@ -196,19 +268,44 @@ fn load_scenario(profile_path: &Path, dir: &Path, name: &str) -> Result<Scenario
 
 fn check_template(profile_path: &Path, s: &Scenario, seed: &SeedPlan) -> Result<(), SpecError> {
     let t = &s.order;
-    let known = |v: &str, pool: &[String], special: &str| v == "any" || v == special || pool.iter().any(|x| x == v);
+    let known =
+        |v: &str, pool: &[String], special: &str| v == "any" || v == special || pool.iter().any(|x| x == v);
     let place = |field: &str| format!("scenario {}: order.{field}", s.name);
     if !known(&t.customer, &seed.customers, BROKE_CUSTOMER) {
-        return Err(invalid(profile_path, format!("{}: `{}` is not seeded; use any, {BROKE_CUSTOMER} or c00000..", place("customer"), t.customer)));
+        return Err(invalid(
+            profile_path,
+            format!(
+                "{}: `{}` is not seeded; use any, {BROKE_CUSTOMER} or c00000..",
+                place("customer"),
+                t.customer
+            ),
+        ));
     }
     if !(known(&t.sku, &seed.skus, SOLD_OUT_SKU) || t.sku == HOT_SKU) {
-        return Err(invalid(profile_path, format!("{}: `{}` is not seeded; use any, {SOLD_OUT_SKU}, {HOT_SKU} or sku-0000..", place("sku"), t.sku)));
+        return Err(invalid(
+            profile_path,
+            format!(
+                "{}: `{}` is not seeded; use any, {SOLD_OUT_SKU}, {HOT_SKU} or sku-0000..",
+                place("sku"),
+                t.sku
+            ),
+        ));
     }
     if !known(&t.slot, &seed.slots, FULL_SLOT) {
-        return Err(invalid(profile_path, format!("{}: `{}` is not seeded; use any, {FULL_SLOT} or slot-000..", place("slot"), t.slot)));
+        return Err(invalid(
+            profile_path,
+            format!(
+                "{}: `{}` is not seeded; use any, {FULL_SLOT} or slot-000..",
+                place("slot"),
+                t.slot
+            ),
+        ));
     }
     if !(1..=20).contains(&t.max_lines) {
-        return Err(invalid(profile_path, format!("{}: must be between 1 and 20", place("max_lines"))));
+        return Err(invalid(
+            profile_path,
+            format!("{}: must be between 1 and 20", place("max_lines")),
+        ));
     }
     Ok(())
 }
@@ -233,23 +330,39 @@ mod tests {
         let ids: Vec<_> = plan.cells.iter().map(|c| c.id.as_str()).collect();
         assert_eq!(ids, ["saga_orch-happy-r1-1", "saga_orch-happy-r1-2"]);
         // Every cell is seeded with the failure entities scenarios rely on.
-        assert!(plan.seed.seed.wallets.iter().any(|w| w.customer == BROKE_CUSTOMER && w.balance == 0));
+        assert!(plan
+            .seed
+            .seed
+            .wallets
+            .iter()
+            .any(|w| w.customer == BROKE_CUSTOMER && w.balance == 0));
         assert_eq!(plan.seed.seed.wallets.len(), 201);
     }
 
     #[test]
     fn repeated_methods_and_bad_load_are_refused_with_the_field() {
-        let e = plan(&PROFILE.replace("[saga_orch]", "[saga_orch, saga_orch]"), HAPPY).unwrap_err().to_string();
+        let e = plan(&PROFILE.replace("[saga_orch]", "[saga_orch, saga_orch]"), HAPPY)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("methods: a method is listed twice"), "{e}");
-        let e = plan(&PROFILE.replace("rate: 5", "rate: 0"), HAPPY).unwrap_err().to_string();
+        let e = plan(&PROFILE.replace("rate: 5", "rate: 0"), HAPPY)
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("p.yaml: load.rate:"), "{e}");
-        let e = plan(&PROFILE.replace("duration_s: 2", "duration_s: 2, warmup_s: 3"), HAPPY).unwrap_err().to_string();
+        let e = plan(
+            &PROFILE.replace("duration_s: 2", "duration_s: 2, warmup_s: 3"),
+            HAPPY,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("load.warmup_s"), "{e}");
     }
 
     #[test]
     fn unseeded_names_in_a_scenario_are_refused() {
-        let e = plan(PROFILE, &format!("{HAPPY}order: {{customer: alice}}\n")).unwrap_err().to_string();
+        let e = plan(PROFILE, &format!("{HAPPY}order: {{customer: alice}}\n"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("order.customer: `alice` is not seeded"), "{e}");
     }
 
@@ -259,8 +372,13 @@ mod tests {
         std::fs::create_dir_all(dir.join("scenarios")).unwrap();
         std::fs::write(dir.join("scenarios/happy.yaml"), HAPPY).unwrap();
         std::fs::write(dir.join("p.yaml"), PROFILE.replace("[happy]", "[happy, hapy]")).unwrap();
-        let e = Plan::load(&dir.join("p.yaml"), &dir.join("scenarios")).unwrap_err().to_string();
+        let e = Plan::load(&dir.join("p.yaml"), &dir.join("scenarios"))
+            .unwrap_err()
+            .to_string();
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(e.contains("unknown scenario `hapy`") && e.contains("known scenarios: happy"), "{e}");
+        assert!(
+            e.contains("unknown scenario `hapy`") && e.contains("known scenarios: happy"),
+            "{e}"
+        );
     }
 }

@@ -68,7 +68,14 @@ fn zero() -> Option<u64> {
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Thresholds { unexpected: zero(), dropped: zero(), undecided: zero(), errors: zero(), allow_unsettled: false, decided_p99_ms: None }
+        Thresholds {
+            unexpected: zero(),
+            dropped: zero(),
+            undecided: zero(),
+            errors: zero(),
+            allow_unsettled: false,
+            decided_p99_ms: None,
+        }
     }
 }
 
@@ -121,7 +128,15 @@ fn default_hot_stock() -> i64 {
 
 impl Default for SeedData {
     fn default() -> Self {
-        SeedData { customers: 200, balance: 10_000_000, skus: 50, stock: 100_000, slots: 20, capacity: 100_000, hot_stock: default_hot_stock() }
+        SeedData {
+            customers: 200,
+            balance: 10_000_000,
+            skus: 50,
+            stock: 100_000,
+            slots: 20,
+            capacity: 100_000,
+            hot_stock: default_hot_stock(),
+        }
     }
 }
 

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use txlab_api::order::OrderState;
 use txlab_api::fault::StandingFault;
+use txlab_api::order::OrderState;
 use txlab_api::{Role, TxMode};
 
 /// `scenarios/<name>.yaml`
@@ -82,6 +82,11 @@ fn default_max_lines() -> u32 {
 
 impl Default for OrderTemplate {
     fn default() -> Self {
-        OrderTemplate { customer: any(), sku: any(), slot: any(), max_lines: default_max_lines() }
+        OrderTemplate {
+            customer: any(),
+            sku: any(),
+            slot: any(),
+            max_lines: default_max_lines(),
+        }
     }
 }

@@ -45,21 +45,32 @@ pub fn parse_yaml<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, Spe
         }
         // It may also start with its own (less precise) path: keep ours.
         if let Some((head, rest)) = message.split_once(": ") {
-            if !head.is_empty() && head.chars().all(|c| c.is_ascii_alphanumeric() || "_.[]-".contains(c)) {
+            if !head.is_empty()
+                && head
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.[]-".contains(c))
+            {
                 message = rest.to_string();
             }
         }
         SpecError::Parse {
             path: path.to_path_buf(),
             location,
-            field: if field == "." || field.is_empty() { String::new() } else { format!("{field}: ") },
+            field: if field == "." || field.is_empty() {
+                String::new()
+            } else {
+                format!("{field}: ")
+            },
             message,
         }
     })
 }
 
 pub fn load_yaml<T: DeserializeOwned>(path: &Path) -> Result<T, SpecError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     parse_yaml(path, &text)
 }
 
@@ -86,25 +97,37 @@ mod tests {
     fn a_typo_names_file_line_and_field() {
         let err = parse_yaml::<Outer>(Path::new("p.yaml"), "name: x\nload:\n  rat: 3\n").unwrap_err();
         let text = err.to_string();
-        assert!(text.starts_with("p.yaml:3:3: load.rat: unknown field `rat`, expected `rate`"), "{text}");
+        assert!(
+            text.starts_with("p.yaml:3:3: load.rat: unknown field `rat`, expected `rate`"),
+            "{text}"
+        );
     }
 
     #[test]
     fn a_wrong_type_names_the_field() {
         let err = parse_yaml::<Outer>(Path::new("p.yaml"), "name: x\nload:\n  rate: fast\n").unwrap_err();
         let text = err.to_string();
-        assert!(text.starts_with("p.yaml:3:9: load.rate: invalid type: string \"fast\""), "{text}");
+        assert!(
+            text.starts_with("p.yaml:3:9: load.rate: invalid type: string \"fast\""),
+            "{text}"
+        );
     }
 
     #[test]
     fn broken_yaml_names_the_line() {
         let err = parse_yaml::<Outer>(Path::new("p.yaml"), "name: x\nload:\n  rate: \"3\n").unwrap_err();
-        assert!(err.to_string().starts_with("p.yaml:4:1: ") && err.to_string().contains("end of stream"), "{err}");
+        assert!(
+            err.to_string().starts_with("p.yaml:4:1: ") && err.to_string().contains("end of stream"),
+            "{err}"
+        );
     }
 
     #[test]
     fn a_missing_file_says_which() {
         let err = load_yaml::<Outer>(Path::new("/nonexistent/p.yaml")).unwrap_err();
-        assert!(err.to_string().starts_with("cannot read /nonexistent/p.yaml"), "{err}");
+        assert!(
+            err.to_string().starts_with("cannot read /nonexistent/p.yaml"),
+            "{err}"
+        );
     }
 }

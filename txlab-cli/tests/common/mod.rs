@@ -31,9 +31,12 @@ pub async fn deployed(name: &str) -> (LocalPlatform, Endpoints, PathBuf) {
 /// The local platform with the services deployed for `method`.
 pub async fn deployed_with(name: &str, method: txlab_api::TxMode) -> (LocalPlatform, Endpoints, PathBuf) {
     let dir = temp_dir(name);
-    let mut p = LocalPlatform::start(LocalOptions { log_dir: dir.join("logs"), ..Default::default() })
-        .await
-        .expect("local platform starts (needs PostgreSQL and tansu: run `make setup`)");
+    let mut p = LocalPlatform::start(LocalOptions {
+        log_dir: dir.join("logs"),
+        ..Default::default()
+    })
+    .await
+    .expect("local platform starts (needs PostgreSQL and tansu: run `make setup`)");
     let e = p.deploy(method).await.expect("services start");
     (p, e, dir)
 }
@@ -44,8 +47,20 @@ pub async fn reset_and_seed(client: &reqwest::Client, e: &Endpoints, seed: &txla
     let epoch = serde_json::json!({ "epoch": uuid::Uuid::new_v4().to_string() });
     for role in txlab_api::Role::ALL {
         let url = e.url(role).unwrap();
-        assert!(client.post(format!("{url}/admin/reset")).json(&epoch).send().await.unwrap().status().is_success());
-        let r = client.post(format!("{url}/admin/seed")).json(seed).send().await.unwrap();
+        assert!(client
+            .post(format!("{url}/admin/reset"))
+            .json(&epoch)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success());
+        let r = client
+            .post(format!("{url}/admin/seed"))
+            .json(seed)
+            .send()
+            .await
+            .unwrap();
         assert!(r.status().is_success(), "{role} seed: {}", r.status());
     }
 }
@@ -55,7 +70,10 @@ pub async fn reset_and_seed(client: &reqwest::Client, e: &Endpoints, seed: &txla
 pub async fn wait_decided(client: &reqwest::Client, order_url: &str, id: &str) -> serde_json::Value {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let r = client.get(format!("{order_url}/orders/{id}?wait_ms=5000")).send().await;
+        let r = client
+            .get(format!("{order_url}/orders/{id}?wait_ms=5000"))
+            .send()
+            .await;
         if let Ok(r) = r {
             if let Ok(v) = r.json::<serde_json::Value>().await {
                 if matches!(v["state"].as_str(), Some("confirmed" | "rejected" | "cancelled")) {
@@ -63,7 +81,10 @@ pub async fn wait_decided(client: &reqwest::Client, order_url: &str, id: &str) -
                 }
             }
         }
-        assert!(std::time::Instant::now() < deadline, "order {id} was not decided within a minute");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "order {id} was not decided within a minute"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -74,7 +95,10 @@ pub fn plan(profile: &str) -> Plan {
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
 }
 
 /// GETs `url` and decodes its JSON reply.
@@ -86,10 +110,16 @@ pub async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value 
 pub fn children_of(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(child) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        let Some(child) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
         // The command name may hold spaces; the fields after its closing paren are fixed.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
         let ppid = rest.split_whitespace().nth(1).and_then(|s| s.parse::<u32>().ok());
         if ppid == Some(pid) {
             out.push(child);
@@ -117,7 +147,10 @@ pub fn alive(pid: u32, cmd: &str) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|b| String::from_utf8_lossy(&b).replace('\0', " ") == cmd)
         .unwrap_or(false)
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
 }
 
 /// Waits (up to `timeout`) until the lab has settled, then audits what it
@@ -129,23 +162,39 @@ pub async fn settle_and_audit(
     seed: &txlab_api::admin::Seed,
     timeout: Duration,
 ) -> (Snapshots, Vec<String>, AuditReport) {
-    let reader = Reader::connect(e).await.expect("the audit reaches every database");
-    let (snaps, _, unsettled) = quiesce(&reader, method, timeout).await.expect("the audit reads every database");
+    let reader = Reader::connect(e)
+        .await
+        .expect("the audit reaches every database");
+    let (snaps, _, unsettled) = quiesce(&reader, method, timeout)
+        .await
+        .expect("the audit reads every database");
     let report = check(seed, &snaps, method, None);
     (snaps, unsettled, report)
 }
 
 /// A direct connection to `role`'s database, to inspect or tamper with it.
 pub async fn db(e: &Endpoints, role: txlab_api::Role) -> sqlx::PgConnection {
-    sqlx::PgConnection::connect(e.database(role).unwrap()).await.unwrap()
+    sqlx::PgConnection::connect(e.database(role).unwrap())
+        .await
+        .unwrap()
 }
 
 /// `POST /orders` with an optional `X-Txlab-Fault` header; returns the new order's id.
-pub async fn create_order(client: &reqwest::Client, e: &Endpoints, order: &serde_json::Value, fault: Option<&str>) -> String {
-    let mut req = client.post(format!("{}/orders", e.url(txlab_api::Role::Order).unwrap())).json(order);
+pub async fn create_order(
+    client: &reqwest::Client,
+    e: &Endpoints,
+    order: &serde_json::Value,
+    fault: Option<&str>,
+) -> String {
+    let mut req = client
+        .post(format!("{}/orders", e.url(txlab_api::Role::Order).unwrap()))
+        .json(order);
     if let Some(f) = fault {
         req = req.header(txlab_api::fault::FAULT_HEADER, f);
     }
     let created: serde_json::Value = req.send().await.unwrap().json().await.unwrap();
-    created["id"].as_str().expect("the order was accepted").to_string()
+    created["id"]
+        .as_str()
+        .expect("the order was accepted")
+        .to_string()
 }

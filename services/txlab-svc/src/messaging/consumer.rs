@@ -58,7 +58,12 @@ impl Offsets {
 
     /// Records that everything before `next` is done (never moves backwards).
     async fn store(&self, partition: i32, next: i64) -> sqlx::Result<()> {
-        self.save(partition, next, "GREATEST(consumer_offsets.next_offset, EXCLUDED.next_offset)").await
+        self.save(
+            partition,
+            next,
+            "GREATEST(consumer_offsets.next_offset, EXCLUDED.next_offset)",
+        )
+        .await
     }
 
     async fn save(&self, partition: i32, next: i64, on_conflict: &str) -> sqlx::Result<()> {
@@ -92,14 +97,19 @@ pub async fn assigned(brokers: &str, offsets: &Offsets) -> anyhow::Result<Stream
     let consumer = crate::messaging::kafka::consumer(brokers, &format!("txlab-{}", offsets.consumer))?;
     let timeout = Duration::from_secs(10);
     let metadata = consumer.fetch_metadata(Some(offsets.topic), timeout)?;
-    let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
+    let partitions = metadata
+        .topics()
+        .first()
+        .map(|t| t.partitions().len())
+        .unwrap_or(0);
     anyhow::ensure!(partitions > 0, "topic {} has no partitions", offsets.topic);
-    let stored: Vec<(i32, i64)> =
-        sqlx::query_as("SELECT partition, next_offset FROM consumer_offsets WHERE consumer = $1 AND topic = $2")
-            .bind(offsets.consumer)
-            .bind(offsets.topic)
-            .fetch_all(&offsets.pool)
-            .await?;
+    let stored: Vec<(i32, i64)> = sqlx::query_as(
+        "SELECT partition, next_offset FROM consumer_offsets WHERE consumer = $1 AND topic = $2",
+    )
+    .bind(offsets.consumer)
+    .bind(offsets.topic)
+    .fetch_all(&offsets.pool)
+    .await?;
     let stored: BTreeMap<i32, i64> = stored.into_iter().collect();
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions as i32 {
@@ -133,8 +143,13 @@ pub async fn assigned(brokers: &str, offsets: &Offsets) -> anyhow::Result<Stream
 }
 
 /// Hands every decoded message to `handle` until `stop` is raised.
-pub async fn consume<T, F, Fut>(consumer: StreamConsumer, offsets: Offsets, metrics: std::sync::Arc<Metrics>, stop: watch::Receiver<bool>, handle: F)
-where
+pub async fn consume<T, F, Fut>(
+    consumer: StreamConsumer,
+    offsets: Offsets,
+    metrics: std::sync::Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+    handle: F,
+) where
     T: DeserializeOwned + Send + 'static,
     F: Fn(T) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
@@ -144,7 +159,14 @@ where
     let workers: Vec<mpsc::Sender<OwnedMessage>> = (0..WORKERS)
         .map(|_| {
             let (tx, rx) = mpsc::channel::<OwnedMessage>(64);
-            tokio::spawn(work(rx, done_tx.clone(), offsets.clone(), metrics.clone(), stop.clone(), handle.clone()));
+            tokio::spawn(work(
+                rx,
+                done_tx.clone(),
+                offsets.clone(),
+                metrics.clone(),
+                stop.clone(),
+                handle.clone(),
+            ));
             tx
         })
         .collect();
@@ -216,18 +238,29 @@ async fn work<T, F, Fut>(
                         Err(err) => {
                             attempt += 1;
                             if attempt >= MAX_EVENT_ATTEMPTS {
-                                tracing::error!(error = format!("{err:#}"), attempt, what, "event failed every attempt; dead-lettering it");
+                                tracing::error!(
+                                    error = format!("{err:#}"),
+                                    attempt,
+                                    what,
+                                    "event failed every attempt; dead-lettering it"
+                                );
                                 if !dead_letter(&offsets, &msg, &format!("{err:#}"), attempt, &stop).await {
                                     return; // stopping before it was stored: redelivered after restart
                                 }
                                 metrics.event(what, "dead_lettered");
                                 break;
                             }
-                            tracing::warn!(error = format!("{err:#}"), attempt, what, "handling an event failed; retrying");
+                            tracing::warn!(
+                                error = format!("{err:#}"),
+                                attempt,
+                                what,
+                                "handling an event failed; retrying"
+                            );
                             if *stop.borrow() {
                                 return; // not marked done: redelivered after restart
                             }
-                            let delay = txlab_tx::retry::Backoff::UNTIL_DONE.delay(attempt, &mut rand::thread_rng());
+                            let delay =
+                                txlab_tx::retry::Backoff::UNTIL_DONE.delay(attempt, &mut rand::thread_rng());
                             tokio::time::sleep(delay).await;
                         }
                     }
@@ -246,9 +279,18 @@ async fn work<T, F, Fut>(
 /// Stores a poison message in `dead_letters` and on the dead-letter topic
 /// (one transaction), retrying until that works or the service stops;
 /// returns whether it was stored.
-async fn dead_letter(offsets: &Offsets, msg: &OwnedMessage, error: &str, attempts: u32, stop: &watch::Receiver<bool>) -> bool {
+async fn dead_letter(
+    offsets: &Offsets,
+    msg: &OwnedMessage,
+    error: &str,
+    attempts: u32,
+    stop: &watch::Receiver<bool>,
+) -> bool {
     let key = msg.key().map(|k| String::from_utf8_lossy(k).into_owned());
-    let event: serde_json::Value = msg.payload().and_then(|p| serde_json::from_slice(p).ok()).unwrap_or_default();
+    let event: serde_json::Value = msg
+        .payload()
+        .and_then(|p| serde_json::from_slice(p).ok())
+        .unwrap_or_default();
     loop {
         match store_dead_letter(offsets, key.as_deref(), &event, error, attempts).await {
             Ok(()) => return true,
@@ -261,7 +303,13 @@ async fn dead_letter(offsets: &Offsets, msg: &OwnedMessage, error: &str, attempt
     }
 }
 
-async fn store_dead_letter(offsets: &Offsets, key: Option<&str>, event: &serde_json::Value, error: &str, attempts: u32) -> sqlx::Result<()> {
+async fn store_dead_letter(
+    offsets: &Offsets,
+    key: Option<&str>,
+    event: &serde_json::Value,
+    error: &str,
+    attempts: u32,
+) -> sqlx::Result<()> {
     let letter = serde_json::json!({ "consumer": offsets.consumer, "topic": offsets.topic, "error": error, "event": event });
     let mut tx = offsets.pool.begin().await?;
     sqlx::query("INSERT INTO dead_letters (consumer, topic, key, event, error, attempts, at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)")
@@ -274,6 +322,12 @@ async fn store_dead_letter(offsets: &Offsets, key: Option<&str>, event: &serde_j
         .bind(txlab_tx::now_ms())
         .execute(&mut *tx)
         .await?;
-    crate::messaging::outbox::enqueue(&mut tx, txlab_api::event::DEAD_LETTER_TOPIC, key.unwrap_or(""), &letter).await?;
+    crate::messaging::outbox::enqueue(
+        &mut tx,
+        txlab_api::event::DEAD_LETTER_TOPIC,
+        key.unwrap_or(""),
+        &letter,
+    )
+    .await?;
     tx.commit().await
 }

@@ -10,11 +10,12 @@ use sqlx::PgConnection;
 /// Records `message_id`; returns false when it was seen before, in which case
 /// the caller must skip the effect.
 pub async fn first_delivery(conn: &mut PgConnection, message_id: &str) -> sqlx::Result<bool> {
-    let inserted = sqlx::query("INSERT INTO inbox (message_id, received_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-        .bind(message_id)
-        .bind(txlab_tx::now_ms())
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
+    let inserted =
+        sqlx::query("INSERT INTO inbox (message_id, received_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(message_id)
+            .bind(txlab_tx::now_ms())
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
     Ok(inserted == 1)
 }

@@ -37,7 +37,12 @@ pub enum RelayError {
 
 /// Writes an event with the caller's transaction and wakes the relays when
 /// that transaction commits (NOTIFY is delivered at commit).
-pub async fn enqueue(conn: &mut PgConnection, topic: &str, key: &str, payload: &serde_json::Value) -> sqlx::Result<()> {
+pub async fn enqueue(
+    conn: &mut PgConnection,
+    topic: &str,
+    key: &str,
+    payload: &serde_json::Value,
+) -> sqlx::Result<()> {
     sqlx::query("INSERT INTO outbox (topic, key, payload, created_ms) VALUES ($1, $2, $3, $4)")
         .bind(topic)
         .bind(key)
@@ -45,7 +50,10 @@ pub async fn enqueue(conn: &mut PgConnection, topic: &str, key: &str, payload: &
         .bind(txlab_tx::now_ms())
         .execute(&mut *conn)
         .await?;
-    sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL).execute(&mut *conn).await?;
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(CHANNEL)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
@@ -76,9 +84,16 @@ impl Relay {
         for (id, topic, key, payload) in &rows {
             let body = payload.to_string();
             self.producer
-                .send(FutureRecord::to(topic).key(key).payload(&body), Duration::from_secs(10))
+                .send(
+                    FutureRecord::to(topic).key(key).payload(&body),
+                    Duration::from_secs(10),
+                )
                 .await
-                .map_err(|(source, _)| RelayError::Publish { id: *id, topic: topic.clone(), source })?;
+                .map_err(|(source, _)| RelayError::Publish {
+                    id: *id,
+                    topic: topic.clone(),
+                    source,
+                })?;
             ids.push(*id);
         }
         sqlx::query("UPDATE outbox SET published_ms = $1 WHERE id = ANY($2)")

@@ -36,7 +36,11 @@ pub async fn start<P: Participant>(
         poll_every: Duration::from_millis(500),
     };
     let relay_task = tokio::spawn(relay.run(crate::stopped(stop.clone())));
-    let offsets = crate::messaging::consumer::Offsets { pool: state.pool.clone(), consumer: P::ROLE.as_str(), topic: CHECKOUT_TOPIC };
+    let offsets = crate::messaging::consumer::Offsets {
+        pool: state.pool.clone(),
+        consumer: P::ROLE.as_str(),
+        topic: CHECKOUT_TOPIC,
+    };
     let consumer = crate::messaging::consumer::assigned(brokers, &offsets).await?;
     let consumer_task = tokio::spawn(async move {
         let metrics = state.metrics.clone();
@@ -65,8 +69,14 @@ pub async fn fire_once(state: &AppState, event: &CheckoutEvent, point: FaultPoin
 }
 
 #[tracing::instrument(skip_all, fields(order_id = %event.order_id, role = %P::ROLE, event = ?event.kind))]
-async fn handle<P: Participant>(state: &AppState, method: TxMode, event: CheckoutEvent) -> anyhow::Result<()> {
-    let Some(reaction) = react(method, P::STEP, &event.kind) else { return Ok(()) };
+async fn handle<P: Participant>(
+    state: &AppState,
+    method: TxMode,
+    event: CheckoutEvent,
+) -> anyhow::Result<()> {
+    let Some(reaction) = react(method, P::STEP, &event.kind) else {
+        return Ok(());
+    };
     fire_once(state, &event, FaultPoint::BeforeDb).await?;
     let mut tx = state.pool.begin().await?;
     if !crate::epoch::current_epoch(&mut tx, &event.epoch).await? {
@@ -78,11 +88,13 @@ async fn handle<P: Participant>(state: &AppState, method: TxMode, event: Checkou
     }
     let step = P::STEP;
     let kind = match reaction {
-        Reaction::Apply => match apply_in::<P>(&mut tx, event.order_id, &P::request_for(&event.order)).await {
-            Ok(_) => CheckoutKind::Applied { step },
-            Err(ApiError::Refused { code, .. }) => CheckoutKind::Rejected { step, reason: code },
-            Err(e) => return Err(anyhow::Error::new(e)),
-        },
+        Reaction::Apply => {
+            match apply_in::<P>(&mut tx, event.order_id, &P::request_for(&event.order)).await {
+                Ok(_) => CheckoutKind::Applied { step },
+                Err(ApiError::Refused { code, .. }) => CheckoutKind::Rejected { step, reason: code },
+                Err(e) => return Err(anyhow::Error::new(e)),
+            }
+        }
         Reaction::Compensate => {
             compensate_in::<P>(&mut tx, event.order_id).await?;
             CheckoutKind::Compensated { step }
@@ -109,7 +121,14 @@ async fn handle<P: Participant>(state: &AppState, method: TxMode, event: Checkou
         CheckoutKind::Rejected { .. } => "rejected",
         _ => "compensated",
     };
-    state.metrics.event(if reaction == Reaction::Apply { "step" } else { "compensation" }, label);
+    state.metrics.event(
+        if reaction == Reaction::Apply {
+            "step"
+        } else {
+            "compensation"
+        },
+        label,
+    );
     tracing::info!(outcome = label, "event handled");
     fire_once(state, &event, FaultPoint::AfterDb).await
 }

@@ -40,7 +40,9 @@ impl Fence {
         }
         Err(ApiError::Conflict {
             code: STALE_EPOCH,
-            message: format!("the call belongs to lab epoch `{theirs}`, but this service is in `{ours}` (reset since)"),
+            message: format!(
+                "the call belongs to lab epoch `{theirs}`, but this service is in `{ours}` (reset since)"
+            ),
         })
     }
 }

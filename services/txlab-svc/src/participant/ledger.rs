@@ -9,7 +9,12 @@ use uuid::Uuid;
 
 use super::{Participant, Refusal};
 
-async fn append<P: Participant>(conn: &mut PgConnection, order_id: Uuid, op: LedgerOp, req: &P::Request) -> sqlx::Result<()> {
+async fn append<P: Participant>(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    op: LedgerOp,
+    req: &P::Request,
+) -> sqlx::Result<()> {
     let (items, qty): (Vec<String>, Vec<i64>) = P::items(req).into_iter().unzip();
     sqlx::query(
         "INSERT INTO ledger (order_id, op, item, qty, at_ms) \
@@ -26,7 +31,11 @@ async fn append<P: Participant>(conn: &mut PgConnection, order_id: Uuid, op: Led
 }
 
 /// Holds the order's items, or refuses (and then appends nothing).
-pub async fn hold<P: Participant>(conn: &mut PgConnection, order_id: Uuid, req: &P::Request) -> sqlx::Result<Result<(), Refusal>> {
+pub async fn hold<P: Participant>(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    req: &P::Request,
+) -> sqlx::Result<Result<(), Refusal>> {
     let held = P::hold(&mut *conn, req).await?;
     if held.is_ok() {
         append::<P>(conn, order_id, LedgerOp::Hold, req).await?;
@@ -35,19 +44,31 @@ pub async fn hold<P: Participant>(conn: &mut PgConnection, order_id: Uuid, req: 
 }
 
 /// Takes held items for good.
-pub async fn capture<P: Participant>(conn: &mut PgConnection, order_id: Uuid, req: &P::Request) -> sqlx::Result<()> {
+pub async fn capture<P: Participant>(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    req: &P::Request,
+) -> sqlx::Result<()> {
     P::capture(&mut *conn, req).await?;
     append::<P>(conn, order_id, LedgerOp::Capture, req).await
 }
 
 /// Lets held items go.
-pub async fn release<P: Participant>(conn: &mut PgConnection, order_id: Uuid, req: &P::Request) -> sqlx::Result<()> {
+pub async fn release<P: Participant>(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    req: &P::Request,
+) -> sqlx::Result<()> {
     P::release(&mut *conn, req).await?;
     append::<P>(conn, order_id, LedgerOp::Release, req).await
 }
 
 /// Gives captured items back.
-pub async fn restore<P: Participant>(conn: &mut PgConnection, order_id: Uuid, req: &P::Request) -> sqlx::Result<()> {
+pub async fn restore<P: Participant>(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    req: &P::Request,
+) -> sqlx::Result<()> {
     P::restore(&mut *conn, req).await?;
     append::<P>(conn, order_id, LedgerOp::Restore, req).await
 }

@@ -88,8 +88,8 @@ use uuid::Uuid;
 
 use crate::faults::Faults;
 use crate::http::ApiError;
-pub use fence::Fence;
 use crate::roles::AppState;
+pub use fence::Fence;
 
 /// A refusal on business grounds, e.g. insufficient funds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,20 +142,30 @@ pub trait Participant: Send + Sync + 'static {
     /// Holds the resources, or refuses. A refusal may leave partial changes:
     /// callers run this inside a savepoint. Call it (and the three below)
     /// through [`ledger`], which records what moved.
-    fn hold(conn: &mut PgConnection, req: &Self::Request) -> impl Future<Output = sqlx::Result<Result<(), Refusal>>> + Send;
+    fn hold(
+        conn: &mut PgConnection,
+        req: &Self::Request,
+    ) -> impl Future<Output = sqlx::Result<Result<(), Refusal>>> + Send;
     /// Takes held resources for good.
-    fn capture(conn: &mut PgConnection, req: &Self::Request) -> impl Future<Output = sqlx::Result<()>> + Send;
+    fn capture(conn: &mut PgConnection, req: &Self::Request)
+        -> impl Future<Output = sqlx::Result<()>> + Send;
     /// Lets held resources go.
-    fn release(conn: &mut PgConnection, req: &Self::Request) -> impl Future<Output = sqlx::Result<()>> + Send;
+    fn release(conn: &mut PgConnection, req: &Self::Request)
+        -> impl Future<Output = sqlx::Result<()>> + Send;
     /// Gives captured resources back.
-    fn restore(conn: &mut PgConnection, req: &Self::Request) -> impl Future<Output = sqlx::Result<()>> + Send;
+    fn restore(conn: &mut PgConnection, req: &Self::Request)
+        -> impl Future<Output = sqlx::Result<()>> + Send;
 }
 
 /// A racing duplicate insert is retried this many times before giving up.
 const RACE_RETRIES: usize = 3;
 
 pub fn reply(order_id: Uuid, state: RecordState, repeated: bool) -> StepReply {
-    StepReply { order_id, state, repeated }
+    StepReply {
+        order_id,
+        state,
+        repeated,
+    }
 }
 
 /// The record of `order_id`, locked for the rest of the transaction.
@@ -172,13 +182,25 @@ impl Record {
     }
 }
 
-pub async fn lock_record<P: Participant>(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<Option<Record>> {
-    let row: Option<(String, Option<String>, serde_json::Value)> =
-        sqlx::query_as(&format!("SELECT state, reason, request FROM {} WHERE order_id = $1 FOR UPDATE", P::RECORDS))
-            .bind(order_id)
-            .fetch_optional(conn)
-            .await?;
-    row.map(|(state, reason, request)| Ok(Record { state: record_state(&state)?, reason, request })).transpose()
+pub async fn lock_record<P: Participant>(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+) -> sqlx::Result<Option<Record>> {
+    let row: Option<(String, Option<String>, serde_json::Value)> = sqlx::query_as(&format!(
+        "SELECT state, reason, request FROM {} WHERE order_id = $1 FOR UPDATE",
+        P::RECORDS
+    ))
+    .bind(order_id)
+    .fetch_optional(conn)
+    .await?;
+    row.map(|(state, reason, request)| {
+        Ok(Record {
+            state: record_state(&state)?,
+            reason,
+            request,
+        })
+    })
+    .transpose()
 }
 
 /// A record state read back from the database (a CHECK constraint keeps
@@ -209,7 +231,11 @@ pub async fn insert_record<P: Participant>(
 }
 
 /// Moves a record to `state`.
-pub async fn advance_record<P: Participant>(conn: &mut PgConnection, order_id: Uuid, state: RecordState) -> sqlx::Result<()> {
+pub async fn advance_record<P: Participant>(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    state: RecordState,
+) -> sqlx::Result<()> {
     sqlx::query(&format!(
         "UPDATE {} SET state = $2, updated_ms = $3 WHERE order_id = $1",
         P::RECORDS
@@ -225,19 +251,32 @@ pub async fn advance_record<P: Participant>(conn: &mut PgConnection, order_id: U
 /// Records a compensation that found nothing to undo, so a late forward
 /// call is refused.
 pub async fn void_record<P: Participant>(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<StepReply> {
-    insert_record::<P>(conn, order_id, RecordState::Voided, None, &serde_json::Value::Null).await?;
+    insert_record::<P>(
+        conn,
+        order_id,
+        RecordState::Voided,
+        None,
+        &serde_json::Value::Null,
+    )
+    .await?;
     Ok(reply(order_id, RecordState::Voided, false))
 }
 
 /// The refusal a forward call gets when the record says it may not run.
 pub fn refused_by_record(order_id: Uuid, record: &Record) -> ApiError {
     if record.state == RecordState::Rejected {
-        let code = record.reason.clone().unwrap_or_else(|| RecordState::Rejected.to_string());
+        let code = record
+            .reason
+            .clone()
+            .unwrap_or_else(|| RecordState::Rejected.to_string());
         return ApiError::refused(&code, format!("order {order_id} was refused before: {code}"));
     }
     ApiError::refused(
         txlab_api::participant::reasons::ALREADY_COMPENSATED,
-        format!("order {order_id} is already {}; the operation may not run after its compensation", record.state),
+        format!(
+            "order {order_id} is already {}; the operation may not run after its compensation",
+            record.state
+        ),
     )
 }
 
@@ -271,27 +310,42 @@ where
 {
     for _ in 0..RACE_RETRIES {
         match op().await {
-            Err(ApiError::Internal(e)) if e.downcast_ref::<sqlx::Error>().is_some_and(crate::db::is_unique_violation) => continue,
+            Err(ApiError::Internal(e))
+                if e.downcast_ref::<sqlx::Error>()
+                    .is_some_and(crate::db::is_unique_violation) =>
+            {
+                continue
+            }
             other => return other,
         }
     }
-    Err(ApiError::Unavailable("lost a race on the same order repeatedly; retry".into()))
+    Err(ApiError::Unavailable(
+        "lost a race on the same order repeatedly; retry".into(),
+    ))
 }
 
 /// What every participant endpoint does around its operation: faults
 /// before and after the database work, metrics and a log line.
-pub async fn around<F, Fut>(state: &AppState, faults: &Faults, op_name: &str, op: F) -> Result<Json<StepReply>, ApiError>
+pub async fn around<F, Fut>(
+    state: &AppState,
+    faults: &Faults,
+    op_name: &str,
+    op: F,
+) -> Result<Json<StepReply>, ApiError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<StepReply, ApiError>>,
 {
     faults.fire(FaultPoint::BeforeDb).await?;
     let result = with_race_retry(op).await;
-    state.metrics.event(op_name, match &result {
-        Ok(r) => r.state.as_str(),
-        Err(ApiError::Conflict { code, .. }) if *code == txlab_api::admin::STALE_EPOCH => code,
-        Err(_) => "refused",
-    });
+    state.metrics.event(
+        op_name,
+        match &result {
+            Ok(r) => r.state.as_str(),
+            Err(ApiError::Conflict { code, .. }) if *code == txlab_api::admin::STALE_EPOCH => code,
+            Err(_) => "refused",
+        },
+    );
     let out = result?;
     faults.fire(FaultPoint::AfterDb).await?;
     faults.fire(FaultPoint::BeforeReply).await?;
@@ -316,7 +370,12 @@ pub struct RecordRow {
 
 /// Sets each business row's starting amount and clears what it held.
 pub async fn seed<P: Participant>(conn: &mut PgConnection, rows: &[(&str, i64)]) -> sqlx::Result<usize> {
-    let BusinessTable { table, key, amount, held } = P::BUSINESS;
+    let BusinessTable {
+        table,
+        key,
+        amount,
+        held,
+    } = P::BUSINESS;
     let keys: Vec<&str> = rows.iter().map(|r| r.0).collect();
     let amounts: Vec<i64> = rows.iter().map(|r| r.1).collect();
     sqlx::query(&format!(
@@ -344,10 +403,13 @@ async fn record<P: Participant>(
     path: Result<Path<Uuid>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<RecordRow>, ApiError> {
     let Path(order_id) = path?;
-    sqlx::query_as(&format!("SELECT order_id, state, request FROM {} WHERE order_id = $1", P::RECORDS))
-        .bind(order_id)
-        .fetch_optional(&state.pool)
-        .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::NotFound(format!("no {} record for order {order_id}", P::ROLE)))
+    sqlx::query_as(&format!(
+        "SELECT order_id, state, request FROM {} WHERE order_id = $1",
+        P::RECORDS
+    ))
+    .bind(order_id)
+    .fetch_optional(&state.pool)
+    .await?
+    .map(Json)
+    .ok_or_else(|| ApiError::NotFound(format!("no {} record for order {order_id}", P::ROLE)))
 }

@@ -13,7 +13,11 @@ use super::*;
 /// Applies the step inside the caller's transaction (an HTTP call's own, or
 /// an event's together with its inbox and outbox rows). A refusal is
 /// recorded too and returned as `Err`, so the caller must still commit.
-pub async fn apply_in<P: Participant>(conn: &mut PgConnection, order_id: Uuid, req: &P::Request) -> Result<StepReply, ApiError> {
+pub async fn apply_in<P: Participant>(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    req: &P::Request,
+) -> Result<StepReply, ApiError> {
     if let Some(record) = lock_record::<P>(conn, order_id).await? {
         return match record.state {
             s if s == P::APPLIED => Ok(reply(order_id, s, true)),
@@ -28,7 +32,14 @@ pub async fn apply_in<P: Participant>(conn: &mut PgConnection, order_id: Uuid, r
             Ok(reply(order_id, P::APPLIED, false))
         }
         Err(refusal) => {
-            insert_record::<P>(conn, order_id, RecordState::Rejected, Some(refusal.code), &request).await?;
+            insert_record::<P>(
+                conn,
+                order_id,
+                RecordState::Rejected,
+                Some(refusal.code),
+                &request,
+            )
+            .await?;
             Err(ApiError::refused(refusal.code, refusal.message))
         }
     }
@@ -36,7 +47,10 @@ pub async fn apply_in<P: Participant>(conn: &mut PgConnection, order_id: Uuid, r
 
 /// Undoes whatever this participant holds or took for the order, inside
 /// the caller's transaction.
-pub async fn compensate_in<P: Participant>(conn: &mut PgConnection, order_id: Uuid) -> Result<StepReply, ApiError> {
+pub async fn compensate_in<P: Participant>(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+) -> Result<StepReply, ApiError> {
     Ok(match lock_record::<P>(conn, order_id).await? {
         None => void_record::<P>(conn, order_id).await?,
         Some(r) if r.state == P::APPLIED => {
@@ -53,7 +67,12 @@ pub async fn compensate_in<P: Participant>(conn: &mut PgConnection, order_id: Uu
     })
 }
 
-async fn apply_once<P: Participant>(pool: &PgPool, fence: &Fence, order_id: Uuid, req: &P::Request) -> Result<StepReply, ApiError> {
+async fn apply_once<P: Participant>(
+    pool: &PgPool,
+    fence: &Fence,
+    order_id: Uuid,
+    req: &P::Request,
+) -> Result<StepReply, ApiError> {
     let mut tx = pool.begin().await?;
     fence.check(&mut tx).await?;
     let out = apply_in::<P>(&mut tx, order_id, req).await;
@@ -64,7 +83,11 @@ async fn apply_once<P: Participant>(pool: &PgPool, fence: &Fence, order_id: Uuid
     out
 }
 
-async fn compensate_once<P: Participant>(pool: &PgPool, fence: &Fence, order_id: Uuid) -> Result<StepReply, ApiError> {
+async fn compensate_once<P: Participant>(
+    pool: &PgPool,
+    fence: &Fence,
+    order_id: Uuid,
+) -> Result<StepReply, ApiError> {
     let mut tx = pool.begin().await?;
     fence.check(&mut tx).await?;
     let out = compensate_in::<P>(&mut tx, order_id).await?;
@@ -77,6 +100,12 @@ participant_op!(fn compensate, P::UNDO_OP, |state, faults, fence, id| compensate
 
 pub fn routes<P: Participant>() -> Router<AppState> {
     Router::new()
-        .route(&format!("/{}/{{order_id}}/{}", P::COLLECTION, P::FORWARD_OP), post(forward::<P>))
-        .route(&format!("/{}/{{order_id}}/{}", P::COLLECTION, P::UNDO_OP), post(compensate::<P>))
+        .route(
+            &format!("/{}/{{order_id}}/{}", P::COLLECTION, P::FORWARD_OP),
+            post(forward::<P>),
+        )
+        .route(
+            &format!("/{}/{{order_id}}/{}", P::COLLECTION, P::UNDO_OP),
+            post(compensate::<P>),
+        )
 }

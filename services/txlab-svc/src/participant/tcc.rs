@@ -19,10 +19,19 @@ pub fn path<P: Participant>(op: &str) -> String {
 }
 
 fn conflict(order_id: Uuid, state: &dyn std::fmt::Display, op: &str) -> ApiError {
-    ApiError::Conflict { code: "wrong_state", message: format!("cannot {op} order {order_id}: its record is {state}") }
+    ApiError::Conflict {
+        code: "wrong_state",
+        message: format!("cannot {op} order {order_id}: its record is {state}"),
+    }
 }
 
-pub async fn try_once<P: Participant>(pool: &PgPool, faults: &Faults, fence: &Fence, order_id: Uuid, req: &P::Request) -> Result<StepReply, ApiError> {
+pub async fn try_once<P: Participant>(
+    pool: &PgPool,
+    faults: &Faults,
+    fence: &Fence,
+    order_id: Uuid,
+    req: &P::Request,
+) -> Result<StepReply, ApiError> {
     let mut tx = pool.begin().await?;
     fence.check(&mut tx).await?;
     if let Some(record) = lock_record::<P>(&mut tx, order_id).await? {
@@ -40,14 +49,26 @@ pub async fn try_once<P: Participant>(pool: &PgPool, faults: &Faults, fence: &Fe
             Ok(reply(order_id, RecordState::Tried, false))
         }
         Err(refusal) => {
-            insert_record::<P>(&mut tx, order_id, RecordState::Rejected, Some(refusal.code), &request).await?;
+            insert_record::<P>(
+                &mut tx,
+                order_id,
+                RecordState::Rejected,
+                Some(refusal.code),
+                &request,
+            )
+            .await?;
             tx.commit().await?;
             Err(ApiError::refused(refusal.code, refusal.message))
         }
     }
 }
 
-pub async fn confirm_once<P: Participant>(pool: &PgPool, faults: &Faults, fence: &Fence, order_id: Uuid) -> Result<StepReply, ApiError> {
+pub async fn confirm_once<P: Participant>(
+    pool: &PgPool,
+    faults: &Faults,
+    fence: &Fence,
+    order_id: Uuid,
+) -> Result<StepReply, ApiError> {
     let mut tx = pool.begin().await?;
     fence.check(&mut tx).await?;
     let out = match lock_record::<P>(&mut tx, order_id).await? {
@@ -65,7 +86,12 @@ pub async fn confirm_once<P: Participant>(pool: &PgPool, faults: &Faults, fence:
     Ok(out)
 }
 
-pub async fn cancel_once<P: Participant>(pool: &PgPool, faults: &Faults, fence: &Fence, order_id: Uuid) -> Result<StepReply, ApiError> {
+pub async fn cancel_once<P: Participant>(
+    pool: &PgPool,
+    faults: &Faults,
+    fence: &Fence,
+    order_id: Uuid,
+) -> Result<StepReply, ApiError> {
     let mut tx = pool.begin().await?;
     fence.check(&mut tx).await?;
     let out = match lock_record::<P>(&mut tx, order_id).await? {

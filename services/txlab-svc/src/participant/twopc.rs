@@ -56,7 +56,9 @@ async fn prepare_in<P: Participant>(
     order_id: Uuid,
     req: &P::Request,
 ) -> Result<StepReply, ApiError> {
-    sqlx::query(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")).execute(&mut *conn).await?;
+    sqlx::query(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+        .execute(&mut *conn)
+        .await?;
     fence.check(conn).await?;
     if let Err(refusal) = ledger::hold::<P>(conn, order_id, req).await? {
         return Err(ApiError::refused(refusal.code, refusal.message));
@@ -105,18 +107,27 @@ async fn prepare_to_end<P: Participant>(
     req: &P::Request,
 ) -> Result<StepReply, ApiError> {
     let mut conn = pool.acquire().await?;
-    let existing: Option<(String, Option<String>)> =
-        sqlx::query_as(&format!("SELECT state, reason FROM {} WHERE order_id = $1", P::RECORDS))
-            .bind(order_id)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let existing: Option<(String, Option<String>)> = sqlx::query_as(&format!(
+        "SELECT state, reason FROM {} WHERE order_id = $1",
+        P::RECORDS
+    ))
+    .bind(order_id)
+    .fetch_optional(&mut *conn)
+    .await?;
     if let Some((state, reason)) = existing {
         // Committed already (a repeated prepare), or compensated first.
         let state = record_state(&state)?;
         if state == P::APPLIED {
             return Ok(reply(order_id, state, true));
         }
-        return Err(refused_by_record(order_id, &Record { state, reason, request: serde_json::Value::Null }));
+        return Err(refused_by_record(
+            order_id,
+            &Record {
+                state,
+                reason,
+                request: serde_json::Value::Null,
+            },
+        ));
     }
     if is_prepared(&mut conn, &gid(P::ROLE, order_id)).await? {
         return Ok(reply(order_id, RecordState::Prepared, true));
@@ -127,8 +138,14 @@ async fn prepare_to_end<P: Participant>(
         Err(e) => {
             abandon(conn).await;
             match e {
-                ApiError::Internal(inner) if inner.downcast_ref::<sqlx::Error>().is_some_and(crate::db::is_lock_timeout) => {
-                    Err(ApiError::Unavailable("a row this branch needs is locked by another in-doubt branch".into()))
+                ApiError::Internal(inner)
+                    if inner
+                        .downcast_ref::<sqlx::Error>()
+                        .is_some_and(crate::db::is_lock_timeout) =>
+                {
+                    Err(ApiError::Unavailable(
+                        "a row this branch needs is locked by another in-doubt branch".into(),
+                    ))
                 }
                 other => Err(other),
             }
@@ -136,17 +153,26 @@ async fn prepare_to_end<P: Participant>(
     }
 }
 
-async fn commit_once<P: Participant>(pool: &PgPool, faults: &Faults, fence: &Fence, order_id: Uuid) -> Result<StepReply, ApiError> {
+async fn commit_once<P: Participant>(
+    pool: &PgPool,
+    faults: &Faults,
+    fence: &Fence,
+    order_id: Uuid,
+) -> Result<StepReply, ApiError> {
     faults.fire(FaultPoint::DuringCommit).await?;
     let mut conn = pool.acquire().await?;
     fence.check(&mut conn).await?;
-    match sqlx::query(&format!("COMMIT PREPARED '{}'", gid(P::ROLE, order_id))).execute(&mut *conn).await {
+    match sqlx::query(&format!("COMMIT PREPARED '{}'", gid(P::ROLE, order_id)))
+        .execute(&mut *conn)
+        .await
+    {
         Ok(_) => Ok(reply(order_id, P::APPLIED, false)),
         Err(e) if is_unknown_gid(&e) => {
-            let state: Option<String> = sqlx::query_scalar(&format!("SELECT state FROM {} WHERE order_id = $1", P::RECORDS))
-                .bind(order_id)
-                .fetch_optional(&mut *conn)
-                .await?;
+            let state: Option<String> =
+                sqlx::query_scalar(&format!("SELECT state FROM {} WHERE order_id = $1", P::RECORDS))
+                    .bind(order_id)
+                    .fetch_optional(&mut *conn)
+                    .await?;
             match state.as_deref().map(record_state).transpose()? {
                 Some(s) if s == P::APPLIED || s == P::UNDONE => Ok(reply(order_id, s, true)),
                 other => Err(ApiError::Conflict {
@@ -161,17 +187,26 @@ async fn commit_once<P: Participant>(pool: &PgPool, faults: &Faults, fence: &Fen
 
 /// Rolls the branch back if it is prepared, and leaves a `voided` record if
 /// nothing was ever prepared, so a late prepare is refused.
-pub async fn rollback_once<P: Participant>(pool: &PgPool, fence: &Fence, order_id: Uuid) -> Result<StepReply, ApiError> {
+pub async fn rollback_once<P: Participant>(
+    pool: &PgPool,
+    fence: &Fence,
+    order_id: Uuid,
+) -> Result<StepReply, ApiError> {
     let mut conn = pool.acquire().await?;
     fence.check(&mut conn).await?;
-    let rolled_back = match sqlx::query(&format!("ROLLBACK PREPARED '{}'", gid(P::ROLE, order_id))).execute(&mut *conn).await {
+    let rolled_back = match sqlx::query(&format!("ROLLBACK PREPARED '{}'", gid(P::ROLE, order_id)))
+        .execute(&mut *conn)
+        .await
+    {
         Ok(_) => true,
         Err(e) if is_unknown_gid(&e) => false,
         Err(e) => return Err(e.into()),
     };
     drop(conn);
     let mut tx = pool.begin().await?;
-    sqlx::query("SET LOCAL lock_timeout = '1s'").execute(&mut *tx).await?;
+    sqlx::query("SET LOCAL lock_timeout = '1s'")
+        .execute(&mut *tx)
+        .await?;
     let out = match lock_record::<P>(&mut tx, order_id).await {
         Ok(None) => void_record::<P>(&mut tx, order_id).await?,
         Ok(Some(r)) if r.state == P::APPLIED => {
@@ -182,7 +217,9 @@ pub async fn rollback_once<P: Participant>(pool: &PgPool, fence: &Fence, order_i
         }
         Ok(Some(r)) => reply(order_id, r.state, !rolled_back),
         // A prepare racing with this rollback holds the record's key: retry.
-        Err(e) if crate::db::is_lock_timeout(&e) => return Err(ApiError::Unavailable("branch is being prepared; retry".into())),
+        Err(e) if crate::db::is_lock_timeout(&e) => {
+            return Err(ApiError::Unavailable("branch is being prepared; retry".into()))
+        }
         Err(e) => return Err(e.into()),
     };
     tx.commit().await?;
@@ -203,7 +240,12 @@ pub fn routes<P: Participant>() -> Router<AppState> {
 /// Resolves in-doubt branches until `stop`: each prepared branch older than
 /// a few seconds is settled by the coordinator's logged decision (the
 /// coordinator presumes abort for a transaction it never decided).
-pub async fn recover<P: Participant>(pool: PgPool, http: reqwest::Client, order_url: String, stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn recover<P: Participant>(
+    pool: PgPool,
+    http: reqwest::Client,
+    order_url: String,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
     let stopped = crate::stopped(stop);
     tokio::pin!(stopped);
     loop {
@@ -217,7 +259,11 @@ pub async fn recover<P: Participant>(pool: PgPool, http: reqwest::Client, order_
     }
 }
 
-async fn recover_once<P: Participant>(pool: &PgPool, http: &reqwest::Client, order_url: &str) -> anyhow::Result<()> {
+async fn recover_once<P: Participant>(
+    pool: &PgPool,
+    http: &reqwest::Client,
+    order_url: &str,
+) -> anyhow::Result<()> {
     let prefix = format!("txlab_{}_", P::ROLE);
     let in_doubt: Vec<String> = sqlx::query_scalar(
         "SELECT gid FROM pg_prepared_xacts WHERE gid LIKE $1 AND database = current_database() \
@@ -228,9 +274,12 @@ async fn recover_once<P: Participant>(pool: &PgPool, http: &reqwest::Client, ord
     .fetch_all(pool)
     .await?;
     for g in in_doubt {
-        let Some(order_id) = g.strip_prefix(&prefix).and_then(|hex| Uuid::parse_str(hex).ok()) else { continue };
+        let Some(order_id) = g.strip_prefix(&prefix).and_then(|hex| Uuid::parse_str(hex).ok()) else {
+            continue;
+        };
         let url = format!("{order_url}/twopc/{order_id}/decision?presume_abort=true");
-        let decision: txlab_api::participant::Decision = http.get(&url).send().await?.error_for_status()?.json().await?;
+        let decision: txlab_api::participant::Decision =
+            http.get(&url).send().await?.error_for_status()?.json().await?;
         tracing::info!(order_id = %order_id, decision = ?decision.decision, "resolving in-doubt branch");
         match decision.decision {
             Some(txlab_api::participant::DecisionKind::Commit) => {
@@ -240,7 +289,9 @@ async fn recover_once<P: Participant>(pool: &PgPool, http: &reqwest::Client, ord
                 }
             }
             Some(txlab_api::participant::DecisionKind::Abort) => {
-                rollback_once::<P>(pool, &Fence::default(), order_id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                rollback_once::<P>(pool, &Fence::default(), order_id)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
             }
             None => {}
         }

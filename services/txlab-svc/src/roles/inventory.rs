@@ -23,7 +23,12 @@ fn per_sku(lines: &[ReserveLine]) -> BTreeMap<&str, i64> {
 
 impl Participant for Inventory {
     const STEP: Step = Step::Inventory;
-    const BUSINESS: BusinessTable = BusinessTable { table: "stock", key: "sku", amount: "available", held: "reserved" };
+    const BUSINESS: BusinessTable = BusinessTable {
+        table: "stock",
+        key: "sku",
+        amount: "available",
+        held: "reserved",
+    };
     const ROLE: Role = Role::Inventory;
     const RECORDS: &'static str = "reservations";
     const APPLIED: RecordState = RecordState::Reserved;
@@ -48,7 +53,10 @@ impl Participant for Inventory {
     }
 
     fn items(req: &ReserveRequest) -> Vec<(String, i64)> {
-        per_sku(&req.lines).into_iter().map(|(sku, qty)| (sku.to_string(), qty)).collect()
+        per_sku(&req.lines)
+            .into_iter()
+            .map(|(sku, qty)| (sku.to_string(), qty))
+            .collect()
     }
 
     async fn hold(conn: &mut PgConnection, req: &ReserveRequest) -> sqlx::Result<Result<(), Refusal>> {
@@ -67,7 +75,10 @@ impl Participant for Inventory {
                     .fetch_optional(&mut *conn)
                     .await?;
                 return Ok(Err(match exists {
-                    None => Refusal { code: reasons::UNKNOWN_SKU, message: format!("no such SKU {sku}") },
+                    None => Refusal {
+                        code: reasons::UNKNOWN_SKU,
+                        message: format!("no such SKU {sku}"),
+                    },
                     Some((available,)) => Refusal {
                         code: reasons::OUT_OF_STOCK,
                         message: format!("SKU {sku} has {available} available, needs {qty}"),

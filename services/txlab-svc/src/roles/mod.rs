@@ -53,7 +53,11 @@ pub struct App {
 pub async fn build(config: &Config, pool: PgPool, stop: watch::Receiver<bool>) -> anyhow::Result<App> {
     let metrics = Arc::new(Metrics::new(config.role));
     let faults = FaultSwitch::new(config.role, config.standing_fault.clone());
-    let state = AppState { pool, metrics: metrics.clone(), faults };
+    let state = AppState {
+        pool,
+        metrics: metrics.clone(),
+        faults,
+    };
     let admin = admin_routes(config.role).with_state(state.clone());
     let (routes, background) = match config.role {
         Role::Order => order::build(config, state, stop).await?,
@@ -62,22 +66,50 @@ pub async fn build(config: &Config, pool: PgPool, stop: watch::Receiver<bool>) -
         Role::Shipping => participant::<shipping::Shipping>(config, state, stop).await?,
         Role::Notification => notification::build(config, state, stop).await?,
     };
-    Ok(App { router: common(routes.merge(admin), metrics), background })
+    Ok(App {
+        router: common(routes.merge(admin), metrics),
+        background,
+    })
 }
 
 /// A participant's routes, and its background tasks: in-doubt recovery
 /// under `twopc`, the event consumer and outbox relay under the
 /// event-driven methods.
-async fn participant<P: Participant>(config: &Config, state: AppState, stop: watch::Receiver<bool>) -> anyhow::Result<(Router, Vec<JoinHandle<()>>)> {
+async fn participant<P: Participant>(
+    config: &Config,
+    state: AppState,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<(Router, Vec<JoinHandle<()>>)> {
     let mut background = Vec::new();
     if config.tx_mode.is_event_driven() {
-        let brokers = config.kafka_brokers.as_deref().context("KAFKA_BROKERS is needed under event-driven methods")?;
-        background.extend(crate::participant::choreography::start::<P>(brokers, config.tx_mode, state.clone(), stop.clone()).await?);
+        let brokers = config
+            .kafka_brokers
+            .as_deref()
+            .context("KAFKA_BROKERS is needed under event-driven methods")?;
+        background.extend(
+            crate::participant::choreography::start::<P>(
+                brokers,
+                config.tx_mode,
+                state.clone(),
+                stop.clone(),
+            )
+            .await?,
+        );
     }
     if config.tx_mode == TxMode::Twopc {
-        let order_url = config.order_url.clone().context("ORDER_URL is needed under TX_MODE=twopc")?;
-        let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(3)).build()?;
-        background.push(tokio::spawn(crate::participant::twopc::recover::<P>(state.pool.clone(), http, order_url, stop)));
+        let order_url = config
+            .order_url
+            .clone()
+            .context("ORDER_URL is needed under TX_MODE=twopc")?;
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(3))
+            .build()?;
+        background.push(tokio::spawn(crate::participant::twopc::recover::<P>(
+            state.pool.clone(),
+            http,
+            order_url,
+            stop,
+        )));
     }
     Ok((crate::participant::routes::<P>().with_state(state), background))
 }
@@ -87,11 +119,22 @@ async fn participant<P: Participant>(config: &Config, state: AppState, stop: wat
 /// itself: no service reports on its own correctness.
 fn admin_routes(role: Role) -> Router<AppState> {
     Router::new()
-        .route("/admin/faults", get(crate::faults::get_standing).put(crate::faults::put_standing))
-        .route("/admin/reset", post(move |s: State<AppState>, body: axum::body::Bytes| reset(s, role, body)))
+        .route(
+            "/admin/faults",
+            get(crate::faults::get_standing).put(crate::faults::put_standing),
+        )
+        .route(
+            "/admin/reset",
+            post(move |s: State<AppState>, body: axum::body::Bytes| reset(s, role, body)),
+        )
         .route(
             "/admin/seed",
-            post(move |s: State<AppState>, body: Result<Json<Seed>, axum::extract::rejection::JsonRejection>| seed(s, role, body)),
+            post(
+                move |s: State<AppState>,
+                      body: Result<Json<Seed>, axum::extract::rejection::JsonRejection>| {
+                    seed(s, role, body)
+                },
+            ),
         )
 }
 
@@ -99,7 +142,11 @@ fn admin_routes(role: Role) -> Router<AppState> {
 /// 2PC branch prepared after the previous attempt rolled the others back).
 const RESET_ATTEMPTS: u32 = 20;
 
-async fn reset(State(state): State<AppState>, role: Role, body: axum::body::Bytes) -> Result<Json<serde_json::Value>, ApiError> {
+async fn reset(
+    State(state): State<AppState>,
+    role: Role,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let Reset { epoch } = if body.is_empty() {
         Reset::default()
     } else {
@@ -123,25 +170,39 @@ async fn reset(State(state): State<AppState>, role: Role, body: axum::body::Byte
         // the truncate then removes, and everything after it refuses the
         // old epoch.
         let mut tx = state.pool.begin().await?;
-        sqlx::query("SET LOCAL lock_timeout = '1s'").execute(&mut *tx).await?;
+        sqlx::query("SET LOCAL lock_timeout = '1s'")
+            .execute(&mut *tx)
+            .await?;
         let done = async {
-            sqlx::query("UPDATE lab_epoch SET epoch = $1").bind(&epoch).execute(&mut *tx).await?;
-            sqlx::query(&format!("TRUNCATE {tables} RESTART IDENTITY CASCADE")).execute(&mut *tx).await?;
+            sqlx::query("UPDATE lab_epoch SET epoch = $1")
+                .bind(&epoch)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(&format!("TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await
         }
         .await;
         match done {
             Ok(()) => {
                 tracing::info!(epoch = %epoch, rolled_back, "reset");
-                return Ok(Json(serde_json::json!({ "reset": tables, "epoch": epoch, "rolled_back_branches": rolled_back })));
+                return Ok(Json(
+                    serde_json::json!({ "reset": tables, "epoch": epoch, "rolled_back_branches": rolled_back }),
+                ));
             }
             Err(e) if crate::db::is_lock_timeout(&e) => {
-                tracing::warn!(attempt, "reset waited too long for a lock; rolling back branches and trying again");
+                tracing::warn!(
+                    attempt,
+                    "reset waited too long for a lock; rolling back branches and trying again"
+                );
             }
             Err(e) => return Err(e.into()),
         }
     }
-    Err(ApiError::Unavailable(format!("reset could not take its locks in {RESET_ATTEMPTS} attempts; retry")))
+    Err(ApiError::Unavailable(format!(
+        "reset could not take its locks in {RESET_ATTEMPTS} attempts; retry"
+    )))
 }
 
 async fn seed(

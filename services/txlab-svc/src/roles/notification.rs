@@ -15,10 +15,18 @@ use crate::config::Config;
 use crate::http::ApiError;
 use crate::roles::AppState;
 
-pub async fn build(config: &Config, state: AppState, stop: watch::Receiver<bool>) -> anyhow::Result<(Router, Vec<JoinHandle<()>>)> {
+pub async fn build(
+    config: &Config,
+    state: AppState,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<(Router, Vec<JoinHandle<()>>)> {
     let brokers = config.kafka_brokers.clone().unwrap_or_default();
     super::order::ensure_topics_with_retry(&brokers).await?;
-    let offsets = crate::messaging::consumer::Offsets { pool: state.pool.clone(), consumer: "notification", topic: ORDER_EVENTS_TOPIC };
+    let offsets = crate::messaging::consumer::Offsets {
+        pool: state.pool.clone(),
+        consumer: "notification",
+        topic: ORDER_EVENTS_TOPIC,
+    };
     let consumer = crate::messaging::consumer::assigned(&brokers, &offsets).await?;
     let st = state.clone();
     let task = tokio::spawn(async move {
@@ -27,7 +35,8 @@ pub async fn build(config: &Config, state: AppState, stop: watch::Receiver<bool>
             let st = st.clone();
             async move {
                 let first = apply(&st, &event).await?;
-                st.metrics.event("notification", if first { "sent" } else { "duplicate" });
+                st.metrics
+                    .event("notification", if first { "sent" } else { "duplicate" });
                 Ok(())
             }
         })
@@ -76,9 +85,11 @@ async fn list(
     path: Result<Path<Uuid>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<Vec<NotificationRow>>, ApiError> {
     let Path(order_id) = path?;
-    let rows = sqlx::query_as("SELECT order_id, kind, received_ms FROM notifications WHERE order_id = $1 ORDER BY id")
-        .bind(order_id)
-        .fetch_all(&state.pool)
-        .await?;
+    let rows = sqlx::query_as(
+        "SELECT order_id, kind, received_ms FROM notifications WHERE order_id = $1 ORDER BY id",
+    )
+    .bind(order_id)
+    .fetch_all(&state.pool)
+    .await?;
     Ok(Json(rows))
 }

@@ -2,7 +2,7 @@
 
 use sqlx::PgConnection;
 use txlab_api::admin::Wallet;
-use txlab_api::participant::{reasons, RecordState, ChargeRequest};
+use txlab_api::participant::{reasons, ChargeRequest, RecordState};
 use txlab_api::{Role, Step};
 
 use crate::participant::{BusinessTable, Participant, Refusal};
@@ -11,7 +11,12 @@ pub struct Payment;
 
 impl Participant for Payment {
     const STEP: Step = Step::Payment;
-    const BUSINESS: BusinessTable = BusinessTable { table: "wallets", key: "customer", amount: "balance", held: "reserved" };
+    const BUSINESS: BusinessTable = BusinessTable {
+        table: "wallets",
+        key: "customer",
+        amount: "balance",
+        held: "reserved",
+    };
     const ROLE: Role = Role::Payment;
     const RECORDS: &'static str = "payments";
     const APPLIED: RecordState = RecordState::Captured;
@@ -56,7 +61,10 @@ impl Participant for Payment {
             .fetch_optional(&mut *conn)
             .await?;
         Ok(Err(match exists {
-            None => Refusal { code: reasons::UNKNOWN_CUSTOMER, message: format!("no wallet for customer {}", req.customer) },
+            None => Refusal {
+                code: reasons::UNKNOWN_CUSTOMER,
+                message: format!("no wallet for customer {}", req.customer),
+            },
             Some((balance,)) => Refusal {
                 code: reasons::INSUFFICIENT_FUNDS,
                 message: format!("customer {} has {balance}, needs {}", req.customer, req.amount),

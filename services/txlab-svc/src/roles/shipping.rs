@@ -2,7 +2,7 @@
 
 use sqlx::PgConnection;
 use txlab_api::admin::Slot;
-use txlab_api::participant::{reasons, RecordState, BookRequest};
+use txlab_api::participant::{reasons, BookRequest, RecordState};
 use txlab_api::{Role, Step};
 
 use crate::participant::{BusinessTable, Participant, Refusal};
@@ -11,7 +11,12 @@ pub struct Shipping;
 
 impl Participant for Shipping {
     const STEP: Step = Step::Shipping;
-    const BUSINESS: BusinessTable = BusinessTable { table: "slots", key: "slot", amount: "capacity", held: "booked" };
+    const BUSINESS: BusinessTable = BusinessTable {
+        table: "slots",
+        key: "slot",
+        amount: "capacity",
+        held: "booked",
+    };
     const ROLE: Role = Role::Shipping;
     const RECORDS: &'static str = "shipments";
     const APPLIED: RecordState = RecordState::Booked;
@@ -39,11 +44,12 @@ impl Participant for Shipping {
 
     /// A held booking already occupies the slot: capacity is what is promised.
     async fn hold(conn: &mut PgConnection, req: &BookRequest) -> sqlx::Result<Result<(), Refusal>> {
-        let booked = sqlx::query("UPDATE slots SET booked = booked + 1 WHERE slot = $1 AND booked < capacity")
-            .bind(&req.slot)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
+        let booked =
+            sqlx::query("UPDATE slots SET booked = booked + 1 WHERE slot = $1 AND booked < capacity")
+                .bind(&req.slot)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
         if booked == 1 {
             return Ok(Ok(()));
         }
@@ -52,7 +58,10 @@ impl Participant for Shipping {
             .fetch_optional(&mut *conn)
             .await?;
         Ok(Err(match exists {
-            None => Refusal { code: reasons::UNKNOWN_SLOT, message: format!("no courier slot {}", req.slot) },
+            None => Refusal {
+                code: reasons::UNKNOWN_SLOT,
+                message: format!("no courier slot {}", req.slot),
+            },
             Some((capacity,)) => Refusal {
                 code: reasons::NO_SLOT,
                 message: format!("courier slot {} is full ({capacity} booked)", req.slot),

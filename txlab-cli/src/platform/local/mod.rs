@@ -66,10 +66,12 @@ impl LocalPlatform {
             Some(_) => None,
         };
         let run_as = process::unprivileged_user()?;
-        std::fs::create_dir_all(&opts.log_dir).with_context(|| format!("creating {}", opts.log_dir.display()))?;
+        std::fs::create_dir_all(&opts.log_dir)
+            .with_context(|| format!("creating {}", opts.log_dir.display()))?;
 
         let scratch = std::env::temp_dir().join(format!("txlab-{}-{}", std::process::id(), unique_suffix()));
-        std::fs::create_dir_all(&scratch).with_context(|| format!("creating scratch directory {}", scratch.display()))?;
+        std::fs::create_dir_all(&scratch)
+            .with_context(|| format!("creating scratch directory {}", scratch.display()))?;
         // The unprivileged PostgreSQL user must be able to enter it.
         std::fs::set_permissions(&scratch, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
         let reaper = Arc::new(reaper::Reaper::start()?);
@@ -103,11 +105,14 @@ impl LocalPlatform {
         tansu_bin: Option<PathBuf>,
         run_as: Option<process::RunAs>,
     ) -> anyhow::Result<()> {
-        self.versions.insert("txlab-svc", tools::version_of(&self.service_bin).await);
+        self.versions
+            .insert("txlab-svc", tools::version_of(&self.service_bin).await);
         if let Some(bin) = pg_bin {
-            self.versions.insert("postgres", tools::version_of(&bin.join("postgres")).await);
+            self.versions
+                .insert("postgres", tools::version_of(&bin.join("postgres")).await);
             let log = self.opts.log_dir.join("postgres.log");
-            let pg = postgres::Postgres::start(&bin, &self.scratch, &log, run_as.as_ref(), &self.reaper).await?;
+            let pg =
+                postgres::Postgres::start(&bin, &self.scratch, &log, run_as.as_ref(), &self.reaper).await?;
             self.admin_url = pg.admin_url.clone();
             self.postgres = Some(pg);
         }
@@ -139,7 +144,10 @@ impl LocalPlatform {
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while self.restarts().get(&role).copied().unwrap_or(0) == restarts_before {
-            anyhow::ensure!(tokio::time::Instant::now() < deadline, "the {role} service was not restarted within 30 s");
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the {role} service was not restarted within 30 s"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         services::wait_healthy(&fleet, &[role], Duration::from_secs(60)).await
@@ -151,20 +159,37 @@ impl LocalPlatform {
         let mut services = std::mem::take(&mut fleet.lock().unwrap_or_else(|p| p.into_inner()).services);
         // The order service first: it drives the others.
         if let Some(mut svc) = services.remove(&Role::Order) {
-            svc.proc.stop(libc::SIGTERM, Duration::from_secs(10), &self.reaper).await;
+            svc.proc
+                .stop(libc::SIGTERM, Duration::from_secs(10), &self.reaper)
+                .await;
         }
         for (_, mut svc) in services {
-            svc.proc.stop(libc::SIGTERM, Duration::from_secs(10), &self.reaper).await;
+            svc.proc
+                .stop(libc::SIGTERM, Duration::from_secs(10), &self.reaper)
+                .await;
         }
     }
 
     fn endpoints(&self) -> Endpoints {
         let urls = match &self.fleet {
-            Some(f) => f.lock().unwrap_or_else(|p| p.into_inner()).services.iter().map(|(r, s)| (*r, s.url.clone())).collect(),
+            Some(f) => f
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .services
+                .iter()
+                .map(|(r, s)| (*r, s.url.clone()))
+                .collect(),
             None => BTreeMap::new(),
         };
-        let databases = Role::ALL.iter().map(|r| (*r, database_url(&self.admin_url, &database_name(*r)))).collect();
-        Endpoints { urls, databases, brokers: self.brokers.clone() }
+        let databases = Role::ALL
+            .iter()
+            .map(|r| (*r, database_url(&self.admin_url, &database_name(*r))))
+            .collect();
+        Endpoints {
+            urls,
+            databases,
+            brokers: self.brokers.clone(),
+        }
     }
 
     /// The scratch directory (PostgreSQL's data), removed at shutdown unless kept.
@@ -207,7 +232,10 @@ impl Platform for LocalPlatform {
     }
 
     fn log_files(&self) -> Vec<(Role, PathBuf)> {
-        Role::ALL.iter().map(|r| (*r, self.opts.log_dir.join(format!("{r}.log")))).collect()
+        Role::ALL
+            .iter()
+            .map(|r| (*r, self.opts.log_dir.join(format!("{r}.log"))))
+            .collect()
     }
 
     fn describe(&self) -> serde_json::Value {
@@ -224,11 +252,15 @@ impl Platform for LocalPlatform {
     async fn shutdown(mut self) -> anyhow::Result<()> {
         self.stop_services().await;
         if let Some(mut t) = self.tansu.take() {
-            t.proc.stop(libc::SIGTERM, Duration::from_secs(5), &self.reaper).await;
+            t.proc
+                .stop(libc::SIGTERM, Duration::from_secs(5), &self.reaper)
+                .await;
         }
         if let Some(mut pg) = self.postgres.take() {
             // SIGINT is PostgreSQL's "fast" shutdown: roll back and exit.
-            pg.proc.stop(libc::SIGINT, Duration::from_secs(10), &self.reaper).await;
+            pg.proc
+                .stop(libc::SIGINT, Duration::from_secs(10), &self.reaper)
+                .await;
         }
         // The reaper removes the scratch directory (unless kept) as it exits.
         self.reaper.finish();

@@ -39,7 +39,13 @@ async fn run_checked(what: &str, cmd: &mut tokio::process::Command) -> anyhow::R
 }
 
 impl Postgres {
-    pub async fn start(bin: &Path, scratch: &Path, log: &Path, run_as: Option<&RunAs>, reaper: &Reaper) -> anyhow::Result<Postgres> {
+    pub async fn start(
+        bin: &Path,
+        scratch: &Path,
+        log: &Path,
+        run_as: Option<&RunAs>,
+        reaper: &Reaper,
+    ) -> anyhow::Result<Postgres> {
         let data = scratch.join("pgdata");
         std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
         if let Some(u) = run_as {
@@ -50,7 +56,17 @@ impl Postgres {
         initdb
             .args(["-D"])
             .arg(&data)
-            .args(["-U", "txlab", "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync", "--no-instructions"])
+            .args([
+                "-U",
+                "txlab",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
+                "--no-instructions",
+            ])
             .current_dir(scratch);
         contain(&mut initdb, run_as);
         run_checked("initdb", &mut initdb).await?;
@@ -58,7 +74,12 @@ impl Postgres {
         let port = free_port()?;
         let mut cmd = tokio::process::Command::new(bin.join("postgres"));
         cmd.arg("-D").arg(&data).args(["-p", &port.to_string()]);
-        cmd.args(["-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="]);
+        cmd.args([
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "unix_socket_directories=",
+        ]);
         for (k, v) in SETTINGS {
             cmd.arg("-c").arg(format!("{k}={v}"));
         }
@@ -70,7 +91,10 @@ impl Postgres {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = proc.exited() {
-                bail!("postgres exited during start-up ({status}); its log says:\n{}", log_tail(log, 15));
+                bail!(
+                    "postgres exited during start-up ({status}); its log says:\n{}",
+                    log_tail(log, 15)
+                );
             }
             match PgConnection::connect(&admin_url).await {
                 Ok(c) => {
@@ -78,7 +102,10 @@ impl Postgres {
                     break;
                 }
                 Err(e) if tokio::time::Instant::now() >= deadline => {
-                    return Err(e).context(format!("postgres did not accept connections within 30 s; log:\n{}", log_tail(log, 15)));
+                    return Err(e).context(format!(
+                        "postgres did not accept connections within 30 s; log:\n{}",
+                        log_tail(log, 15)
+                    ));
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
@@ -151,9 +178,15 @@ mod tests {
 
     #[test]
     fn database_urls_swap_only_the_database() {
-        assert_eq!(database_url("postgres://u@h:5/postgres", "txlab_order"), "postgres://u@h:5/txlab_order");
+        assert_eq!(
+            database_url("postgres://u@h:5/postgres", "txlab_order"),
+            "postgres://u@h:5/txlab_order"
+        );
         assert_eq!(database_url("postgres://u@h:5", "d"), "postgres://u@h:5/d");
-        assert_eq!(database_url("postgres://u:p@h/x?sslmode=disable", "d"), "postgres://u:p@h/d?sslmode=disable");
+        assert_eq!(
+            database_url("postgres://u:p@h/x?sslmode=disable", "d"),
+            "postgres://u:p@h/d?sslmode=disable"
+        );
     }
 
     #[test]

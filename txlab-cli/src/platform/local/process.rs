@@ -63,7 +63,10 @@ pub fn contain(cmd: &mut tokio::process::Command, run_as: Option<&RunAs>) {
                 return Err(std::io::Error::last_os_error());
             }
             if let Some((uid, gid)) = ids {
-                if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
                     return Err(std::io::Error::last_os_error());
                 }
             }
@@ -93,11 +96,22 @@ pub fn log_sink(path: &Path) -> anyhow::Result<(Stdio, Stdio)> {
 
 impl Supervised {
     /// Spawns `cmd` (already [`contain`]ed) and registers its group with the reaper.
-    pub fn spawn(name: &str, cmd: &mut tokio::process::Command, reaper: &super::reaper::Reaper) -> anyhow::Result<Supervised> {
-        let child = cmd.stdin(Stdio::null()).spawn().with_context(|| format!("starting {name}"))?;
+    pub fn spawn(
+        name: &str,
+        cmd: &mut tokio::process::Command,
+        reaper: &super::reaper::Reaper,
+    ) -> anyhow::Result<Supervised> {
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
         let pid = child.id().with_context(|| format!("{name} exited at once"))? as i32;
         reaper.watch_group(pid)?;
-        Ok(Supervised { name: name.to_string(), child, pgid: pid })
+        Ok(Supervised {
+            name: name.to_string(),
+            child,
+            pgid: pid,
+        })
     }
 
     pub fn pgid(&self) -> i32 {
@@ -156,7 +170,11 @@ pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
         }
     }
     if held.len() < n {
-        bail!("could not find {n} free ports on 127.0.0.1 between {} and {}", PORT_RANGE.start, PORT_RANGE.end);
+        bail!(
+            "could not find {n} free ports on 127.0.0.1 between {} and {}",
+            PORT_RANGE.start,
+            PORT_RANGE.end
+        );
     }
     held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }

@@ -44,7 +44,11 @@ impl Reaper {
     pub fn start() -> anyhow::Result<Reaper> {
         use std::os::unix::process::CommandExt;
         let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-c").arg(SCRIPT).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.arg("-c")
+            .arg(SCRIPT)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         // SAFETY: setpgid is async-signal-safe; the closure allocates nothing.
         unsafe {
             cmd.pre_exec(|| {
@@ -54,7 +58,10 @@ impl Reaper {
         }
         let mut child = cmd.spawn().context("starting the clean-up helper (/bin/sh)")?;
         let pipe = child.stdin.take();
-        Ok(Reaper { child: Mutex::new(child), pipe: Mutex::new(pipe) })
+        Ok(Reaper {
+            child: Mutex::new(child),
+            pipe: Mutex::new(pipe),
+        })
     }
 
     fn say(&self, line: String) -> anyhow::Result<()> {

@@ -62,7 +62,11 @@ impl Fleet {
         cmd.stdout(out).stderr(err);
         contain(&mut cmd, None);
         let proc = Supervised::spawn(role.as_str(), &mut cmd, reaper)?;
-        Ok(Service { proc, url: url(self.ports[&role]), log })
+        Ok(Service {
+            proc,
+            url: url(self.ports[&role]),
+            log,
+        })
     }
 
     /// Restarts every service that has exited; returns the roles restarted.
@@ -96,7 +100,12 @@ impl Fleet {
 /// them running until the fleet is emptied.
 pub async fn start_all(wiring: Wiring, reaper: Arc<Reaper>) -> anyhow::Result<Arc<Mutex<Fleet>>> {
     let ports: BTreeMap<Role, u16> = Role::ALL.into_iter().zip(free_ports(Role::ALL.len())?).collect();
-    let mut fleet = Fleet { wiring, ports, services: BTreeMap::new(), restarts: BTreeMap::new() };
+    let mut fleet = Fleet {
+        wiring,
+        ports,
+        services: BTreeMap::new(),
+        restarts: BTreeMap::new(),
+    };
     for role in Role::ALL {
         let s = fleet.spawn(role, &reaper)?;
         fleet.services.insert(role, s);
@@ -109,24 +118,39 @@ pub async fn start_all(wiring: Wiring, reaper: Arc<Reaper>) -> anyhow::Result<Ar
 
 /// Waits until every role in `roles` answers `/health`.
 pub async fn wait_healthy(fleet: &Mutex<Fleet>, roles: &[Role], within: Duration) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
     let deadline = tokio::time::Instant::now() + within;
     for role in roles {
         loop {
             let (url, log, exited) = {
                 let mut f = fleet.lock().unwrap_or_else(|p| p.into_inner());
-                let Some(s) = f.services.get_mut(role) else { bail!("the {role} service is not running") };
+                let Some(s) = f.services.get_mut(role) else {
+                    bail!("the {role} service is not running")
+                };
                 (s.url.clone(), s.log.clone(), s.proc.exited())
             };
             if let Some(status) = exited {
-                bail!("the {role} service exited during start-up ({status}); its log says:\n{}", log_tail(&log, 15));
+                bail!(
+                    "the {role} service exited during start-up ({status}); its log says:\n{}",
+                    log_tail(&log, 15)
+                );
             }
-            let healthy = client.get(format!("{url}/health")).send().await.is_ok_and(|r| r.status().is_success());
+            let healthy = client
+                .get(format!("{url}/health"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
             if healthy {
                 break;
             }
             if tokio::time::Instant::now() >= deadline {
-                bail!("the {role} service was not healthy within {} s; log:\n{}", within.as_secs(), log_tail(&log, 15));
+                bail!(
+                    "the {role} service was not healthy within {} s; log:\n{}",
+                    within.as_secs(),
+                    log_tail(&log, 15)
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

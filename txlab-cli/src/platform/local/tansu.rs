@@ -18,8 +18,14 @@ impl Tansu {
         let port = free_port()?;
         let url = format!("tcp://127.0.0.1:{port}");
         let mut cmd = tokio::process::Command::new(bin);
-        cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"]);
+        cmd.args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "memory://tansu/"]);
         let (out, err) = log_sink(log)?;
         cmd.stdout(out).stderr(err);
         contain(&mut cmd, None);
@@ -27,16 +33,25 @@ impl Tansu {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = proc.exited() {
-                bail!("tansu exited during start-up ({status}); its log says:\n{}", log_tail(log, 15));
+                bail!(
+                    "tansu exited during start-up ({status}); its log says:\n{}",
+                    log_tail(log, 15)
+                );
             }
             if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
                 break;
             }
             if tokio::time::Instant::now() >= deadline {
-                bail!("tansu did not listen on port {port} within 30 s; log:\n{}", log_tail(log, 15));
+                bail!(
+                    "tansu did not listen on port {port} within 30 s; log:\n{}",
+                    log_tail(log, 15)
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(Tansu { proc, brokers: format!("127.0.0.1:{port}") })
+        Ok(Tansu {
+            proc,
+            brokers: format!("127.0.0.1:{port}"),
+        })
     }
 }

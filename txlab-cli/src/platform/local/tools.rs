@@ -6,7 +6,11 @@ use anyhow::bail;
 
 fn on_path(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|f| f.is_file()))
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .find(|f| f.is_file())
+        })
         .unwrap_or(None)
 }
 
@@ -28,7 +32,10 @@ fn from_env(var: &str) -> anyhow::Result<Option<PathBuf>> {
 pub fn postgres_bin_dir() -> anyhow::Result<PathBuf> {
     if let Some(p) = from_env("TXLAB_PG_BIN")? {
         if !(p.join("initdb").is_file() && p.join("postgres").is_file()) {
-            bail!("TXLAB_PG_BIN={} holds no initdb and postgres; point it at PostgreSQL's bin directory", p.display());
+            bail!(
+                "TXLAB_PG_BIN={} holds no initdb and postgres; point it at PostgreSQL's bin directory",
+                p.display()
+            );
         }
         return Ok(p);
     }
@@ -101,8 +108,17 @@ pub fn service_binary() -> anyhow::Result<PathBuf> {
 
 /// First line of `program --version`, for run.json.
 pub async fn version_of(program: &Path) -> String {
-    match tokio::process::Command::new(program).arg("--version").output().await {
-        Ok(o) => String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim().to_string(),
+    match tokio::process::Command::new(program)
+        .arg("--version")
+        .output()
+        .await
+    {
+        Ok(o) => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string(),
         Err(e) => format!("unknown ({e})"),
     }
 }

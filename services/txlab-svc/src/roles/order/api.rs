@@ -7,10 +7,10 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
+use txlab_api::order::{CreateOrder, GetOrderQuery, OrderState, OrderView, IDEMPOTENCY_KEY_HEADER};
 use txlab_api::{Step, TxMode};
 use txlab_tx::saga::{Compensation, Forward};
 use txlab_tx::two_phase::{Phase2, Vote};
-use txlab_api::order::{CreateOrder, GetOrderQuery, OrderState, OrderView, IDEMPOTENCY_KEY_HEADER};
 use uuid::Uuid;
 
 use super::store::load_order;
@@ -29,7 +29,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
                 .to_str()
                 .map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?;
             if key.is_empty() || key.len() > 200 {
-                return Err(ApiError::BadRequest("Idempotency-Key must hold 1 to 200 characters".into()));
+                return Err(ApiError::BadRequest(
+                    "Idempotency-Key must hold 1 to 200 characters".into(),
+                ));
             }
             Ok(Some(key.to_string()))
         }
@@ -38,7 +40,11 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 
 /// Finds the order an idempotency key already created, if any; the same
 /// key with a different request is the client's mistake.
-async fn replay(orders: &Orders, key: &str, request: &serde_json::Value) -> Result<Option<OrderView>, ApiError> {
+async fn replay(
+    orders: &Orders,
+    key: &str,
+    request: &serde_json::Value,
+) -> Result<Option<OrderView>, ApiError> {
     let found: Option<(serde_json::Value, Uuid)> =
         sqlx::query_as("SELECT request, order_id FROM idempotency_keys WHERE key = $1")
             .bind(key)
@@ -98,7 +104,9 @@ pub async fn create(
     }
     let id = Uuid::new_v4();
     let now = txlab_tx::now_ms();
-    let amount = req.amount().ok_or_else(|| ApiError::BadRequest("order total overflows".into()))?;
+    let amount = req
+        .amount()
+        .ok_or_else(|| ApiError::BadRequest("order total overflows".into()))?;
     let mut tx = orders.app.pool.begin().await?;
     let epoch = crate::epoch::epoch(&mut tx).await?;
     sqlx::query(
@@ -118,7 +126,14 @@ pub async fn create(
     .execute(&mut *tx)
     .await?;
     let initial = (Forward::NotStarted.as_str(), Compensation::NotStarted.as_str());
-    insert_step_rows(&mut tx, "saga_steps (order_id, step, name, forward, compensation, updated_ms)", initial, id, now).await?;
+    insert_step_rows(
+        &mut tx,
+        "saga_steps (order_id, step, name, forward, compensation, updated_ms)",
+        initial,
+        id,
+        now,
+    )
+    .await?;
     if orders.method.is_event_driven() {
         let spec = txlab_api::event::OrderSpec {
             customer: req.customer.clone(),
@@ -127,20 +142,36 @@ pub async fn create(
             slot: req.slot.clone(),
             fault: faults.raw.clone(),
         };
-        super::choreography::emit(&mut tx, id, spec, txlab_api::event::CheckoutKind::OrderPlaced, epoch).await?;
+        super::choreography::emit(
+            &mut tx,
+            id,
+            spec,
+            txlab_api::event::CheckoutKind::OrderPlaced,
+            epoch,
+        )
+        .await?;
     }
     if matches!(orders.method, TxMode::Twopc | TxMode::Tcc) {
         let initial = (Vote::NotAsked.as_str(), Phase2::Pending.as_str());
-        insert_step_rows(&mut tx, "tx_branches (order_id, step, name, vote, phase2, updated_ms)", initial, id, now).await?;
+        insert_step_rows(
+            &mut tx,
+            "tx_branches (order_id, step, name, vote, phase2, updated_ms)",
+            initial,
+            id,
+            now,
+        )
+        .await?;
     }
     if let Some(key) = &key {
-        let inserted = sqlx::query("INSERT INTO idempotency_keys (key, request, order_id, created_ms) VALUES ($1, $2, $3, $4)")
-            .bind(key)
-            .bind(&request)
-            .bind(id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await;
+        let inserted = sqlx::query(
+            "INSERT INTO idempotency_keys (key, request, order_id, created_ms) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(key)
+        .bind(&request)
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await;
         match inserted {
             Ok(_) => {}
             // A concurrent request with the same key won: answer with its order.
@@ -246,7 +277,14 @@ pub async fn cancel(
     }
     // Without a coordinator, the cancel itself is an event every participant hears.
     if order.method.is_event_driven() {
-        super::choreography::emit(&mut tx, id, order.spec(), txlab_api::event::CheckoutKind::CancelRequested, epoch).await?;
+        super::choreography::emit(
+            &mut tx,
+            id,
+            order.spec(),
+            txlab_api::event::CheckoutKind::CancelRequested,
+            epoch,
+        )
+        .await?;
     }
     tx.commit().await?;
     tracing::info!(order_id = %id, stage = %order.state, "cancel requested");

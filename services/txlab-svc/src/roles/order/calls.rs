@@ -8,8 +8,8 @@ use txlab_api::ErrorBody;
 use txlab_tx::retry::{retry, Attempt, Backoff};
 
 use super::store::OrderRow;
-use txlab_api::Step;
 use super::Orders;
+use txlab_api::Step;
 
 /// Why a participant call did not succeed.
 #[derive(Debug)]
@@ -41,7 +41,13 @@ pub fn request(orders: &Orders, order: &OrderRow, step: Step, op: Op) -> (String
     let spec = order.spec();
     let (base, collection, apply, compensate, body) = match step {
         Step::Payment => (&p.payment, "payments", "charge", "refund", json!(spec.charge())),
-        Step::Inventory => (&p.inventory, "reservations", "reserve", "release", json!(spec.reserve())),
+        Step::Inventory => (
+            &p.inventory,
+            "reservations",
+            "reserve",
+            "release",
+            json!(spec.reserve()),
+        ),
         Step::Shipping => (&p.shipping, "shipments", "book", "cancel", json!(spec.book())),
     };
     let id = order.id;
@@ -68,7 +74,13 @@ fn fault_for(order: &OrderRow, attempt: u32) -> Option<&str> {
     }
 }
 
-async fn call(orders: &Orders, order: &OrderRow, url: &str, body: &Option<serde_json::Value>, fault: Option<&str>) -> Attempt<(), CallError> {
+async fn call(
+    orders: &Orders,
+    order: &OrderRow,
+    url: &str,
+    body: &Option<serde_json::Value>,
+    fault: Option<&str>,
+) -> Attempt<(), CallError> {
     let mut req = orders.http.post(url).header(EPOCH_HEADER, &order.epoch);
     if let Some(b) = body {
         req = req.json(b);
@@ -85,7 +97,10 @@ async fn call(orders: &Orders, order: &OrderRow, url: &str, body: &Option<serde_
         return Attempt::Done(());
     }
     let body: Option<ErrorBody> = resp.json().await.ok();
-    let code = body.as_ref().map(|b| b.error.clone()).unwrap_or_else(|| status.to_string());
+    let code = body
+        .as_ref()
+        .map(|b| b.error.clone())
+        .unwrap_or_else(|| status.to_string());
     if status.is_client_error() && status.as_u16() != 408 && status.as_u16() != 429 {
         Attempt::Fail(CallError::Refused(code))
     } else {
@@ -117,7 +132,9 @@ pub async fn insist(orders: &Orders, order: &OrderRow, step: Step, op: Op) {
         Backoff::UNTIL_DONE,
         |attempt| async move {
             match call(orders, order, url, body, fault_for(order, attempt)).await {
-                Attempt::Fail(CallError::Refused(e)) if e == STALE_EPOCH => Attempt::Fail(CallError::Refused(e)),
+                Attempt::Fail(CallError::Refused(e)) if e == STALE_EPOCH => {
+                    Attempt::Fail(CallError::Refused(e))
+                }
                 Attempt::Fail(CallError::Refused(e)) => Attempt::Retry(CallError::Refused(e)),
                 other => other,
             }

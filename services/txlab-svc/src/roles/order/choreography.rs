@@ -19,15 +19,35 @@ use super::Orders;
 
 /// Writes a checkout event with the caller's transaction. `epoch` must
 /// have been read first thing in that transaction (see [`crate::epoch::epoch`]).
-pub async fn emit(conn: &mut sqlx::PgConnection, order_id: Uuid, spec: OrderSpec, kind: CheckoutKind, epoch: String) -> sqlx::Result<()> {
-    let event = CheckoutEvent { event_id: Uuid::new_v4(), order_id, kind, order: spec, epoch };
+pub async fn emit(
+    conn: &mut sqlx::PgConnection,
+    order_id: Uuid,
+    spec: OrderSpec,
+    kind: CheckoutKind,
+    epoch: String,
+) -> sqlx::Result<()> {
+    let event = CheckoutEvent {
+        event_id: Uuid::new_v4(),
+        order_id,
+        kind,
+        order: spec,
+        epoch,
+    };
     let payload = serde_json::to_value(&event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     crate::messaging::outbox::enqueue(conn, CHECKOUT_TOPIC, &order_id.to_string(), &payload).await
 }
 
 /// Consumes the participants' checkout events.
-pub async fn start(orders: Arc<Orders>, brokers: &str, stop: watch::Receiver<bool>) -> anyhow::Result<JoinHandle<()>> {
-    let offsets = crate::messaging::consumer::Offsets { pool: orders.app.pool.clone(), consumer: "order", topic: CHECKOUT_TOPIC };
+pub async fn start(
+    orders: Arc<Orders>,
+    brokers: &str,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<JoinHandle<()>> {
+    let offsets = crate::messaging::consumer::Offsets {
+        pool: orders.app.pool.clone(),
+        consumer: "order",
+        topic: CHECKOUT_TOPIC,
+    };
     let consumer = crate::messaging::consumer::assigned(brokers, &offsets).await?;
     Ok(tokio::spawn(async move {
         let metrics = orders.app.metrics.clone();
@@ -43,7 +63,12 @@ pub async fn start(orders: Arc<Orders>, brokers: &str, stop: watch::Receiver<boo
 async fn handle(orders: &Orders, event: CheckoutEvent) -> anyhow::Result<()> {
     let (step, column, value, reason) = match &event.kind {
         CheckoutKind::Applied { step } => (*step, "forward", Forward::Done.as_str(), None),
-        CheckoutKind::Rejected { step, reason } => (*step, "forward", Forward::Rejected.as_str(), Some(format!("{step}: {reason}"))),
+        CheckoutKind::Rejected { step, reason } => (
+            *step,
+            "forward",
+            Forward::Rejected.as_str(),
+            Some(format!("{step}: {reason}")),
+        ),
         CheckoutKind::Compensated { step } => (*step, "compensation", Compensation::Done.as_str(), None),
         // Our own events, read back from the shared topic.
         CheckoutKind::OrderPlaced | CheckoutKind::CancelRequested => return Ok(()),
@@ -54,7 +79,16 @@ async fn handle(orders: &Orders, event: CheckoutEvent) -> anyhow::Result<()> {
         return Ok(()); // from a cell the lab has reset away
     }
     if crate::messaging::inbox::first_delivery(&mut tx, &event.event_id.to_string()).await? {
-        set_row(&mut *tx, "saga_steps", event.order_id, step, column, value, reason.as_deref()).await?;
+        set_row(
+            &mut *tx,
+            "saga_steps",
+            event.order_id,
+            step,
+            column,
+            value,
+            reason.as_deref(),
+        )
+        .await?;
     }
     tx.commit().await?;
     // Also after a redelivery: a crash may have come between the two.
@@ -64,14 +98,19 @@ async fn handle(orders: &Orders, event: CheckoutEvent) -> anyhow::Result<()> {
 /// Finishes the order if what has been heard decides it.
 pub async fn evaluate(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
     let mut conn = orders.app.pool.acquire().await?;
-    let Some(order) = load_order(&mut conn, id).await? else { return Ok(()) };
+    let Some(order) = load_order(&mut conn, id).await? else {
+        return Ok(());
+    };
     if order.state.is_terminal() {
         return Ok(()); // decided; a cancel moves it back to compensating first
     }
     // The event-driven methods record what they hear in the saga log.
     let log = load_saga(&mut conn, &order).await?;
     drop(conn);
-    let mut heard = Heard { cancel_requested: order.cancel_requested, ..Heard::default() };
+    let mut heard = Heard {
+        cancel_requested: order.cancel_requested,
+        ..Heard::default()
+    };
     for (i, step) in log.steps.iter().enumerate() {
         heard.applied[i] = step.forward == Forward::Done;
         heard.rejected[i] = step.forward == Forward::Rejected;

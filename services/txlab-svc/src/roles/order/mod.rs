@@ -52,7 +52,11 @@ pub struct Orders {
     decided: broadcast::Sender<Uuid>,
 }
 
-pub async fn build(config: &Config, app: AppState, stop: watch::Receiver<bool>) -> anyhow::Result<(Router, Vec<JoinHandle<()>>)> {
+pub async fn build(
+    config: &Config,
+    app: AppState,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<(Router, Vec<JoinHandle<()>>)> {
     let brokers = config.kafka_brokers.clone().unwrap_or_default();
     ensure_topics_with_retry(&brokers).await?;
     let relay = crate::messaging::outbox::Relay {
@@ -142,7 +146,10 @@ impl Orders {
     /// Whether this process is driving the transaction of `id` right now: a
     /// live coordinator, so no participant may presume it abandoned.
     fn is_driving(&self, id: Uuid) -> bool {
-        self.running.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&id)
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&id)
     }
 
     /// Runs (or re-runs) the saga of `id` in the background, at most once at

@@ -104,7 +104,11 @@ pub async fn finish(orders: &Orders, order: &OrderRow, state: OrderState) -> any
     crate::messaging::outbox::enqueue(&mut tx, ORDER_EVENTS_TOPIC, &order.id.to_string(), &payload).await?;
     tx.commit().await?;
     orders.app.metrics.event("outcome", state.as_str());
-    tracing::info!(outcome = state.as_str(), reason = reason.as_deref().unwrap_or(""), "order decided");
+    tracing::info!(
+        outcome = state.as_str(),
+        reason = reason.as_deref().unwrap_or(""),
+        "order decided"
+    );
     let _ = orders.decided.send(order.id);
     Ok(true)
 }

@@ -30,24 +30,65 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
         match saga.next() {
             Next::Run(i) => {
                 let step = Step::ALL[i];
-                set_row(pool, "saga_steps", id, step, "forward", Forward::Started.as_str(), None).await?;
+                set_row(
+                    pool,
+                    "saga_steps",
+                    id,
+                    step,
+                    "forward",
+                    Forward::Started.as_str(),
+                    None,
+                )
+                .await?;
                 let (forward, reason) = match ask(orders, &order, step, Op::Apply).await {
                     Ok(()) => (Forward::Done, None),
-                    Err(CallError::Refused(code)) => (Forward::Rejected, Some(format!("{}: {code}", step.as_str()))),
-                    Err(CallError::Transient(e)) => (Forward::Unknown, Some(format!("{}: gave up after retries ({e})", step.as_str()))),
+                    Err(CallError::Refused(code)) => {
+                        (Forward::Rejected, Some(format!("{}: {code}", step.as_str())))
+                    }
+                    Err(CallError::Transient(e)) => (
+                        Forward::Unknown,
+                        Some(format!("{}: gave up after retries ({e})", step.as_str())),
+                    ),
                 };
                 orders.app.metrics.event("step", forward.as_str());
                 tracing::info!(step = step.as_str(), outcome = forward.as_str(), "step");
-                set_row(pool, "saga_steps", id, step, "forward", forward.as_str(), reason.as_deref()).await?;
+                set_row(
+                    pool,
+                    "saga_steps",
+                    id,
+                    step,
+                    "forward",
+                    forward.as_str(),
+                    reason.as_deref(),
+                )
+                .await?;
             }
             Next::Compensate(i) => {
                 let step = Step::ALL[i];
                 set_compensating(orders, id).await?;
-                set_row(pool, "saga_steps", id, step, "compensation", Compensation::Started.as_str(), None).await?;
+                set_row(
+                    pool,
+                    "saga_steps",
+                    id,
+                    step,
+                    "compensation",
+                    Compensation::Started.as_str(),
+                    None,
+                )
+                .await?;
                 insist(orders, &order, step, Op::Compensate).await;
                 orders.app.metrics.event("compensation", step.as_str());
                 tracing::info!(step = step.as_str(), "compensated");
-                set_row(pool, "saga_steps", id, step, "compensation", Compensation::Done.as_str(), None).await?;
+                set_row(
+                    pool,
+                    "saga_steps",
+                    id,
+                    step,
+                    "compensation",
+                    Compensation::Done.as_str(),
+                    None,
+                )
+                .await?;
             }
             Next::Finish(outcome) => {
                 if finish(orders, &order, state_of(outcome)).await? {

@@ -68,15 +68,17 @@ pub async fn load_order(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Optio
 
 /// The saga's persisted records, as the pure state machine sees them.
 pub async fn load_saga(conn: &mut PgConnection, order: &OrderRow) -> sqlx::Result<Saga> {
-    let rows: Vec<(i32, String, String)> =
-        sqlx::query_as("SELECT step, forward, compensation FROM saga_steps WHERE order_id = $1 ORDER BY step")
-            .bind(order.id)
-            .fetch_all(conn)
-            .await?;
+    let rows: Vec<(i32, String, String)> = sqlx::query_as(
+        "SELECT step, forward, compensation FROM saga_steps WHERE order_id = $1 ORDER BY step",
+    )
+    .bind(order.id)
+    .fetch_all(conn)
+    .await?;
     let mut saga = Saga::new(Step::ALL.len());
     for (step, fwd, comp) in rows {
         let record = StepRecord {
-            forward: Forward::parse(&fwd).ok_or_else(|| sqlx::Error::Decode(format!("bad forward state {fwd}").into()))?,
+            forward: Forward::parse(&fwd)
+                .ok_or_else(|| sqlx::Error::Decode(format!("bad forward state {fwd}").into()))?,
             compensation: Compensation::parse(&comp)
                 .ok_or_else(|| sqlx::Error::Decode(format!("bad compensation state {comp}").into()))?,
         };
@@ -119,7 +121,12 @@ pub async fn load_decision(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Op
 
 /// Logs a decision unless one is logged already (perhaps a presumed abort),
 /// and returns the one that stands. This insert is the commit point.
-pub async fn log_decision(pool: &PgPool, id: Uuid, decision: Decision, presumed: bool) -> sqlx::Result<Decision> {
+pub async fn log_decision(
+    pool: &PgPool,
+    id: Uuid,
+    decision: Decision,
+    presumed: bool,
+) -> sqlx::Result<Decision> {
     sqlx::query("INSERT INTO tx_decisions (order_id, decision, presumed, decided_ms) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
         .bind(id)
         .bind(decision.as_str())
@@ -164,6 +171,6 @@ pub async fn set_row<'c>(
 pub async fn open_orders(pool: &PgPool) -> sqlx::Result<Vec<Uuid>> {
     sqlx::query_scalar("SELECT id FROM orders WHERE state = ANY($1) ORDER BY created_ms")
         .bind(OrderState::texts(&OrderState::OPEN))
-    .fetch_all(pool)
-    .await
+        .fetch_all(pool)
+        .await
 }

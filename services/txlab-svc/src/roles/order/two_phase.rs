@@ -44,7 +44,9 @@ fn ops(method: TxMode) -> (Op, Op, Op) {
 pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
     loop {
         let mut conn = orders.app.pool.acquire().await?;
-        let Some(order) = load_order(&mut conn, id).await? else { return Ok(()) };
+        let Some(order) = load_order(&mut conn, id).await? else {
+            return Ok(());
+        };
         if order.state.is_terminal() {
             return Ok(()); // decided; a cancel moves it back to compensating first
         }
@@ -60,11 +62,23 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
                 let (vote, reason) = match ask(orders, &order, step, vote_op).await {
                     Ok(()) => (Vote::Yes, None),
                     Err(CallError::Refused(code)) => (Vote::No, Some(format!("{}: {code}", step.as_str()))),
-                    Err(CallError::Transient(e)) => (Vote::Unknown, Some(format!("{}: no vote after retries ({e})", step.as_str()))),
+                    Err(CallError::Transient(e)) => (
+                        Vote::Unknown,
+                        Some(format!("{}: no vote after retries ({e})", step.as_str())),
+                    ),
                 };
                 orders.app.metrics.event("vote", vote.as_str());
                 tracing::info!(step = step.as_str(), vote = vote.as_str(), "vote");
-                set_row(pool, "tx_branches", id, step, "vote", vote.as_str(), reason.as_deref()).await?;
+                set_row(
+                    pool,
+                    "tx_branches",
+                    id,
+                    step,
+                    "vote",
+                    vote.as_str(),
+                    reason.as_deref(),
+                )
+                .await?;
             }
             Next::Decide(decision) => {
                 let stands = log_decision(pool, id, decision, false).await?;
@@ -74,16 +88,48 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
                 // Only a delay or a crash makes sense here; an injected error
                 // would merely stall the coordinator.
                 let faults = Faults::parse(order.fault.as_deref(), orders.app.faults.clone())?;
-                let point = if method == TxMode::Tcc { FaultPoint::DuringConfirm } else { FaultPoint::DuringCommit };
+                let point = if method == TxMode::Tcc {
+                    FaultPoint::DuringConfirm
+                } else {
+                    FaultPoint::DuringCommit
+                };
                 if let Err(e) = faults.fire(point).await {
                     tracing::warn!(error = %e, "injected coordinator error ignored");
                 }
             }
             Next::Complete(i, decision) => {
                 let step = Step::ALL[i];
-                set_row(pool, "tx_branches", id, step, "phase2", Phase2::Started.as_str(), None).await?;
-                insist(orders, &order, step, if decision == Decision::Commit { commit_op } else { abort_op }).await;
-                set_row(pool, "tx_branches", id, step, "phase2", Phase2::Done.as_str(), None).await?;
+                set_row(
+                    pool,
+                    "tx_branches",
+                    id,
+                    step,
+                    "phase2",
+                    Phase2::Started.as_str(),
+                    None,
+                )
+                .await?;
+                insist(
+                    orders,
+                    &order,
+                    step,
+                    if decision == Decision::Commit {
+                        commit_op
+                    } else {
+                        abort_op
+                    },
+                )
+                .await;
+                set_row(
+                    pool,
+                    "tx_branches",
+                    id,
+                    step,
+                    "phase2",
+                    Phase2::Done.as_str(),
+                    None,
+                )
+                .await?;
             }
             Next::Finish(outcome) => {
                 if tp.decision == Some(Decision::Commit) {
@@ -151,7 +197,9 @@ async fn may_presume_abort(orders: &Orders, conn: &mut sqlx::PgConnection, id: U
     .bind(id)
     .fetch_optional(conn)
     .await?;
-    let Some((method, last_progress)) = found else { return Ok(true) };
+    let Some((method, last_progress)) = found else {
+        return Ok(true);
+    };
     if method != TxMode::Twopc.as_str() || orders.is_driving(id) {
         return Ok(false);
     }
