@@ -2,7 +2,7 @@
 CARGO ?= cargo
 PROFILE ?= profiles/quick.yaml
 
-.PHONY: setup demo test unit build
+.PHONY: setup demo test unit lint build
 
 # Installs PostgreSQL (apt, when root) and tansu (cargo) if missing.
 setup:
@@ -13,10 +13,16 @@ demo: setup
 	$(CARGO) build --release --workspace --bins
 	./target/release/txlab run --profile $(PROFILE)
 
-# Unit tests and integration tests (real PostgreSQL and tansu, started by the lab's own code).
-test: setup
+# Formatting and lints, then unit tests and integration tests (real
+# PostgreSQL and tansu, started by the lab's own code).
+test: setup lint
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
+
+# One formatting (rustfmt.toml) and no clippy warnings.
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # Only the fast tests that need no database or broker.
 unit:
