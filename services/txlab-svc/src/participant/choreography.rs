@@ -16,9 +16,9 @@ use txlab_tx::choreography::{react, Reaction};
 use uuid::Uuid;
 
 use super::saga::{apply_in, compensate_in};
+use super::OpError;
 use super::Participant;
 use crate::faults::Faults;
-use crate::http::ApiError;
 use crate::roles::AppState;
 
 /// Starts the participant's outbox relay and its checkout-event consumer.
@@ -91,7 +91,7 @@ async fn handle<P: Participant>(
         Reaction::Apply => {
             match apply_in::<P>(&mut tx, event.order_id, &P::request_for(&event.order)).await {
                 Ok(_) => CheckoutKind::Applied { step },
-                Err(ApiError::Refused { code, .. }) => CheckoutKind::Rejected { step, reason: code },
+                Err(OpError::Refused { code, .. }) => CheckoutKind::Rejected { step, reason: code },
                 Err(e) => return Err(anyhow::Error::new(e)),
             }
         }

@@ -10,6 +10,7 @@ use axum::http::request::Parts;
 use sqlx::PgConnection;
 use txlab_api::admin::{EPOCH_HEADER, STALE_EPOCH};
 
+use super::OpError;
 use crate::http::ApiError;
 
 #[derive(Debug, Clone, Default)]
@@ -32,13 +33,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Fence {
 impl Fence {
     /// Refuses (409 `stale_epoch`) when the caller's epoch is not the lab's
     /// current one. Call it first in the operation's transaction.
-    pub async fn check(&self, conn: &mut PgConnection) -> Result<(), ApiError> {
+    pub async fn check(&self, conn: &mut PgConnection) -> Result<(), OpError> {
         let Some(theirs) = &self.0 else { return Ok(()) };
         let ours = crate::epoch::epoch(conn).await?;
         if &ours == theirs {
             return Ok(());
         }
-        Err(ApiError::Conflict {
+        Err(OpError::Conflict {
             code: STALE_EPOCH,
             message: format!(
                 "the call belongs to lab epoch `{theirs}`, but this service is in `{ours}` (reset since)"

@@ -67,6 +67,7 @@ macro_rules! participant_op {
 }
 
 pub mod choreography;
+pub mod error;
 pub mod fence;
 pub mod ledger;
 pub mod saga;
@@ -89,6 +90,7 @@ use uuid::Uuid;
 use crate::faults::Faults;
 use crate::http::ApiError;
 use crate::roles::AppState;
+pub use error::OpError;
 pub use fence::Fence;
 
 /// A refusal on business grounds, e.g. insufficient funds.
@@ -175,10 +177,16 @@ pub struct Record {
     pub request: serde_json::Value,
 }
 
+/// A request as its record stores it.
+pub fn stored_request<P: Participant>(req: &P::Request) -> Result<serde_json::Value, OpError> {
+    serde_json::to_value(req)
+        .map_err(|e| OpError::Internal(format!("cannot store the {} request: {e}", P::ROLE)))
+}
+
 impl Record {
-    pub fn request<P: Participant>(&self) -> Result<P::Request, ApiError> {
+    pub fn request<P: Participant>(&self) -> Result<P::Request, OpError> {
         serde_json::from_value(self.request.clone())
-            .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored {} request is unreadable: {e}", P::ROLE)))
+            .map_err(|e| OpError::Internal(format!("stored {} request is unreadable: {e}", P::ROLE)))
     }
 }
 
@@ -263,15 +271,15 @@ pub async fn void_record<P: Participant>(conn: &mut PgConnection, order_id: Uuid
 }
 
 /// The refusal a forward call gets when the record says it may not run.
-pub fn refused_by_record(order_id: Uuid, record: &Record) -> ApiError {
+pub fn refused_by_record(order_id: Uuid, record: &Record) -> OpError {
     if record.state == RecordState::Rejected {
         let code = record
             .reason
             .clone()
             .unwrap_or_else(|| RecordState::Rejected.to_string());
-        return ApiError::refused(&code, format!("order {order_id} was refused before: {code}"));
+        return OpError::refused(&code, format!("order {order_id} was refused before: {code}"));
     }
-    ApiError::refused(
+    OpError::refused(
         txlab_api::participant::reasons::ALREADY_COMPENSATED,
         format!(
             "order {order_id} is already {}; the operation may not run after its compensation",
@@ -303,23 +311,18 @@ pub async fn hold_in_savepoint<P: Participant>(
 
 /// Retries an operation whose first attempt lost a race to insert the same
 /// record; the retry then finds the record and answers from it.
-pub async fn with_race_retry<F, Fut>(mut op: F) -> Result<StepReply, ApiError>
+pub async fn with_race_retry<F, Fut>(mut op: F) -> Result<StepReply, OpError>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<StepReply, ApiError>>,
+    Fut: Future<Output = Result<StepReply, OpError>>,
 {
     for _ in 0..RACE_RETRIES {
         match op().await {
-            Err(ApiError::Internal(e))
-                if e.downcast_ref::<sqlx::Error>()
-                    .is_some_and(crate::db::is_unique_violation) =>
-            {
-                continue
-            }
+            Err(OpError::Database(e)) if crate::db::is_unique_violation(&e) => continue,
             other => return other,
         }
     }
-    Err(ApiError::Unavailable(
+    Err(OpError::Busy(
         "lost a race on the same order repeatedly; retry".into(),
     ))
 }
@@ -334,7 +337,7 @@ pub async fn around<F, Fut>(
 ) -> Result<Json<StepReply>, ApiError>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<StepReply, ApiError>>,
+    Fut: Future<Output = Result<StepReply, OpError>>,
 {
     faults.fire(FaultPoint::BeforeDb).await?;
     let result = with_race_retry(op).await;
@@ -342,7 +345,7 @@ where
         op_name,
         match &result {
             Ok(r) => r.state.as_str(),
-            Err(ApiError::Conflict { code, .. }) if *code == txlab_api::admin::STALE_EPOCH => code,
+            Err(OpError::Conflict { code, .. }) if *code == txlab_api::admin::STALE_EPOCH => code,
             Err(_) => "refused",
         },
     );

@@ -17,14 +17,14 @@ pub async fn apply_in<P: Participant>(
     conn: &mut PgConnection,
     order_id: Uuid,
     req: &P::Request,
-) -> Result<StepReply, ApiError> {
+) -> Result<StepReply, OpError> {
     if let Some(record) = lock_record::<P>(conn, order_id).await? {
         return match record.state {
             s if s == P::APPLIED => Ok(reply(order_id, s, true)),
             _ => Err(refused_by_record(order_id, &record)),
         };
     }
-    let request = serde_json::to_value(req).map_err(anyhow::Error::from)?;
+    let request = stored_request::<P>(req)?;
     match hold_in_savepoint::<P>(conn, order_id, req).await? {
         Ok(()) => {
             ledger::capture::<P>(conn, order_id, req).await?;
@@ -40,7 +40,7 @@ pub async fn apply_in<P: Participant>(
                 &request,
             )
             .await?;
-            Err(ApiError::refused(refusal.code, refusal.message))
+            Err(OpError::refused(refusal.code, refusal.message))
         }
     }
 }
@@ -50,7 +50,7 @@ pub async fn apply_in<P: Participant>(
 pub async fn compensate_in<P: Participant>(
     conn: &mut PgConnection,
     order_id: Uuid,
-) -> Result<StepReply, ApiError> {
+) -> Result<StepReply, OpError> {
     Ok(match lock_record::<P>(conn, order_id).await? {
         None => void_record::<P>(conn, order_id).await?,
         Some(r) if r.state == P::APPLIED => {
@@ -72,12 +72,12 @@ async fn apply_once<P: Participant>(
     fence: &Fence,
     order_id: Uuid,
     req: &P::Request,
-) -> Result<StepReply, ApiError> {
+) -> Result<StepReply, OpError> {
     let mut tx = pool.begin().await?;
     fence.check(&mut tx).await?;
     let out = apply_in::<P>(&mut tx, order_id, req).await;
     // A refusal is an answer too: its `rejected` record must stick.
-    if matches!(out, Ok(_) | Err(ApiError::Refused { .. })) {
+    if matches!(out, Ok(_) | Err(OpError::Refused { .. })) {
         tx.commit().await?;
     }
     out
@@ -87,7 +87,7 @@ async fn compensate_once<P: Participant>(
     pool: &PgPool,
     fence: &Fence,
     order_id: Uuid,
-) -> Result<StepReply, ApiError> {
+) -> Result<StepReply, OpError> {
     let mut tx = pool.begin().await?;
     fence.check(&mut tx).await?;
     let out = compensate_in::<P>(&mut tx, order_id).await?;

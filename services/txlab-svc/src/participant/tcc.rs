@@ -18,8 +18,8 @@ pub fn path<P: Participant>(op: &str) -> String {
     format!("/tcc/{}/{{order_id}}/{op}", P::COLLECTION)
 }
 
-fn conflict(order_id: Uuid, state: &dyn std::fmt::Display, op: &str) -> ApiError {
-    ApiError::Conflict {
+fn conflict(order_id: Uuid, state: &dyn std::fmt::Display, op: &str) -> OpError {
+    OpError::Conflict {
         code: "wrong_state",
         message: format!("cannot {op} order {order_id}: its record is {state}"),
     }
@@ -31,7 +31,7 @@ pub async fn try_once<P: Participant>(
     fence: &Fence,
     order_id: Uuid,
     req: &P::Request,
-) -> Result<StepReply, ApiError> {
+) -> Result<StepReply, OpError> {
     let mut tx = pool.begin().await?;
     fence.check(&mut tx).await?;
     if let Some(record) = lock_record::<P>(&mut tx, order_id).await? {
@@ -40,11 +40,11 @@ pub async fn try_once<P: Participant>(
             _ => Err(refused_by_record(order_id, &record)),
         };
     }
-    let request = serde_json::to_value(req).map_err(anyhow::Error::from)?;
+    let request = stored_request::<P>(req)?;
     match hold_in_savepoint::<P>(&mut tx, order_id, req).await? {
         Ok(()) => {
             insert_record::<P>(&mut tx, order_id, RecordState::Tried, None, &request).await?;
-            faults.fire(FaultPoint::DuringTry).await?;
+            faults.fire(FaultPoint::DuringTry).await.map_err(OpError::Fault)?;
             tx.commit().await?;
             Ok(reply(order_id, RecordState::Tried, false))
         }
@@ -58,7 +58,7 @@ pub async fn try_once<P: Participant>(
             )
             .await?;
             tx.commit().await?;
-            Err(ApiError::refused(refusal.code, refusal.message))
+            Err(OpError::refused(refusal.code, refusal.message))
         }
     }
 }
@@ -68,7 +68,7 @@ pub async fn confirm_once<P: Participant>(
     faults: &Faults,
     fence: &Fence,
     order_id: Uuid,
-) -> Result<StepReply, ApiError> {
+) -> Result<StepReply, OpError> {
     let mut tx = pool.begin().await?;
     fence.check(&mut tx).await?;
     let out = match lock_record::<P>(&mut tx, order_id).await? {
@@ -76,7 +76,10 @@ pub async fn confirm_once<P: Participant>(
         Some(r) if r.state == RecordState::Tried => {
             ledger::capture::<P>(&mut tx, order_id, &r.request::<P>()?).await?;
             advance_record::<P>(&mut tx, order_id, P::APPLIED).await?;
-            faults.fire(FaultPoint::DuringConfirm).await?;
+            faults
+                .fire(FaultPoint::DuringConfirm)
+                .await
+                .map_err(OpError::Fault)?;
             reply(order_id, P::APPLIED, false)
         }
         Some(r) if r.state == P::APPLIED => reply(order_id, r.state, true),
@@ -91,7 +94,7 @@ pub async fn cancel_once<P: Participant>(
     faults: &Faults,
     fence: &Fence,
     order_id: Uuid,
-) -> Result<StepReply, ApiError> {
+) -> Result<StepReply, OpError> {
     let mut tx = pool.begin().await?;
     fence.check(&mut tx).await?;
     let out = match lock_record::<P>(&mut tx, order_id).await? {
@@ -104,7 +107,10 @@ pub async fn cancel_once<P: Participant>(
         Some(r) if r.state == P::APPLIED => return Err(conflict(order_id, &r.state, "cancel")),
         Some(r) => reply(order_id, r.state, true),
     };
-    faults.fire(FaultPoint::DuringCancel).await?;
+    faults
+        .fire(FaultPoint::DuringCancel)
+        .await
+        .map_err(OpError::Fault)?;
     tx.commit().await?;
     Ok(out)
 }

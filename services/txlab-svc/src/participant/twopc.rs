@@ -55,18 +55,21 @@ async fn prepare_in<P: Participant>(
     fence: &Fence,
     order_id: Uuid,
     req: &P::Request,
-) -> Result<StepReply, ApiError> {
+) -> Result<StepReply, OpError> {
     sqlx::query(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
         .execute(&mut *conn)
         .await?;
     fence.check(conn).await?;
     if let Err(refusal) = ledger::hold::<P>(conn, order_id, req).await? {
-        return Err(ApiError::refused(refusal.code, refusal.message));
+        return Err(OpError::refused(refusal.code, refusal.message));
     }
     ledger::capture::<P>(conn, order_id, req).await?;
-    let request = serde_json::to_value(req).map_err(anyhow::Error::from)?;
+    let request = stored_request::<P>(req)?;
     insert_record::<P>(conn, order_id, P::APPLIED, None, &request).await?;
-    faults.fire(FaultPoint::DuringPrepare).await?;
+    faults
+        .fire(FaultPoint::DuringPrepare)
+        .await
+        .map_err(OpError::Fault)?;
     // The gid is made of a role name and a UUID's hex digits: safe to inline.
     sqlx::query(&format!("PREPARE TRANSACTION '{}'", gid(P::ROLE, order_id)))
         .execute(&mut *conn)
@@ -92,11 +95,11 @@ async fn prepare_once<P: Participant>(
     fence: &Fence,
     order_id: Uuid,
     req: &P::Request,
-) -> Result<StepReply, ApiError> {
+) -> Result<StepReply, OpError> {
     let (pool, faults, fence, req) = (pool.clone(), faults.clone(), fence.clone(), req.clone());
     tokio::spawn(async move { prepare_to_end::<P>(&pool, &faults, &fence, order_id, &req).await })
         .await
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("prepare task failed: {e}")))?
+        .map_err(|e| OpError::Internal(format!("prepare task failed: {e}")))?
 }
 
 async fn prepare_to_end<P: Participant>(
@@ -105,7 +108,7 @@ async fn prepare_to_end<P: Participant>(
     fence: &Fence,
     order_id: Uuid,
     req: &P::Request,
-) -> Result<StepReply, ApiError> {
+) -> Result<StepReply, OpError> {
     let mut conn = pool.acquire().await?;
     let existing: Option<(String, Option<String>)> = sqlx::query_as(&format!(
         "SELECT state, reason FROM {} WHERE order_id = $1",
@@ -138,15 +141,9 @@ async fn prepare_to_end<P: Participant>(
         Err(e) => {
             abandon(conn).await;
             match e {
-                ApiError::Internal(inner)
-                    if inner
-                        .downcast_ref::<sqlx::Error>()
-                        .is_some_and(crate::db::is_lock_timeout) =>
-                {
-                    Err(ApiError::Unavailable(
-                        "a row this branch needs is locked by another in-doubt branch".into(),
-                    ))
-                }
+                OpError::Database(e) if crate::db::is_lock_timeout(&e) => Err(OpError::Busy(
+                    "a row this branch needs is locked by another in-doubt branch".into(),
+                )),
                 other => Err(other),
             }
         }
@@ -158,8 +155,11 @@ async fn commit_once<P: Participant>(
     faults: &Faults,
     fence: &Fence,
     order_id: Uuid,
-) -> Result<StepReply, ApiError> {
-    faults.fire(FaultPoint::DuringCommit).await?;
+) -> Result<StepReply, OpError> {
+    faults
+        .fire(FaultPoint::DuringCommit)
+        .await
+        .map_err(OpError::Fault)?;
     let mut conn = pool.acquire().await?;
     fence.check(&mut conn).await?;
     match sqlx::query(&format!("COMMIT PREPARED '{}'", gid(P::ROLE, order_id)))
@@ -175,7 +175,7 @@ async fn commit_once<P: Participant>(
                     .await?;
             match state.as_deref().map(record_state).transpose()? {
                 Some(s) if s == P::APPLIED || s == P::UNDONE => Ok(reply(order_id, s, true)),
-                other => Err(ApiError::Conflict {
+                other => Err(OpError::Conflict {
                     code: "not_prepared",
                     message: format!("order {order_id} has no prepared branch here (record: {other:?})"),
                 }),
@@ -191,7 +191,7 @@ pub async fn rollback_once<P: Participant>(
     pool: &PgPool,
     fence: &Fence,
     order_id: Uuid,
-) -> Result<StepReply, ApiError> {
+) -> Result<StepReply, OpError> {
     let mut conn = pool.acquire().await?;
     fence.check(&mut conn).await?;
     let rolled_back = match sqlx::query(&format!("ROLLBACK PREPARED '{}'", gid(P::ROLE, order_id)))
@@ -210,7 +210,7 @@ pub async fn rollback_once<P: Participant>(
     let out = match lock_record::<P>(&mut tx, order_id).await {
         Ok(None) => void_record::<P>(&mut tx, order_id).await?,
         Ok(Some(r)) if r.state == P::APPLIED => {
-            return Err(ApiError::Conflict {
+            return Err(OpError::Conflict {
                 code: "already_committed",
                 message: format!("order {order_id}'s branch committed; it can only be compensated"),
             })
@@ -218,7 +218,7 @@ pub async fn rollback_once<P: Participant>(
         Ok(Some(r)) => reply(order_id, r.state, !rolled_back),
         // A prepare racing with this rollback holds the record's key: retry.
         Err(e) if crate::db::is_lock_timeout(&e) => {
-            return Err(ApiError::Unavailable("branch is being prepared; retry".into()))
+            return Err(OpError::Busy("branch is being prepared; retry".into()))
         }
         Err(e) => return Err(e.into()),
     };
