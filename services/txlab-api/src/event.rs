@@ -96,6 +96,19 @@ pub enum CheckoutKind {
     Compensated { step: crate::Step },
 }
 
+impl CheckoutKind {
+    /// The kind's name, as its `kind` tag on the wire says it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CheckoutKind::OrderPlaced => "order_placed",
+            CheckoutKind::CancelRequested => "cancel_requested",
+            CheckoutKind::Applied { .. } => "applied",
+            CheckoutKind::Rejected { .. } => "rejected",
+            CheckoutKind::Compensated { .. } => "compensated",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckoutEvent {
     /// Unique per event; consumers' inboxes deduplicate on it.
@@ -132,7 +145,7 @@ mod tests {
             epoch: "cell-1".into(),
         };
         let v = serde_json::to_value(&e).unwrap();
-        assert_eq!(v["kind"], "rejected");
+        assert_eq!(v["kind"], e.kind.name(), "name() is the wire tag");
         assert_eq!(v["step"], "inventory");
         assert_eq!(serde_json::from_value::<CheckoutEvent>(v).unwrap(), e);
     }

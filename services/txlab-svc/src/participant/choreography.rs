@@ -116,11 +116,7 @@ async fn handle<P: Participant>(
     }
     fire_once(state, &event, FaultPoint::AfterEvent).await?;
     tx.commit().await?;
-    let label = match &kind {
-        CheckoutKind::Applied { .. } => "applied",
-        CheckoutKind::Rejected { .. } => "rejected",
-        _ => "compensated",
-    };
+    let label = kind.name();
     state.metrics.event(
         if reaction == Reaction::Apply {
             "step"
