@@ -114,7 +114,9 @@ async fn bad_input_is_refused_before_anything_starts() {
             _ => unreachable!(),
         }
     };
-    let err = txlab_cli::commands::run::plan(&args(dir.join("typo.yaml").to_str().unwrap())).unwrap_err();
+    let err = args(dir.join("typo.yaml").to_str().unwrap())
+        .resolve()
+        .unwrap_err();
     let text = format!("{err:#}");
     assert!(
         text.contains("typo.yaml:4:") && text.contains("load.duration: unknown field `duration`"),
@@ -122,11 +124,17 @@ async fn bad_input_is_refused_before_anything_starts() {
     );
 
     std::fs::write(dir.join("unknown.yaml"), "name: t\nmethods: [saga_orch]\nscenarios: [happy-paht]\nload: {arrival: poisson, rate: 5, duration_s: 2}\n").unwrap();
-    let err = txlab_cli::commands::run::plan(&args(dir.join("unknown.yaml").to_str().unwrap())).unwrap_err();
+    let err = args(dir.join("unknown.yaml").to_str().unwrap())
+        .resolve()
+        .unwrap_err();
     assert!(
         format!("{err:#}").contains("unknown scenario `happy-paht`"),
         "{err:#}"
     );
+
+    // --matrix means the whole matrix: it refuses to be narrowed.
+    let both = Cli::try_parse_from(["txlab", "run", "--matrix", "--only", "fail-payment"]).unwrap_err();
+    assert!(both.to_string().contains("cannot be used with"), "{both}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

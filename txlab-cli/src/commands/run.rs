@@ -1,11 +1,10 @@
 //! `txlab run`: run a profile's matrix on the local platform.
 //!
-//! The profile is validated into a plan before anything starts; then each
-//! cell is deployed, reset and seeded, loaded, quiesced, audited and
-//! written out. Ctrl-C stops the run between or inside cells and still tears
-//! everything down.
+//! The flags and the profile are resolved into one [`RunPlan`] before
+//! anything starts; then each cell is deployed, reset and seeded, loaded,
+//! quiesced, audited and written out. Ctrl-C stops the run between or inside
+//! cells and still tears everything down.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
@@ -16,11 +15,11 @@ use serde_json::json;
 use txlab_api::Role;
 
 use crate::audit::{check, quiesce, Reader};
-use crate::load::{drive, driver::Target};
+use crate::load::{drive, driver::Target, LoadReport};
 use crate::platform::local::{LocalOptions, LocalPlatform};
 use crate::platform::{Endpoints, Platform};
 use crate::results::{copy_log_slices, log_marks, rfc3339, write_cell, CellSummary, RunDir};
-use crate::spec::Plan;
+use crate::spec::{Cell, Plan};
 
 /// Exit code when the audit found violations.
 pub const EXIT_VIOLATIONS: u8 = 3;
@@ -35,8 +34,9 @@ pub struct RunArgs {
     /// The experiment profile to run.
     #[arg(long, short, default_value = "profiles/quick.yaml")]
     pub profile: PathBuf,
-    /// Run every cell of the profile's matrix (what `run` does unless --only narrows it).
-    #[arg(long)]
+    /// Run every cell of the profile's matrix. That is what `run` does by
+    /// default; say it to make a script's intent explicit (it refuses --only).
+    #[arg(long, conflicts_with = "only")]
     pub matrix: bool,
     /// Run only cells whose id contains this text, e.g. `fail-payment`.
     #[arg(long)]
@@ -72,31 +72,68 @@ fn default_scenarios_dir(profile: &Path) -> PathBuf {
     dir.join("..").join("scenarios")
 }
 
-pub fn plan(args: &RunArgs) -> anyhow::Result<Plan> {
-    let scenarios = args
-        .scenarios
-        .clone()
-        .unwrap_or_else(|| default_scenarios_dir(&args.profile));
-    let mut plan = Plan::load(&args.profile, &scenarios)?;
-    if let Some(only) = &args.only {
-        plan.cells.retain(|c| c.id.contains(only.as_str()));
-        if plan.cells.is_empty() {
-            bail!("--only {only}: no cell of {} matches", args.profile.display());
+/// Everything a run needs, resolved from the flags and the profile before
+/// anything starts (as ripgrep turns its raw flags into one plan).
+#[derive(Debug)]
+pub struct RunPlan {
+    /// The profile's validated matrix, narrowed by `--only`.
+    pub plan: Plan,
+    /// Where the run directory is created.
+    pub results: PathBuf,
+    /// How the local platform is started (its log directory is set once
+    /// the run directory exists).
+    pub platform: LocalOptions,
+    /// Only validate and list the cells.
+    pub dry_run: bool,
+}
+
+impl RunArgs {
+    /// Reads and checks the profile and its scenarios and applies the flags.
+    pub fn resolve(&self) -> anyhow::Result<RunPlan> {
+        let scenarios = self
+            .scenarios
+            .clone()
+            .unwrap_or_else(|| default_scenarios_dir(&self.profile));
+        let mut plan = Plan::load(&self.profile, &scenarios)?;
+        if let Some(only) = &self.only {
+            plan.cells.retain(|c| c.id.contains(only.as_str()));
+            if plan.cells.is_empty() {
+                bail!("--only {only}: no cell of {} matches", self.profile.display());
+            }
         }
+        Ok(RunPlan {
+            plan,
+            results: self.results.clone(),
+            platform: LocalOptions {
+                keep: self.keep,
+                database_url: self.database_url.clone(),
+                kafka_brokers: self.kafka_brokers.clone(),
+                log_dir: PathBuf::new(),
+            },
+            dry_run: self.dry_run,
+        })
     }
-    Ok(plan)
 }
 
 pub async fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let plan = plan(&args)?;
-    if args.dry_run {
-        println!("{} is valid: {} cells", args.profile.display(), plan.cells.len());
+    let RunPlan {
+        plan,
+        results,
+        platform: mut opts,
+        dry_run,
+    } = args.resolve()?;
+    if dry_run {
+        println!(
+            "{} is valid: {} cells",
+            plan.profile_path.display(),
+            plan.cells.len()
+        );
         for c in &plan.cells {
             println!("  {}", c.id);
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let run = RunDir::create(&args.results, &plan.profile.name)?;
+    let run = RunDir::create(&results, &plan.profile.name)?;
     eprintln!(
         "txlab: run {} ({} cells) → {}",
         run.id,
@@ -104,12 +141,8 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
         run.root.display()
     );
     let started = SystemTime::now();
-    let opts = LocalOptions {
-        keep: args.keep,
-        database_url: args.database_url.clone(),
-        kafka_brokers: args.kafka_brokers.clone(),
-        log_dir: run.services_log_dir(),
-    };
+    opts.log_dir = run.services_log_dir();
+    let keep = opts.keep;
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
     let mut platform = tokio::select! {
@@ -128,65 +161,85 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_INTERRUPTED));
         }
     };
-    let scratch = platform.scratch_dir().to_path_buf();
     let outcome = tokio::select! {
         r = run_cells(&mut platform, &plan, &run) => Some(r),
         _ = &mut interrupted => None,
     };
+    close(platform, keep, &plan, &run, started, &outcome).await?;
+    exit_code(outcome, &run)
+}
+
+/// Stops the platform, writes `run.json` and prints the table of the cells
+/// that finished.
+async fn close(
+    platform: LocalPlatform,
+    keep: bool,
+    plan: &Plan,
+    run: &RunDir,
+    started: SystemTime,
+    outcome: &Option<anyhow::Result<Vec<CellSummary>>>,
+) -> anyhow::Result<()> {
+    let scratch = platform.scratch_dir().to_path_buf();
     let description = platform.describe();
     eprintln!("txlab: stopping services and infrastructure");
     platform.shutdown().await?;
-    if args.keep {
+    if keep {
         eprintln!("txlab: kept the scratch directory {}", scratch.display());
     }
-    let summaries = match &outcome {
-        Some(Ok(s)) => s.clone(),
-        _ => crate::results::read_summaries(&run.root).unwrap_or_default(),
-    };
-    let status = match &outcome {
-        None => "interrupted".to_string(),
-        Some(Ok(_)) => "finished".to_string(),
-        Some(Err(e)) => format!("failed: {e:#}"),
+    let (summaries, status) = match outcome {
+        Some(Ok(s)) => (s.clone(), "finished".to_string()),
+        Some(Err(e)) => (
+            crate::results::read_summaries(&run.root).unwrap_or_default(),
+            format!("failed: {e:#}"),
+        ),
+        None => (
+            crate::results::read_summaries(&run.root).unwrap_or_default(),
+            "interrupted".to_string(),
+        ),
     };
     run.write_json(
         "run.json",
-        &run_metadata(&plan, &run, started, &status, description).await,
+        &run_metadata(plan, run, started, &status, description).await,
     )?;
     if !summaries.is_empty() {
         println!("{}", crate::report::table(&summaries));
     }
     println!("results: {}", run.root.display());
-    match outcome {
-        None => {
-            eprintln!("txlab: interrupted; finished cells are in {}", run.root.display());
-            Ok(ExitCode::from(EXIT_INTERRUPTED))
-        }
-        Some(Err(e)) => Err(e),
-        Some(Ok(s)) => {
-            let violations: usize = s.iter().map(|c| c.violations).sum();
-            if violations > 0 {
-                eprintln!("txlab: the audit found {violations} violations; see audit.json in each cell");
-                return Ok(ExitCode::from(EXIT_VIOLATIONS));
-            }
-            let failed: Vec<&CellSummary> = s.iter().filter(|c| !c.threshold_failures.is_empty()).collect();
-            if !failed.is_empty() {
-                for c in &failed {
-                    eprintln!(
-                        "txlab: {} broke its thresholds: {}",
-                        c.cell,
-                        c.threshold_failures.join("; ")
-                    );
-                }
-                eprintln!(
-                    "txlab: {} of {} cells broke the profile's thresholds",
-                    failed.len(),
-                    s.len()
-                );
-                return Ok(ExitCode::from(EXIT_THRESHOLDS));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+    Ok(())
+}
+
+/// 0, or what went wrong: violations (3) before broken thresholds (4).
+fn exit_code(outcome: Option<anyhow::Result<Vec<CellSummary>>>, run: &RunDir) -> anyhow::Result<ExitCode> {
+    let Some(summaries) = outcome else {
+        eprintln!("txlab: interrupted; finished cells are in {}", run.root.display());
+        return Ok(ExitCode::from(EXIT_INTERRUPTED));
+    };
+    let summaries = summaries?;
+    let violations: usize = summaries.iter().map(|c| c.violations).sum();
+    if violations > 0 {
+        eprintln!("txlab: the audit found {violations} violations; see audit.json in each cell");
+        return Ok(ExitCode::from(EXIT_VIOLATIONS));
     }
+    let failed: Vec<&CellSummary> = summaries
+        .iter()
+        .filter(|c| !c.threshold_failures.is_empty())
+        .collect();
+    for c in &failed {
+        eprintln!(
+            "txlab: {} broke its thresholds: {}",
+            c.cell,
+            c.threshold_failures.join("; ")
+        );
+    }
+    if !failed.is_empty() {
+        eprintln!(
+            "txlab: {} of {} cells broke the profile's thresholds",
+            failed.len(),
+            summaries.len()
+        );
+        return Ok(ExitCode::from(EXIT_THRESHOLDS));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// POSTs `body` to `path` on every service.
@@ -248,87 +301,13 @@ pub async fn run_cells(
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
-    let style = ProgressStyle::with_template("{prefix:>40} [{bar:30}] {pos}/{len} orders {msg}")
-        .expect("static progress template")
-        .progress_chars("=> ");
     let mut summaries = Vec::new();
-    let total = plan.cells.len();
     for (index, cell) in plan.cells.iter().enumerate() {
-        let endpoints = platform
-            .deploy(cell.method)
-            .await
-            .with_context(|| format!("deploying {}", cell.method))?;
-        // A new epoch per cell: events still in flight from the last one are dropped.
-        broadcast(
-            &client,
-            &endpoints,
-            "/admin/reset",
-            &json!({ "epoch": format!("{}/{}", run.id, cell.id) }),
-        )
-        .await?;
-        broadcast(
-            &client,
-            &endpoints,
-            "/admin/seed",
-            &serde_json::to_value(&plan.seed.seed)?,
-        )
-        .await?;
-        let logs = platform.log_files();
-        let marks = log_marks(&logs);
-        let restarts_before = platform.restarts();
-        let events_before = crate::metrics::scrape(&client, &endpoints).await;
-
-        if let Some(f) = &cell.scenario.standing_fault {
-            set_standing_fault(&client, &endpoints, f.role, &serde_json::to_value(&f.fault)?).await?;
-        }
-        let progress = ProgressBar::new(0).with_style(style.clone()).with_prefix(format!(
-            "[{}/{total}] {}",
-            index + 1,
-            cell.id
-        ));
-        let target = Target {
-            base_url: endpoints.url(Role::Order)?,
-            run_id: &run.id,
-        };
-        let load = drive(target, plan, cell, &progress).await;
-        if let Some(f) = &cell.scenario.standing_fault {
-            // Cleared even if the load failed. Best effort: a service that is
-            // just restarting after a crash has no standing fault anyway.
-            if let Err(e) = set_standing_fault(&client, &endpoints, f.role, &json!({"mode": "none"})).await {
-                tracing::warn!(error = format!("{e:#}"), "clearing the standing fault failed");
-            }
-        }
-        let load = load?;
-        progress.set_message("quiescing");
-        let timeout = Duration::from_secs_f64(plan.profile.quiesce_timeout_s);
-        let reader = Reader::connect(&endpoints).await?;
-        let (snapshots, waited, unsettled) = quiesce(&reader, cell.method, timeout).await?;
-        let audit = check(&plan.seed.seed, &snapshots, cell.method, Some(&load.client));
-        let events =
-            crate::metrics::delta(&events_before, &crate::metrics::scrape(&client, &endpoints).await);
-        let restarts: BTreeMap<String, u32> = platform
-            .restarts()
-            .into_iter()
-            .map(|(role, n)| {
-                (
-                    role.to_string(),
-                    n - restarts_before.get(&role).copied().unwrap_or(0),
-                )
-            })
-            .filter(|(_, n)| *n > 0)
-            .collect();
-        progress.finish_and_clear();
-
-        let mut summary = CellSummary::new(index, cell, &load, &audit, waited.as_millis() as u64, unsettled);
-        summary.events = events;
-        summary.restarts = restarts;
-        summary.threshold_failures = plan.profile.thresholds.broken_by(&summary);
-        let dir = run.cell_dir(&cell.id);
-        write_cell(&dir, cell, &summary, &load, &audit)?;
-        copy_log_slices(&dir, &logs, &marks)?;
+        let summary = run_cell(platform, plan, run, &client, index, cell).await?;
         eprintln!(
-            "[{}/{total}] {}: {} orders, {} decided ({} unexpected), decided p99 {:.1} ms{}, {} violations{}",
+            "[{}/{}] {}: {} orders, {} decided ({} unexpected), decided p99 {:.1} ms{}, {} violations{}",
             index + 1,
+            plan.cells.len(),
             cell.id,
             summary.sent,
             summary.decided,
@@ -349,6 +328,98 @@ pub async fn run_cells(
         summaries.push(summary);
     }
     Ok(summaries)
+}
+
+/// One cell: deploy, reset and seed, load, quiesce, audit, write.
+async fn run_cell(
+    platform: &mut impl Platform,
+    plan: &Plan,
+    run: &RunDir,
+    client: &reqwest::Client,
+    index: usize,
+    cell: &Cell,
+) -> anyhow::Result<CellSummary> {
+    let endpoints = platform
+        .deploy(cell.method)
+        .await
+        .with_context(|| format!("deploying {}", cell.method))?;
+    // A new epoch per cell: work still in flight from the last one is refused.
+    let epoch = json!({ "epoch": format!("{}/{}", run.id, cell.id) });
+    broadcast(client, &endpoints, "/admin/reset", &epoch).await?;
+    broadcast(
+        client,
+        &endpoints,
+        "/admin/seed",
+        &serde_json::to_value(&plan.seed.seed)?,
+    )
+    .await?;
+    let logs = platform.log_files();
+    let marks = log_marks(&logs);
+    let restarts_before = platform.restarts();
+    let events_before = crate::metrics::scrape(client, &endpoints).await;
+
+    let progress = ProgressBar::new(0)
+        .with_style(progress_style())
+        .with_prefix(format!("[{}/{}] {}", index + 1, plan.cells.len(), cell.id));
+    let load = load_cell(plan, run, client, &endpoints, cell, &progress).await?;
+    progress.set_message("quiescing");
+    let timeout = Duration::from_secs_f64(plan.profile.quiesce_timeout_s);
+    let reader = Reader::connect(&endpoints).await?;
+    let (snapshots, waited, unsettled) = quiesce(&reader, cell.method, timeout).await?;
+    let audit = check(&plan.seed.seed, &snapshots, cell.method, Some(&load.client));
+    progress.finish_and_clear();
+
+    let mut summary = CellSummary::new(index, cell, &load, &audit, waited.as_millis() as u64, unsettled);
+    summary.events = crate::metrics::delta(&events_before, &crate::metrics::scrape(client, &endpoints).await);
+    summary.restarts = platform
+        .restarts()
+        .into_iter()
+        .map(|(role, n)| {
+            (
+                role.to_string(),
+                n - restarts_before.get(&role).copied().unwrap_or(0),
+            )
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    summary.threshold_failures = plan.profile.thresholds.broken_by(&summary);
+    let dir = run.cell_dir(&cell.id);
+    write_cell(&dir, cell, &summary, &load, &audit)?;
+    copy_log_slices(&dir, &logs, &marks)?;
+    Ok(summary)
+}
+
+/// The cell's load, with the scenario's standing fault set for its length.
+async fn load_cell(
+    plan: &Plan,
+    run: &RunDir,
+    client: &reqwest::Client,
+    endpoints: &Endpoints,
+    cell: &Cell,
+    progress: &ProgressBar,
+) -> anyhow::Result<LoadReport> {
+    if let Some(f) = &cell.scenario.standing_fault {
+        set_standing_fault(client, endpoints, f.role, &serde_json::to_value(&f.fault)?).await?;
+    }
+    let target = Target {
+        base_url: endpoints.url(Role::Order)?,
+        run_id: &run.id,
+    };
+    let load = drive(target, plan, cell, progress).await;
+    if let Some(f) = &cell.scenario.standing_fault {
+        // Cleared even if the load failed. Best effort: a service that is
+        // just restarting after a crash has no standing fault anyway.
+        if let Err(e) = set_standing_fault(client, endpoints, f.role, &json!({"mode": "none"})).await {
+            tracing::warn!(error = format!("{e:#}"), "clearing the standing fault failed");
+        }
+    }
+    load
+}
+
+fn progress_style() -> ProgressStyle {
+    ProgressStyle::with_template("{prefix:>40} [{bar:30}] {pos}/{len} orders {msg}")
+        .expect("static progress template")
+        .progress_chars("=> ")
 }
 
 /// Everything needed to know later what this run was.

@@ -110,6 +110,39 @@ impl Recorder {
         self.second(second).0.errors += 1;
     }
 
+    /// Records an order the service accepted.
+    fn accepted(&mut self, j: &Journey, id: Uuid) {
+        let latency = j.intended.elapsed();
+        self.report.accepted += 1;
+        self.report.client.orders.insert(id, None);
+        self.second(j.second).0.accepted += 1;
+        if j.measured {
+            let _ = self.report.accepted_us.record(latency.as_micros().max(1) as u64);
+        }
+    }
+
+    /// Records an order's decision and whether it was the expected one.
+    fn decided(&mut self, j: &Journey, v: OrderView, expect: OrderState) {
+        let us = j.intended.elapsed().as_micros().max(1) as u64;
+        self.report.decided += 1;
+        self.report.client.orders.insert(v.id, Some(v.state));
+        *self.report.outcomes.entry(v.state.to_string()).or_default() += 1;
+        if v.state != expect {
+            self.report.unexpected += 1;
+            if self.report.unexpected_examples.len() < 10 {
+                let what = format!("{} ({})", v.state, v.reason.unwrap_or_default());
+                self.report.unexpected_examples.push((v.id, what));
+            }
+        }
+        let sec = self.second(j.second);
+        sec.0.decided += 1;
+        let _ = sec.1.record(us);
+        if j.measured {
+            self.report.measured += 1;
+            let _ = self.report.decided_us.record(us);
+        }
+    }
+
     /// Records a measured arrival that got no decision at the follow limit,
     /// and no acceptance either when `unaccepted`.
     fn censor(&mut self, measured: bool, unaccepted: bool) {
@@ -187,6 +220,14 @@ pub async fn drive(
     let in_flight = Arc::new(AtomicUsize::new(0));
     let warmup = Duration::from_secs_f64(spec.warmup_s);
     let start = Instant::now() + Duration::from_millis(20);
+    let script = Arc::new(Script {
+        client,
+        base: target.base_url.to_string(),
+        key_prefix: format!("{}/{}", target.run_id, cell.id),
+        fault: cell.scenario.fault.clone(),
+        cancel_after_ms: cell.scenario.cancel_after_ms,
+        expect: cell.scenario.expect_for(cell.method),
+    });
     let mut tasks = Vec::with_capacity(offsets.len());
     let mut last_send = start;
     for (index, offset) in offsets.iter().enumerate() {
@@ -217,31 +258,10 @@ pub async fn drive(
             r.second(journey.second).0.sent += 1;
         }
         in_flight.fetch_add(1, Ordering::Relaxed);
-        let (client, rec, in_flight, progress) =
-            (client.clone(), rec.clone(), in_flight.clone(), progress.clone());
-        let (base, run_id, cell_id) = (
-            target.base_url.to_string(),
-            target.run_id.to_string(),
-            cell.id.clone(),
-        );
-        let (fault, cancel_after, expect) = (
-            cell.scenario.fault.clone(),
-            cell.scenario.cancel_after_ms,
-            cell.scenario.expect_for(cell.method),
-        );
+        let (script, rec, in_flight, progress) =
+            (script.clone(), rec.clone(), in_flight.clone(), progress.clone());
         tasks.push(tokio::spawn(async move {
-            let key = format!("{run_id}/{cell_id}/{}", journey.index);
-            follow(
-                &client,
-                &base,
-                &key,
-                fault.as_deref(),
-                cancel_after,
-                expect,
-                journey,
-                &rec,
-            )
-            .await;
+            follow(&script, journey, &rec).await;
             in_flight.fetch_sub(1, Ordering::Relaxed);
             progress.inc(1);
         }));
@@ -270,26 +290,22 @@ pub async fn drive(
     Ok(r.report)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn follow(
-    client: &reqwest::Client,
-    base: &str,
-    key: &str,
-    fault: Option<&str>,
+/// What every order of a cell is sent with.
+struct Script {
+    client: reqwest::Client,
+    /// The order service, e.g. `http://127.0.0.1:41234`.
+    base: String,
+    /// Idempotency keys are `<prefix>/<arrival index>`: unique per run and cell.
+    key_prefix: String,
+    fault: Option<String>,
     cancel_after_ms: Option<u64>,
     expect: OrderState,
-    j: Journey,
-    rec: &Mutex<Recorder>,
-) {
-    let mut post = client
-        .post(format!("{base}/orders"))
-        .header(IDEMPOTENCY_KEY_HEADER, key)
-        .json(&j.order);
-    if let Some(f) = fault {
-        post = post.header(FAULT_HEADER, f);
-    }
-    let created: OrderView = match send_json(post).await {
-        Ok(v) => v,
+}
+
+/// One order from its creation to its decision, recorded as it goes.
+async fn follow(script: &Script, j: Journey, rec: &Mutex<Recorder>) {
+    let id = match create(script, &j).await {
+        Ok(id) => id,
         Err(kind) => {
             let mut r = rec.lock().expect("recorder lock");
             r.error(j.second, format!("create: {kind}"));
@@ -297,39 +313,74 @@ async fn follow(
             return;
         }
     };
-    let accepted = j.intended.elapsed();
-    {
-        let mut r = rec.lock().expect("recorder lock");
-        r.report.accepted += 1;
-        r.report.client.orders.insert(created.id, None);
-        r.second(j.second).0.accepted += 1;
-        if j.measured {
-            let _ = r.report.accepted_us.record(accepted.as_micros().max(1) as u64);
-        }
-    }
+    rec.lock().expect("recorder lock").accepted(&j, id);
     let mut cancelled = false;
-    if let Some(ms) = cancel_after_ms {
-        tokio::time::sleep_until(Instant::now() + Duration::from_millis(ms)).await;
-        let resp = client
-            .post(format!("{base}/orders/{}/cancel", created.id))
-            .send()
-            .await;
-        match resp {
-            Ok(r) if r.status().is_success() => cancelled = true,
-            // 409: already terminal; the outcome check below tells whether that was expected.
-            Ok(r) if r.status() == reqwest::StatusCode::CONFLICT => {}
-            Ok(r) => rec
+    if let Some(ms) = script.cancel_after_ms {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        match cancel(script, id).await {
+            Ok(accepted) => cancelled = accepted,
+            Err(kind) => rec
                 .lock()
                 .expect("recorder lock")
-                .error(j.second, format!("cancel: HTTP {}", r.status().as_u16())),
-            Err(e) => rec
-                .lock()
-                .expect("recorder lock")
-                .error(j.second, format!("cancel: {}", transport_kind(&e))),
+                .error(j.second, format!("cancel: {kind}")),
         }
     }
-    // A cancelled order is decided when its compensation is over, not when
-    // it was confirmed just before the cancel landed.
+    let decision = decision(script, id, cancelled, j.intended + FOLLOW_LIMIT).await;
+    let mut r = rec.lock().expect("recorder lock");
+    match decision {
+        Ok(Some(view)) => r.decided(&j, view, script.expect),
+        Ok(None) => {
+            r.report.undecided += 1;
+            r.censor(j.measured, false);
+        }
+        Err(kind) => {
+            r.error(j.second, format!("follow: {kind}"));
+            r.censor(j.measured, false);
+        }
+    }
+}
+
+/// `POST /orders`; the new order's id, or a short error kind.
+async fn create(script: &Script, j: &Journey) -> Result<Uuid, String> {
+    let key = format!("{}/{}", script.key_prefix, j.index);
+    let mut post = script
+        .client
+        .post(format!("{}/orders", script.base))
+        .header(IDEMPOTENCY_KEY_HEADER, key)
+        .json(&j.order);
+    if let Some(f) = &script.fault {
+        post = post.header(FAULT_HEADER, f);
+    }
+    send_json::<OrderView>(post).await.map(|v| v.id)
+}
+
+/// `POST /orders/{id}/cancel`: whether the cancel was accepted (a 409 says
+/// the order was already decided; the outcome check tells whether that was
+/// expected), or a short error kind.
+async fn cancel(script: &Script, id: Uuid) -> Result<bool, String> {
+    let resp = script
+        .client
+        .post(format!("{}/orders/{id}/cancel", script.base))
+        .send()
+        .await;
+    match resp {
+        Ok(r) if r.status().is_success() => Ok(true),
+        Ok(r) if r.status() == reqwest::StatusCode::CONFLICT => Ok(false),
+        Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
+        Err(e) => Err(transport_kind(&e).to_string()),
+    }
+}
+
+/// Long-polls the order until it is decided (`Some`), the deadline passes
+/// (`None`), or reading it keeps failing until the deadline (the error kind).
+/// A cancelled order is decided when its compensation is over, not when it
+/// was confirmed just before the cancel landed.
+async fn decision(
+    script: &Script,
+    id: Uuid,
+    cancelled: bool,
+    deadline: Instant,
+) -> Result<Option<OrderView>, String> {
     let settled = |s: OrderState| {
         if cancelled {
             matches!(s, OrderState::Cancelled | OrderState::Rejected)
@@ -337,51 +388,22 @@ async fn follow(
             s.is_terminal()
         }
     };
-    let deadline = j.intended + FOLLOW_LIMIT;
     loop {
-        let view: Result<OrderView, String> =
-            send_json(client.get(format!("{base}/orders/{}?wait_ms=10000", created.id))).await;
+        let view: Result<OrderView, String> = send_json(
+            script
+                .client
+                .get(format!("{}/orders/{id}?wait_ms=10000", script.base)),
+        )
+        .await;
         match view {
-            Ok(v) if settled(v.state) => {
-                let decided = j.intended.elapsed();
-                let mut r = rec.lock().expect("recorder lock");
-                r.report.decided += 1;
-                r.report.client.orders.insert(v.id, Some(v.state));
-                *r.report.outcomes.entry(v.state.to_string()).or_default() += 1;
-                if v.state != expect {
-                    r.report.unexpected += 1;
-                    if r.report.unexpected_examples.len() < 10 {
-                        let what = format!("{} ({})", v.state, v.reason.unwrap_or_default());
-                        r.report.unexpected_examples.push((v.id, what));
-                    }
-                }
-                let sec = r.second(j.second);
-                sec.0.decided += 1;
-                let us = decided.as_micros().max(1) as u64;
-                let _ = sec.1.record(us);
-                if j.measured {
-                    r.report.measured += 1;
-                    let _ = r.report.decided_us.record(us);
-                }
-                return;
-            }
+            Ok(v) if settled(v.state) => return Ok(Some(v)),
             Ok(_) if Instant::now() < deadline => continue,
-            Ok(_) => {
-                let mut r = rec.lock().expect("recorder lock");
-                r.report.undecided += 1;
-                r.censor(j.measured, false);
-                return;
-            }
+            Ok(_) => return Ok(None),
             Err(kind) if Instant::now() < deadline => {
-                tracing::debug!(order_id = %created.id, %kind, "follow failed; retrying");
+                tracing::debug!(order_id = %id, %kind, "follow failed; retrying");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(kind) => {
-                let mut r = rec.lock().expect("recorder lock");
-                r.error(j.second, format!("follow: {kind}"));
-                r.censor(j.measured, false);
-                return;
-            }
+            Err(kind) => return Err(kind),
         }
     }
 }

@@ -102,95 +102,11 @@ pub async fn create(
             return Ok((StatusCode::OK, Json(view)));
         }
     }
-    let id = Uuid::new_v4();
-    let now = txlab_tx::now_ms();
     let amount = req
         .amount()
         .ok_or_else(|| ApiError::BadRequest("order total overflows".into()))?;
-    let mut tx = orders.app.pool.begin().await?;
-    let epoch = crate::epoch::epoch(&mut tx).await?;
-    sqlx::query(
-        "INSERT INTO orders (id, customer, items, amount, slot, method, state, fault, created_ms, updated_ms, epoch) \
-         VALUES ($1, $2, $3, $4, $5, $6, $10, $7, $8, $8, $9)",
-    )
-    .bind(id)
-    .bind(&req.customer)
-    .bind(sqlx::types::Json(&req.items))
-    .bind(amount)
-    .bind(&req.slot)
-    .bind(orders.method.as_str())
-    .bind(&faults.raw)
-    .bind(now)
-    .bind(&epoch)
-    .bind(OrderState::Pending.as_str())
-    .execute(&mut *tx)
-    .await?;
-    let initial = (Forward::NotStarted.as_str(), Compensation::NotStarted.as_str());
-    insert_step_rows(
-        &mut tx,
-        "saga_steps (order_id, step, name, forward, compensation, updated_ms)",
-        initial,
-        id,
-        now,
-    )
-    .await?;
-    if orders.method.is_event_driven() {
-        let spec = txlab_api::event::OrderSpec {
-            customer: req.customer.clone(),
-            amount,
-            items: req.items.clone(),
-            slot: req.slot.clone(),
-            fault: faults.raw.clone(),
-        };
-        super::choreography::emit(
-            &mut tx,
-            id,
-            spec,
-            txlab_api::event::CheckoutKind::OrderPlaced,
-            epoch,
-        )
-        .await?;
-    }
-    if matches!(orders.method, TxMode::Twopc | TxMode::Tcc) {
-        let initial = (Vote::NotAsked.as_str(), Phase2::Pending.as_str());
-        insert_step_rows(
-            &mut tx,
-            "tx_branches (order_id, step, name, vote, phase2, updated_ms)",
-            initial,
-            id,
-            now,
-        )
-        .await?;
-    }
-    if let Some(key) = &key {
-        let inserted = sqlx::query(
-            "INSERT INTO idempotency_keys (key, request, order_id, created_ms) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(key)
-        .bind(&request)
-        .bind(id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            Ok(_) => {}
-            // A concurrent request with the same key won: answer with its order.
-            Err(e) if crate::db::is_unique_violation(&e) => {
-                drop(tx);
-                return match replay(&orders, key, &request).await? {
-                    Some(view) => Ok((StatusCode::OK, Json(view))),
-                    None => Err(ApiError::Unavailable("idempotency key race; retry".into())),
-                };
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    tx.commit().await?;
-    tracing::info!(order_id = %id, amount, "order accepted");
-    orders.app.metrics.event("order", "accepted");
-    orders.clone().drive(id);
-    let view = OrderView {
-        id,
+    let order = OrderView {
+        id: Uuid::new_v4(),
         state: OrderState::Pending,
         customer: req.customer,
         amount,
@@ -198,10 +114,110 @@ pub async fn create(
         items: req.items,
         reason: None,
         method: orders.method,
-        created_ms: now,
+        created_ms: txlab_tx::now_ms(),
         decided_ms: None,
     };
-    Ok((StatusCode::ACCEPTED, Json(view)))
+    let mut tx = orders.app.pool.begin().await?;
+    insert_order(&mut tx, &order, faults.raw.as_deref()).await?;
+    if let Some(key) = &key {
+        if !claim_key(&mut tx, key, &request, &order).await? {
+            // A concurrent request with the same key won: answer with its order.
+            drop(tx);
+            return match replay(&orders, key, &request).await? {
+                Some(view) => Ok((StatusCode::OK, Json(view))),
+                None => Err(ApiError::Unavailable("idempotency key race; retry".into())),
+            };
+        }
+    }
+    tx.commit().await?;
+    tracing::info!(order_id = %order.id, amount, "order accepted");
+    orders.app.metrics.event("order", "accepted");
+    orders.clone().drive(order.id);
+    Ok((StatusCode::ACCEPTED, Json(order)))
+}
+
+/// Writes a new order with the caller's transaction: the order row (with
+/// the lab epoch, read first as every epoch reader does), the step log its
+/// method's engine keeps, and, without a coordinator, the event that
+/// places it.
+async fn insert_order(
+    tx: &mut sqlx::PgConnection,
+    order: &OrderView,
+    fault: Option<&str>,
+) -> sqlx::Result<()> {
+    let epoch = crate::epoch::epoch(&mut *tx).await?;
+    let (id, now) = (order.id, order.created_ms);
+    sqlx::query(
+        "INSERT INTO orders (id, customer, items, amount, slot, method, state, fault, created_ms, updated_ms, epoch) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10)",
+    )
+    .bind(id)
+    .bind(&order.customer)
+    .bind(sqlx::types::Json(&order.items))
+    .bind(order.amount)
+    .bind(&order.slot)
+    .bind(order.method.as_str())
+    .bind(order.state.as_str())
+    .bind(fault)
+    .bind(now)
+    .bind(&epoch)
+    .execute(&mut *tx)
+    .await?;
+    let saga_log = "saga_steps (order_id, step, name, forward, compensation, updated_ms)";
+    insert_step_rows(
+        tx,
+        saga_log,
+        (Forward::NotStarted.as_str(), Compensation::NotStarted.as_str()),
+        id,
+        now,
+    )
+    .await?;
+    if matches!(order.method, TxMode::Twopc | TxMode::Tcc) {
+        let branches = "tx_branches (order_id, step, name, vote, phase2, updated_ms)";
+        insert_step_rows(
+            tx,
+            branches,
+            (Vote::NotAsked.as_str(), Phase2::Pending.as_str()),
+            id,
+            now,
+        )
+        .await?;
+    }
+    if order.method.is_event_driven() {
+        let spec = txlab_api::event::OrderSpec {
+            customer: order.customer.clone(),
+            amount: order.amount,
+            items: order.items.clone(),
+            slot: order.slot.clone(),
+            fault: fault.map(str::to_string),
+        };
+        super::choreography::emit(tx, id, spec, txlab_api::event::CheckoutKind::OrderPlaced, epoch).await?;
+    }
+    Ok(())
+}
+
+/// Records the idempotency key of a new order with the caller's
+/// transaction; false when a concurrent request with the same key won.
+async fn claim_key(
+    tx: &mut sqlx::PgConnection,
+    key: &str,
+    request: &serde_json::Value,
+    order: &OrderView,
+) -> sqlx::Result<bool> {
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_keys (key, request, order_id, created_ms) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(key)
+    .bind(request)
+    .bind(order.id)
+    .bind(order.created_ms)
+    .execute(tx)
+    .await;
+    match inserted {
+        Ok(_) => Ok(true),
+        Err(e) if crate::db::is_unique_violation(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 pub async fn get(
