@@ -14,7 +14,7 @@ use txlab_tx::saga::{Compensation, Forward};
 use uuid::Uuid;
 
 use super::outcome::finish;
-use super::store::{load_order, load_saga, set_row};
+use super::store::{load_order, load_saga, mark, Mark};
 use super::Orders;
 
 /// Writes a checkout event with the caller's transaction. `epoch` must
@@ -61,15 +61,15 @@ pub async fn start(
 
 #[tracing::instrument(skip_all, fields(order_id = %event.order_id, event = ?event.kind))]
 async fn handle(orders: &Orders, event: CheckoutEvent) -> anyhow::Result<()> {
-    let (step, column, value, reason) = match &event.kind {
-        CheckoutKind::Applied { step } => (*step, "forward", Forward::Done.as_str(), None),
+    // The event-driven methods record what they hear in the saga log.
+    let (step, heard, reason) = match &event.kind {
+        CheckoutKind::Applied { step } => (*step, Mark::Forward(Forward::Done), None),
         CheckoutKind::Rejected { step, reason } => (
             *step,
-            "forward",
-            Forward::Rejected.as_str(),
+            Mark::Forward(Forward::Rejected),
             Some(format!("{step}: {reason}")),
         ),
-        CheckoutKind::Compensated { step } => (*step, "compensation", Compensation::Done.as_str(), None),
+        CheckoutKind::Compensated { step } => (*step, Mark::Compensation(Compensation::Done), None),
         // Our own events, read back from the shared topic.
         CheckoutKind::OrderPlaced | CheckoutKind::CancelRequested => return Ok(()),
     };
@@ -79,16 +79,7 @@ async fn handle(orders: &Orders, event: CheckoutEvent) -> anyhow::Result<()> {
         return Ok(()); // from a cell the lab has reset away
     }
     if crate::messaging::inbox::first_delivery(&mut tx, &event.event_id.to_string()).await? {
-        set_row(
-            &mut *tx,
-            "saga_steps",
-            event.order_id,
-            step,
-            column,
-            value,
-            reason.as_deref(),
-        )
-        .await?;
+        mark(&mut *tx, event.order_id, step, heard, reason.as_deref()).await?;
     }
     tx.commit().await?;
     // Also after a redelivery: a crash may have come between the two.

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::calls::{ask, insist, CallError, Op};
 use super::outcome::{finish, set_compensating, state_of};
-use super::store::{load_order, load_saga, set_row};
+use super::store::{load_order, load_saga, mark, Mark};
 use super::Orders;
 
 /// Runs the saga of `id` until it finishes (or the order is gone).
@@ -30,16 +30,7 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
         match saga.next() {
             Next::Run(i) => {
                 let step = Step::ALL[i];
-                set_row(
-                    pool,
-                    "saga_steps",
-                    id,
-                    step,
-                    "forward",
-                    Forward::Started.as_str(),
-                    None,
-                )
-                .await?;
+                mark(pool, id, step, Mark::Forward(Forward::Started), None).await?;
                 let (forward, reason) = match ask(orders, &order, step, Op::Apply).await {
                     Ok(()) => (Forward::Done, None),
                     Err(CallError::Refused(code)) => {
@@ -52,43 +43,16 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
                 };
                 orders.app.metrics.event("step", forward.as_str());
                 tracing::info!(step = step.as_str(), outcome = forward.as_str(), "step");
-                set_row(
-                    pool,
-                    "saga_steps",
-                    id,
-                    step,
-                    "forward",
-                    forward.as_str(),
-                    reason.as_deref(),
-                )
-                .await?;
+                mark(pool, id, step, Mark::Forward(forward), reason.as_deref()).await?;
             }
             Next::Compensate(i) => {
                 let step = Step::ALL[i];
                 set_compensating(orders, id).await?;
-                set_row(
-                    pool,
-                    "saga_steps",
-                    id,
-                    step,
-                    "compensation",
-                    Compensation::Started.as_str(),
-                    None,
-                )
-                .await?;
+                mark(pool, id, step, Mark::Compensation(Compensation::Started), None).await?;
                 insist(orders, &order, step, Op::Compensate).await;
                 orders.app.metrics.event("compensation", step.as_str());
                 tracing::info!(step = step.as_str(), "compensated");
-                set_row(
-                    pool,
-                    "saga_steps",
-                    id,
-                    step,
-                    "compensation",
-                    Compensation::Done.as_str(),
-                    None,
-                )
-                .await?;
+                mark(pool, id, step, Mark::Compensation(Compensation::Done), None).await?;
             }
             Next::Finish(outcome) => {
                 if finish(orders, &order, state_of(outcome)).await? {

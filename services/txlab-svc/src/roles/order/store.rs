@@ -138,27 +138,70 @@ pub async fn log_decision(
     Ok(load_decision(&mut conn, id).await?.unwrap_or(decision))
 }
 
-/// Sets one column of one step's row in `saga_steps` or `tx_branches`,
-/// counting an attempt when the value marks a call about to be made.
-pub async fn set_row<'c>(
+/// A new value for one column of a step's row in an engine's log: the
+/// saga log (`saga_steps`, also what the event-driven methods have heard)
+/// or the two-phase log (`tx_branches`).
+#[derive(Debug, Clone, Copy)]
+pub enum Mark {
+    Forward(Forward),
+    Compensation(Compensation),
+    Vote(Vote),
+    Phase2(Phase2),
+}
+
+impl Mark {
+    fn table_and_column(self) -> (&'static str, &'static str) {
+        match self {
+            Mark::Forward(_) => ("saga_steps", "forward"),
+            Mark::Compensation(_) => ("saga_steps", "compensation"),
+            Mark::Vote(_) => ("tx_branches", "vote"),
+            Mark::Phase2(_) => ("tx_branches", "phase2"),
+        }
+    }
+
+    fn value(self) -> &'static str {
+        match self {
+            Mark::Forward(v) => v.as_str(),
+            Mark::Compensation(v) => v.as_str(),
+            Mark::Vote(v) => v.as_str(),
+            Mark::Phase2(v) => v.as_str(),
+        }
+    }
+
+    /// Whether the mark says a call is about to be made (an attempt).
+    fn is_call(self) -> bool {
+        matches!(
+            self,
+            Mark::Forward(Forward::Started)
+                | Mark::Compensation(Compensation::Started)
+                | Mark::Vote(Vote::Asked)
+                | Mark::Phase2(Phase2::Started)
+        )
+    }
+}
+
+/// Records `mark` on the row of `step`, keeping the first reason given and
+/// counting an attempt when the mark announces a call.
+pub async fn mark<'c>(
     conn: impl sqlx::PgExecutor<'c>,
-    table: &'static str,
     id: Uuid,
     step: Step,
-    column: &'static str,
-    value: &str,
+    mark: Mark,
     reason: Option<&str>,
 ) -> sqlx::Result<()> {
-    // Forward, compensation and phase two all say `started`; a vote says `asked`.
-    let calling = value == Forward::Started.as_str() || value == Vote::Asked.as_str();
-    let bump = if calling { ", attempts = attempts + 1" } else { "" };
+    let (table, column) = mark.table_and_column();
+    let bump = if mark.is_call() {
+        ", attempts = attempts + 1"
+    } else {
+        ""
+    };
     sqlx::query(&format!(
         "UPDATE {table} SET {column} = $3, reason = COALESCE($4, reason), updated_ms = $5{bump} \
          WHERE order_id = $1 AND step = $2"
     ))
     .bind(id)
     .bind(step.index() as i32)
-    .bind(value)
+    .bind(mark.value())
     .bind(reason)
     .bind(txlab_tx::now_ms())
     .execute(conn)

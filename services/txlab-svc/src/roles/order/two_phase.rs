@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use super::calls::{ask, insist, CallError, Op};
 use super::outcome::{finish, state_of};
-use super::store::{load_order, load_two_phase, log_decision, set_row};
+use super::store::{load_order, load_two_phase, log_decision, mark, Mark};
 use super::Orders;
 use crate::faults::Faults;
 use crate::http::ApiError;
@@ -58,7 +58,7 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
         match tp.next() {
             Next::Ask(i) => {
                 let step = Step::ALL[i];
-                set_row(pool, "tx_branches", id, step, "vote", Vote::Asked.as_str(), None).await?;
+                mark(pool, id, step, Mark::Vote(Vote::Asked), None).await?;
                 let (vote, reason) = match ask(orders, &order, step, vote_op).await {
                     Ok(()) => (Vote::Yes, None),
                     Err(CallError::Refused(code)) => (Vote::No, Some(format!("{}: {code}", step.as_str()))),
@@ -69,16 +69,7 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
                 };
                 orders.app.metrics.event("vote", vote.as_str());
                 tracing::info!(step = step.as_str(), vote = vote.as_str(), "vote");
-                set_row(
-                    pool,
-                    "tx_branches",
-                    id,
-                    step,
-                    "vote",
-                    vote.as_str(),
-                    reason.as_deref(),
-                )
-                .await?;
+                mark(pool, id, step, Mark::Vote(vote), reason.as_deref()).await?;
             }
             Next::Decide(decision) => {
                 let stands = log_decision(pool, id, decision, false).await?;
@@ -99,16 +90,7 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
             }
             Next::Complete(i, decision) => {
                 let step = Step::ALL[i];
-                set_row(
-                    pool,
-                    "tx_branches",
-                    id,
-                    step,
-                    "phase2",
-                    Phase2::Started.as_str(),
-                    None,
-                )
-                .await?;
+                mark(pool, id, step, Mark::Phase2(Phase2::Started), None).await?;
                 insist(
                     orders,
                     &order,
@@ -120,16 +102,7 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
                     },
                 )
                 .await;
-                set_row(
-                    pool,
-                    "tx_branches",
-                    id,
-                    step,
-                    "phase2",
-                    Phase2::Done.as_str(),
-                    None,
-                )
-                .await?;
+                mark(pool, id, step, Mark::Phase2(Phase2::Done), None).await?;
             }
             Next::Finish(outcome) => {
                 if tp.decision == Some(Decision::Commit) {
