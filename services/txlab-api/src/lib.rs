@@ -163,15 +163,6 @@ impl Step {
     pub fn next(self) -> Option<Step> {
         Step::at(self.index() + 1)
     }
-
-    /// The service that performs this step.
-    pub fn role(self) -> Role {
-        match self {
-            Step::Payment => Role::Payment,
-            Step::Inventory => Role::Inventory,
-            Step::Shipping => Role::Shipping,
-        }
-    }
 }
 
 #[cfg(test)]

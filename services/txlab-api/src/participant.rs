@@ -125,15 +125,6 @@ impl LedgerCount {
             LedgerOp::Restore => self.restore,
         }
     }
-
-    pub fn add(&mut self, op: LedgerOp) {
-        match op {
-            LedgerOp::Hold => self.hold += 1,
-            LedgerOp::Capture => self.capture += 1,
-            LedgerOp::Release => self.release += 1,
-            LedgerOp::Restore => self.restore += 1,
-        }
-    }
 }
 
 /// The 200 reply of every participant operation.
