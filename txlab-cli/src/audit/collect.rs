@@ -402,6 +402,9 @@ pub async fn quiesce(
     timeout: Duration,
 ) -> anyhow::Result<(Snapshots, Duration, Vec<String>)> {
     let started = tokio::time::Instant::now();
+    // Each poll reads every table: back off (100 ms doubling to 500 ms) so
+    // a long quiesce does not load the databases it waits for.
+    let mut pause = Duration::from_millis(100);
     loop {
         let s = reader.read().await?;
         let waited = started.elapsed();
@@ -409,6 +412,7 @@ pub async fn quiesce(
         if unsettled.is_empty() || waited >= timeout {
             return Ok((s, waited, unsettled));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
     }
 }
