@@ -473,14 +473,7 @@ async fn a_reset_rolls_back_branches_left_prepared_and_fences_their_coordinator(
         "{:?}",
         snaps.payment
     );
-    let metrics = http
-        .get(format!("{}/metrics", e.url(Role::Payment).unwrap()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics(&http, &e, Role::Payment).await;
     assert!(
         metrics.contains("stale_epoch"),
         "the payment service refused the stale call"
@@ -576,14 +569,7 @@ async fn a_poison_event_is_dead_lettered_and_reported() {
         "{:#?}",
         report.violations
     );
-    let metrics = http
-        .get(format!("{payment}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics(&http, &e, Role::Payment).await;
     assert!(metrics.contains("dead_lettered"), "counted in the metrics");
     platform.shutdown().await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();

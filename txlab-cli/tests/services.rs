@@ -183,14 +183,7 @@ async fn the_api_answers_bad_input_with_json_reasons_and_honours_idempotency_key
         common::settle_and_audit(&e, TxMode::SagaOrch, &plan.seed.seed, Duration::from_secs(20)).await;
     assert_eq!((unsettled, report.violations), (vec![], vec![]));
 
-    let metrics = client
-        .get(format!("{}/metrics", e.url(Role::Order).unwrap()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics(&client, &e, Role::Order).await;
     assert!(
         metrics.contains("txlab_http_requests_total{") && metrics.contains("route=\"/orders\""),
         "{metrics}"

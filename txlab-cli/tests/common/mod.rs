@@ -198,3 +198,9 @@ pub async fn create_order(
         .expect("the order was accepted")
         .to_string()
 }
+
+/// The Prometheus text `role`'s service exposes at `/metrics`.
+pub async fn metrics(client: &reqwest::Client, e: &Endpoints, role: txlab_api::Role) -> String {
+    let url = format!("{}/metrics", e.url(role).unwrap());
+    client.get(url).send().await.unwrap().text().await.unwrap()
+}
