@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the local lab needs and is missing; safe to run again.
 #  - PostgreSQL 15 server binaries (Debian package `postgresql`), when root;
-#  - tansu 0.6.0, the Kafka-API broker, with its in-memory storage engine.
+#  - tansu 0.6.0, the Kafka-API broker, with its in-memory storage engine;
+#  - rustfmt and clippy, which `make test` runs before the tests.
 set -euo pipefail
 
 have_postgres() {
@@ -27,4 +28,11 @@ if [ ! -x "$tansu_bin" ]; then
   echo "setup: installing tansu 0.6.0 (a Kafka-API broker; about 10 minutes on 2 cores, once)"
   cargo install tansu --locked --version 0.6.0 --features dynostore --quiet
 fi
-echo "setup: PostgreSQL and tansu are ready"
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  echo "setup: adding the rustfmt and clippy components (rustup component add)"
+  rustup component add rustfmt clippy || {
+    echo "setup: rustfmt/clippy are missing and could not be added; install them with your toolchain" >&2
+    exit 1
+  }
+fi
+echo "setup: PostgreSQL, tansu, rustfmt and clippy are ready"
