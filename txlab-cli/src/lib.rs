@@ -8,10 +8,12 @@
 //! - [`metrics`]: the services' event counters (retries, compensations...).
 //! - [`results`]: the self-describing run directory.
 //! - [`report`]: tables for the terminal and CSV.
+//! - [`bench`]: the performance benchmarks (`txlab bench`).
 //!
 //! [`commands`] holds one file per CLI command; `main.rs` only calls [`main`].
 
 pub mod audit;
+pub mod bench;
 pub mod commands;
 pub mod load;
 pub mod metrics;
@@ -39,6 +41,9 @@ pub enum Command {
     Run(commands::run::RunArgs),
     /// Print the summary table of a finished run and write its summary.csv.
     Report(commands::report::ReportArgs),
+    /// Find each method's knee, its commits per checkout, the database's
+    /// ceiling and its behaviour under overload (docs/performance.md).
+    Bench(commands::bench::BenchArgs),
 }
 
 /// Sets up logging and runs the command; errors are printed with their causes.
@@ -52,6 +57,7 @@ pub async fn main(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => commands::run::execute(args).await,
         Command::Report(args) => commands::report::execute(args).map(|()| ExitCode::SUCCESS),
+        Command::Bench(args) => commands::bench::execute(args).await,
     };
     match result {
         Ok(code) => code,

@@ -26,10 +26,7 @@ async fn run(
     secs: f64,
     dir: &std::path::Path,
 ) -> (Vec<CellSummary>, RunDir) {
-    plan.profile.load.arrival = txlab_cli::spec::Arrival::Constant;
-    plan.profile.load.rate = rate;
-    plan.profile.load.duration_s = secs;
-    plan.profile.load.warmup_s = 0.0;
+    plan.set_constant_load(rate, secs);
     let run = RunDir::create(&dir.join("results"), &plan.profile.name).unwrap();
     let summaries = txlab_cli::commands::run::run_cells(platform, &plan, &run)
         .await

@@ -23,10 +23,7 @@ async fn run_shortened(
 ) {
     let (mut platform, _, dir) = common::deployed_with(name, TxMode::SagaOrch).await;
     let mut plan = common::plan(&format!("{name}.yaml"));
-    plan.profile.load.arrival = txlab_cli::spec::Arrival::Constant;
-    plan.profile.load.rate = 10.0;
-    plan.profile.load.duration_s = 1.5;
-    plan.profile.load.warmup_s = 0.0;
+    plan.set_constant_load(10.0, 1.5);
     let run = txlab_cli::results::RunDir::create(&dir.join("results"), name).unwrap();
     let summaries = txlab_cli::commands::run::run_cells(&mut platform, &plan, &run)
         .await

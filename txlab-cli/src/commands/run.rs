@@ -16,6 +16,7 @@ use txlab_api::Role;
 
 use crate::audit::{check, quiesce, Reader};
 use crate::load::{drive, driver::Target, LoadReport};
+use crate::metrics::resources;
 use crate::platform::local::{LocalOptions, LocalPlatform};
 use crate::platform::{Endpoints, Platform};
 use crate::results::{copy_log_slices, log_marks, rfc3339, write_cell, CellSummary, RunDir};
@@ -62,7 +63,7 @@ pub struct RunArgs {
 }
 
 /// `scenarios/` beside the folder holding the profile (profiles/x.yaml → scenarios/).
-fn default_scenarios_dir(profile: &Path) -> PathBuf {
+pub fn default_scenarios_dir(profile: &Path) -> PathBuf {
     let dir = profile.parent().unwrap_or(Path::new("."));
     let dir = if dir.as_os_str().is_empty() {
         Path::new(".")
@@ -298,40 +299,43 @@ pub async fn run_cells(
     plan: &Plan,
     run: &RunDir,
 ) -> anyhow::Result<Vec<CellSummary>> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()?;
+    let client = admin_client()?;
     let mut summaries = Vec::new();
     for (index, cell) in plan.cells.iter().enumerate() {
         let summary = run_cell(platform, plan, run, &client, index, cell).await?;
-        eprintln!(
-            "[{}/{}] {}: {} orders, {} decided ({} unexpected), decided p99 {:.1} ms{}, {} violations{}",
-            index + 1,
-            plan.cells.len(),
-            cell.id,
-            summary.sent,
-            summary.decided,
-            summary.unexpected,
-            summary.decided_ms.p99,
-            if summary.censored > 0 {
-                format!(" ({} censored)", summary.censored)
-            } else {
-                String::new()
-            },
-            summary.violations,
-            if summary.settled {
-                String::new()
-            } else {
-                format!(" — did not settle: {}", summary.unsettled.join("; "))
-            }
-        );
+        print_cell_line(index, plan.cells.len(), &summary);
         summaries.push(summary);
     }
     Ok(summaries)
 }
 
+/// One line per finished cell on stderr.
+pub fn print_cell_line(index: usize, of: usize, summary: &CellSummary) {
+    eprintln!(
+        "[{}/{}] {}: {} orders, {} decided ({} unexpected), decided p99 {:.1} ms{}, {} violations{}",
+        index + 1,
+        of,
+        summary.cell,
+        summary.sent,
+        summary.decided,
+        summary.unexpected,
+        summary.decided_ms.p99,
+        if summary.censored > 0 {
+            format!(" ({} censored)", summary.censored)
+        } else {
+            String::new()
+        },
+        summary.violations,
+        if summary.settled {
+            String::new()
+        } else {
+            format!(" — did not settle: {}", summary.unsettled.join("; "))
+        }
+    );
+}
+
 /// One cell: deploy, reset and seed, load, quiesce, audit, write.
-async fn run_cell(
+pub async fn run_cell(
     platform: &mut impl Platform,
     plan: &Plan,
     run: &RunDir,
@@ -339,6 +343,19 @@ async fn run_cell(
     index: usize,
     cell: &Cell,
 ) -> anyhow::Result<CellSummary> {
+    let endpoints = prepare_cell(platform, plan, run, client, cell).await?;
+    let (summary, _) = measure_cell(platform, plan, run, client, index, cell, &endpoints).await?;
+    Ok(summary)
+}
+
+/// Deploys the cell's method and resets and seeds every service.
+pub async fn prepare_cell(
+    platform: &mut impl Platform,
+    plan: &Plan,
+    run: &RunDir,
+    client: &reqwest::Client,
+    cell: &Cell,
+) -> anyhow::Result<Endpoints> {
     let endpoints = platform
         .deploy(cell.method)
         .await
@@ -353,6 +370,21 @@ async fn run_cell(
         &serde_json::to_value(&plan.seed.seed)?,
     )
     .await?;
+    Ok(endpoints)
+}
+
+/// Loads a prepared cell, waits for it to settle, audits it and writes it
+/// out; returns its summary and what the driver measured.
+pub async fn measure_cell(
+    platform: &mut impl Platform,
+    plan: &Plan,
+    run: &RunDir,
+    client: &reqwest::Client,
+    index: usize,
+    cell: &Cell,
+    endpoints: &Endpoints,
+) -> anyhow::Result<(CellSummary, LoadReport)> {
+    let endpoints = endpoints.clone();
     let logs = platform.log_files();
     let marks = log_marks(&logs);
     let restarts_before = platform.restarts();
@@ -361,7 +393,14 @@ async fn run_cell(
     let progress = ProgressBar::new(0)
         .with_style(progress_style())
         .with_prefix(format!("[{}/{}] {}", index + 1, plan.cells.len(), cell.id));
+    let processes = platform.processes();
+    let (resources_before, load_began) = (resources::sample(&processes), std::time::Instant::now());
     let load = load_cell(plan, run, client, &endpoints, cell, &progress).await?;
+    let resources = resources::between(
+        &resources_before,
+        &resources::sample(&processes),
+        load_began.elapsed().as_secs_f64(),
+    );
     progress.set_message("quiescing");
     let timeout = Duration::from_secs_f64(plan.profile.quiesce_timeout_s);
     let reader = Reader::connect(&endpoints).await?;
@@ -382,11 +421,12 @@ async fn run_cell(
         })
         .filter(|(_, n)| *n > 0)
         .collect();
+    summary.resources = resources;
     summary.threshold_failures = plan.profile.thresholds.broken_by(&summary);
     let dir = run.cell_dir(&cell.id);
     write_cell(&dir, cell, &summary, &load, &audit)?;
     copy_log_slices(&dir, &logs, &marks)?;
-    Ok(summary)
+    Ok((summary, load))
 }
 
 /// The cell's load, with the scenario's standing fault set for its length.
@@ -414,6 +454,13 @@ async fn load_cell(
         }
     }
     load
+}
+
+/// The client for the services' admin endpoints.
+pub fn admin_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?)
 }
 
 fn progress_style() -> ProgressStyle {

@@ -74,6 +74,10 @@ pub struct LoadReport {
     pub seconds: Vec<SecondStats>,
     /// Sent orders per second over the load's actual length.
     pub achieved_rate: f64,
+    /// Orders decided as expected in each second of wall time since the
+    /// load began (by when they were decided, not when they were due):
+    /// the goodput over time.
+    pub completions: Vec<u64>,
     /// Every order created, and the final state the driver saw, for the
     /// audit to reconcile with the databases.
     pub client: ClientView,
@@ -89,6 +93,8 @@ fn histogram() -> Histogram<u64> {
 struct Recorder {
     report: LoadReport,
     per_second: BTreeMap<u64, (SecondStats, Histogram<u64>)>,
+    /// When the load began, for [`LoadReport::completions`].
+    start: Instant,
 }
 
 impl Recorder {
@@ -127,7 +133,14 @@ impl Recorder {
         self.report.decided += 1;
         self.report.client.orders.insert(v.id, Some(v.state));
         *self.report.outcomes.entry(v.state.to_string()).or_default() += 1;
-        if v.state != expect {
+        if v.state == expect {
+            let at = self.start.elapsed().as_secs() as usize;
+            let c = &mut self.report.completions;
+            if c.len() <= at {
+                c.resize(at + 1, 0);
+            }
+            c[at] += 1;
+        } else {
             self.report.unexpected += 1;
             if self.report.unexpected_examples.len() < 10 {
                 let what = format!("{} ({})", v.state, v.reason.unwrap_or_default());
@@ -183,7 +196,8 @@ pub async fn drive(
 ) -> anyhow::Result<LoadReport> {
     let spec = &plan.profile.load;
     let mut rng = SmallRng::seed_from_u64(cell_seed(plan.profile.seed, &cell.scenario.name, cell.repetition));
-    let offsets = arrivals(spec, &mut rng);
+    let offsets = arrivals(spec.arrival, &cell.stages, &mut rng);
+    let start = Instant::now() + Duration::from_millis(20);
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(35))
@@ -191,8 +205,8 @@ pub async fn drive(
         .build()?;
     let rec = Arc::new(Mutex::new(Recorder {
         report: LoadReport {
-            target_rate: spec.rate,
-            duration_s: spec.duration_s,
+            target_rate: cell.offered_rate(),
+            duration_s: cell.duration_s(),
             scheduled: offsets.len() as u64,
             sent: 0,
             accepted: 0,
@@ -210,16 +224,17 @@ pub async fn drive(
             decided_us: histogram(),
             seconds: Vec::new(),
             achieved_rate: 0.0,
+            completions: Vec::new(),
             client: ClientView::default(),
             unexpected_examples: Vec::new(),
         },
         per_second: BTreeMap::new(),
+        start,
     }));
     progress.set_length(offsets.len() as u64);
     progress.set_position(0);
     let in_flight = Arc::new(AtomicUsize::new(0));
     let warmup = Duration::from_secs_f64(spec.warmup_s);
-    let start = Instant::now() + Duration::from_millis(20);
     let script = Arc::new(Script {
         client,
         base: target.base_url.to_string(),
@@ -267,7 +282,9 @@ pub async fn drive(
         }));
     }
     // The load's real length: its planned window, or longer if sending fell behind.
-    let window = spec.duration_s.max(last_send.duration_since(start).as_secs_f64());
+    let window = cell
+        .duration_s()
+        .max(last_send.duration_since(start).as_secs_f64());
     for t in tasks {
         t.await?;
     }

@@ -1,6 +1,9 @@
 //! Reading the services' Prometheus exposition: the business event counters
 //! (retries, compensations, votes, decisions, outcomes) a cell reports as
-//! deltas between its start and its end.
+//! deltas between its start and its end. [`resources`]: CPU and memory of
+//! each process of the lab.
+
+pub mod resources;
 
 use std::collections::BTreeMap;
 

@@ -53,6 +53,8 @@ pub trait Platform {
     fn restarts(&self) -> BTreeMap<Role, u32>;
     /// Each service's log file, for copying a cell's share into its results.
     fn log_files(&self) -> Vec<(Role, PathBuf)>;
+    /// The processes whose CPU and memory a cell reports, by component.
+    fn processes(&self) -> Vec<crate::metrics::resources::Component>;
     /// Name, versions and settings, for the self-describing run.json.
     fn describe(&self) -> serde_json::Value;
     /// Stops everything this platform started.

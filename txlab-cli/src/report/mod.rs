@@ -192,6 +192,7 @@ mod tests {
             notification_lag_max_ms: Some(30),
             events: [("retry".to_string(), 3.0)].into(),
             restarts: Default::default(),
+            resources: Default::default(),
         }
     }
 

@@ -97,6 +97,11 @@ pub struct CellSummary {
     /// Service restarts during the cell (injected crashes), per role.
     #[serde(default)]
     pub restarts: BTreeMap<String, u32>,
+    /// CPU and memory per component (each service, postgres, tansu, the
+    /// driver) from the start of the load until the driver saw its last
+    /// decision.
+    #[serde(default)]
+    pub resources: BTreeMap<String, crate::metrics::resources::Use>,
 }
 
 impl CellSummary {
@@ -148,6 +153,7 @@ impl CellSummary {
             notification_lag_max_ms: audit.notification_lag_max_ms,
             events: BTreeMap::new(),
             restarts: BTreeMap::new(),
+            resources: BTreeMap::new(),
         }
     }
 }

@@ -10,7 +10,7 @@ mod profile;
 mod scenario;
 mod yaml;
 
-pub use plan::{Cell, Plan, SeedPlan};
-pub use profile::{Arrival, LoadSpec, Profile, SeedData, Thresholds};
+pub use plan::{Cell, Plan, SeedPlan, Stage};
+pub use profile::{Arrival, LoadSpec, Profile, Rates, SeedData, Thresholds};
 pub use scenario::{OrderTemplate, Scenario, ScenarioFault};
 pub use yaml::{load_yaml, SpecError};

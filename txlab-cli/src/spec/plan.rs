@@ -18,7 +18,8 @@ pub const SOLD_OUT_SKU: &str = "sold-out";
 pub const HOT_SKU: &str = "hot";
 pub const FULL_SLOT: &str = "full";
 
-/// One cell of the matrix: a method, a scenario, a replica count, a repetition.
+/// One cell of the matrix: a method, a scenario, a replica count, a rate,
+/// a repetition.
 #[derive(Debug, Clone, Serialize)]
 pub struct Cell {
     /// Unique in the run and safe as a directory name.
@@ -27,6 +28,30 @@ pub struct Cell {
     pub scenario: Scenario,
     pub replicas: u32,
     pub repetition: u32,
+    /// The load: one stage for a profile's cell; benchmarks chain several
+    /// (an overload, then a lighter load to recover under).
+    pub stages: Vec<Stage>,
+}
+
+/// A stretch of load at one offered rate.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Stage {
+    /// Orders per second.
+    pub rate: f64,
+    pub duration_s: f64,
+}
+
+impl Cell {
+    /// Length of the whole load.
+    pub fn duration_s(&self) -> f64 {
+        self.stages.iter().map(|s| s.duration_s).sum()
+    }
+
+    /// Mean offered rate over the whole load.
+    pub fn offered_rate(&self) -> f64 {
+        let orders: f64 = self.stages.iter().map(|s| s.rate * s.duration_s).sum();
+        orders / self.duration_s()
+    }
 }
 
 /// What every cell is seeded with, and the names generated orders draw from.
@@ -154,13 +179,13 @@ impl Plan {
             return Err(invalid(p, "repetitions: must be between 1 and 100"));
         }
         let load = &profile.load;
-        if !(load.rate > 0.0 && load.rate <= 10_000.0) {
+        if load.rate.0.is_empty() {
+            return Err(invalid(p, "load.rate: list at least one rate"));
+        }
+        if let Some(bad) = load.rate.0.iter().find(|r| !(**r > 0.0 && **r <= 10_000.0)) {
             return Err(invalid(
                 p,
-                format!(
-                    "load.rate: must be above 0 and at most 10000 orders/s, got {}",
-                    load.rate
-                ),
+                format!("load.rate: must be above 0 and at most 10000 orders/s, got {bad}"),
             ));
         }
         if !(load.duration_s > 0.0 && load.duration_s <= 3_600.0) {
@@ -200,14 +225,27 @@ impl Plan {
         for &method in &profile.methods {
             for scenario in &scenarios {
                 for &replicas in &profile.replicas {
-                    for repetition in 1..=profile.repetitions {
-                        cells.push(Cell {
-                            id: format!("{method}-{}-r{replicas}-{repetition}", scenario.name),
-                            method,
-                            scenario: scenario.clone(),
-                            replicas,
-                            repetition,
-                        });
+                    for &rate in &load.rate.0 {
+                        for repetition in 1..=profile.repetitions {
+                            // The rate is named only when it varies, so the ids
+                            // of single-rate profiles stay as they were.
+                            let at = if load.rate.0.len() > 1 {
+                                format!("-{rate}ps")
+                            } else {
+                                String::new()
+                            };
+                            cells.push(Cell {
+                                id: format!("{method}-{}{at}-r{replicas}-{repetition}", scenario.name),
+                                method,
+                                scenario: scenario.clone(),
+                                replicas,
+                                repetition,
+                                stages: vec![Stage {
+                                    rate,
+                                    duration_s: load.duration_s,
+                                }],
+                            });
+                        }
                     }
                 }
             }
@@ -218,6 +256,21 @@ impl Plan {
             cells,
             seed,
         })
+    }
+}
+
+impl Plan {
+    /// Gives every cell the same evenly spaced load with no warm-up: what
+    /// tests and benchmarks use to make cells short and countable.
+    pub fn set_constant_load(&mut self, rate: f64, duration_s: f64) {
+        let load = &mut self.profile.load;
+        load.arrival = super::Arrival::Constant;
+        load.rate = super::Rates(vec![rate]);
+        load.duration_s = duration_s;
+        load.warmup_s = 0.0;
+        for cell in &mut self.cells {
+            cell.stages = vec![Stage { rate, duration_s }];
+        }
     }
 }
 
@@ -337,6 +390,32 @@ mod tests {
             .iter()
             .any(|w| w.customer == BROKE_CUSTOMER && w.balance == 0));
         assert_eq!(plan.seed.seed.wallets.len(), 201);
+    }
+
+    #[test]
+    fn a_list_of_rates_is_an_axis_of_the_matrix() {
+        let axis = plan(&PROFILE.replace("rate: 5", "rate: [5, 12.5]"), HAPPY).unwrap();
+        let cells: Vec<_> = axis
+            .cells
+            .iter()
+            .map(|c| (c.id.as_str(), c.offered_rate()))
+            .collect();
+        assert_eq!(
+            cells,
+            [
+                ("saga_orch-happy-5ps-r1-1", 5.0),
+                ("saga_orch-happy-5ps-r1-2", 5.0),
+                ("saga_orch-happy-12.5ps-r1-1", 12.5),
+                ("saga_orch-happy-12.5ps-r1-2", 12.5)
+            ]
+        );
+        let e = plan(&PROFILE.replace("rate: 5", "rate: [5, -1]"), HAPPY)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("load.rate: must be above 0") && e.contains("got -1"),
+            "{e}"
+        );
     }
 
     #[test]

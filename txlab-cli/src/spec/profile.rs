@@ -92,8 +92,9 @@ pub enum Arrival {
 #[serde(deny_unknown_fields)]
 pub struct LoadSpec {
     pub arrival: Arrival,
-    /// Target orders per second (open loop: sent on schedule whatever the latency).
-    pub rate: f64,
+    /// Target orders per second (open loop: sent on schedule whatever the
+    /// latency); a list makes the rate an axis of the matrix, one cell each.
+    pub rate: Rates,
     /// Length of the measured load, warm-up included.
     pub duration_s: f64,
     /// Orders sent in the first seconds are run and audited, not measured.
@@ -102,6 +103,48 @@ pub struct LoadSpec {
     /// Orders in flight beyond this are dropped (and counted) rather than queued.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+}
+
+/// One rate or several (`rate: 100` or `rate: [50, 100, 200]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rates(pub Vec<f64>);
+
+impl Serialize for Rates {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => s.serialize_f64(*one),
+            many => many.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Rates {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Rates;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("orders per second, or a list of them")
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Rates, E> {
+                Ok(Rates(vec![v]))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Rates, E> {
+                Ok(Rates(vec![v as f64]))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Rates, E> {
+                Ok(Rates(vec![v as f64]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Rates, A::Error> {
+                let mut out = Vec::new();
+                while let Some(v) = seq.next_element::<f64>()? {
+                    out.push(v);
+                }
+                Ok(Rates(out))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// How much of everything the cell starts with.

@@ -23,6 +23,7 @@ use serde_json::json;
 use txlab_api::{Role, TxMode};
 
 use super::{Endpoints, Platform};
+use crate::metrics::resources::Component;
 pub use postgres::{database_name, database_url};
 
 /// What the user chose for the local platform.
@@ -49,6 +50,8 @@ pub struct LocalPlatform {
     admin_url: String,
     brokers: String,
     service_bin: PathBuf,
+    /// PostgreSQL's bin directory when the platform started its own server.
+    pg_bin: Option<PathBuf>,
     versions: BTreeMap<&'static str, String>,
 }
 
@@ -89,6 +92,7 @@ impl LocalPlatform {
             admin_url: opts.database_url.clone().unwrap_or_default(),
             brokers: opts.kafka_brokers.clone().unwrap_or_default(),
             service_bin,
+            pg_bin: pg_bin.clone(),
             versions: BTreeMap::new(),
             opts,
         };
@@ -192,6 +196,17 @@ impl LocalPlatform {
         }
     }
 
+    /// The embedded PostgreSQL server, for benchmarks that read its log
+    /// or run pgbench against it; None when the user gave a server.
+    pub fn postgres_server(&self) -> Option<crate::bench::commits::Server> {
+        self.postgres.as_ref()?;
+        Some(crate::bench::commits::Server {
+            admin_url: self.admin_url.clone(),
+            wal_dir: crate::bench::commits::wal_dir(&self.scratch.join(postgres::DATA_DIR)),
+            bin_dir: self.pg_bin.clone()?,
+        })
+    }
+
     /// The scratch directory (PostgreSQL's data), removed at shutdown unless kept.
     pub fn scratch_dir(&self) -> &Path {
         &self.scratch
@@ -236,6 +251,27 @@ impl Platform for LocalPlatform {
             .iter()
             .map(|r| (*r, self.opts.log_dir.join(format!("{r}.log"))))
             .collect()
+    }
+
+    fn processes(&self) -> Vec<Component> {
+        let tree = |name: &str, proc: &process::Supervised| Component {
+            name: name.to_string(),
+            pid: proc.pgid() as u32,
+            with_children: true,
+        };
+        let mut out = vec![crate::metrics::resources::driver()];
+        out.extend(self.postgres.as_ref().map(|p| tree("postgres", &p.proc)));
+        out.extend(self.tansu.as_ref().map(|t| tree("tansu", &t.proc)));
+        if let Some(fleet) = &self.fleet {
+            let fleet = fleet.lock().unwrap_or_else(|p| p.into_inner());
+            out.extend(
+                fleet
+                    .services
+                    .iter()
+                    .map(|(role, s)| tree(role.as_str(), &s.proc)),
+            );
+        }
+        out
     }
 
     fn describe(&self) -> serde_json::Value {

@@ -20,6 +20,9 @@ pub const SETTINGS: [(&str, &str); 4] = [
     ("log_min_messages", "warning"),
 ];
 
+/// The data directory's name inside the scratch directory.
+pub const DATA_DIR: &str = "pgdata";
+
 pub struct Postgres {
     pub proc: Supervised,
     pub admin_url: String,
@@ -46,7 +49,7 @@ impl Postgres {
         run_as: Option<&RunAs>,
         reaper: &Reaper,
     ) -> anyhow::Result<Postgres> {
-        let data = scratch.join("pgdata");
+        let data = scratch.join(DATA_DIR);
         std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
         if let Some(u) = run_as {
             std::os::unix::fs::chown(&data, Some(u.uid), Some(u.gid))

@@ -40,6 +40,9 @@ pub fn postgres_bin_dir() -> anyhow::Result<PathBuf> {
         return Ok(p);
     }
     if let Some(initdb) = on_path("initdb") {
+        // A symlink on PATH (as some images make) stands for the real
+        // directory, which also holds pgbench and pg_waldump.
+        let initdb = std::fs::canonicalize(&initdb).unwrap_or(initdb);
         if let Some(dir) = initdb.parent() {
             if dir.join("postgres").is_file() {
                 return Ok(dir.to_path_buf());

@@ -1,0 +1,15 @@
+//! Benchmarks: how fast each method can go on this machine, and why not faster.
+//!
+//! - [`ceiling`]: the commit rate PostgreSQL itself sustains (pgbench).
+//! - [`commits`]: the durable commits (and all transactions) a checkout costs.
+//! - [`knee`]: the search for the highest rate a method sustains.
+//! - [`overload`]: what happens beyond it, and how fast latency recovers.
+//!
+//! `txlab bench` (commands/bench.rs) runs them on the local platform and
+//! writes `bench.json`, `knee.csv` and every cell it ran into a results
+//! directory, like `txlab run`.
+
+pub mod ceiling;
+pub mod commits;
+pub mod knee;
+pub mod overload;

@@ -1,0 +1,209 @@
+//! CPU time and memory of the lab's processes, read from /proc.
+//!
+//! A component is a process with everything below it (PostgreSQL's
+//! backends are children of the postmaster), except the driver, which is
+//! txlab itself without its children (they are the lab it measures).
+//! CPU counts user + system time of live processes plus what their exited
+//! children left them (cutime/cstime), so a backend that came and went
+//! between two samples is not lost. Memory is the resident set summed over
+//! the tree, which counts PostgreSQL's shared buffers once per backend
+//! that touched them: an upper bound for PostgreSQL, exact for the rest.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+/// A component to account for: its name and root process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Component {
+    pub name: String,
+    pub pid: u32,
+    /// Whether the processes below it belong to it.
+    pub with_children: bool,
+}
+
+/// One component's resources at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Sample {
+    pub cpu_s: f64,
+    pub rss_kib: u64,
+}
+
+/// One component's use of resources over an interval.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Use {
+    /// CPU seconds spent in the interval.
+    pub cpu_s: f64,
+    /// Cores busy on average (CPU seconds per wall second).
+    pub cores: f64,
+    /// Resident memory at the end, in MiB.
+    pub rss_mib: f64,
+}
+
+/// What /proc/<pid>/stat says about one process.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Stat {
+    ppid: u32,
+    /// utime + stime + cutime + cstime, in clock ticks.
+    ticks: u64,
+    rss_pages: u64,
+}
+
+/// Parses a stat line. The command name (field 2) may hold spaces and
+/// parentheses, so fields are counted from the last `)`.
+fn parse_stat(line: &str) -> Option<Stat> {
+    let rest = &line[line.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest[0] is field 3 (state): field n is f[n - 3].
+    let num = |n: usize| f.get(n - 3)?.parse::<u64>().ok();
+    Some(Stat {
+        ppid: num(4)? as u32,
+        ticks: num(14)? + num(15)? + num(16)? + num(17)?,
+        rss_pages: num(24)?,
+    })
+}
+
+fn all_stats() -> HashMap<u32, Stat> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return HashMap::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let line = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            Some((pid, parse_stat(&line)?))
+        })
+        .collect()
+}
+
+/// The sum of `stats` over `root` and, if asked, everything below it.
+fn tree_total(stats: &HashMap<u32, Stat>, root: u32, with_children: bool) -> (u64, u64) {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    if with_children {
+        for (pid, s) in stats {
+            children.entry(s.ppid).or_default().push(*pid);
+        }
+    }
+    let (mut ticks, mut pages) = (0, 0);
+    let mut todo = vec![root];
+    while let Some(pid) = todo.pop() {
+        if let Some(s) = stats.get(&pid) {
+            ticks += s.ticks;
+            pages += s.rss_pages;
+        }
+        todo.extend(children.get(&pid).into_iter().flatten());
+    }
+    (ticks, pages)
+}
+
+/// Samples every component now. A component whose process is gone is left out.
+pub fn sample(components: &[Component]) -> BTreeMap<String, Sample> {
+    // SAFETY: sysconf only reads a constant of the system.
+    #[allow(unsafe_code)]
+    let (tick_hz, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let (tick_hz, page_kib) = (tick_hz.max(1) as f64, (page.max(1) / 1024) as u64);
+    let stats = all_stats();
+    components
+        .iter()
+        .filter(|c| stats.contains_key(&c.pid))
+        .map(|c| {
+            let (ticks, pages) = tree_total(&stats, c.pid, c.with_children);
+            let s = Sample {
+                cpu_s: ticks as f64 / tick_hz,
+                rss_kib: pages * page_kib,
+            };
+            (c.name.clone(), s)
+        })
+        .collect()
+}
+
+/// Use per component between two samples `wall_s` seconds apart.
+pub fn between(
+    before: &BTreeMap<String, Sample>,
+    after: &BTreeMap<String, Sample>,
+    wall_s: f64,
+) -> BTreeMap<String, Use> {
+    after
+        .iter()
+        .map(|(name, a)| {
+            // A component that restarted in between counts from zero.
+            let cpu_s = match before.get(name) {
+                Some(b) if b.cpu_s <= a.cpu_s => a.cpu_s - b.cpu_s,
+                _ => a.cpu_s,
+            };
+            let u = Use {
+                cpu_s,
+                cores: if wall_s > 0.0 { cpu_s / wall_s } else { 0.0 },
+                rss_mib: a.rss_kib as f64 / 1024.0,
+            };
+            (name.clone(), u)
+        })
+        .collect()
+}
+
+/// txlab's own process: the driver.
+pub fn driver() -> Component {
+    Component {
+        name: "driver".into(),
+        pid: std::process::id(),
+        with_children: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_name_with_spaces_and_parentheses_is_skipped_over() {
+        // Fields 3.. of a real line, with comm "(a b) c".
+        let line = "42 ((a b) c) S 7 42 42 0 -1 4194560 100 0 0 0 250 50 3 2 20 0 4 0 99 1000000 321 18446744073709551615";
+        assert_eq!(
+            parse_stat(line),
+            Some(Stat {
+                ppid: 7,
+                ticks: 250 + 50 + 3 + 2,
+                rss_pages: 321
+            })
+        );
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn a_tree_sums_its_descendants_only_when_asked() {
+        let s = |ppid, ticks| Stat {
+            ppid,
+            ticks,
+            rss_pages: 1,
+        };
+        let stats: HashMap<u32, Stat> = [(1, s(0, 10)), (2, s(1, 5)), (3, s(2, 1)), (4, s(0, 100))]
+            .into_iter()
+            .collect();
+        assert_eq!(tree_total(&stats, 1, true), (16, 3));
+        assert_eq!(tree_total(&stats, 1, false), (10, 1));
+        assert_eq!(tree_total(&stats, 9, true), (0, 0));
+    }
+
+    #[test]
+    fn this_process_is_sampled_and_burning_cpu_shows() {
+        let me = [driver()];
+        let before = sample(&me);
+        let t = std::time::Instant::now();
+        let mut x = 0u64;
+        while t.elapsed().as_millis() < 300 {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        assert!(x > 0);
+        let after = sample(&me);
+        let used = between(&before, &after, t.elapsed().as_secs_f64());
+        let u = used["driver"];
+        // A 300 ms busy loop; ticks are 10 ms, and the test runner may share the core.
+        assert!(u.cpu_s >= 0.05, "{u:?}");
+        assert!(u.rss_mib > 1.0, "{u:?}");
+    }
+}
