@@ -35,6 +35,8 @@ use crate::http::Metrics;
 
 /// Workers per consumer: orders handled at once.
 const WORKERS: usize = 16;
+/// How often finished offsets are stored.
+const OFFSET_FLUSH: Duration = Duration::from_millis(50);
 /// Attempts at handling one message before it is dead-lettered. With the
 /// compensations' backoff (50 ms doubling, capped at 2 s) that is about
 /// 5 s: long enough to ride out a restarting database, short enough that
@@ -53,27 +55,30 @@ pub struct Offsets {
 impl Offsets {
     /// Sets where a partition resumes, even backwards (a new topic incarnation).
     async fn reset(&self, partition: i32, next: i64) -> sqlx::Result<()> {
-        self.save(partition, next, "EXCLUDED.next_offset").await
+        self.save(&[partition], &[next], "EXCLUDED.next_offset").await
     }
 
-    /// Records that everything before `next` is done (never moves backwards).
-    async fn store(&self, partition: i32, next: i64) -> sqlx::Result<()> {
+    /// Records that everything before each partition's `next` is done
+    /// (never moving backwards), all partitions in one statement.
+    async fn store(&self, next: &BTreeMap<i32, i64>) -> sqlx::Result<()> {
+        let (partitions, offsets): (Vec<i32>, Vec<i64>) = next.iter().map(|(p, n)| (*p, *n)).unzip();
         self.save(
-            partition,
-            next,
+            &partitions,
+            &offsets,
             "GREATEST(consumer_offsets.next_offset, EXCLUDED.next_offset)",
         )
         .await
     }
 
-    async fn save(&self, partition: i32, next: i64, on_conflict: &str) -> sqlx::Result<()> {
+    async fn save(&self, partitions: &[i32], next: &[i64], on_conflict: &str) -> sqlx::Result<()> {
         sqlx::query(&format!(
-            "INSERT INTO consumer_offsets (consumer, topic, partition, next_offset) VALUES ($1, $2, $3, $4) \
+            "INSERT INTO consumer_offsets (consumer, topic, partition, next_offset) \
+             SELECT $1, $2, p, n FROM UNNEST($3::int[], $4::bigint[]) AS t(p, n) \
              ON CONFLICT (consumer, topic, partition) DO UPDATE SET next_offset = {on_conflict}"
         ))
         .bind(self.consumer)
         .bind(self.topic)
-        .bind(partition)
+        .bind(partitions)
         .bind(next)
         .execute(&self.pool)
         .await
@@ -171,16 +176,24 @@ pub async fn consume<T, F, Fut>(
         })
         .collect();
     let mut progress = txlab_tx::offsets::Progress::default();
+    // Offsets done but not yet stored. They are stored together every
+    // OFFSET_FLUSH rather than one write per message: a crash in between
+    // redelivers a few messages, which the handlers' inboxes absorb.
+    let mut unstored: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut flush = tokio::time::interval(OFFSET_FLUSH);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stopped = crate::stopped(stop);
     tokio::pin!(stopped);
     loop {
         tokio::select! {
-            _ = &mut stopped => return,
+            _ = &mut stopped => {
+                store_offsets(&offsets, &mut unstored).await;
+                return;
+            }
+            _ = flush.tick(), if !unstored.is_empty() => store_offsets(&offsets, &mut unstored).await,
             Some((partition, offset)) = done_rx.recv() => {
                 if let Some(next) = progress.finished(partition, offset) {
-                    if let Err(e) = offsets.store(partition, next).await {
-                        tracing::warn!(error = %e, what, "storing the offset failed; events may be redelivered");
-                    }
+                    unstored.insert(partition, next);
                 }
             }
             m = consumer.recv() => match m {
@@ -211,6 +224,14 @@ pub async fn consume<T, F, Fut>(
                 }
             },
         }
+    }
+}
+
+/// Stores the offsets done so far; on failure they stay for the next try.
+async fn store_offsets(offsets: &Offsets, unstored: &mut BTreeMap<i32, i64>) {
+    match offsets.store(unstored).await {
+        Ok(()) => unstored.clear(),
+        Err(e) => tracing::warn!(error = %e, what = offsets.consumer, "storing offsets failed; retrying"),
     }
 }
 

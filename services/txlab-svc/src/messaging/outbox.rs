@@ -80,22 +80,28 @@ impl Relay {
         if rows.is_empty() {
             return Ok(0);
         }
-        let mut ids = Vec::with_capacity(rows.len());
-        for (id, topic, key, payload) in &rows {
-            let body = payload.to_string();
-            self.producer
-                .send(
-                    FutureRecord::to(topic).key(key).payload(&body),
-                    Duration::from_secs(10),
-                )
-                .await
-                .map_err(|(source, _)| RelayError::Publish {
-                    id: *id,
-                    topic: topic.clone(),
-                    source,
-                })?;
-            ids.push(*id);
-        }
+        // All rows of the batch are handed to the producer at once and
+        // acknowledged together: one broker round trip per batch, not per
+        // row. The idempotent producer keeps each partition's order.
+        let bodies: Vec<String> = rows.iter().map(|r| r.3.to_string()).collect();
+        let sends = rows
+            .iter()
+            .zip(&bodies)
+            .map(|((id, topic, key, _), body)| async move {
+                self.producer
+                    .send(
+                        FutureRecord::to(topic).key(key).payload(body),
+                        Duration::from_secs(10),
+                    )
+                    .await
+                    .map(|_| *id)
+                    .map_err(|(source, _)| RelayError::Publish {
+                        id: *id,
+                        topic: topic.clone(),
+                        source,
+                    })
+            });
+        let ids = futures_util::future::try_join_all(sends).await?;
         sqlx::query("UPDATE outbox SET published_ms = $1 WHERE id = ANY($2)")
             .bind(txlab_tx::now_ms())
             .bind(&ids)

@@ -13,7 +13,7 @@ use txlab_tx::saga::{Compensation, Forward};
 use txlab_tx::two_phase::{Phase2, Vote};
 use uuid::Uuid;
 
-use super::store::load_order;
+use super::store::{load_order, Mark};
 use super::Orders;
 use crate::faults::Faults;
 use crate::http::ApiError;
@@ -172,6 +172,12 @@ async fn insert_order(
         now,
     )
     .await?;
+    if order.method == TxMode::SagaOrch {
+        // The intent of the first call, logged with the order itself: the
+        // orchestrator starts by calling, with no write of its own first.
+        let first = Mark::Forward(Forward::Started);
+        super::store::mark(&mut *tx, id, Step::ALL[0], first, None).await?;
+    }
     if matches!(order.method, TxMode::Twopc | TxMode::Tcc) {
         let branches = "tx_branches (order_id, step, name, vote, phase2, updated_ms)";
         insert_step_rows(

@@ -152,6 +152,17 @@ impl Orders {
             .contains_key(&id)
     }
 
+    /// Whether someone asked the running engine of `id` to look at its
+    /// order again (a cancel arrived); the request is taken, so the run
+    /// need not be repeated after it ends.
+    fn take_rerun(&self, id: Uuid) -> bool {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        match running.get_mut(&id) {
+            Some(again) => std::mem::take(again),
+            None => false,
+        }
+    }
+
     /// Runs (or re-runs) the saga of `id` in the background, at most once at
     /// a time per order in this process.
     pub fn drive(self: Arc<Self>, id: Uuid) {

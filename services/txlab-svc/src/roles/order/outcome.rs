@@ -8,18 +8,18 @@ use txlab_tx::saga::{Forward, Outcome};
 use txlab_tx::two_phase::Vote;
 use uuid::Uuid;
 
-use super::store::OrderRow;
+use super::store::{write_marks, OrderRow, Unwritten};
 use super::Orders;
 
 /// Marks a running order as compensating. Only a pending order moves here;
 /// a confirmed one is moved by the cancel itself, and a terminal one never.
-pub async fn set_compensating(orders: &Orders, id: Uuid) -> sqlx::Result<()> {
+pub async fn set_compensating(conn: &mut sqlx::PgConnection, id: Uuid) -> sqlx::Result<()> {
     sqlx::query("UPDATE orders SET state = $2, updated_ms = $3 WHERE id = $1 AND state = $4")
         .bind(id)
         .bind(OrderState::Compensating.as_str())
         .bind(txlab_tx::now_ms())
         .bind(OrderState::Pending.as_str())
-        .execute(&orders.app.pool)
+        .execute(conn)
         .await
         .map(drop)
 }
@@ -44,8 +44,20 @@ pub fn state_of(outcome: Outcome) -> OrderState {
 /// Returns true when the order is decided (by this call or an earlier one),
 /// false when a cancel arrived before a confirmation, so the engine must go on.
 pub async fn finish(orders: &Orders, order: &OrderRow, state: OrderState) -> anyhow::Result<bool> {
+    finish_with(orders, order, state, &mut Vec::new()).await
+}
+
+/// [`finish`], writing the engine's `unwritten` marks in the same
+/// transaction (they are written whether or not the order is decided).
+pub async fn finish_with(
+    orders: &Orders,
+    order: &OrderRow,
+    state: OrderState,
+    unwritten: &mut Vec<Unwritten>,
+) -> anyhow::Result<bool> {
     let now = txlab_tx::now_ms();
     let mut tx = orders.app.pool.begin().await?;
+    write_marks(&mut tx, order.id, unwritten).await?;
     let epoch = crate::epoch::epoch(&mut tx).await?;
     let reason: Option<String> = match state {
         OrderState::Cancelled => Some("cancelled on request".into()),
@@ -81,6 +93,7 @@ pub async fn finish(orders: &Orders, order: &OrderRow, state: OrderState) -> any
             .bind(order.id)
             .fetch_optional(&mut *tx)
             .await?;
+        tx.commit().await?; // the marks stand either way
         return Ok(match now_in {
             // Reset away, or decided by someone else: nothing left to do here.
             None => true,

@@ -1,36 +1,69 @@
-//! The saga orchestrator: persists each step before and after its call, asks
-//! the pure state machine ([`txlab_tx::saga`]) what comes next, and never
-//! keeps progress only in memory — so a restart resumes where it stopped.
+//! The saga orchestrator: persists each step's start before its call and
+//! its result with the next write (before any further call), asks the pure
+//! state machine ([`txlab_tx::saga`]) what comes next — so a restart
+//! resumes where it stopped, repeating at most the call in flight.
 //!
 //! Every method uses its compensation half to undo a confirmed order that
 //! is cancelled (a business compensation after the commit point).
 
 use txlab_api::Step;
-use txlab_tx::saga::{Compensation, Forward, Next};
+use txlab_tx::saga::{Compensation, Forward, Next, Saga};
 use uuid::Uuid;
 
 use super::calls::{ask, insist, CallError, Op};
-use super::outcome::{finish, set_compensating, state_of};
-use super::store::{load_order, load_saga, mark, Mark};
+use super::outcome::{finish_with, set_compensating, state_of};
+use super::store::{load_order, load_saga, write_marks, Mark, OrderRow, Unwritten};
 use super::Orders;
 
+/// The order and its saga log as the engine last read them.
+async fn load(orders: &Orders, id: Uuid) -> anyhow::Result<Option<(OrderRow, Saga)>> {
+    let mut conn = orders.app.pool.acquire().await?;
+    let Some(order) = load_order(&mut conn, id).await? else {
+        return Ok(None); // reset away between cells
+    };
+    let saga = load_saga(&mut conn, &order).await?;
+    Ok(Some((order, saga)))
+}
+
 /// Runs the saga of `id` until it finishes (or the order is gone).
+///
+/// The log is read once and then kept in memory; it is read again only
+/// when a cancel asked this process to look (or a confirmation lost to a
+/// cancel). Each step's result is written in one transaction with the
+/// next step's start (or with the outcome), so a step costs one commit
+/// here besides the participant's own.
 pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
+    let mut unwritten: Vec<Unwritten> = Vec::new();
+    let Some((mut order, mut saga)) = load(orders, id).await? else {
+        return Ok(());
+    };
     loop {
-        let mut conn = orders.app.pool.acquire().await?;
-        let Some(order) = load_order(&mut conn, id).await? else {
-            return Ok(()); // reset away between cells
-        };
+        if orders.take_rerun(id) {
+            let mut conn = orders.app.pool.acquire().await?;
+            write_marks(&mut conn, id, &mut unwritten).await?;
+            drop(conn);
+            let Some(fresh) = load(orders, id).await? else {
+                return Ok(());
+            };
+            (order, saga) = fresh;
+        }
         if order.state.is_terminal() {
             return Ok(()); // decided; a cancel moves it back to compensating first
         }
-        let saga = load_saga(&mut conn, &order).await?;
-        drop(conn);
-        let pool = &orders.app.pool;
         match saga.next() {
             Next::Run(i) => {
                 let step = Step::ALL[i];
-                mark(pool, id, step, Mark::Forward(Forward::Started), None).await?;
+                if saga.steps[i].forward != Forward::Started {
+                    saga.record_forward(i, Forward::Started);
+                    unwritten.push(Unwritten {
+                        step,
+                        mark: Mark::Forward(Forward::Started),
+                        reason: None,
+                    });
+                }
+                let mut tx = orders.app.pool.begin().await?;
+                write_marks(&mut tx, id, &mut unwritten).await?;
+                tx.commit().await?;
                 let (forward, reason) = match ask(orders, &order, step, Op::Apply).await {
                     Ok(()) => (Forward::Done, None),
                     Err(CallError::Refused(code)) => {
@@ -43,22 +76,43 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
                 };
                 orders.app.metrics.event("step", forward.as_str());
                 tracing::info!(step = step.as_str(), outcome = forward.as_str(), "step");
-                mark(pool, id, step, Mark::Forward(forward), reason.as_deref()).await?;
+                saga.record_forward(i, forward);
+                unwritten.push(Unwritten {
+                    step,
+                    mark: Mark::Forward(forward),
+                    reason,
+                });
             }
             Next::Compensate(i) => {
                 let step = Step::ALL[i];
-                set_compensating(orders, id).await?;
-                mark(pool, id, step, Mark::Compensation(Compensation::Started), None).await?;
+                let mut tx = orders.app.pool.begin().await?;
+                set_compensating(&mut tx, id).await?;
+                unwritten.push(Unwritten {
+                    step,
+                    mark: Mark::Compensation(Compensation::Started),
+                    reason: None,
+                });
+                write_marks(&mut tx, id, &mut unwritten).await?;
+                tx.commit().await?;
                 insist(orders, &order, step, Op::Compensate).await;
                 orders.app.metrics.event("compensation", step.as_str());
                 tracing::info!(step = step.as_str(), "compensated");
-                mark(pool, id, step, Mark::Compensation(Compensation::Done), None).await?;
+                saga.record_compensation(i, Compensation::Done);
+                unwritten.push(Unwritten {
+                    step,
+                    mark: Mark::Compensation(Compensation::Done),
+                    reason: None,
+                });
             }
             Next::Finish(outcome) => {
-                if finish(orders, &order, state_of(outcome)).await? {
+                if finish_with(orders, &order, state_of(outcome), &mut unwritten).await? {
                     return Ok(());
                 }
-                // A cancel raced with the confirmation: go round again.
+                // A cancel raced with the confirmation: read the log again.
+                let Some(fresh) = load(orders, id).await? else {
+                    return Ok(());
+                };
+                (order, saga) = fresh;
             }
         }
     }

@@ -209,6 +209,31 @@ pub async fn mark<'c>(
     .map(drop)
 }
 
+/// A mark the engine has decided in memory; it is written together with
+/// the engine's next write (the next call's mark or the outcome), which
+/// saves a commit per step. Until then a crash loses it, and the step is
+/// found as it was before — `Started` — and its call repeated, which the
+/// participants' records absorb.
+#[derive(Debug, Clone)]
+pub struct Unwritten {
+    pub step: Step,
+    pub mark: Mark,
+    pub reason: Option<String>,
+}
+
+/// Writes the marks in `unwritten` (in order) on `conn` and empties it.
+pub async fn write_marks(
+    conn: &mut PgConnection,
+    id: Uuid,
+    unwritten: &mut Vec<Unwritten>,
+) -> sqlx::Result<()> {
+    for u in unwritten.iter() {
+        mark(&mut *conn, id, u.step, u.mark, u.reason.as_deref()).await?;
+    }
+    unwritten.clear();
+    Ok(())
+}
+
 /// Orders whose saga has work left (a cancel of a confirmed order turns it
 /// back to `compensating` in the same statement that records the cancel).
 pub async fn open_orders(pool: &PgPool) -> sqlx::Result<Vec<Uuid>> {
