@@ -98,7 +98,7 @@ pub async fn load_two_phase(conn: &mut PgConnection, order: &OrderRow) -> sqlx::
             .fetch_all(&mut *conn)
             .await?;
     let bad = |what: &str, v: &str| sqlx::Error::Decode(format!("bad {what} {v}").into());
-    let mut tp = TwoPhase::new(Step::ALL.len());
+    let mut tp = TwoPhase::new(Step::ALL.len(), order.method == TxMode::Tcc);
     for (step, vote, phase2) in rows {
         let i = step as usize;
         if i < Step::ALL.len() {
@@ -122,7 +122,7 @@ pub async fn load_decision(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Op
 /// Logs a decision unless one is logged already (perhaps a presumed abort),
 /// and returns the one that stands. This insert is the commit point.
 pub async fn log_decision(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     id: Uuid,
     decision: Decision,
     presumed: bool,
@@ -132,10 +132,9 @@ pub async fn log_decision(
         .bind(decision.as_str())
         .bind(presumed)
         .bind(txlab_tx::now_ms())
-        .execute(pool)
+        .execute(&mut *conn)
         .await?;
-    let mut conn = pool.acquire().await?;
-    Ok(load_decision(&mut conn, id).await?.unwrap_or(decision))
+    Ok(load_decision(conn, id).await?.unwrap_or(decision))
 }
 
 /// A new value for one column of a step's row in an engine's log: the

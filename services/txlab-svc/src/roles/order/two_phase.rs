@@ -14,12 +14,14 @@ use txlab_api::fault::FaultPoint;
 use txlab_api::participant::{Decision as WireDecision, DecisionKind};
 use txlab_api::{Step, TxMode};
 use txlab_tx::saga::Forward;
-use txlab_tx::two_phase::{Decision, Next, Phase2, Vote};
+use txlab_tx::two_phase::{Decision, Next, Phase2, TwoPhase, Vote};
 use uuid::Uuid;
 
+use futures_util::future::join_all;
+
 use super::calls::{ask, insist, CallError, Op};
-use super::outcome::{finish, state_of};
-use super::store::{load_order, load_two_phase, log_decision, mark, Mark};
+use super::outcome::{finish_with, state_of};
+use super::store::{load_order, load_two_phase, log_decision, write_marks, Mark, OrderRow, Unwritten};
 use super::Orders;
 use crate::faults::Faults;
 use crate::http::ApiError;
@@ -38,41 +40,77 @@ fn ops(method: TxMode) -> (Op, Op, Op) {
     }
 }
 
+/// The order and its two-phase log as the coordinator last read them.
+async fn load(orders: &Orders, id: Uuid) -> anyhow::Result<Option<(OrderRow, TwoPhase)>> {
+    let mut conn = orders.app.pool.acquire().await?;
+    let Some(order) = load_order(&mut conn, id).await? else {
+        return Ok(None);
+    };
+    let tp = load_two_phase(&mut conn, &order).await?;
+    Ok(Some((order, tp)))
+}
+
 /// Runs the two-phase transaction of `id` until it is decided and done
 /// everywhere. A cancel after the commit decision is handed to the saga
 /// engine's compensation (a business compensation, not an abort).
+///
+/// TCC's tries are asked all at once, 2PC's prepares one after the other
+/// in a fixed order (see [`TwoPhase::votes_at_once`]); the decision is
+/// driven to all participants at once. The log is kept in memory between writes, as
+/// the saga engine does: the votes are written with the decision, and the
+/// end of phase two with the outcome. What must be durable before a call
+/// is: that votes were asked (so a restarted coordinator knows branches
+/// may exist) and the decision (the commit point).
 pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
+    let mut unwritten: Vec<Unwritten> = Vec::new();
+    let Some((mut order, mut tp)) = load(orders, id).await? else {
+        return Ok(());
+    };
     loop {
-        let mut conn = orders.app.pool.acquire().await?;
-        let Some(order) = load_order(&mut conn, id).await? else {
-            return Ok(());
-        };
+        if orders.take_rerun(id) {
+            let mut conn = orders.app.pool.acquire().await?;
+            write_marks(&mut conn, id, &mut unwritten).await?;
+            drop(conn);
+            let Some(fresh) = load(orders, id).await? else {
+                return Ok(());
+            };
+            (order, tp) = fresh;
+        }
         if order.state.is_terminal() {
             return Ok(()); // decided; a cancel moves it back to compensating first
         }
-        let tp = load_two_phase(&mut conn, &order).await?;
-        drop(conn);
         let method = order.method;
         let (vote_op, commit_op, abort_op) = ops(method);
-        let pool = &orders.app.pool;
         match tp.next() {
-            Next::Ask(i) => {
-                let step = Step::ALL[i];
-                mark(pool, id, step, Mark::Vote(Vote::Asked), None).await?;
-                let (vote, reason) = match ask(orders, &order, step, vote_op).await {
-                    Ok(()) => (Vote::Yes, None),
-                    Err(CallError::Refused(code)) => (Vote::No, Some(format!("{}: {code}", step.as_str()))),
-                    Err(CallError::Transient(e)) => (
-                        Vote::Unknown,
-                        Some(format!("{}: no vote after retries ({e})", step.as_str())),
-                    ),
-                };
-                orders.app.metrics.event("vote", vote.as_str());
-                tracing::info!(step = step.as_str(), vote = vote.as_str(), "vote");
-                mark(pool, id, step, Mark::Vote(vote), reason.as_deref()).await?;
+            Next::Ask(asked) => {
+                for &i in &asked {
+                    tp.votes[i] = Vote::Asked;
+                    unwritten.push(Unwritten {
+                        step: Step::ALL[i],
+                        mark: Mark::Vote(Vote::Asked),
+                        reason: None,
+                    });
+                }
+                let mut tx = orders.app.pool.begin().await?;
+                write_marks(&mut tx, id, &mut unwritten).await?;
+                tx.commit().await?;
+                let votes =
+                    join_all(asked.iter().map(|&i| vote(orders, &order, Step::ALL[i], vote_op))).await;
+                for (&i, (vote, reason)) in asked.iter().zip(votes) {
+                    tp.votes[i] = vote;
+                    unwritten.push(Unwritten {
+                        step: Step::ALL[i],
+                        mark: Mark::Vote(vote),
+                        reason,
+                    });
+                }
             }
             Next::Decide(decision) => {
-                let stands = log_decision(pool, id, decision, false).await?;
+                let mut tx = orders.app.pool.begin().await?;
+                write_marks(&mut tx, id, &mut unwritten).await?;
+                let stands = log_decision(&mut tx, id, decision, false).await?;
+                tx.commit().await?;
+                tp.decision = Some(stands);
                 orders.app.metrics.event("decision", stands.as_str());
                 tracing::info!(decision = stands.as_str(), "decision logged");
                 // The coordinator's own crash point: decided, nobody told yet.
@@ -88,41 +126,64 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
                     tracing::warn!(error = %e, "injected coordinator error ignored");
                 }
             }
-            Next::Complete(i, decision) => {
-                let step = Step::ALL[i];
-                mark(pool, id, step, Mark::Phase2(Phase2::Started), None).await?;
-                insist(
-                    orders,
-                    &order,
-                    step,
-                    if decision == Decision::Commit {
-                        commit_op
-                    } else {
-                        abort_op
-                    },
-                )
-                .await;
-                mark(pool, id, step, Mark::Phase2(Phase2::Done), None).await?;
+            Next::Complete(told, decision) => {
+                let op = if decision == Decision::Commit {
+                    commit_op
+                } else {
+                    abort_op
+                };
+                join_all(told.iter().map(|&i| insist(orders, &order, Step::ALL[i], op))).await;
+                for &i in &told {
+                    tp.phase2[i] = Phase2::Done;
+                    unwritten.push(Unwritten {
+                        step: Step::ALL[i],
+                        mark: Mark::Phase2(Phase2::Done),
+                        reason: None,
+                    });
+                }
             }
             Next::Finish(outcome) => {
                 if tp.decision == Some(Decision::Commit) {
                     // Every effect now stands, exactly as after a saga's
                     // forward steps: a later cancel compensates them.
-                    sqlx::query("UPDATE saga_steps SET forward = $2 WHERE order_id = $1 AND forward <> $2")
-                        .bind(id)
-                        .bind(Forward::Done.as_str())
-                        .execute(pool)
-                        .await?;
+                    unwritten.extend(Step::ALL.iter().map(|&step| Unwritten {
+                        step,
+                        mark: Mark::Forward(Forward::Done),
+                        reason: None,
+                    }));
                     if order.cancel_requested {
+                        let mut conn = orders.app.pool.acquire().await?;
+                        write_marks(&mut conn, id, &mut unwritten).await?;
+                        drop(conn);
                         return super::saga::run(orders, id).await;
                     }
                 }
-                if finish(orders, &order, state_of(outcome)).await? {
+                if finish_with(orders, &order, state_of(outcome), &mut unwritten).await? {
                     return Ok(());
                 }
+                let Some(fresh) = load(orders, id).await? else {
+                    return Ok(());
+                };
+                (order, tp) = fresh;
             }
         }
     }
+}
+
+/// Asks one participant for its vote: the vote and, for anything but a
+/// yes, the reason.
+async fn vote(orders: &Orders, order: &OrderRow, step: Step, op: Op) -> (Vote, Option<String>) {
+    let (vote, reason) = match ask(orders, order, step, op).await {
+        Ok(()) => (Vote::Yes, None),
+        Err(CallError::Refused(code)) => (Vote::No, Some(format!("{}: {code}", step.as_str()))),
+        Err(CallError::Transient(e)) => (
+            Vote::Unknown,
+            Some(format!("{}: no vote after retries ({e})", step.as_str())),
+        ),
+    };
+    orders.app.metrics.event("vote", vote.as_str());
+    tracing::info!(step = step.as_str(), vote = vote.as_str(), "vote");
+    (vote, reason)
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -145,7 +206,7 @@ pub async fn decision(
     let mut decision = super::store::load_decision(&mut conn, id).await?;
     if decision.is_none() && q.presume_abort && may_presume_abort(&orders, &mut conn, id).await? {
         // The decision's primary key keeps this from racing with a commit.
-        let d = log_decision(&orders.app.pool, id, Decision::Abort, true).await?;
+        let d = log_decision(&mut conn, id, Decision::Abort, true).await?;
         tracing::warn!(order_id = %id, decision = d.as_str(), "decision presumed for an in-doubt branch");
         decision = Some(d);
         orders.clone().drive(id);
