@@ -44,6 +44,12 @@ pub enum Command {
     /// Find each method's knee, its commits per checkout, the database's
     /// ceiling and its behaviour under overload (docs/performance.md).
     Bench(commands::bench::BenchArgs),
+    /// A stub of the order API that decides every order at once (for `bench --parts driver`).
+    #[command(hide = true)]
+    Stub {
+        #[arg(long)]
+        port: u16,
+    },
 }
 
 /// Sets up logging and runs the command; errors are printed with their causes.
@@ -58,6 +64,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Run(args) => commands::run::execute(args).await,
         Command::Report(args) => commands::report::execute(args).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => commands::bench::execute(args).await,
+        Command::Stub { port } => bench::driver::serve_stub(port).await.map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -25,6 +25,9 @@ pub struct Config {
     pub order_url: Option<String>,
     /// `FAULT_MODE`, `FAULT_POINT`, `FAULT_PERCENT`, `FAULT_ACTION`.
     pub standing_fault: StandingFault,
+    /// `MAX_OPEN_ORDERS`: the order service refuses new orders (503
+    /// `overloaded`) while this many are open, default 500.
+    pub max_open_orders: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -80,7 +83,16 @@ impl Config {
             var("FAULT_ACTION").as_deref(),
         )
         .map_err(anyhow::Error::msg)?;
+        let max_open_orders = match var("MAX_OPEN_ORDERS") {
+            None => 500,
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .context("MAX_OPEN_ORDERS is not a whole number above 0")?,
+        };
         Ok(Config {
+            max_open_orders,
             order_url: var("ORDER_URL").filter(|v| !v.is_empty()),
             standing_fault,
             role,
@@ -158,5 +170,18 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen.port(), 9);
         assert_eq!(c.tx_mode, TxMode::SagaOrch);
+        assert_eq!(c.max_open_orders, 500);
+    }
+
+    #[test]
+    fn a_bad_open_order_limit_is_named() {
+        for bad in ["0", "many", "-5"] {
+            let err = Config::from_env(
+                Role::Payment,
+                env(&[("DATABASE_URL", "postgres://x"), ("MAX_OPEN_ORDERS", bad)]),
+            )
+            .unwrap_err();
+            assert!(format!("{err:#}").contains("MAX_OPEN_ORDERS"), "{err:#}");
+        }
     }
 }

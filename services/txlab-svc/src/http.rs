@@ -38,6 +38,9 @@ pub enum ApiError {
     /// Transient: an injected fault or an overloaded dependency; retry.
     #[error("{0}")]
     Unavailable(String),
+    /// Load shed: too much work is open; retry later (503 `overloaded`).
+    #[error("{0}")]
+    Overloaded(String),
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -86,7 +89,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Refused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -111,6 +114,7 @@ impl IntoResponse for ApiError {
             ApiError::Conflict { code, .. } => code.to_string(),
             ApiError::Refused { code, .. } => code.clone(),
             ApiError::Unavailable(_) => "unavailable".to_string(),
+            ApiError::Overloaded(_) => "overloaded".to_string(),
             ApiError::Internal(e) => {
                 tracing::error!(error = format!("{e:#}"), "internal error");
                 "internal".to_string()

@@ -4,6 +4,7 @@
 //! - [`commits`]: the durable commits (and all transactions) a checkout costs.
 //! - [`knee`]: the search for the highest rate a method sustains.
 //! - [`overload`]: what happens beyond it, and how fast latency recovers.
+//! - [`driver`]: how much load the driver itself can offer, next to wrk.
 //!
 //! `txlab bench` (commands/bench.rs) runs them on the local platform and
 //! writes `bench.json`, `knee.csv` and every cell it ran into a results
@@ -11,5 +12,6 @@
 
 pub mod ceiling;
 pub mod commits;
+pub mod driver;
 pub mod knee;
 pub mod overload;

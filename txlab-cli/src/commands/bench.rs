@@ -8,15 +8,18 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{ContentArrangement, Table};
 use serde::Serialize;
-use txlab_api::TxMode;
+use txlab_api::{Role, TxMode};
 
+use crate::bench::driver;
 use crate::bench::{ceiling, commits, knee, overload};
 use crate::commands::run::{admin_client, measure_cell, prepare_cell, print_cell_line, EXIT_INTERRUPTED};
+use crate::load::{drive, driver::Target};
 use crate::metrics::resources::Use;
 use crate::platform::local::{LocalOptions, LocalPlatform};
 use crate::platform::Platform;
@@ -35,6 +38,11 @@ pub enum Part {
     Knee,
     /// Twice the knee, then half of it: goodput and recovery.
     Overload,
+    /// The order service frozen for 2 s under load: the stall must show
+    /// in the latency measured from intended send times.
+    Stall,
+    /// The driver against a stub endpoint, next to wrk.
+    Driver,
 }
 
 #[derive(Debug, clap::Args)]
@@ -47,7 +55,11 @@ pub struct BenchArgs {
     #[arg(long)]
     pub scenarios: Option<PathBuf>,
     /// Parts to run, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "ceiling,commits,knee,overload")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ceiling,commits,knee,overload,stall,driver"
+    )]
     pub parts: Vec<Part>,
     /// Only these methods (comma-separated) instead of the profile's.
     #[arg(long, value_delimiter = ',')]
@@ -70,6 +82,12 @@ pub struct BenchArgs {
     /// Use this knee (orders/s) for the overload instead of searching.
     #[arg(long)]
     pub knee: Option<f64>,
+    /// Offered rate during the stall test, orders/s.
+    #[arg(long, default_value_t = 100.0)]
+    pub stall_rate: f64,
+    /// Rate at which commits per checkout are counted (over 400 orders).
+    #[arg(long, default_value_t = 100.0)]
+    pub commits_rate: f64,
     /// Seconds pgbench runs at each client count.
     #[arg(long, default_value_t = 10)]
     pub pgbench_s: u32,
@@ -113,6 +131,8 @@ struct Step {
     decided_p99_ms: f64,
     passed: bool,
     reasons: Vec<String>,
+    /// CPU of every component together, per order sent.
+    cpu_ms_per_checkout: f64,
     resources: BTreeMap<String, Use>,
     cell: String,
 }
@@ -128,12 +148,40 @@ struct OverloadFigures {
     cell: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
+struct StallFigures {
+    method: String,
+    offered: f64,
+    pause_ms: u64,
+    decided_p50_ms: f64,
+    decided_p99_ms: f64,
+    decided_max_ms: f64,
+    /// Decided p99 of the arrivals due in each second of the load.
+    p99_by_second_ms: Vec<f64>,
+    cell: String,
+}
+
+/// Seconds from nothing to a lab that answers.
+#[derive(Debug, Clone, Default, Serialize)]
+struct Startup {
+    /// PostgreSQL and tansu started, databases created.
+    infrastructure_s: f64,
+    /// The five services of the first method started and healthy.
+    services_s: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
 struct BenchReport {
     p99_bound_ms: f64,
+    startup: Option<Startup>,
     pgbench: Vec<ceiling::Point>,
     methods: Vec<MethodFigures>,
+    stall: Option<StallFigures>,
+    driver: Option<driver::Figures>,
 }
+
+/// The stall test's freeze: this service, this long, this far into the load.
+const STALL: (Role, Duration, Duration) = (Role::Order, Duration::from_secs(2), Duration::from_secs(4));
 
 pub async fn execute(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let scenarios = args
@@ -148,54 +196,144 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if !(args.start_rate > 0.0 && args.start_rate <= args.max_rate) {
         bail!("--start-rate must be above 0 and at most --max-rate");
     }
+    if !(args.commits_rate > 0.0
+        && args.stall_rate > 0.0
+        && args.p99_ms > 0.0
+        && args.step_s > 0.0
+        && args.overload_s > 0)
+    {
+        bail!("--commits-rate, --stall-rate, --p99-ms, --step-s and --overload-s must be above 0");
+    }
     let run = RunDir::create(&args.results, &format!("bench-{}", plan.profile.name))?;
     eprintln!("txlab: bench {} → {}", run.id, run.root.display());
-    let opts = LocalOptions {
-        log_dir: run.services_log_dir(),
-        ..LocalOptions::default()
+    let mut report = BenchReport {
+        p99_bound_ms: args.p99_ms,
+        ..BenchReport::default()
     };
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
-    let mut platform = tokio::select! {
-        p = LocalPlatform::start(opts) => p?,
-        _ = &mut interrupted => return Ok(ExitCode::from(EXIT_INTERRUPTED)),
-    };
-    let result = tokio::select! {
-        r = bench(&mut platform, &plan, &methods, &args, &run) => Some(r),
+    let finished = tokio::select! {
+        r = bench(&plan, &methods, &args, &run, &mut report) => Some(r),
         _ = &mut interrupted => None,
     };
-    eprintln!("txlab: stopping services and infrastructure");
-    platform.shutdown().await?;
-    let Some(report) = result else {
-        eprintln!(
-            "txlab: interrupted; cells run so far are in {}",
-            run.root.display()
-        );
-        return Ok(ExitCode::from(EXIT_INTERRUPTED));
-    };
-    let report = report?;
+    // Whatever was measured is kept, even after an error or Ctrl-C.
     run.write_json("bench.json", &report)?;
     std::fs::write(run.root.join("knee.csv"), knee_csv(&report.methods)?)?;
     print_report(&report);
     println!("results: {}", run.root.display());
-    Ok(ExitCode::SUCCESS)
+    match finished {
+        None => {
+            eprintln!(
+                "txlab: interrupted; what was measured so far is in {}",
+                run.root.display()
+            );
+            Ok(ExitCode::from(EXIT_INTERRUPTED))
+        }
+        Some(r) => r.map(|()| ExitCode::SUCCESS),
+    }
 }
 
+/// Runs the parts: the driver's without the lab, the others on one local platform.
 async fn bench(
+    plan: &Plan,
+    methods: &[TxMode],
+    args: &BenchArgs,
+    run: &RunDir,
+    report: &mut BenchReport,
+) -> anyhow::Result<()> {
+    if args.parts.contains(&Part::Driver) {
+        report.driver = Some(driver_bench(plan, run).await?);
+    }
+    if args.parts.iter().all(|p| *p == Part::Driver) {
+        return Ok(());
+    }
+    let began = Instant::now();
+    let opts = LocalOptions {
+        log_dir: run.services_log_dir(),
+        ..LocalOptions::default()
+    };
+    let mut platform = LocalPlatform::start(opts).await?;
+    let infrastructure_s = began.elapsed().as_secs_f64();
+    let deployed = Instant::now();
+    let result = match platform.deploy(methods[0]).await {
+        Ok(_) => {
+            report.startup = Some(Startup {
+                infrastructure_s,
+                services_s: deployed.elapsed().as_secs_f64(),
+            });
+            on_platform(&mut platform, plan, methods, args, run, report).await
+        }
+        Err(e) => Err(e),
+    };
+    eprintln!("txlab: stopping services and infrastructure");
+    platform.shutdown().await?;
+    result
+}
+
+/// The driver's knee against the stub, and wrk's rate on the same stub.
+async fn driver_bench(plan: &Plan, run: &RunDir) -> anyhow::Result<driver::Figures> {
+    let stub = driver::Stub::start().await?;
+    let result = driver_against(&stub, plan, run).await;
+    stub.stop().await;
+    result
+}
+
+async fn driver_against(stub: &driver::Stub, plan: &Plan, run: &RunDir) -> anyhow::Result<driver::Figures> {
+    eprintln!("txlab: wrk -t2 -c64 -d10s against the stub endpoint");
+    let wrk = driver::wrk(&stub.order_url(), 64, 10).await?;
+    let search = knee::Search {
+        start: 1000.0,
+        max: 40_000.0,
+        floor: 50.0,
+        resolution: 0.05,
+    };
+    let mut seen = knee::Progress::default();
+    while let Some(rate) = search.next(&seen) {
+        let mut cell = plan.cells[0].clone();
+        cell.id = format!("driver-{rate}ps");
+        cell.stages = vec![Stage {
+            rate,
+            duration_s: 5.0,
+        }];
+        let target = Target {
+            base_url: &stub.base_url,
+            run_id: &run.id,
+        };
+        let load = drive(target, plan, &cell, &indicatif::ProgressBar::hidden()).await?;
+        let kept_up = load.achieved_rate >= 0.97 * rate
+            && load.errors == 0
+            && load.dropped == 0
+            && load.late * 100 <= load.sent;
+        eprintln!(
+            "txlab: driver at {rate}/s: sent {:.0}/s, {} late, {} errors, {} dropped{}",
+            load.achieved_rate,
+            load.late,
+            load.errors,
+            load.dropped,
+            if kept_up { "" } else { " — fell behind" }
+        );
+        seen.record(rate, kept_up);
+    }
+    let requests = seen.pass.map(|a| 2.0 * a);
+    Ok(driver::Figures {
+        wrk_requests_per_s: wrk,
+        driver_arrivals_per_s: seen.pass,
+        driver_requests_per_s: requests,
+        ratio: requests.map(|r| r / wrk),
+    })
+}
+
+async fn on_platform(
     platform: &mut LocalPlatform,
     plan: &Plan,
     methods: &[TxMode],
     args: &BenchArgs,
     run: &RunDir,
-) -> anyhow::Result<BenchReport> {
+    report: &mut BenchReport,
+) -> anyhow::Result<()> {
     let server = platform
         .postgres_server()
         .context("the benchmarks need the embedded PostgreSQL")?;
-    let mut report = BenchReport {
-        p99_bound_ms: args.p99_ms,
-        pgbench: Vec::new(),
-        methods: Vec::new(),
-    };
     if args.parts.contains(&Part::Ceiling) {
         eprintln!(
             "txlab: pgbench -N at 8, 16 and 32 clients, {} s each",
@@ -204,11 +342,7 @@ async fn bench(
         report.pgbench =
             ceiling::measure(&server.bin_dir, &server.admin_url, &[8, 16, 32], args.pgbench_s).await?;
     }
-    let best_tps = report
-        .pgbench
-        .iter()
-        .map(|p| p.tps)
-        .fold(None, |a: Option<f64>, t| Some(a.map_or(t, |a| a.max(t))));
+    let best_tps = report.pgbench.iter().map(|p| p.tps).reduce(f64::max);
     let mut bench = Bencher {
         platform,
         plan,
@@ -222,7 +356,9 @@ async fn bench(
             ..Default::default()
         };
         if args.parts.contains(&Part::Commits) {
-            let c = bench.commits(method, &server).await?;
+            let c = bench
+                .commits(method, &server, args.commits_rate, 400.0 / args.commits_rate)
+                .await?;
             m.ceiling = best_tps.map(|t| t / c.per_checkout);
             m.commits = Some(c);
         }
@@ -246,7 +382,10 @@ async fn bench(
         }
         report.methods.push(m);
     }
-    Ok(report)
+    if args.parts.contains(&Part::Stall) {
+        report.stall = Some(bench.stall(methods[0], args.stall_rate).await?);
+    }
+    Ok(())
 }
 
 /// Runs benchmark cells on the platform, numbering them.
@@ -271,18 +410,31 @@ impl Bencher<'_> {
         }
     }
 
-    /// Runs one cell, with `between` called after the seeding and after the audit.
+    /// Runs one cell; with a server, counts its transactions from after
+    /// the seeding to after the audit; with a stall, freezes that service
+    /// for that long, that far into the load.
     async fn measure(
         &mut self,
         cell: &Cell,
         server: Option<&commits::Server>,
+        stall: Option<(Role, Duration, Duration)>,
     ) -> anyhow::Result<(CellSummary, crate::load::LoadReport, Option<commits::Counted>)> {
         let endpoints = prepare_cell(self.platform, self.plan, self.run, &self.client, cell).await?;
         let mark = match server {
             Some(s) => Some(s.mark().await?),
             None => None,
         };
-        let (summary, load) = measure_cell(
+        let freeze = match stall {
+            Some((role, pause, after)) => {
+                let freeze = self.platform.stall(role, pause)?;
+                Some(tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    freeze.await;
+                }))
+            }
+            None => None,
+        };
+        let measured = measure_cell(
             self.platform,
             self.plan,
             self.run,
@@ -291,7 +443,11 @@ impl Bencher<'_> {
             cell,
             &endpoints,
         )
-        .await?;
+        .await;
+        if let Some(f) = freeze {
+            f.await?; // never leave a service frozen
+        }
+        let (summary, load) = measured?;
         let counted = match (server, mark) {
             (Some(s), Some(m)) => Some(s.since(&m).await?),
             _ => None,
@@ -301,17 +457,25 @@ impl Bencher<'_> {
         Ok((summary, load, counted))
     }
 
-    /// Durable commits per checkout over 200 orders at 20/s.
-    async fn commits(&mut self, method: TxMode, server: &commits::Server) -> anyhow::Result<CommitFigures> {
+    /// Durable commits per checkout over `rate` × `secs` orders. Relays
+    /// and consumers batch their bookkeeping, so the figure falls as the
+    /// rate rises; measure near the rates being compared.
+    async fn commits(
+        &mut self,
+        method: TxMode,
+        server: &commits::Server,
+        rate: f64,
+        secs: f64,
+    ) -> anyhow::Result<CommitFigures> {
         let cell = self.cell(
             method,
-            "commits",
+            &format!("commits-{rate}ps"),
             vec![Stage {
-                rate: 20.0,
-                duration_s: 10.0,
+                rate,
+                duration_s: secs,
             }],
         );
-        let (summary, _, counted) = self.measure(&cell, Some(server)).await?;
+        let (summary, _, counted) = self.measure(&cell, Some(server), None).await?;
         let counted = counted.context("no counters")?;
         let orders = summary.decided.max(1);
         let per = |n: f64| n / orders as f64;
@@ -349,7 +513,7 @@ impl Bencher<'_> {
                     duration_s: args.step_s,
                 }],
             );
-            let (s, load, _) = self.measure(&cell, None).await?;
+            let (s, load, _) = self.measure(&cell, None, None).await?;
             let verdict = knee::judge(&s, args.p99_ms);
             seen.record(rate, verdict.passed);
             let expected: u64 = load.completions.iter().sum();
@@ -361,6 +525,8 @@ impl Bencher<'_> {
                 decided_p99_ms: s.decided_ms.p99,
                 passed: verdict.passed,
                 reasons: verdict.reasons,
+                cpu_ms_per_checkout: 1000.0 * s.resources.values().map(|u| u.cpu_s).sum::<f64>()
+                    / s.sent.max(1) as f64,
                 resources: s.resources.clone(),
                 cell: cell.id.clone(),
             });
@@ -390,13 +556,38 @@ impl Bencher<'_> {
                 },
             ],
         );
-        let (_, load, _) = self.measure(&cell, None).await?;
+        let (_, load, _) = self.measure(&cell, None, None).await?;
         let figures = overload::figures(&load, args.overload_s, args.p99_ms);
         Ok(OverloadFigures {
             knee,
             offered: 2.0 * knee,
             goodput_ratio: figures.goodput / knee,
             figures,
+            cell: cell.id,
+        })
+    }
+}
+
+impl Bencher<'_> {
+    /// Ten seconds at `rate` with the order service frozen for 2 s after 4 s.
+    async fn stall(&mut self, method: TxMode, rate: f64) -> anyhow::Result<StallFigures> {
+        let cell = self.cell(
+            method,
+            "stall",
+            vec![Stage {
+                rate,
+                duration_s: 10.0,
+            }],
+        );
+        let (s, load, _) = self.measure(&cell, None, Some(STALL)).await?;
+        Ok(StallFigures {
+            method: method.to_string(),
+            offered: rate,
+            pause_ms: STALL.1.as_millis() as u64,
+            decided_p50_ms: s.decided_ms.p50,
+            decided_p99_ms: s.decided_ms.p99,
+            decided_max_ms: s.decided_ms.max,
+            p99_by_second_ms: load.seconds.iter().map(|x| x.decided_p99_ms).collect(),
             cell: cell.id,
         })
     }
@@ -435,6 +626,12 @@ fn knee_csv(methods: &[MethodFigures]) -> anyhow::Result<Vec<u8>> {
 }
 
 fn print_report(r: &BenchReport) {
+    if let Some(s) = &r.startup {
+        println!(
+            "lab start-up: infrastructure {:.1} s, services healthy {:.1} s later",
+            s.infrastructure_s, s.services_s
+        );
+    }
     if !r.pgbench.is_empty() {
         let tps: Vec<String> = r
             .pgbench
@@ -443,6 +640,29 @@ fn print_report(r: &BenchReport) {
             .collect();
         println!("pgbench -N (durable commits/s): {}", tps.join(", "));
     }
+    if !r.methods.is_empty() {
+        println!("{}", methods_table(&r.methods));
+        print_footprint(&r.methods);
+    }
+    if let Some(s) = &r.stall {
+        println!(
+            "stall: {} at {}/s, order service frozen {} ms: decided p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            s.method, s.offered, s.pause_ms, s.decided_p50_ms, s.decided_p99_ms, s.decided_max_ms
+        );
+    }
+    if let Some(d) = &r.driver {
+        println!(
+            "driver: wrk {:.0} requests/s; txlab's driver kept schedule up to {} arrivals/s ({} requests/s, {} of wrk)",
+            d.wrk_requests_per_s,
+            d.driver_arrivals_per_s.map_or("–".into(), |a| format!("{a:.0}")),
+            d.driver_requests_per_s.map_or("–".into(), |a| format!("{a:.0}")),
+            d.ratio.map_or("–".into(), |a| format!("{a:.2}")),
+        );
+    }
+}
+
+/// One row per method: commits, ceiling, knee, latency and CPU at the knee, overload.
+fn methods_table(methods: &[MethodFigures]) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED)
         .set_content_arrangement(ContentArrangement::Dynamic);
@@ -458,7 +678,7 @@ fn print_report(r: &BenchReport) {
         "overload 2×: goodput\n/ knee, recovery",
     ]);
     let num = |v: Option<f64>, prec: usize| v.map_or("–".to_string(), |v| format!("{v:.prec$}"));
-    for m in &r.methods {
+    for m in methods {
         let at_knee = m.curve.iter().find(|s| Some(s.offered) == m.knee);
         let busiest = at_knee.map_or("–".to_string(), |s| {
             let mut v: Vec<(&String, &Use)> = s.resources.iter().collect();
@@ -491,5 +711,43 @@ fn print_report(r: &BenchReport) {
             }),
         ]);
     }
-    println!("{t}");
+    t
+}
+
+/// CPU per checkout and memory of each method at its knee.
+fn print_footprint(methods: &[MethodFigures]) {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic);
+    t.set_header(vec![
+        "at the knee",
+        "CPU ms per\ncheckout (all)",
+        "largest service\nRSS MiB",
+        "RSS MiB per component",
+    ]);
+    for m in methods {
+        let Some(s) = m.curve.iter().find(|s| Some(s.offered) == m.knee) else {
+            continue;
+        };
+        let services = s
+            .resources
+            .iter()
+            .filter(|(n, _)| Role::ALL.iter().any(|r| r.as_str() == n.as_str()))
+            .map(|(_, u)| u.rss_mib)
+            .fold(0.0, f64::max);
+        let all: Vec<String> = s
+            .resources
+            .iter()
+            .map(|(n, u)| format!("{n} {:.0}", u.rss_mib))
+            .collect();
+        t.add_row(vec![
+            m.method.clone(),
+            format!("{:.1}", s.cpu_ms_per_checkout),
+            format!("{services:.1}"),
+            all.join(", "),
+        ]);
+    }
+    if t.row_count() > 0 {
+        println!("{t}");
+    }
 }

@@ -25,6 +25,7 @@ use txlab_api::{Role, TxMode};
 use super::{Endpoints, Platform};
 use crate::metrics::resources::Component;
 pub use postgres::{database_name, database_url};
+pub use process::{contain, free_port};
 
 /// What the user chose for the local platform.
 #[derive(Debug, Clone, Default)]
@@ -155,6 +156,28 @@ impl LocalPlatform {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         services::wait_healthy(&fleet, &[role], Duration::from_secs(60)).await
+    }
+
+    /// Freezes one service for `pause` (SIGSTOP, then SIGCONT), as a long
+    /// garbage-collection pause or a stalled node would: its connections stay
+    /// open and nothing is answered meanwhile.
+    /// The returned future does it, and owns nothing of the platform, so
+    /// it can run while a cell's load is under way.
+    pub fn stall(
+        &self,
+        role: Role,
+        pause: Duration,
+    ) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+        let pgid = {
+            let fleet = self.fleet.as_ref().context("no services deployed")?;
+            let f = fleet.lock().unwrap_or_else(|p| p.into_inner());
+            f.services.get(&role).context("no such service")?.proc.pgid()
+        };
+        Ok(async move {
+            process::kill_group(pgid, libc::SIGSTOP);
+            tokio::time::sleep(pause).await;
+            process::kill_group(pgid, libc::SIGCONT);
+        })
     }
 
     async fn stop_services(&mut self) {

@@ -97,11 +97,15 @@ pub async fn create(
     req.validate().map_err(ApiError::BadRequest)?;
     let key = idempotency_key(&headers)?;
     let request = serde_json::to_value(&req).map_err(anyhow::Error::from)?;
-    if let Some(key) = &key {
-        if let Some(view) = replay(&orders, key, &request).await? {
-            return Ok((StatusCode::OK, Json(view)));
-        }
-    }
+    // A repeated key is found when it is claimed below (and answered with
+    // its order), so a first request costs no lookup.
+    orders.admission.admit().map_err(|open| {
+        orders.app.metrics.event("order", "shed");
+        ApiError::Overloaded(format!(
+            "{open} orders are open, the most this service takes on at once ({}); retry later",
+            orders.admission.limit()
+        ))
+    })?;
     let amount = req
         .amount()
         .ok_or_else(|| ApiError::BadRequest("order total overflows".into()))?;

@@ -66,6 +66,11 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
     let Some((mut order, mut tp)) = load(orders, id).await? else {
         return Ok(());
     };
+    let _turn = if order.method == TxMode::Twopc {
+        Some(orders.twopc_at_once.acquire().await?)
+    } else {
+        None
+    };
     loop {
         if orders.take_rerun(id) {
             let mut conn = orders.app.pool.acquire().await?;

@@ -1,0 +1,149 @@
+//! How much load txlab's own driver can offer: against a trivial endpoint
+//! (a stub of the order API that decides every order at once), the highest
+//! rate the driver sends on schedule with HDR recording on, next to what
+//! wrk gets from the same endpoint on the same cores.
+//!
+//! The stub is `txlab stub` (hidden), run as a child process so that it
+//! does not share the driver's runtime.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use axum::extract::Path;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use txlab_api::order::{OrderState, OrderView};
+use txlab_api::TxMode;
+use uuid::Uuid;
+
+/// What the stub answers for any order: decided, confirmed.
+fn decided(id: Uuid) -> OrderView {
+    OrderView {
+        id,
+        state: OrderState::Confirmed,
+        customer: "stub".into(),
+        amount: 0,
+        slot: "stub".into(),
+        items: Vec::new(),
+        reason: None,
+        method: TxMode::SagaOrch,
+        created_ms: 0,
+        decided_ms: Some(0),
+    }
+}
+
+/// Serves the stub on loopback until the process is stopped.
+pub async fn serve_stub(port: u16) -> anyhow::Result<()> {
+    let app = Router::new()
+        .route(
+            "/orders",
+            post(|| async { (axum::http::StatusCode::ACCEPTED, Json(decided(Uuid::new_v4()))) }),
+        )
+        .route(
+            "/orders/{id}",
+            get(|Path(id): Path<Uuid>| async move { Json(decided(id)) }),
+        );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .with_context(|| format!("binding 127.0.0.1:{port}"))?;
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+/// The stub as a child process, stopped when dropped.
+pub struct Stub {
+    child: tokio::process::Child,
+    pub base_url: String,
+}
+
+impl Stub {
+    pub async fn start() -> anyhow::Result<Stub> {
+        let port = crate::platform::local::free_port()?;
+        let exe = std::env::current_exe().context("finding txlab's own binary")?;
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.args(["stub", "--port", &port.to_string()]).kill_on_drop(true);
+        crate::platform::local::contain(&mut cmd, None);
+        let child = cmd.spawn().context("starting the stub endpoint")?;
+        let base_url = format!("http://127.0.0.1:{port}");
+        let probe = format!("{base_url}/orders/{}", Uuid::nil());
+        let client = reqwest::Client::new();
+        for _ in 0..100 {
+            if client
+                .get(&probe)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return Ok(Stub { child, base_url });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("the stub endpoint did not answer within 5 s")
+    }
+
+    /// A URL wrk can hammer: the stub's GET of one order.
+    pub fn order_url(&self) -> String {
+        format!("{}/orders/{}", self.base_url, Uuid::nil())
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// wrk's requests per second: 2 threads, `connections` connections, `secs` seconds.
+pub async fn wrk(url: &str, connections: u32, secs: u32) -> anyhow::Result<f64> {
+    let out = tokio::process::Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{connections}"),
+            &format!("-d{secs}s"),
+            "--latency",
+            url,
+        ])
+        .output()
+        .await
+        .context("running wrk (Debian package `wrk`)")?;
+    if !out.status.success() {
+        bail!(
+            "wrk failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse_wrk(&text).with_context(|| format!("no Requests/sec in wrk's output:\n{text}"))
+}
+
+/// `Requests/sec:  23456.78`
+fn parse_wrk(text: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The driver's figures next to wrk's.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figures {
+    pub wrk_requests_per_s: f64,
+    /// Highest arrival rate the driver sent on schedule (each arrival is a
+    /// POST and a GET that finds it decided).
+    pub driver_arrivals_per_s: Option<f64>,
+    pub driver_requests_per_s: Option<f64>,
+    /// Driver requests per second over wrk's.
+    pub ratio: Option<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrk_rate_is_read() {
+        let text = "Running 10s test @ http://127.0.0.1:1/\n  2 threads and 64 connections\n\
+                    Requests/sec:  23456.78\nTransfer/sec:      3.10MB\n";
+        assert_eq!(parse_wrk(text), Some(23456.78));
+        assert_eq!(parse_wrk("nothing"), None);
+    }
+}
