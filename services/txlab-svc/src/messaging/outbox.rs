@@ -129,10 +129,12 @@ impl Relay {
             }
         };
         loop {
-            // Drain everything that is there, then wait for a wake-up.
+            // Drain everything that is there, then wait for a wake-up. A
+            // batch short of the batch size took every row there was, so
+            // looking again would only cost a transaction.
             loop {
                 match self.publish_batch().await {
-                    Ok(0) => break,
+                    Ok(n) if (n as i64) < self.batch_size => break,
                     Ok(n) => tracing::debug!(published = n, "outbox batch"),
                     Err(e) => {
                         tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), "outbox relay failed; retrying");

@@ -136,7 +136,11 @@ pub async fn create(
     tx.commit().await?;
     tracing::info!(order_id = %order.id, amount, "order accepted");
     orders.app.metrics.event("order", "accepted");
-    orders.clone().drive(order.id);
+    // Without a coordinator the order's own event (in the outbox) starts
+    // the checkout; an engine run now could only find nothing heard yet.
+    if !order.method.is_event_driven() {
+        orders.clone().drive(order.id);
+    }
     Ok((StatusCode::ACCEPTED, Json(order)))
 }
 
@@ -230,6 +234,10 @@ async fn claim_key(
     }
 }
 
+/// How often a long-poll reads the order again without a wake-up (a
+/// decision made by another process wakes nobody here).
+const RECHECK: Duration = Duration::from_millis(500);
+
 pub async fn get(
     State(orders): State<Arc<Orders>>,
     path: Result<Path<Uuid>, PathRejection>,
@@ -239,9 +247,9 @@ pub async fn get(
     let Query(q) = query?;
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(MAX_WAIT_MS));
     let deadline = tokio::time::Instant::now() + wait;
-    // Subscribe before reading, so a decision between the read and the wait is not missed.
-    let mut decided = orders.decided.subscribe();
     loop {
+        // Subscribe before reading, so a decision between the read and the wait is not missed.
+        let decided = orders.decided.wait(id);
         let order = {
             let mut conn = orders.app.pool.acquire().await?;
             load_order(&mut conn, id).await?
@@ -253,11 +261,8 @@ pub async fn get(
         }
         // Another replica may decide the order, so re-read now and then even
         // without a local wake-up.
-        let recheck = (deadline - now).min(Duration::from_millis(200));
-        tokio::select! {
-            _ = tokio::time::sleep(recheck) => {}
-            _ = async { while let Ok(d) = decided.recv().await { if d == id { break; } } } => {}
-        }
+        let recheck = (deadline - now).min(RECHECK);
+        let _ = tokio::time::timeout(recheck, decided).await;
     }
 }
 

@@ -9,12 +9,13 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use txlab_api::event::{CheckoutEvent, CheckoutKind, OrderSpec, CHECKOUT_TOPIC};
+use txlab_api::order::OrderState;
 use txlab_tx::choreography::{verdict, Heard};
 use txlab_tx::saga::{Compensation, Forward};
 use uuid::Uuid;
 
-use super::outcome::finish;
-use super::store::{load_order, load_saga, mark, Mark};
+use super::outcome::{announce, decide_in, Decided};
+use super::store::{load_order, load_saga, mark, Mark, OrderRow};
 use super::Orders;
 
 /// Writes a checkout event with the caller's transaction. `epoch` must
@@ -81,23 +82,43 @@ async fn handle(orders: &Orders, event: CheckoutEvent) -> anyhow::Result<()> {
     if crate::messaging::inbox::first_delivery(&mut tx, &event.event_id.to_string()).await? {
         mark(&mut *tx, event.order_id, step, heard, reason.as_deref()).await?;
     }
+    // Judged in the same transaction (also after a redelivery: a crash may
+    // have come between hearing and judging), so the event that decides an
+    // order commits with its outcome.
+    let decision = judge(&mut tx, event.order_id).await?;
     tx.commit().await?;
-    // Also after a redelivery: a crash may have come between the two.
-    evaluate(orders, event.order_id).await
+    if let Some((order, state, decided)) = decision {
+        announce(orders, &order, state, decided);
+    }
+    Ok(())
 }
 
-/// Finishes the order if what has been heard decides it.
+/// Finishes the order if what has been heard decides it (after a cancel,
+/// and when a service resumes open orders).
 pub async fn evaluate(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
-    let mut conn = orders.app.pool.acquire().await?;
-    let Some(order) = load_order(&mut conn, id).await? else {
-        return Ok(());
+    let mut tx = orders.app.pool.begin().await?;
+    let decision = judge(&mut tx, id).await?;
+    tx.commit().await?;
+    if let Some((order, state, decided)) = decision {
+        announce(orders, &order, state, decided);
+    }
+    Ok(())
+}
+
+/// Reads the order and what has been heard of it in `tx`; if that decides
+/// it, records the outcome there too.
+async fn judge(
+    tx: &mut sqlx::PgConnection,
+    id: Uuid,
+) -> anyhow::Result<Option<(OrderRow, OrderState, Decided)>> {
+    let Some(order) = load_order(&mut *tx, id).await? else {
+        return Ok(None);
     };
     if order.state.is_terminal() {
-        return Ok(()); // decided; a cancel moves it back to compensating first
+        return Ok(None); // decided; a cancel moves it back to compensating first
     }
     // The event-driven methods record what they hear in the saga log.
-    let log = load_saga(&mut conn, &order).await?;
-    drop(conn);
+    let log = load_saga(&mut *tx, &order).await?;
     let mut heard = Heard {
         cancel_requested: order.cancel_requested,
         ..Heard::default()
@@ -107,8 +128,9 @@ pub async fn evaluate(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
         heard.rejected[i] = step.forward == Forward::Rejected;
         heard.compensated[i] = step.compensation == Compensation::Done;
     }
-    if let Some(state) = verdict(order.method, &heard) {
-        finish(orders, &order, state).await?;
-    }
-    Ok(())
+    let Some(state) = verdict(order.method, &heard) else {
+        return Ok(None);
+    };
+    let decided = decide_in(&mut *tx, &order, state).await?;
+    Ok(Some((order, state, decided)))
 }

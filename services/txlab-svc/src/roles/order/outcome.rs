@@ -43,22 +43,43 @@ pub fn state_of(outcome: Outcome) -> OrderState {
 ///
 /// Returns true when the order is decided (by this call or an earlier one),
 /// false when a cancel arrived before a confirmation, so the engine must go on.
-pub async fn finish(orders: &Orders, order: &OrderRow, state: OrderState) -> anyhow::Result<bool> {
-    finish_with(orders, order, state, &mut Vec::new()).await
-}
-
-/// [`finish`], writing the engine's `unwritten` marks in the same
-/// transaction (they are written whether or not the order is decided).
+///
+/// The engine's `unwritten` marks are written in the same transaction
+/// (whether or not the order is decided).
 pub async fn finish_with(
     orders: &Orders,
     order: &OrderRow,
     state: OrderState,
     unwritten: &mut Vec<Unwritten>,
 ) -> anyhow::Result<bool> {
-    let now = txlab_tx::now_ms();
     let mut tx = orders.app.pool.begin().await?;
     write_marks(&mut tx, order.id, unwritten).await?;
-    let epoch = crate::epoch::epoch(&mut tx).await?;
+    let decided = decide_in(&mut tx, order, state).await?;
+    tx.commit().await?;
+    Ok(announce(orders, order, state, decided))
+}
+
+/// What [`decide_in`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decided {
+    /// This transaction records the outcome (once it commits).
+    Now,
+    /// Reset away, or decided before: nothing to do.
+    Already,
+    /// Still open: a cancel overtook the confirmation; the engine goes on.
+    Reopened,
+}
+
+/// The outcome's compare-and-set and outbox event, inside the caller's
+/// transaction, so an engine can commit it with the write that decided it.
+/// Call [`announce`] after the commit.
+pub async fn decide_in(
+    tx: &mut sqlx::PgConnection,
+    order: &OrderRow,
+    state: OrderState,
+) -> anyhow::Result<Decided> {
+    let now = txlab_tx::now_ms();
+    let epoch = crate::epoch::epoch(&mut *tx).await?;
     let reason: Option<String> = match state {
         OrderState::Cancelled => Some("cancelled on request".into()),
         // The first refusal (or give-up) recorded by whichever engine ran.
@@ -93,16 +114,13 @@ pub async fn finish_with(
             .bind(order.id)
             .fetch_optional(&mut *tx)
             .await?;
-        tx.commit().await?; // the marks stand either way
         return Ok(match now_in {
-            // Reset away, or decided by someone else: nothing left to do here.
-            None => true,
+            None => Decided::Already,
             Some((current,)) if OrderState::parse(&current).is_some_and(OrderState::is_terminal) => {
                 tracing::debug!(wanted = state.as_str(), current, "order already decided");
-                true
+                Decided::Already
             }
-            // Still open: a cancel overtook the confirmation.
-            Some(_) => false,
+            Some(_) => Decided::Reopened,
         });
     }
     let event = OrderOutcome {
@@ -114,14 +132,26 @@ pub async fn finish_with(
         epoch,
     };
     let payload = serde_json::to_value(&event).context("encoding the outcome event")?;
-    crate::messaging::outbox::enqueue(&mut tx, ORDER_EVENTS_TOPIC, &order.id.to_string(), &payload).await?;
-    tx.commit().await?;
-    orders.app.metrics.event("outcome", state.as_str());
+    crate::messaging::outbox::enqueue(&mut *tx, ORDER_EVENTS_TOPIC, &order.id.to_string(), &payload).await?;
     tracing::info!(
         outcome = state.as_str(),
         reason = reason.as_deref().unwrap_or(""),
         "order decided"
     );
-    let _ = orders.decided.send(order.id);
-    Ok(true)
+    Ok(Decided::Now)
+}
+
+/// After the commit of a [`decide_in`]: counts the outcome and wakes
+/// long-polling readers. Returns whether the order is decided (false: a
+/// cancel reopened it and the engine must go on).
+pub fn announce(orders: &Orders, order: &OrderRow, state: OrderState, decided: Decided) -> bool {
+    match decided {
+        Decided::Now => {
+            orders.app.metrics.event("outcome", state.as_str());
+            orders.decided.wake(order.id);
+            true
+        }
+        Decided::Already => true,
+        Decided::Reopened => false,
+    }
 }
