@@ -94,9 +94,11 @@ async fn expect_caught(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_invariant_is_reported_when_a_real_run_breaks_it() {
-    let (mut platform, e, dir) = common::deployed("break-audit").await;
+    let (mut platform, _, dir) = common::deployed("break-audit").await;
     let plan = one_cell("happy-path", TxMode::SagaOrch);
     let (summaries, run) = run(&mut platform, plan.clone(), 10.0, 1.0, &dir).await;
+    // The cell was deployed afresh (a new broker, new service processes).
+    let e = platform.endpoints();
     assert_eq!(
         (summaries[0].violations, summaries[0].sent),
         (0, 10),

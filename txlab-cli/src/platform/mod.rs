@@ -46,8 +46,9 @@ impl Endpoints {
 /// The cell lifecycle every platform offers.
 #[allow(async_fn_in_trait)]
 pub trait Platform {
-    /// Makes the services run `method` (restarting them if they ran another)
-    /// and returns where to reach them.
+    /// Makes the services run `method` (restarting them if they ran
+    /// another, or to give the cell a fresh broker where the platform runs
+    /// its own) and returns where to reach them.
     async fn deploy(&mut self, method: TxMode) -> anyhow::Result<Endpoints>;
     /// Service restarts so far (crashes the platform recovered from).
     fn restarts(&self) -> BTreeMap<Role, u32>;
