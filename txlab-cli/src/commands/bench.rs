@@ -204,6 +204,12 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<ExitCode> {
     {
         bail!("--commits-rate, --stall-rate, --p99-ms, --step-s and --overload-s must be above 0");
     }
+    if args.parts.contains(&Part::Driver) && crate::platform::local::on_path("wrk").is_none() {
+        bail!(
+            "the driver part compares txlab's driver with wrk, which is not on PATH: \
+             install it (Debian package `wrk`) or leave `driver` out of --parts"
+        );
+    }
     let run = RunDir::create(&args.results, &format!("bench-{}", plan.profile.name))?;
     eprintln!("txlab: bench {} → {}", run.id, run.root.display());
     let mut report = BenchReport {

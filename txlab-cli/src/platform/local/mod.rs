@@ -26,6 +26,7 @@ use super::{Endpoints, Platform};
 use crate::metrics::resources::Component;
 pub use postgres::{database_name, database_url};
 pub use process::{contain, free_port};
+pub use tools::on_path;
 
 /// What the user chose for the local platform.
 #[derive(Debug, Clone, Default)]
