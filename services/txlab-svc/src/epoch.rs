@@ -18,3 +18,13 @@ pub async fn epoch(conn: &mut sqlx::PgConnection) -> sqlx::Result<String> {
         .fetch_one(conn)
         .await
 }
+
+/// The lab's current epoch, read without holding its row: for a check that
+/// no work follows in the same transaction (the lock would end with the
+/// read anyway, and taking it would make the read a write transaction — a
+/// durable commit of its own).
+pub async fn epoch_unlocked(conn: &mut sqlx::PgConnection) -> sqlx::Result<String> {
+    sqlx::query_scalar("SELECT epoch FROM lab_epoch")
+        .fetch_one(conn)
+        .await
+}

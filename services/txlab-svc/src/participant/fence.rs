@@ -35,8 +35,19 @@ impl Fence {
     /// current one. Call it first in the operation's transaction.
     pub async fn check(&self, conn: &mut PgConnection) -> Result<(), OpError> {
         let Some(theirs) = &self.0 else { return Ok(()) };
-        let ours = crate::epoch::epoch(conn).await?;
-        if &ours == theirs {
+        Self::compare(theirs, crate::epoch::epoch(conn).await?)
+    }
+
+    /// [`Fence::check`] before a statement that runs outside any
+    /// transaction (COMMIT / ROLLBACK PREPARED), where holding the epoch
+    /// row is impossible and would only cost a commit.
+    pub async fn check_alone(&self, conn: &mut PgConnection) -> Result<(), OpError> {
+        let Some(theirs) = &self.0 else { return Ok(()) };
+        Self::compare(theirs, crate::epoch::epoch_unlocked(conn).await?)
+    }
+
+    fn compare(theirs: &str, ours: String) -> Result<(), OpError> {
+        if ours == theirs {
             return Ok(());
         }
         Err(OpError::Conflict {

@@ -161,7 +161,7 @@ async fn commit_once<P: Participant>(
         .await
         .map_err(OpError::Fault)?;
     let mut conn = pool.acquire().await?;
-    fence.check(&mut conn).await?;
+    fence.check_alone(&mut conn).await?;
     match sqlx::query(&format!("COMMIT PREPARED '{}'", gid(P::ROLE, order_id)))
         .execute(&mut *conn)
         .await
@@ -193,7 +193,7 @@ pub async fn rollback_once<P: Participant>(
     order_id: Uuid,
 ) -> Result<StepReply, OpError> {
     let mut conn = pool.acquire().await?;
-    fence.check(&mut conn).await?;
+    fence.check_alone(&mut conn).await?;
     let rolled_back = match sqlx::query(&format!("ROLLBACK PREPARED '{}'", gid(P::ROLE, order_id)))
         .execute(&mut *conn)
         .await

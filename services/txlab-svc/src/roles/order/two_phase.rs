@@ -57,10 +57,11 @@ async fn load(orders: &Orders, id: Uuid) -> anyhow::Result<Option<(OrderRow, Two
 /// TCC's tries are asked all at once, 2PC's prepares one after the other
 /// in a fixed order (see [`TwoPhase::votes_at_once`]); the decision is
 /// driven to all participants at once. The log is kept in memory between writes, as
-/// the saga engine does: the votes are written with the decision, and the
-/// end of phase two with the outcome. What must be durable before a call
-/// is: that votes were asked (so a restarted coordinator knows branches
-/// may exist) and the decision (the commit point).
+/// the saga engine does: the intent to ask every participant is written
+/// once before the first call, the votes with the decision, and the end
+/// of phase two with the outcome. What must be durable before a call is:
+/// that votes were asked (so a restarted coordinator knows branches may
+/// exist) and the decision (the commit point).
 pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
     let mut unwritten: Vec<Unwritten> = Vec::new();
     let Some((mut order, mut tp)) = load(orders, id).await? else {
@@ -88,7 +89,12 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
         let (vote_op, commit_op, abort_op) = ops(method);
         match tp.next() {
             Next::Ask(asked) => {
-                for &i in &asked {
+                // One intent for every vote still to come, written before
+                // the first call; the votes themselves wait for the decision.
+                let intents: Vec<usize> = (0..tp.votes.len())
+                    .filter(|&i| tp.votes[i] == Vote::NotAsked)
+                    .collect();
+                for &i in &intents {
                     tp.votes[i] = Vote::Asked;
                     unwritten.push(Unwritten {
                         step: Step::ALL[i],
@@ -96,9 +102,11 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
                         reason: None,
                     });
                 }
-                let mut tx = orders.app.pool.begin().await?;
-                write_marks(&mut tx, id, &mut unwritten).await?;
-                tx.commit().await?;
+                if !intents.is_empty() {
+                    let mut tx = orders.app.pool.begin().await?;
+                    write_marks(&mut tx, id, &mut unwritten).await?;
+                    tx.commit().await?;
+                }
                 let votes =
                     join_all(asked.iter().map(|&i| vote(orders, &order, Step::ALL[i], vote_op))).await;
                 for (&i, (vote, reason)) in asked.iter().zip(votes) {
