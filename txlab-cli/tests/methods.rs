@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use txlab_api::order::IDEMPOTENCY_KEY_HEADER;
 use txlab_api::{Role, TxMode};
 use txlab_cli::platform::local::LocalPlatform;
 use txlab_cli::platform::Platform;
@@ -305,7 +306,12 @@ async fn burst(
         }
         let body = json!({"customer": format!("c{:05}", n * 10 + i), "items": [{"sku": "sku-0001", "qty": 1, "unit_price": 300}],
             "slot": if i == 2 { slot } else { "slot-001" }});
-        let mut req = client.post(format!("{order_url}/orders")).json(&body);
+        // The key makes the retry below safe: a POST whose answer was lost
+        // to a crash must not create a second order.
+        let mut req = client
+            .post(format!("{order_url}/orders"))
+            .header(IDEMPOTENCY_KEY_HEADER, format!("burst-{n}-{i}"))
+            .json(&body);
         if let (2, Some(f)) = (i, fault) {
             req = req.header("x-txlab-fault", f);
         }
