@@ -9,15 +9,19 @@
 //! - [`results`]: the self-describing run directory.
 //! - [`report`]: tables for the terminal and CSV.
 //! - [`bench`]: the performance benchmarks (`txlab bench`).
+//! - [`chaos`]: Chaos Mesh faults, read once for both platforms.
+//! - [`proxy`]: the local platform's TCP proxy, which enforces network chaos.
 //!
 //! [`commands`] holds one file per CLI command; `main.rs` only calls [`main`].
 
 pub mod audit;
 pub mod bench;
+pub mod chaos;
 pub mod commands;
 pub mod load;
 pub mod metrics;
 pub mod platform;
+pub mod proxy;
 pub mod report;
 pub mod results;
 pub mod spec;

@@ -412,6 +412,7 @@ impl Bencher<'_> {
             scenario,
             replicas: 1,
             repetition: 1,
+            chaos: crate::spec::CellChaos::none(),
             stages,
         }
     }

@@ -102,6 +102,9 @@ impl RunArgs {
                 bail!("--only {only}: no cell of {} matches", self.profile.display());
             }
         }
+        // Every cell of a profile with chaos goes through the proxy, those
+        // without chaos too, so they compare on equal terms.
+        let proxy = plan.cells.iter().any(|c| !c.chaos.faults.is_empty());
         Ok(RunPlan {
             plan,
             results: self.results.clone(),
@@ -110,6 +113,7 @@ impl RunArgs {
                 database_url: self.database_url.clone(),
                 kafka_brokers: self.kafka_brokers.clone(),
                 log_dir: PathBuf::new(),
+                proxy,
             },
             dry_run: self.dry_run,
         })
@@ -394,8 +398,17 @@ pub async fn measure_cell(
         .with_style(progress_style())
         .with_prefix(format!("[{}/{}] {}", index + 1, plan.cells.len(), cell.id));
     let processes = platform.processes();
+    let traffic_before = platform.traffic();
     let (resources_before, load_began) = (resources::sample(&processes), std::time::Instant::now());
-    let load = load_cell(plan, run, client, &endpoints, cell, &progress).await?;
+    let inputs = LoadInputs {
+        plan,
+        run,
+        client,
+        endpoints: &endpoints,
+        cell,
+        progress: &progress,
+    };
+    let (load, chaos_notes) = load_under_chaos(platform, &inputs).await?;
     let resources = resources::between(
         &resources_before,
         &resources::sample(&processes),
@@ -422,6 +435,9 @@ pub async fn measure_cell(
         .filter(|(_, n)| *n > 0)
         .collect();
     summary.resources = resources;
+    summary.chaos = cell.chaos.name.clone();
+    summary.chaos_notes = chaos_notes;
+    summary.network = crate::results::traffic_between(&traffic_before, &platform.traffic());
     summary.threshold_failures = plan.profile.thresholds.broken_by(&summary);
     let dir = run.cell_dir(&cell.id);
     write_cell(&dir, cell, &summary, &load, &audit)?;
@@ -429,20 +445,85 @@ pub async fn measure_cell(
     Ok((summary, load))
 }
 
+/// The cell's load with its chaos: switched on when the warm-up ends (each
+/// fault with a duration switches itself off) and off when the load ends,
+/// before the quiesce and the audit. Returns the load and what the
+/// platform could not show of the chaos.
+async fn load_under_chaos(
+    platform: &mut impl Platform,
+    inputs: &LoadInputs<'_>,
+) -> anyhow::Result<(LoadReport, Vec<String>)> {
+    let (plan, cell) = (inputs.plan, inputs.cell);
+    let faults = &cell.chaos.faults;
+    let mut load = std::pin::pin!(load_cell(inputs));
+    if faults.is_empty() {
+        return Ok((load.await?, Vec::new()));
+    }
+    let warmup = Duration::from_secs_f64(plan.profile.load.warmup_s);
+    let mut notes = Vec::new();
+    let (report, switched_on) = {
+        let mut chaos = std::pin::pin!(async {
+            tokio::time::sleep(warmup).await;
+            for fault in faults {
+                tracing::info!(cell = %cell.id, fault = %fault.name, "chaos on");
+                notes.extend(
+                    platform
+                        .chaos_on(fault)
+                        .await
+                        .with_context(|| format!("switching on chaos {}", fault.name))?,
+                );
+            }
+            anyhow::Ok(())
+        });
+        let mut switched_on = None;
+        let report = loop {
+            tokio::select! {
+                report = &mut load => break report,
+                done = &mut chaos, if switched_on.is_none() => switched_on = Some(done),
+            }
+        };
+        (report, switched_on)
+    };
+    // Off even when the load failed, so the next cell starts clean.
+    platform.chaos_off(None).await.context("switching chaos off")?;
+    match switched_on {
+        None => notes.push(format!(
+            "the load ended before the warm-up of {} s did: no chaos was switched on",
+            warmup.as_secs_f64()
+        )),
+        Some(result) => result?,
+    }
+    for n in &notes {
+        eprintln!("txlab: {}: {n}", cell.id);
+    }
+    Ok((report?, notes))
+}
+
+/// What a cell's load needs.
+struct LoadInputs<'a> {
+    plan: &'a Plan,
+    run: &'a RunDir,
+    client: &'a reqwest::Client,
+    endpoints: &'a Endpoints,
+    cell: &'a Cell,
+    progress: &'a ProgressBar,
+}
+
 /// The cell's load, with the scenario's standing fault set for its length.
-async fn load_cell(
-    plan: &Plan,
-    run: &RunDir,
-    client: &reqwest::Client,
-    endpoints: &Endpoints,
-    cell: &Cell,
-    progress: &ProgressBar,
-) -> anyhow::Result<LoadReport> {
+async fn load_cell(inputs: &LoadInputs<'_>) -> anyhow::Result<LoadReport> {
+    let LoadInputs {
+        plan,
+        run,
+        client,
+        endpoints,
+        cell,
+        progress,
+    } = *inputs;
     if let Some(f) = &cell.scenario.standing_fault {
         set_standing_fault(client, endpoints, f.role, &serde_json::to_value(&f.fault)?).await?;
     }
     let target = Target {
-        base_url: endpoints.url(Role::Order)?,
+        base_url: endpoints.order_entry()?,
         run_id: &run.id,
     };
     let load = drive(target, plan, cell, progress).await;

@@ -76,6 +76,15 @@ fn all_stats() -> HashMap<u32, Stat> {
         .collect()
 }
 
+/// The processes whose parent is `parent`.
+pub fn children_of(parent: u32) -> Vec<u32> {
+    all_stats()
+        .into_iter()
+        .filter(|(_, s)| s.ppid == parent)
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
 /// The sum of `stats` over `root` and, if asked, everything below it.
 fn tree_total(stats: &HashMap<u32, Stat>, root: u32, with_children: bool) -> (u64, u64) {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();

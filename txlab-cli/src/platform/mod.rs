@@ -24,6 +24,9 @@ pub struct Endpoints {
     pub databases: BTreeMap<Role, String>,
     /// The Kafka-API broker (host:port), for the topics' ends at quiesce.
     pub brokers: String,
+    /// Where the load reaches the order service when that differs from
+    /// `urls` (through the proxy, so chaos can fault the clients' link).
+    pub load_url: Option<String>,
 }
 
 impl Endpoints {
@@ -33,6 +36,14 @@ impl Endpoints {
             .get(&role)
             .map(String::as_str)
             .with_context(|| format!("no database for the {role} service"))
+    }
+
+    /// Where the load driver sends orders.
+    pub fn order_entry(&self) -> anyhow::Result<&str> {
+        match &self.load_url {
+            Some(u) => Ok(u),
+            None => self.url(Role::Order),
+        }
     }
 
     pub fn url(&self, role: Role) -> anyhow::Result<&str> {
@@ -58,6 +69,13 @@ pub trait Platform {
     fn processes(&self) -> Vec<crate::metrics::resources::Component>;
     /// Name, versions and settings, for the self-describing run.json.
     fn describe(&self) -> serde_json::Value;
+    /// Switches a chaos fault on (a fault with a duration switches itself
+    /// off); returns what the platform cannot show of it, to be reported.
+    async fn chaos_on(&mut self, fault: &crate::chaos::Fault) -> anyhow::Result<Vec<String>>;
+    /// Switches off the fault named, or every fault; returns the names.
+    async fn chaos_off(&mut self, name: Option<&str>) -> anyhow::Result<Vec<String>>;
+    /// Bytes per link and direction so far, where the platform sees them.
+    fn traffic(&self) -> Vec<crate::proxy::LinkTraffic>;
     /// Stops everything this platform started.
     async fn shutdown(self) -> anyhow::Result<()>;
 }

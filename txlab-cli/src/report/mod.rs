@@ -51,11 +51,14 @@ pub fn table(summaries: &[CellSummary]) -> Table {
         } else {
             TableCell::new(format!("{}{by_design}", s.violations)).fg(Color::Red)
         };
-        let scenario = if s.repetition > 1 {
+        let mut scenario = if s.repetition > 1 {
             format!("{} #{}", s.scenario, s.repetition)
         } else {
             s.scenario.clone()
         };
+        if s.chaos != crate::spec::NO_CHAOS {
+            let _ = write!(scenario, "\nchaos: {}", s.chaos);
+        }
         t.add_row(vec![
             TableCell::new(&s.method),
             TableCell::new(scenario),
@@ -96,18 +99,19 @@ pub fn table(summaries: &[CellSummary]) -> Table {
 /// The same figures, one line per cell, for spreadsheets and scripts.
 pub fn csv(summaries: &[CellSummary]) -> String {
     let mut out = String::from(
-        "cell,method,scenario,replicas,repetition,target_rate,achieved_rate,sent,confirmed,rejected,cancelled,\
+        "cell,method,scenario,chaos,replicas,repetition,target_rate,achieved_rate,sent,confirmed,rejected,cancelled,\
          unexpected,errors,undecided,dropped,late,accepted_p50_ms,accepted_p99_ms,decided_p50_ms,decided_p99_ms,\
          decided_p999_ms,censored,quiesce_ms,settled,violations,by_design,needs_attention,retries,compensations,restarts,\
-         notification_lag_p50_ms,thresholds_broken\n",
+         notification_lag_p50_ms,network_bytes,thresholds_broken\n",
     );
     for s in summaries {
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{},{:.3},{},{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{:.3},{},{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{},{},{},{},{},{},{},{}",
             s.cell,
             s.method,
             s.scenario,
+            s.chaos,
             s.replicas,
             s.repetition,
             s.target_rate,
@@ -136,6 +140,7 @@ pub fn csv(summaries: &[CellSummary]) -> String {
             s.events.get("compensation").copied().unwrap_or(0.0),
             s.restarts.values().sum::<u32>(),
             s.notification_lag_p50_ms.map(|v| v.to_string()).unwrap_or_default(),
+            s.network.values().sum::<u64>(),
             s.threshold_failures.len()
         );
     }
@@ -193,6 +198,9 @@ mod tests {
             events: [("retry".to_string(), 3.0)].into(),
             restarts: Default::default(),
             resources: Default::default(),
+            chaos: "none".into(),
+            chaos_notes: vec![],
+            network: Default::default(),
         }
     }
 

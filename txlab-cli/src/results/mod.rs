@@ -22,6 +22,29 @@ use serde::Serialize;
 pub use summary::{CellSummary, Percentiles};
 pub use time::rfc3339;
 
+/// Bytes per link between two readings of the platform's traffic, keyed
+/// `sender→receiver` (`?` for an end the proxy could not tell).
+pub fn traffic_between(
+    before: &[crate::proxy::LinkTraffic],
+    after: &[crate::proxy::LinkTraffic],
+) -> std::collections::BTreeMap<String, u64> {
+    let name = |c: Option<crate::chaos::Component>| c.map_or("?", |c| c.label());
+    after
+        .iter()
+        .map(|a| {
+            let earlier = before
+                .iter()
+                .find(|b| b.sender == a.sender && b.receiver == a.receiver)
+                .map_or(0, |b| b.bytes);
+            (
+                format!("{}→{}", name(a.sender), name(a.receiver)),
+                a.bytes - earlier,
+            )
+        })
+        .filter(|(_, bytes)| *bytes > 0)
+        .collect()
+}
+
 use crate::audit::AuditReport;
 use crate::load::LoadReport;
 use crate::spec::Cell;

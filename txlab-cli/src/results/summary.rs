@@ -102,6 +102,20 @@ pub struct CellSummary {
     /// decision.
     #[serde(default)]
     pub resources: BTreeMap<String, crate::metrics::resources::Use>,
+    /// The chaos the cell ran under (`none`, or the profile's entry).
+    #[serde(default = "no_chaos")]
+    pub chaos: String,
+    /// What the platform could not show of that chaos.
+    #[serde(default)]
+    pub chaos_notes: Vec<String>,
+    /// Bytes per link during the cell, `sender→receiver`, where the
+    /// platform sees them (through the local proxy).
+    #[serde(default)]
+    pub network: BTreeMap<String, u64>,
+}
+
+fn no_chaos() -> String {
+    crate::spec::NO_CHAOS.to_string()
 }
 
 impl CellSummary {
@@ -154,6 +168,9 @@ impl CellSummary {
             events: BTreeMap::new(),
             restarts: BTreeMap::new(),
             resources: BTreeMap::new(),
+            chaos: cell.chaos.name.clone(),
+            chaos_notes: Vec::new(),
+            network: BTreeMap::new(),
         }
     }
 }

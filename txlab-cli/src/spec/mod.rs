@@ -8,9 +8,9 @@
 mod plan;
 mod profile;
 mod scenario;
-mod yaml;
+pub mod yaml;
 
-pub use plan::{Cell, Plan, SeedPlan, Stage};
-pub use profile::{Arrival, LoadSpec, Profile, Rates, SeedData, Thresholds};
+pub use plan::{Cell, CellChaos, Plan, SeedPlan, Stage};
+pub use profile::{Arrival, LoadSpec, Profile, Rates, SeedData, Thresholds, NO_CHAOS};
 pub use scenario::{OrderTemplate, Scenario, ScenarioFault};
 pub use yaml::{load_yaml, SpecError};

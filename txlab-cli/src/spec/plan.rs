@@ -28,9 +28,27 @@ pub struct Cell {
     pub scenario: Scenario,
     pub replicas: u32,
     pub repetition: u32,
+    pub chaos: CellChaos,
     /// The load: one stage for a profile's cell; benchmarks chain several
     /// (an overload, then a lighter load to recover under).
     pub stages: Vec<Stage>,
+}
+
+/// The chaos a cell runs under.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CellChaos {
+    /// As the profile names it (`none`, `latency-10ms+kill-inventory`).
+    pub name: String,
+    pub faults: Vec<crate::chaos::Fault>,
+}
+
+impl CellChaos {
+    pub fn none() -> CellChaos {
+        CellChaos {
+            name: super::profile::NO_CHAOS.to_string(),
+            faults: Vec::new(),
+        }
+    }
 }
 
 /// A stretch of load at one offered rate.
@@ -137,6 +155,7 @@ fn invalid(path: &Path, message: impl Into<String>) -> SpecError {
 impl Plan {
     /// Reads the profile and its scenarios (from `scenarios_dir`) and checks
     /// everything that can be checked without running.
+    /// Chaos files are read from the `chaos/` folder beside `scenarios_dir`.
     pub fn load(profile_path: &Path, scenarios_dir: &Path) -> Result<Plan, SpecError> {
         let profile: Profile = load_yaml(profile_path)?;
         let scenarios = profile
@@ -144,13 +163,20 @@ impl Plan {
             .iter()
             .map(|name| load_scenario(profile_path, scenarios_dir, name))
             .collect::<Result<Vec<_>, _>>()?;
-        Plan::resolve(profile_path, profile, scenarios)
+        let chaos_dir = scenarios_dir.join("..").join("chaos");
+        let chaos = profile
+            .chaos
+            .iter()
+            .map(|name| load_chaos(profile_path, &chaos_dir, name))
+            .collect::<Result<Vec<_>, _>>()?;
+        Plan::resolve(profile_path, profile, scenarios, chaos)
     }
 
     pub fn resolve(
         profile_path: &Path,
         profile: Profile,
         scenarios: Vec<Scenario>,
+        chaos: Vec<CellChaos>,
     ) -> Result<Plan, SpecError> {
         let p = profile_path;
         if profile.name.trim().is_empty() {
@@ -168,6 +194,9 @@ impl Plan {
         }
         if profile.scenarios.is_empty() {
             return Err(invalid(p, "scenarios: list at least one scenario"));
+        }
+        if chaos.is_empty() {
+            return Err(invalid(p, "chaos: list at least one entry (`none` for no chaos)"));
         }
         if profile.replicas.is_empty() || profile.replicas.iter().any(|&r| r != 1) {
             return Err(invalid(
@@ -225,26 +254,37 @@ impl Plan {
         for &method in &profile.methods {
             for scenario in &scenarios {
                 for &replicas in &profile.replicas {
-                    for &rate in &load.rate.0 {
-                        for repetition in 1..=profile.repetitions {
-                            // The rate is named only when it varies, so the ids
-                            // of single-rate profiles stay as they were.
-                            let at = if load.rate.0.len() > 1 {
-                                format!("-{rate}ps")
-                            } else {
-                                String::new()
-                            };
-                            cells.push(Cell {
-                                id: format!("{method}-{}{at}-r{replicas}-{repetition}", scenario.name),
-                                method,
-                                scenario: scenario.clone(),
-                                replicas,
-                                repetition,
-                                stages: vec![Stage {
-                                    rate,
-                                    duration_s: load.duration_s,
-                                }],
-                            });
+                    for under in &chaos {
+                        for &rate in &load.rate.0 {
+                            for repetition in 1..=profile.repetitions {
+                                // The rate and chaos are named only when they
+                                // vary, so the ids of simple profiles stay short.
+                                let at = if load.rate.0.len() > 1 {
+                                    format!("-{rate}ps")
+                                } else {
+                                    String::new()
+                                };
+                                let with = if chaos.len() > 1 {
+                                    format!("-{}", under.name)
+                                } else {
+                                    String::new()
+                                };
+                                cells.push(Cell {
+                                    id: format!(
+                                        "{method}-{}{with}{at}-r{replicas}-{repetition}",
+                                        scenario.name
+                                    ),
+                                    method,
+                                    scenario: scenario.clone(),
+                                    replicas,
+                                    repetition,
+                                    chaos: under.clone(),
+                                    stages: vec![Stage {
+                                        rate,
+                                        duration_s: load.duration_s,
+                                    }],
+                                });
+                            }
                         }
                     }
                 }
@@ -274,30 +314,65 @@ impl Plan {
     }
 }
 
-fn load_scenario(profile_path: &Path, dir: &Path, name: &str) -> Result<Scenario, SpecError> {
+/// `dir/<name>.yaml`, or an error naming the files that do exist there.
+fn named_file(
+    profile_path: &Path,
+    dir: &Path,
+    field: &str,
+    what: &str,
+    name: &str,
+) -> Result<PathBuf, SpecError> {
     let path = dir.join(format!("{name}.yaml"));
-    if !path.is_file() {
-        let mut known: Vec<String> = std::fs::read_dir(dir)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .filter_map(|e| e.file_name().to_str()?.strip_suffix(".yaml").map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        known.sort();
-        return Err(invalid(
-            profile_path,
-            format!(
-                "scenarios: unknown scenario `{name}` (no {}); known scenarios: {}",
-                path.display(),
-                if known.is_empty() {
-                    "none".to_string()
-                } else {
-                    known.join(", ")
-                }
-            ),
-        ));
+    if path.is_file() {
+        return Ok(path);
     }
+    let mut known: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str()?.strip_suffix(".yaml").map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    known.sort();
+    Err(invalid(
+        profile_path,
+        format!(
+            "{field}: unknown {what} `{name}` (no {}); known {what}s: {}",
+            path.display(),
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        ),
+    ))
+}
+
+/// A profile's chaos entry: `none`, or chaos objects joined by `+`.
+fn load_chaos(profile_path: &Path, dir: &Path, entry: &str) -> Result<CellChaos, SpecError> {
+    if entry == super::profile::NO_CHAOS {
+        return Ok(CellChaos::none());
+    }
+    let mut faults: Vec<crate::chaos::Fault> = Vec::new();
+    for name in entry.split('+').map(str::trim) {
+        let path = named_file(profile_path, dir, "chaos", "chaos object", name)?;
+        let fault = crate::chaos::mesh::load(&path)?;
+        if faults.iter().any(|f| f.name == fault.name) {
+            return Err(invalid(
+                profile_path,
+                format!("chaos: `{entry}` names two objects called {}", fault.name),
+            ));
+        }
+        faults.push(fault);
+    }
+    Ok(CellChaos {
+        name: entry.to_string(),
+        faults,
+    })
+}
+
+fn load_scenario(profile_path: &Path, dir: &Path, name: &str) -> Result<Scenario, SpecError> {
+    let path = named_file(profile_path, dir, "scenarios", "scenario", name)?;
     let scenario: Scenario = load_yaml(&path)?;
     if scenario.name != name {
         return Err(invalid(
@@ -374,7 +449,7 @@ mod tests {
     fn plan(profile: &str, scenario: &str) -> Result<Plan, SpecError> {
         let p: Profile = parse_yaml(Path::new("p.yaml"), profile)?;
         let s: Scenario = parse_yaml(Path::new("s.yaml"), scenario)?;
-        Plan::resolve(Path::new("p.yaml"), p, vec![s])
+        Plan::resolve(Path::new("p.yaml"), p, vec![s], vec![CellChaos::none()])
     }
 
     #[test]

@@ -21,6 +21,12 @@ pub struct Profile {
     /// Replicas per service; one cell per entry.
     #[serde(default = "default_replicas")]
     pub replicas: Vec<u32>,
+    /// Chaos per cell, one cell per entry: `none`, or the names of Chaos
+    /// Mesh objects in `chaos/<name>.yaml` joined by `+`
+    /// (`latency-10ms+kill-inventory`), switched on when the warm-up ends
+    /// and off when the load ends.
+    #[serde(default = "default_chaos")]
+    pub chaos: Vec<String>,
     /// Repetitions of every cell (comparisons use the spread across them).
     #[serde(default = "default_repetitions")]
     pub repetitions: u32,
@@ -60,6 +66,12 @@ pub struct Thresholds {
     /// Highest decided p99 in ms (censored arrivals included); none by default.
     #[serde(default)]
     pub decided_p99_ms: Option<f64>,
+}
+
+pub const NO_CHAOS: &str = "none";
+
+fn default_chaos() -> Vec<String> {
+    vec![NO_CHAOS.to_string()]
 }
 
 fn zero() -> Option<u64> {

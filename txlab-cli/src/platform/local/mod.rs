@@ -23,7 +23,10 @@ use serde_json::json;
 use txlab_api::{Role, TxMode};
 
 use super::{Endpoints, Platform};
-use crate::metrics::resources::Component;
+use crate::chaos::fault::{FaultKind, PodAction};
+use crate::chaos::{Component, Fault};
+use crate::metrics::resources;
+use crate::proxy::{LinkTraffic, Proxy};
 pub use postgres::{database_name, database_url};
 pub use process::{contain, free_port};
 pub use tools::on_path;
@@ -39,6 +42,9 @@ pub struct LocalOptions {
     pub kafka_brokers: Option<String>,
     /// Where the services' and infrastructure's logs go.
     pub log_dir: PathBuf,
+    /// Route every link through txlab's proxy, so network chaos can be
+    /// switched on (it costs CPU, so runs without chaos go direct).
+    pub proxy: bool,
 }
 
 pub struct LocalPlatform {
@@ -60,6 +66,14 @@ pub struct LocalPlatform {
     /// before the next cell).
     broker_used: bool,
     versions: BTreeMap<&'static str, String>,
+    /// The proxy every link goes through, when the options ask for it.
+    proxy: Option<Arc<Proxy>>,
+    /// The proxy's port for each destination it fronts.
+    proxy_ports: BTreeMap<Component, u16>,
+    /// Network faults that switch themselves off, by name.
+    chaos_timers: BTreeMap<String, tokio::task::JoinHandle<()>>,
+    /// Pod failures switched on, by name, with the services they hold down.
+    pod_failures: BTreeMap<String, Vec<Role>>,
 }
 
 impl LocalPlatform {
@@ -103,8 +117,25 @@ impl LocalPlatform {
             tansu_bin: tansu_bin.clone(),
             broker_used: false,
             versions: BTreeMap::new(),
+            proxy: None,
+            proxy_ports: BTreeMap::new(),
+            chaos_timers: BTreeMap::new(),
+            pod_failures: BTreeMap::new(),
             opts,
         };
+        if platform.opts.proxy {
+            let proxy = Arc::new(Proxy::new());
+            proxy.identify_senders(lab_processes);
+            for c in Component::ALL.into_iter().filter(|c| *c != Component::Load) {
+                // An external broker tells clients its own address, so
+                // only the embedded one can be reached through the proxy.
+                if c == Component::Kafka && platform.tansu_bin.is_none() {
+                    continue;
+                }
+                platform.proxy_ports.insert(c, proxy.listen(c).await?);
+            }
+            platform.proxy = Some(proxy);
+        }
         if let Err(e) = platform.start_infrastructure(pg_bin, tansu_bin, run_as).await {
             let _ = platform.shutdown().await;
             return Err(e);
@@ -130,6 +161,9 @@ impl LocalPlatform {
             self.postgres = Some(pg);
         }
         postgres::create_databases(&self.admin_url).await?;
+        if let Some(proxy) = &self.proxy {
+            proxy.route(Component::Postgres, resolve(&self.admin_url).await?);
+        }
         if let Some(bin) = tansu_bin {
             self.versions.insert("tansu", tools::version_of(&bin).await);
             self.start_broker(&bin).await?;
@@ -139,8 +173,12 @@ impl LocalPlatform {
 
     async fn start_broker(&mut self, bin: &Path) -> anyhow::Result<()> {
         let log = self.opts.log_dir.join("tansu.log");
-        let t = tansu::Tansu::start(bin, &log, &self.reaper).await?;
+        let advertised = self.proxy_ports.get(&Component::Kafka).copied();
+        let t = tansu::Tansu::start(bin, &log, &self.reaper, advertised).await?;
         self.brokers = t.brokers.clone();
+        if let Some(proxy) = &self.proxy {
+            proxy.route(Component::Kafka, resolve_all(&t.brokers).await?);
+        }
         self.tansu = Some(t);
         Ok(())
     }
@@ -163,11 +201,7 @@ impl LocalPlatform {
     pub async fn crash(&mut self, role: Role) -> anyhow::Result<()> {
         let fleet = self.fleet.clone().context("no services deployed")?;
         let restarts_before = self.restarts().get(&role).copied().unwrap_or(0);
-        {
-            let f = fleet.lock().unwrap_or_else(|p| p.into_inner());
-            let svc = f.services.get(&role).context("no such service")?;
-            process::kill_group(svc.proc.pgid(), libc::SIGKILL);
-        }
+        self.kill(role, None)?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while self.restarts().get(&role).copied().unwrap_or(0) == restarts_before {
             anyhow::ensure!(
@@ -177,6 +211,19 @@ impl LocalPlatform {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         services::wait_healthy(&fleet, &[role], Duration::from_secs(60)).await
+    }
+
+    /// Kills one service at once (SIGKILL); when `down_for` is given, the
+    /// supervisor leaves it down that long before restarting it.
+    fn kill(&self, role: Role, down_for: Option<Duration>) -> anyhow::Result<()> {
+        let fleet = self.fleet.as_ref().context("no services deployed")?;
+        let mut f = fleet.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(d) = down_for {
+            f.down_until.insert(role, tokio::time::Instant::now() + d);
+        }
+        let svc = f.services.get(&role).context("no such service")?;
+        process::kill_group(svc.proc.pgid(), libc::SIGKILL);
+        Ok(())
     }
 
     /// Freezes one service for `pause` (SIGSTOP, then SIGCONT), as a long
@@ -239,6 +286,10 @@ impl LocalPlatform {
             urls,
             databases,
             brokers: self.brokers.clone(),
+            load_url: self
+                .proxy_ports
+                .get(&Component::Service(Role::Order))
+                .map(|port| format!("http://127.0.0.1:{port}")),
         }
     }
 
@@ -257,6 +308,67 @@ impl LocalPlatform {
     pub fn scratch_dir(&self) -> &Path {
         &self.scratch
     }
+}
+
+/// Points the proxy's service routes at the fleet's processes.
+fn route_services(proxy: &Proxy, fleet: &Mutex<services::Fleet>) {
+    let f = fleet.lock().unwrap_or_else(|p| p.into_inner());
+    for role in Role::ALL {
+        proxy.route(Component::Service(role), vec![f.address(role)]);
+    }
+}
+
+/// Which process is which, for the proxy: this one is the load driver,
+/// its service children are named by their command line.
+fn lab_processes() -> Vec<(u32, Component)> {
+    let mut out = vec![(std::process::id(), Component::Load)];
+    out.extend(
+        services::running_services()
+            .into_iter()
+            .map(|(pid, role)| (pid, Component::Service(role))),
+    );
+    out
+}
+
+/// `url` (scheme://user@host:port/db?query) with another port on loopback.
+fn with_port(url: &str, port: u16) -> String {
+    let (start, end) = authority(url);
+    let auth = &url[start..end];
+    let user = auth.rfind('@').map(|i| &auth[..=i]).unwrap_or("");
+    format!("{}{user}127.0.0.1:{port}{}", &url[..start], &url[end..])
+}
+
+/// Byte range of a URL's authority (user@host:port).
+fn authority(url: &str) -> (usize, usize) {
+    let start = url.find("://").map(|i| i + 3).unwrap_or(0);
+    let end = url[start..]
+        .find(['/', '?'])
+        .map(|i| start + i)
+        .unwrap_or(url.len());
+    (start, end)
+}
+
+/// The socket addresses of a URL's host and port.
+async fn resolve(url: &str) -> anyhow::Result<Vec<std::net::SocketAddr>> {
+    let (start, end) = authority(url);
+    let auth = &url[start..end];
+    let host_port = auth.rsplit_once('@').map(|(_, h)| h).unwrap_or(auth);
+    let host_port = if host_port.contains(':') {
+        host_port.to_string()
+    } else {
+        format!("{host_port}:5432")
+    };
+    resolve_all(&host_port).await
+}
+
+/// The socket addresses of `host:port`.
+async fn resolve_all(host_port: &str) -> anyhow::Result<Vec<std::net::SocketAddr>> {
+    let addrs: Vec<_> = tokio::net::lookup_host(host_port)
+        .await
+        .with_context(|| format!("resolving {host_port} for the proxy"))?
+        .collect();
+    anyhow::ensure!(!addrs.is_empty(), "{host_port} resolves to no address");
+    Ok(addrs)
 }
 
 /// A short unique suffix without pulling in a clock crate.
@@ -287,14 +399,29 @@ impl Platform for LocalPlatform {
             self.start_broker(&bin).await?;
         }
         self.broker_used = true;
+        let via_proxy = |c: Component| self.proxy_ports.get(&c).copied();
         let wiring = services::Wiring {
             binary: self.service_bin.clone(),
-            admin_url: self.admin_url.clone(),
-            brokers: self.brokers.clone(),
+            admin_url: match via_proxy(Component::Postgres) {
+                Some(port) => with_port(&self.admin_url, port),
+                None => self.admin_url.clone(),
+            },
+            brokers: match via_proxy(Component::Kafka) {
+                Some(port) => format!("127.0.0.1:{port}"),
+                None => self.brokers.clone(),
+            },
+            proxied: Role::ALL
+                .into_iter()
+                .filter_map(|r| Some((r, via_proxy(Component::Service(r))?)))
+                .collect(),
             method,
             log_dir: self.opts.log_dir.clone(),
         };
-        self.fleet = Some(services::start_all(wiring, self.reaper.clone()).await?);
+        let fleet = services::start_all(wiring, self.reaper.clone()).await?;
+        if let Some(proxy) = &self.proxy {
+            route_services(proxy, &fleet);
+        }
+        self.fleet = Some(fleet);
         self.method = Some(method);
         Ok(self.endpoints())
     }
@@ -313,13 +440,13 @@ impl Platform for LocalPlatform {
             .collect()
     }
 
-    fn processes(&self) -> Vec<Component> {
-        let tree = |name: &str, proc: &process::Supervised| Component {
+    fn processes(&self) -> Vec<resources::Component> {
+        let tree = |name: &str, proc: &process::Supervised| resources::Component {
             name: name.to_string(),
             pid: proc.pgid() as u32,
             with_children: true,
         };
-        let mut out = vec![crate::metrics::resources::driver()];
+        let mut out = vec![resources::driver()];
         out.extend(self.postgres.as_ref().map(|p| tree("postgres", &p.proc)));
         out.extend(self.tansu.as_ref().map(|t| tree("tansu", &t.proc)));
         if let Some(fleet) = &self.fleet {
@@ -345,7 +472,112 @@ impl Platform for LocalPlatform {
         })
     }
 
+    async fn chaos_on(&mut self, fault: &Fault) -> anyhow::Result<Vec<String>> {
+        let mut caveats = Vec::new();
+        match &fault.kind {
+            FaultKind::Network(n) => {
+                let proxy = self.proxy.clone().with_context(|| {
+                    format!(
+                        "{}: network chaos needs the proxy, and this lab was started without it",
+                        fault.name
+                    )
+                })?;
+                if let Some(c) = n
+                    .selector
+                    .iter()
+                    .chain(&n.target)
+                    .find(|c| **c != Component::Load && !self.proxy_ports.contains_key(c))
+                {
+                    anyhow::bail!(
+                        "{}: {c} is not reached through the proxy (an external broker?)",
+                        fault.name
+                    );
+                }
+                caveats.extend(crate::proxy::caveats(n).map(|c| format!("{}: {c}", fault.name)));
+                proxy.apply(&fault.name, n.clone());
+                if let Some(old) = self.chaos_timers.remove(&fault.name) {
+                    old.abort();
+                }
+                if let Some(d) = fault.duration {
+                    let (proxy, name) = (Arc::downgrade(&proxy), fault.name.clone());
+                    let timer = tokio::spawn(async move {
+                        tokio::time::sleep(d).await;
+                        if let Some(p) = proxy.upgrade() {
+                            p.remove(&name);
+                        }
+                    });
+                    self.chaos_timers.insert(fault.name.clone(), timer);
+                }
+            }
+            FaultKind::Pod(p) => {
+                let roles: Vec<Role> = p
+                    .selector
+                    .iter()
+                    .filter_map(|c| match c {
+                        Component::Service(r) => Some(*r),
+                        _ => None,
+                    })
+                    .collect();
+                // One replica per service: `one` and `all` pick the same process.
+                for &role in &roles {
+                    match p.action {
+                        PodAction::Kill => self.crash(role).await?,
+                        PodAction::Failure => self.kill(role, fault.duration)?,
+                    }
+                }
+                if p.action == PodAction::Failure {
+                    self.pod_failures.insert(fault.name.clone(), roles);
+                }
+            }
+        }
+        Ok(caveats)
+    }
+
+    async fn chaos_off(&mut self, name: Option<&str>) -> anyhow::Result<Vec<String>> {
+        let mut off = Vec::new();
+        if let Some(proxy) = &self.proxy {
+            for active in proxy.active() {
+                if name.is_none_or(|n| n == active) {
+                    proxy.remove(&active);
+                    off.push(active);
+                }
+            }
+        }
+        self.chaos_timers.retain(|n, timer| {
+            let keep = name.is_some_and(|wanted| wanted != n);
+            if !keep {
+                timer.abort();
+            }
+            keep
+        });
+        let failures: Vec<String> = self
+            .pod_failures
+            .keys()
+            .filter(|n| name.is_none_or(|wanted| wanted == *n))
+            .cloned()
+            .collect();
+        for n in failures {
+            let roles = self.pod_failures.remove(&n).unwrap_or_default();
+            if let Some(fleet) = &self.fleet {
+                let mut f = fleet.lock().unwrap_or_else(|p| p.into_inner());
+                for r in &roles {
+                    f.down_until.remove(r);
+                }
+            }
+            if let Some(fleet) = self.fleet.clone() {
+                services::wait_healthy(&fleet, &roles, Duration::from_secs(60)).await?;
+            }
+            off.push(n);
+        }
+        Ok(off)
+    }
+
+    fn traffic(&self) -> Vec<LinkTraffic> {
+        self.proxy.as_ref().map(|p| p.traffic()).unwrap_or_default()
+    }
+
     async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.chaos_off(None).await.ok();
         self.stop_services().await;
         self.stop_broker().await;
         if let Some(mut pg) = self.postgres.take() {

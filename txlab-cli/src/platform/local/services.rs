@@ -25,8 +25,12 @@ pub struct Service {
 #[derive(Clone)]
 pub struct Wiring {
     pub binary: PathBuf,
+    /// The PostgreSQL server as the services reach it (maybe via the proxy).
     pub admin_url: String,
+    /// The broker as the services reach it (maybe via the proxy).
     pub brokers: String,
+    /// The proxy's port for each service, when calls go through it.
+    pub proxied: BTreeMap<Role, u16>,
     pub method: TxMode,
     pub log_dir: PathBuf,
 }
@@ -38,6 +42,8 @@ pub struct Fleet {
     pub services: BTreeMap<Role, Service>,
     /// Restarts per role since the fleet started.
     pub restarts: BTreeMap<Role, u32>,
+    /// Services kept down (an injected pod failure) until then.
+    pub down_until: BTreeMap<Role, tokio::time::Instant>,
 }
 
 fn url(port: u16) -> String {
@@ -45,6 +51,21 @@ fn url(port: u16) -> String {
 }
 
 impl Fleet {
+    /// Where a service reaches `role`: through the proxy when there is one.
+    fn peer_url(&self, role: Role) -> String {
+        url(self
+            .wiring
+            .proxied
+            .get(&role)
+            .copied()
+            .unwrap_or(self.ports[&role]))
+    }
+
+    /// Where `role` itself listens.
+    pub fn address(&self, role: Role) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.ports[&role]).into()
+    }
+
     fn spawn(&self, role: Role, reaper: &Reaper) -> anyhow::Result<Service> {
         let w = &self.wiring;
         let log = w.log_dir.join(format!("{role}.log"));
@@ -54,10 +75,10 @@ impl Fleet {
             .env("DATABASE_URL", database_url(&w.admin_url, &database_name(role)))
             .env("KAFKA_BROKERS", &w.brokers)
             .env("TX_MODE", w.method.as_str())
-            .env("PAYMENT_URL", url(self.ports[&Role::Payment]))
-            .env("INVENTORY_URL", url(self.ports[&Role::Inventory]))
-            .env("SHIPPING_URL", url(self.ports[&Role::Shipping]))
-            .env("ORDER_URL", url(self.ports[&Role::Order]));
+            .env("PAYMENT_URL", self.peer_url(Role::Payment))
+            .env("INVENTORY_URL", self.peer_url(Role::Inventory))
+            .env("SHIPPING_URL", self.peer_url(Role::Shipping))
+            .env("ORDER_URL", self.peer_url(Role::Order));
         let (out, err) = log_sink(&log)?;
         cmd.stdout(out).stderr(err);
         contain(&mut cmd, None);
@@ -71,9 +92,13 @@ impl Fleet {
 
     /// Restarts every service that has exited; returns the roles restarted.
     fn heal(&mut self, reaper: &Reaper) -> Vec<Role> {
+        let now = tokio::time::Instant::now();
+        self.down_until.retain(|_, until| *until > now);
+        let held = self.down_until.clone();
         let dead: Vec<Role> = self
             .services
             .iter_mut()
+            .filter(|(role, _)| !held.contains_key(role))
             .filter_map(|(role, s)| s.proc.exited().map(|status| (*role, status)))
             .map(|(role, status)| {
                 tracing::warn!(%role, %status, "service exited; restarting it");
@@ -96,6 +121,25 @@ impl Fleet {
     }
 }
 
+/// The service processes this txlab process started, by role, read from
+/// /proc: known from the moment they exist, before the fleet records them
+/// (they open their first connections while starting).
+pub fn running_services() -> Vec<(u32, Role)> {
+    crate::metrics::resources::children_of(std::process::id())
+        .into_iter()
+        .filter_map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let mut args = cmdline.split(|b| *b == 0);
+            let binary = std::str::from_utf8(args.next()?).ok()?;
+            if !binary.rsplit('/').next()?.starts_with("txlab-svc") {
+                return None;
+            }
+            let role = std::str::from_utf8(args.next()?).ok()?.parse().ok()?;
+            Some((pid, role))
+        })
+        .collect()
+}
+
 /// Starts all five services, waits until each answers `/health`, and keeps
 /// them running until the fleet is emptied.
 pub async fn start_all(wiring: Wiring, reaper: Arc<Reaper>) -> anyhow::Result<Arc<Mutex<Fleet>>> {
@@ -105,6 +149,7 @@ pub async fn start_all(wiring: Wiring, reaper: Arc<Reaper>) -> anyhow::Result<Ar
         ports,
         services: BTreeMap::new(),
         restarts: BTreeMap::new(),
+        down_until: BTreeMap::new(),
     };
     for role in Role::ALL {
         let s = fleet.spawn(role, &reaper)?;

@@ -14,16 +14,24 @@ pub struct Tansu {
 }
 
 impl Tansu {
-    pub async fn start(bin: &Path, log: &Path, reaper: &Reaper) -> anyhow::Result<Tansu> {
+    /// Starts a broker that tells clients to reach it at `advertised`
+    /// (a proxy's port) when given, else where it listens.
+    pub async fn start(
+        bin: &Path,
+        log: &Path,
+        reaper: &Reaper,
+        advertised: Option<u16>,
+    ) -> anyhow::Result<Tansu> {
         let port = free_port()?;
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised = format!("tcp://127.0.0.1:{}", advertised.unwrap_or(port));
         let mut cmd = tokio::process::Command::new(bin);
         cmd.args([
             "broker",
             "--listener-url",
             &url,
             "--advertised-listener-url",
-            &url,
+            &advertised,
         ])
         .args(["--storage-engine", "memory://tansu/"]);
         let (out, err) = log_sink(log)?;

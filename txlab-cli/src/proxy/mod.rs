@@ -1,0 +1,341 @@
+//! txlab's TCP proxy: every link of the local lab (load → order, service →
+//! service, service → PostgreSQL, service → broker) passes through it, so
+//! network chaos can be switched on and off while a cell runs, and bytes
+//! per link are counted.
+//!
+//! One listener per destination component, as a Kubernetes Service has one
+//! address; the sender of each connection is found from the process that
+//! holds its socket ([`peer`]). Faults are Chaos Mesh network faults
+//! ([`crate::chaos`]); [`shaping`] says how each one maps onto a byte stream.
+
+mod peer;
+mod shaping;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use anyhow::Context;
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+pub use crate::chaos::fault::Component;
+use crate::chaos::fault::{NetworkEffect, NetworkFault};
+pub use shaping::RETRANSMISSION_TIMEOUT;
+use shaping::{ActiveRule, Hold};
+
+/// Bytes that crossed one link in one direction since the proxy started.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LinkTraffic {
+    /// `None` when the sending process could not be told.
+    pub sender: Option<Component>,
+    pub receiver: Option<Component>,
+    pub bytes: u64,
+}
+
+type LinkKey = (Option<Component>, Option<Component>);
+type SenderList = dyn Fn() -> Vec<(u32, Component)> + Send + Sync;
+
+/// What the listeners and connections share.
+struct Shared {
+    /// Switched-on network faults; replaced whole on every change.
+    rules: RwLock<Arc<Vec<Arc<ActiveRule>>>>,
+    /// Bumped on every change of `rules`, to wake held streams.
+    generation: watch::Sender<u64>,
+    routes: Mutex<BTreeMap<Component, Route>>,
+    /// Lists the process ids of the components that open connections.
+    senders: RwLock<Arc<SenderList>>,
+    traffic: Mutex<BTreeMap<LinkKey, Arc<AtomicU64>>>,
+}
+
+#[derive(Default)]
+struct Route {
+    upstreams: Vec<SocketAddr>,
+    /// Round-robin over the upstreams, one connection at a time.
+    next: Arc<AtomicUsize>,
+}
+
+/// The running proxy. Dropping it stops its listeners; open connections
+/// end when either side closes them.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    listeners: Mutex<JoinSet<()>>,
+}
+
+impl Default for Proxy {
+    fn default() -> Self {
+        Proxy::new()
+    }
+}
+
+impl Proxy {
+    pub fn new() -> Proxy {
+        Proxy {
+            shared: Arc::new(Shared {
+                rules: RwLock::new(Arc::new(Vec::new())),
+                generation: watch::Sender::new(0),
+                routes: Mutex::new(BTreeMap::new()),
+                senders: RwLock::new(Arc::new(Vec::new)),
+                traffic: Mutex::new(BTreeMap::new()),
+            }),
+            listeners: Mutex::new(JoinSet::new()),
+        }
+    }
+
+    /// Listens on a free loopback port for connections to `destination`
+    /// and returns the port. Connections made before [`Proxy::route`] names
+    /// an upstream are closed at once, as a Service without endpoints does.
+    pub async fn listen(&self, destination: Component) -> anyhow::Result<u16> {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .with_context(|| format!("binding the proxy's port for {destination}"))?;
+        let port = listener.local_addr()?.port();
+        let shared = self.shared.clone();
+        lock(&self.listeners).spawn(accept_loop(listener, destination, shared));
+        Ok(port)
+    }
+
+    /// Where connections to `destination` go (several: load-balanced).
+    pub fn route(&self, destination: Component, upstreams: Vec<SocketAddr>) {
+        let mut routes = lock(&self.shared.routes);
+        routes.entry(destination).or_default().upstreams = upstreams;
+    }
+
+    /// How to list the processes whose connections are told apart (asked
+    /// at each new connection, so restarted processes are known).
+    pub fn identify_senders(&self, list: impl Fn() -> Vec<(u32, Component)> + Send + Sync + 'static) {
+        *self.shared.senders.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(list);
+    }
+
+    /// Switches a network fault on (replacing one of the same name).
+    pub fn apply(&self, name: &str, fault: NetworkFault) {
+        self.edit_rules(|rules| {
+            rules.retain(|r| r.name != name);
+            rules.push(Arc::new(ActiveRule::new(name.to_string(), fault)));
+        });
+    }
+
+    /// Switches a fault off; false when none had that name.
+    pub fn remove(&self, name: &str) -> bool {
+        let mut found = false;
+        self.edit_rules(|rules| {
+            let before = rules.len();
+            rules.retain(|r| r.name != name);
+            found = rules.len() != before;
+        });
+        found
+    }
+
+    /// Switches every fault off.
+    pub fn clear(&self) {
+        self.edit_rules(Vec::clear);
+    }
+
+    /// Names of the faults switched on.
+    pub fn active(&self) -> Vec<String> {
+        current_rules(&self.shared)
+            .iter()
+            .map(|r| r.name.clone())
+            .collect()
+    }
+
+    /// Bytes per link and direction so far.
+    pub fn traffic(&self) -> Vec<LinkTraffic> {
+        lock(&self.shared.traffic)
+            .iter()
+            .map(|(&(sender, receiver), bytes)| LinkTraffic {
+                sender,
+                receiver,
+                bytes: bytes.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    fn edit_rules(&self, edit: impl FnOnce(&mut Vec<Arc<ActiveRule>>)) {
+        let mut guard = self.shared.rules.write().unwrap_or_else(|p| p.into_inner());
+        let mut rules: Vec<Arc<ActiveRule>> = guard.as_ref().clone();
+        edit(&mut rules);
+        *guard = Arc::new(rules);
+        drop(guard);
+        self.shared.generation.send_modify(|g| *g += 1);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn current_rules(shared: &Shared) -> Arc<Vec<Arc<ActiveRule>>> {
+    shared.rules.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+async fn accept_loop(listener: TcpListener, destination: Component, shared: Arc<Shared>) {
+    let server = match listener.local_addr() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    loop {
+        let Ok((client, client_addr)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(connect(client, client_addr, server, destination, shared.clone()));
+    }
+}
+
+/// One connection: tell its sender, wait out a partition, pick an
+/// upstream, then pump both directions.
+async fn connect(
+    client: TcpStream,
+    client_addr: SocketAddr,
+    server: SocketAddr,
+    destination: Component,
+    shared: Arc<Shared>,
+) {
+    let list = shared.senders.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let sender = tokio::task::spawn_blocking(move || {
+        let inode = peer::client_socket_inode(client_addr, server)?;
+        peer::owner(inode, &list())
+    })
+    .await
+    .ok()
+    .flatten();
+    let receiver = Some(destination);
+    // A partitioned link accepts but does not connect on: the caller waits
+    // as it would for a SYN that never gets an answer.
+    wait_open(&shared, sender, receiver).await;
+    let upstream = {
+        let routes = lock(&shared.routes);
+        routes.get(&destination).and_then(|r| {
+            (!r.upstreams.is_empty())
+                .then(|| r.upstreams[r.next.fetch_add(1, Ordering::Relaxed) % r.upstreams.len()])
+        })
+    };
+    let Some(upstream) = upstream else { return };
+    let Ok(upstream) = TcpStream::connect(upstream).await else {
+        return;
+    };
+    let _ = client.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
+    let (client_read, client_write) = client.into_split();
+    let (upstream_read, upstream_write) = upstream.into_split();
+    tokio::spawn(pump(
+        client_read,
+        upstream_write,
+        sender,
+        receiver,
+        shared.clone(),
+    ));
+    tokio::spawn(pump(upstream_read, client_write, receiver, sender, shared));
+}
+
+fn counter(shared: &Shared, key: LinkKey) -> Arc<AtomicU64> {
+    lock(&shared.traffic).entry(key).or_default().clone()
+}
+
+/// Returns once no partition matches `sender → receiver`.
+async fn wait_open(shared: &Shared, sender: Option<Component>, receiver: Option<Component>) {
+    let mut changes = shared.generation.subscribe();
+    loop {
+        let blocked = current_rules(shared)
+            .iter()
+            .any(|r| r.is_partition() && matches(&r.fault, sender, receiver));
+        if !blocked {
+            return;
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn matches(fault: &NetworkFault, sender: Option<Component>, receiver: Option<Component>) -> bool {
+    match (sender, receiver) {
+        (Some(s), Some(r)) => fault.matches(s, r),
+        // An unknown end matches no selector: faults only what they name.
+        _ => false,
+    }
+}
+
+/// Copies one direction of a connection, holding each chunk as the faults
+/// switched on say. A reader and a writer, so a delay holds chunks without
+/// holding back the ones behind them (pipelined requests keep flowing).
+async fn pump(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    sender: Option<Component>,
+    receiver: Option<Component>,
+    shared: Arc<Shared>,
+) {
+    let bytes = counter(&shared, (sender, receiver));
+    let (queue, mut queued) = mpsc::channel::<(Option<Instant>, Vec<u8>)>(64);
+    let writer = tokio::spawn(async move {
+        while let Some((at, chunk)) = queued.recv().await {
+            if let Some(at) = at {
+                tokio::time::sleep_until(at).await;
+            }
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    });
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut last: Option<Instant> = None;
+    loop {
+        wait_open(&shared, sender, receiver).await;
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        bytes.fetch_add(n as u64, Ordering::Relaxed);
+        // A chunk read just as a partition began is held with the rest.
+        wait_open(&shared, sender, receiver).await;
+        let hold = hold_for(&shared, sender, receiver, n);
+        // In order: a chunk never overtakes the one before it.
+        let at = match (hold.until, last) {
+            (Some(u), Some(l)) => Some(u.max(l)),
+            (u, l) => u.or(l),
+        };
+        last = at;
+        if queue.send((at, buf[..n].to_vec())).await.is_err() {
+            break;
+        }
+        if let Some(after) = hold.read_after {
+            tokio::time::sleep_until(after).await;
+        }
+    }
+    drop(queue);
+    let _ = writer.await;
+}
+
+/// The combined hold of every fault matching `sender → receiver`.
+fn hold_for(shared: &Shared, sender: Option<Component>, receiver: Option<Component>, n: usize) -> Hold {
+    let rules = current_rules(shared);
+    let now = Instant::now();
+    let mut hold = Hold::default();
+    for rule in rules.iter().filter(|r| matches(&r.fault, sender, receiver)) {
+        let h = rule.hold(n, now, hold.until.unwrap_or(now));
+        hold.until = h.until.or(hold.until);
+        hold.read_after = hold.read_after.max(h.read_after);
+    }
+    hold
+}
+
+/// What switching `fault` on locally cannot show, for the user to see.
+pub fn caveats(fault: &NetworkFault) -> Option<&'static str> {
+    match fault.effect {
+        NetworkEffect::Shape { duplicate: Some(_), .. } => Some(
+            "duplicate: TCP's receiver discards duplicated segments, so the local proxy shows no effect for it",
+        ),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;
