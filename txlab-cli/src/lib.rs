@@ -11,6 +11,7 @@
 //! - [`bench`]: the performance benchmarks (`txlab bench`).
 //! - [`chaos`]: Chaos Mesh faults, read once for both platforms.
 //! - [`proxy`]: the local platform's TCP proxy, which enforces network chaos.
+//! - [`lab`]: a local lab kept running between commands (`txlab up`).
 //!
 //! [`commands`] holds one file per CLI command; `main.rs` only calls [`main`].
 
@@ -18,6 +19,7 @@ pub mod audit;
 pub mod bench;
 pub mod chaos;
 pub mod commands;
+pub mod lab;
 pub mod load;
 pub mod metrics;
 pub mod platform;
@@ -48,6 +50,13 @@ pub enum Command {
     /// Find each method's knee, its commits per checkout, the database's
     /// ceiling and its behaviour under overload (docs/performance.md).
     Bench(commands::bench::BenchArgs),
+    /// Start a local lab in the background (every link through the proxy)
+    /// and keep it running for `txlab chaos` and your own requests.
+    Up(commands::lab::UpArgs),
+    /// Stop the lab `txlab up` started, and everything it started.
+    Down(commands::lab::DownArgs),
+    /// Switch Chaos Mesh objects on and off on a running lab (docs/chaos.md).
+    Chaos(commands::chaos::ChaosArgs),
     /// A stub of the order API that decides every order at once (for `bench --parts driver`).
     #[command(hide = true)]
     Stub {
@@ -68,6 +77,9 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Run(args) => commands::run::execute(args).await,
         Command::Report(args) => commands::report::execute(args).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => commands::bench::execute(args).await,
+        Command::Up(args) => commands::lab::up(args).await,
+        Command::Down(args) => commands::lab::down(args).await,
+        Command::Chaos(args) => commands::chaos::execute(args).await,
         Command::Stub { port } => bench::driver::serve_stub(port).await.map(|()| ExitCode::SUCCESS),
     };
     match result {

@@ -149,11 +149,7 @@ struct PodChaosSpec {
 
 /// Reads one chaos object from `path`.
 pub fn load(path: &Path) -> Result<Fault, SpecError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    parse(path, &text)
+    parse(path, &crate::spec::yaml::read_spec(path)?)
 }
 
 /// Reads one chaos object from `text` (read from `path`).

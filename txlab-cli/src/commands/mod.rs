@@ -1,5 +1,7 @@
 //! One file per command.
 
 pub mod bench;
+pub mod chaos;
+pub mod lab;
 pub mod report;
 pub mod run;

@@ -365,16 +365,20 @@ pub async fn prepare_cell(
         .await
         .with_context(|| format!("deploying {}", cell.method))?;
     // A new epoch per cell: work still in flight from the last one is refused.
-    let epoch = json!({ "epoch": format!("{}/{}", run.id, cell.id) });
-    broadcast(client, &endpoints, "/admin/reset", &epoch).await?;
-    broadcast(
-        client,
-        &endpoints,
-        "/admin/seed",
-        &serde_json::to_value(&plan.seed.seed)?,
-    )
-    .await?;
+    let epoch = format!("{}/{}", run.id, cell.id);
+    reset_and_seed(client, &endpoints, &epoch, &plan.seed.seed).await?;
     Ok(endpoints)
+}
+
+/// Empties every service's tables under a new epoch and seeds them.
+pub async fn reset_and_seed(
+    client: &reqwest::Client,
+    endpoints: &Endpoints,
+    epoch: &str,
+    seed: &txlab_api::admin::Seed,
+) -> anyhow::Result<()> {
+    broadcast(client, endpoints, "/admin/reset", &json!({ "epoch": epoch })).await?;
+    broadcast(client, endpoints, "/admin/seed", &serde_json::to_value(seed)?).await
 }
 
 /// Loads a prepared cell, waits for it to settle, audits it and writes it

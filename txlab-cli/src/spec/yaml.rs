@@ -8,12 +8,9 @@ use serde::de::DeserializeOwned;
 /// line and column when known, and the field path.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The I/O error is in the message, not a source, so it is said once.
+    #[error("cannot read {path}: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
     #[error("{path}{location}: {field}{message}")]
     Parse {
         path: PathBuf,
@@ -66,12 +63,16 @@ pub fn parse_yaml<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, Spe
     })
 }
 
-pub fn load_yaml<T: DeserializeOwned>(path: &Path) -> Result<T, SpecError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+/// A spec file's text, or an error naming the file.
+pub fn read_spec(path: &Path) -> Result<String, SpecError> {
+    std::fs::read_to_string(path).map_err(|error| SpecError::Read {
         path: path.to_path_buf(),
-        source,
-    })?;
-    parse_yaml(path, &text)
+        error,
+    })
+}
+
+pub fn load_yaml<T: DeserializeOwned>(path: &Path) -> Result<T, SpecError> {
+    parse_yaml(path, &read_spec(path)?)
 }
 
 #[cfg(test)]

@@ -186,9 +186,17 @@ pub async fn create_order(
     order: &serde_json::Value,
     fault: Option<&str>,
 ) -> String {
-    let mut req = client
-        .post(format!("{}/orders", e.url(txlab_api::Role::Order).unwrap()))
-        .json(order);
+    create_order_at(client, e.url(txlab_api::Role::Order).unwrap(), order, fault).await
+}
+
+/// Creates an order at the order service reached at `order_url`; its id.
+pub async fn create_order_at(
+    client: &reqwest::Client,
+    order_url: &str,
+    order: &serde_json::Value,
+    fault: Option<&str>,
+) -> String {
+    let mut req = client.post(format!("{order_url}/orders")).json(order);
     if let Some(f) = fault {
         req = req.header(txlab_api::fault::FAULT_HEADER, f);
     }

@@ -191,6 +191,27 @@ impl LocalPlatform {
         }
     }
 
+    /// Names of the chaos switched on (network faults and pod failures).
+    pub fn chaos_active(&self) -> Vec<String> {
+        let mut names = self.proxy.as_ref().map(|p| p.active()).unwrap_or_default();
+        // A pod failure is on while one of its services is still held down.
+        let now = tokio::time::Instant::now();
+        if let Some(fleet) = &self.fleet {
+            let f = fleet.lock().unwrap_or_else(|p| p.into_inner());
+            names.extend(
+                self.pod_failures
+                    .iter()
+                    .filter(|(_, roles)| {
+                        roles
+                            .iter()
+                            .any(|r| f.down_until.get(r).is_some_and(|t| *t > now))
+                    })
+                    .map(|(name, _)| name.clone()),
+            );
+        }
+        names
+    }
+
     /// The PostgreSQL admin URL (for tests that inspect or corrupt state).
     pub fn admin_url(&self) -> &str {
         &self.admin_url
