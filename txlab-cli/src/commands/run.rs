@@ -413,9 +413,11 @@ pub async fn measure_cell(
         progress: &progress,
     };
     let (load, chaos_notes) = load_under_chaos(platform, &inputs).await?;
+    // Sampled anew: a service restarted during the load has a new process
+    // (counted from its start), not a gone one.
     let resources = resources::between(
         &resources_before,
-        &resources::sample(&processes),
+        &resources::sample(&platform.processes()),
         load_began.elapsed().as_secs_f64(),
     );
     progress.set_message("quiescing");

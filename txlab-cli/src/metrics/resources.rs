@@ -8,10 +8,16 @@
 //! between two samples is not lost. Memory is the resident set summed over
 //! the tree, which counts PostgreSQL's shared buffers once per backend
 //! that touched them: an upper bound for PostgreSQL, exact for the rest.
+//! When the proxy runs (on its own threads inside txlab), its CPU is
+//! reported as `proxy` and taken out of the driver's; its memory stays in
+//! the driver's, as threads share one address space.
 
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
+
+/// The name of the proxy's threads (a thread name holds at most 15 bytes).
+pub const PROXY_THREADS: &str = "txlab-proxy";
 
 /// A component to account for: its name and root process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,7 +123,7 @@ pub fn sample(components: &[Component]) -> BTreeMap<String, Sample> {
     };
     let (tick_hz, page_kib) = (tick_hz.max(1) as f64, (page.max(1) / 1024) as u64);
     let stats = all_stats();
-    components
+    let mut out: BTreeMap<String, Sample> = components
         .iter()
         .filter(|c| stats.contains_key(&c.pid))
         .map(|c| {
@@ -128,7 +134,38 @@ pub fn sample(components: &[Component]) -> BTreeMap<String, Sample> {
             };
             (c.name.clone(), s)
         })
-        .collect()
+        .collect();
+    let proxy_ticks = own_thread_ticks(PROXY_THREADS);
+    if let (Some(driver), true) = (out.get_mut("driver"), proxy_ticks > 0) {
+        let proxy_s = proxy_ticks as f64 / tick_hz;
+        driver.cpu_s = (driver.cpu_s - proxy_s).max(0.0);
+        out.insert(
+            "proxy".into(),
+            Sample {
+                cpu_s: proxy_s,
+                rss_kib: 0,
+            },
+        );
+    }
+    out
+}
+
+/// User + system ticks of this process's threads whose name starts with `prefix`.
+fn own_thread_ticks(prefix: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|name| name.starts_with(prefix)))
+        .filter_map(|t| {
+            let line = std::fs::read_to_string(t.path().join("stat")).ok()?;
+            let rest = &line[line.rfind(')')? + 1..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // Fields 14 and 15 (utime, stime) are f[11] and f[12].
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum()
 }
 
 /// Use per component between two samples `wall_s` seconds apart.

@@ -22,7 +22,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 pub use crate::chaos::fault::Component;
@@ -61,22 +60,32 @@ struct Route {
     next: Arc<AtomicUsize>,
 }
 
-/// The running proxy. Dropping it stops its listeners; open connections
-/// end when either side closes them.
+/// The running proxy, on threads of its own (so its CPU is told apart
+/// from the driver's). Dropping it stops its listeners and connections.
 pub struct Proxy {
     shared: Arc<Shared>,
-    listeners: Mutex<JoinSet<()>>,
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
-impl Default for Proxy {
-    fn default() -> Self {
-        Proxy::new()
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            // Not a blocking shutdown: it may be dropped inside async code.
+            rt.shutdown_background();
+        }
     }
 }
 
 impl Proxy {
-    pub fn new() -> Proxy {
-        Proxy {
+    pub fn new() -> anyhow::Result<Proxy> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(crate::metrics::resources::PROXY_THREADS)
+            .enable_all()
+            .build()
+            .context("starting the proxy's threads")?;
+        Ok(Proxy {
+            runtime: Some(runtime),
             shared: Arc::new(Shared {
                 rules: RwLock::new(Arc::new(Vec::new())),
                 generation: watch::Sender::new(0),
@@ -84,20 +93,27 @@ impl Proxy {
                 senders: RwLock::new(Arc::new(Vec::new)),
                 traffic: Mutex::new(BTreeMap::new()),
             }),
-            listeners: Mutex::new(JoinSet::new()),
-        }
+        })
+    }
+
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.runtime
+            .as_ref()
+            .expect("the runtime lives as long as the proxy")
     }
 
     /// Listens on a free loopback port for connections to `destination`
     /// and returns the port. Connections made before [`Proxy::route`] names
     /// an upstream are closed at once, as a Service without endpoints does.
-    pub async fn listen(&self, destination: Component) -> anyhow::Result<u16> {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
+    pub fn listen(&self, destination: Component) -> anyhow::Result<u16> {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")
             .with_context(|| format!("binding the proxy's port for {destination}"))?;
-        let port = listener.local_addr()?.port();
-        let shared = self.shared.clone();
-        lock(&self.listeners).spawn(accept_loop(listener, destination, shared));
+        std_listener.set_nonblocking(true)?;
+        let port = std_listener.local_addr()?.port();
+        let _inside = self.runtime().enter();
+        let listener = TcpListener::from_std(std_listener)?;
+        self.runtime()
+            .spawn(accept_loop(listener, destination, self.shared.clone()));
         Ok(port)
     }
 

@@ -33,8 +33,8 @@ async fn echo() -> SocketAddr {
 
 /// A proxy for `payment` in front of an echo server, with this process as `load`.
 async fn proxied() -> (Proxy, TcpStream) {
-    let proxy = Proxy::new();
-    let port = proxy.listen(PAYMENT).await.unwrap();
+    let proxy = Proxy::new().unwrap();
+    let port = proxy.listen(PAYMENT).unwrap();
     proxy.route(PAYMENT, vec![echo().await]);
     proxy.identify_senders(|| vec![(std::process::id(), Component::Load)]);
     let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
@@ -181,8 +181,8 @@ async fn bandwidth_paces_a_bulk_transfer_at_the_rate() {
 
 #[tokio::test]
 async fn connections_are_spread_over_every_upstream() {
-    let proxy = Proxy::new();
-    let port = proxy.listen(PAYMENT).await.unwrap();
+    let proxy = Proxy::new().unwrap();
+    let port = proxy.listen(PAYMENT).unwrap();
     let (a, b) = (
         TcpListener::bind("127.0.0.1:0").await.unwrap(),
         TcpListener::bind("127.0.0.1:0").await.unwrap(),

@@ -124,7 +124,7 @@ impl LocalPlatform {
             opts,
         };
         if platform.opts.proxy {
-            let proxy = Arc::new(Proxy::new());
+            let proxy = Arc::new(Proxy::new()?);
             proxy.identify_senders(lab_processes);
             for c in Component::ALL.into_iter().filter(|c| *c != Component::Load) {
                 // An external broker tells clients its own address, so
@@ -132,7 +132,7 @@ impl LocalPlatform {
                 if c == Component::Kafka && platform.tansu_bin.is_none() {
                     continue;
                 }
-                platform.proxy_ports.insert(c, proxy.listen(c).await?);
+                platform.proxy_ports.insert(c, proxy.listen(c)?);
             }
             platform.proxy = Some(proxy);
         }
