@@ -489,6 +489,7 @@ impl Platform for LocalPlatform {
             "postgres_settings": postgres::SETTINGS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
             "kafka": if self.tansu.is_some() { "embedded tansu (memory engine)".to_string() } else { self.brokers.clone() },
             "kafka_producer": txlab_api::event::PRODUCER_SETTINGS.iter().copied().collect::<BTreeMap<_, _>>(),
+            "proxy": if self.proxy.is_some() { "every link through txlab's proxy" } else { "direct" },
             "versions": self.versions,
         })
     }
@@ -515,6 +516,12 @@ impl Platform for LocalPlatform {
                     );
                 }
                 caveats.extend(crate::proxy::caveats(n).map(|c| format!("{}: {c}", fault.name)));
+                if n.target.is_empty() && !self.proxy_ports.contains_key(&Component::Kafka) {
+                    caveats.push(format!(
+                        "{}: the external broker is reached directly, not through the proxy, so this fault does not touch broker traffic",
+                        fault.name
+                    ));
+                }
                 proxy.apply(&fault.name, n.clone());
                 if let Some(old) = self.chaos_timers.remove(&fault.name) {
                     old.abort();
