@@ -8,6 +8,7 @@
 //! - [`metrics`]: the services' event counters (retries, compensations...).
 //! - [`results`]: the self-describing run directory.
 //! - [`report`]: tables for the terminal and CSV.
+//! - [`compare`]: two runs, cell by cell, with statistics over repetitions.
 //! - [`bench`]: the performance benchmarks (`txlab bench`).
 //! - [`chaos`]: Chaos Mesh faults, read once for both platforms.
 //! - [`proxy`]: the local platform's TCP proxy, which enforces network chaos.
@@ -19,6 +20,7 @@ pub mod audit;
 pub mod bench;
 pub mod chaos;
 pub mod commands;
+pub mod compare;
 pub mod lab;
 pub mod load;
 pub mod metrics;
@@ -47,6 +49,9 @@ pub enum Command {
     Run(commands::run::RunArgs),
     /// Print the summary table of a finished run and write its summary.csv.
     Report(commands::report::ReportArgs),
+    /// Compare a run with a baseline run, cell by cell, over their
+    /// repetitions; exits 5 on a regression.
+    Compare(commands::compare::CompareArgs),
     /// Find each method's knee, its commits per checkout, the database's
     /// ceiling and its behaviour under overload (docs/performance.md).
     Bench(commands::bench::BenchArgs),
@@ -76,6 +81,7 @@ pub async fn main(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => commands::run::execute(args).await,
         Command::Report(args) => commands::report::execute(args).map(|()| ExitCode::SUCCESS),
+        Command::Compare(args) => commands::compare::execute(args),
         Command::Bench(args) => commands::bench::execute(args).await,
         Command::Up(args) => commands::lab::up(args).await,
         Command::Down(args) => commands::lab::down(args).await,

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod chaos;
+pub mod compare;
 pub mod lab;
 pub mod report;
 pub mod run;

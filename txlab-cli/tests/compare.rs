@@ -1,0 +1,82 @@
+//! `txlab compare` on real runs: two runs of the same code show no
+//! regression; a run with one step slowed on purpose shows one.
+
+mod common;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use txlab_api::TxMode;
+use txlab_cli::platform::Platform;
+use txlab_cli::results::RunDir;
+use txlab_cli::spec::Plan;
+use txlab_cli::Cli;
+
+/// saga_orch's happy path, four repetitions of 2 s at 10 orders/s; with
+/// `slow_payment`, every payment call waits 40 ms first.
+fn plan(slow_payment: bool) -> Plan {
+    let mut plan = common::plan("smoke.yaml");
+    plan.cells.retain(|c| c.scenario.name == "happy-path");
+    plan.set_constant_load(10.0, 2.0);
+    let template = plan.cells[0].clone();
+    plan.cells = (1..=4)
+        .map(|repetition| {
+            let mut cell = template.clone();
+            cell.method = TxMode::SagaOrch;
+            cell.repetition = repetition;
+            cell.id = format!("saga_orch-happy-path-r1-{repetition}");
+            if slow_payment {
+                cell.scenario.fault = Some("payment.before_db=delay:40".into());
+            }
+            cell
+        })
+        .collect();
+    plan
+}
+
+async fn compare(baseline: &RunDir, current: &RunDir, out: &std::path::Path) -> ExitCode {
+    let cli = Cli::parse_from([
+        "txlab",
+        "compare",
+        baseline.root.to_str().unwrap(),
+        current.root.to_str().unwrap(),
+        // Debug builds on a shared machine wander more than release ones.
+        "--noise",
+        "0.25",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    txlab_cli::main(cli).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_code_shows_no_regression_and_a_slowed_step_does() {
+    let (mut platform, _e, dir) = common::deployed("compare").await;
+    let mut runs = Vec::new();
+    for (name, slow) in [("baseline", false), ("same", false), ("slowed", true)] {
+        let run = RunDir::create(&dir.join("results"), name).unwrap();
+        txlab_cli::commands::run::run_cells(&mut platform, &plan(slow), &run)
+            .await
+            .unwrap();
+        runs.push(run);
+    }
+    platform.shutdown().await.unwrap();
+
+    let same_out = dir.join("same");
+    assert_eq!(compare(&runs[0], &runs[1], &same_out).await, ExitCode::SUCCESS);
+    let md = std::fs::read_to_string(same_out.join("comparison.md")).unwrap();
+    assert!(md.contains("**no regression**"), "{md}");
+
+    let slowed_out = dir.join("slowed");
+    assert_eq!(
+        compare(&runs[0], &runs[2], &slowed_out).await,
+        ExitCode::from(txlab_cli::commands::compare::EXIT_REGRESSION)
+    );
+    let csv = std::fs::read_to_string(slowed_out.join("comparison.csv")).unwrap();
+    let p50 = csv
+        .lines()
+        .find(|l| l.contains(",decided_p50_ms,"))
+        .expect("a decided p50 row");
+    assert!(p50.ends_with(",regression"), "{p50}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
