@@ -52,6 +52,8 @@ pub enum Command {
     /// Compare a run with a baseline run, cell by cell, over their
     /// repetitions; exits 5 on a regression.
     Compare(commands::compare::CompareArgs),
+    /// Print the JSON Schema of profile or scenario files (or write both).
+    Schema(commands::schema::SchemaArgs),
     /// Find each method's knee, its commits per checkout, the database's
     /// ceiling and its behaviour under overload (docs/performance.md).
     Bench(commands::bench::BenchArgs),
@@ -82,6 +84,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Run(args) => commands::run::execute(args).await,
         Command::Report(args) => commands::report::execute(args).map(|()| ExitCode::SUCCESS),
         Command::Compare(args) => commands::compare::execute(args),
+        Command::Schema(args) => commands::schema::execute(args),
         Command::Bench(args) => commands::bench::execute(args).await,
         Command::Up(args) => commands::lab::up(args).await,
         Command::Down(args) => commands::lab::down(args).await,

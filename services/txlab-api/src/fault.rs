@@ -39,6 +39,7 @@ crate::text_enum! {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum FaultAction {
     Error,
@@ -68,6 +69,7 @@ impl FaultAction {
 /// time (`PUT /admin/faults`). `FAULT_POINT=crash` is short for crashing
 /// right after the local commit (`after_db` with action `crash`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StandingFault {
     pub mode: FaultMode,

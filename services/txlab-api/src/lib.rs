@@ -26,6 +26,39 @@ pub struct ErrorBody {
     pub message: String,
 }
 
+/// The JSON Schema of a [`text_enum!`] type: a string, one of its texts.
+#[cfg(feature = "schema")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __text_enum_schema {
+    ($name:ident, $what:literal, $($text:literal),+) => {
+        impl $crate::__schemars::JsonSchema for $name {
+            fn schema_name() -> ::std::borrow::Cow<'static, str> {
+                ::std::borrow::Cow::Borrowed(stringify!($name))
+            }
+            fn json_schema(_: &mut $crate::__schemars::SchemaGenerator) -> $crate::__schemars::Schema {
+                $crate::__schemars::json_schema!({
+                    "description": concat!("a ", $what),
+                    "type": "string",
+                    "enum": [$($text),+]
+                })
+            }
+        }
+    };
+}
+
+#[cfg(not(feature = "schema"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __text_enum_schema {
+    ($($any:tt)*) => {};
+}
+
+/// schemars, for the impls [`text_enum!`] writes in other crates.
+#[cfg(feature = "schema")]
+#[doc(hidden)]
+pub use schemars as __schemars;
+
 /// Declares an enum whose values travel and are stored as text, from one
 /// list of `Variant = "text"` pairs: `ALL`, `as_str`, `parse`, `Display`,
 /// `FromStr` (its error names `$what` and the accepted values) and serde
@@ -69,6 +102,8 @@ macro_rules! text_enum {
                 }
             }
         }
+
+        $crate::__text_enum_schema!($name, $what, $($text),+);
 
         impl ::std::fmt::Display for $name {
             fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {

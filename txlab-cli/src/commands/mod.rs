@@ -6,3 +6,4 @@ pub mod compare;
 pub mod lab;
 pub mod report;
 pub mod run;
+pub mod schema;

@@ -8,6 +8,7 @@
 mod plan;
 mod profile;
 mod scenario;
+pub mod schema;
 pub mod yaml;
 
 pub use plan::{Cell, CellChaos, Plan, SeedPlan, Stage};

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use txlab_api::TxMode;
 
 /// `profiles/<name>.yaml`
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
     pub name: String,
@@ -45,7 +45,7 @@ pub struct Profile {
 /// Limits per cell, as k6's `thresholds:`. Counts default to 0; `null`
 /// (`~`) lifts a limit, e.g. `unexpected: ~` for a scenario whose
 /// outcomes vary by design.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Thresholds {
     /// Orders whose outcome differs from the scenario's `expect`.
@@ -91,7 +91,7 @@ impl Default for Thresholds {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Arrival {
     /// Evenly spaced arrivals.
@@ -100,7 +100,7 @@ pub enum Arrival {
     Poisson,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoadSpec {
     pub arrival: Arrival,
@@ -127,6 +127,21 @@ impl Serialize for Rates {
             [one] => s.serialize_f64(*one),
             many => many.serialize(s),
         }
+    }
+}
+
+impl schemars::JsonSchema for Rates {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Rates".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "orders per second, or a list of them (one cell each)",
+            "anyOf": [
+                {"type": "number", "exclusiveMinimum": 0},
+                {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}, "minItems": 1}
+            ]
+        })
     }
 }
 
@@ -160,7 +175,7 @@ impl<'de> Deserialize<'de> for Rates {
 }
 
 /// How much of everything the cell starts with.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SeedData {
     pub customers: u32,

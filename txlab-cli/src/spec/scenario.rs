@@ -9,7 +9,7 @@ use txlab_api::order::OrderState;
 use txlab_api::{Role, TxMode};
 
 /// `scenarios/<name>.yaml`
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
     /// Must equal the file name without `.yaml`.
@@ -41,7 +41,7 @@ pub struct Scenario {
 }
 
 /// `standing_fault:` of a scenario: which service, and the fault.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScenarioFault {
     pub role: Role,
@@ -59,7 +59,7 @@ impl Scenario {
 /// Who buys what. `any` picks from the seeded pool (deterministically, from
 /// the profile's seed); any other value names a seeded entity, such as the
 /// always-seeded `broke` customer, `sold-out` SKU or `full` slot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderTemplate {
     #[serde(default = "any")]
