@@ -2,6 +2,7 @@
 # Installs what the local lab needs and is missing; safe to run again.
 #  - PostgreSQL 15 server binaries (Debian package `postgresql`), when root;
 #  - tansu 0.6.0, the Kafka-API broker, with its in-memory storage engine;
+#  - a TrueType font (Debian package `fonts-dejavu-core`) for the charts;
 #  - rustfmt and clippy, which `make test` runs before the tests.
 set -euo pipefail
 
@@ -23,6 +24,18 @@ if ! have_postgres; then
   fi
 fi
 
+# The report's charts draw their text with a TrueType font.
+if [ -z "${TXLAB_FONT:-}" ] && ! compgen -G "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf" >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing a font for the charts (apt-get install fonts-dejavu-core)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-dejavu-core >/dev/null
+  else
+    echo "setup: no font for the charts: install fonts-dejavu-core, or set TXLAB_FONT to a .ttf file" >&2
+    exit 1
+  fi
+fi
+
 tansu_bin="${TXLAB_TANSU:-$(command -v tansu || echo "${CARGO_HOME:-$HOME/.cargo}/bin/tansu")}"
 if [ ! -x "$tansu_bin" ]; then
   echo "setup: installing tansu 0.6.0 (a Kafka-API broker; about 10 minutes on 2 cores, once)"
@@ -35,4 +48,4 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
     exit 1
   }
 fi
-echo "setup: PostgreSQL, tansu, rustfmt and clippy are ready"
+echo "setup: PostgreSQL, tansu, a font, rustfmt and clippy are ready"

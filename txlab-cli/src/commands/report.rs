@@ -46,7 +46,27 @@ pub fn execute(args: ReportArgs) -> anyhow::Result<()> {
     let csv_path = out.join("summary.csv");
     std::fs::write(&csv_path, crate::report::csv(&summaries))
         .with_context(|| format!("writing {}", csv_path.display()))?;
+    let charts = crate::report::charts::write_all(&summaries, &out)?;
+    let names: Vec<String> = charts
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    let manifest: serde_json::Value = std::fs::read_to_string(run.join("run.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(serde_json::Value::Null);
+    let index = out.join("index.html");
+    std::fs::write(
+        &index,
+        crate::report::html::page(id, &manifest, &summaries, &names),
+    )
+    .with_context(|| format!("writing {}", index.display()))?;
     println!("{}", crate::report::table(&summaries));
-    println!("wrote {}", csv_path.display());
+    println!(
+        "wrote {}, {} and {}",
+        csv_path.display(),
+        names.join(", "),
+        index.display()
+    );
     Ok(())
 }

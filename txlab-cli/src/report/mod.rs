@@ -1,5 +1,9 @@
-//! Turning cell summaries into tables: the terminal table at the end of a
-//! run and `txlab report`'s summary.csv.
+//! Turning cell summaries into what a person reads: the terminal table at
+//! the end of a run, and `txlab report`'s summary.csv, PNG charts
+//! ([`charts`]) and HTML page ([`html`]).
+
+pub mod charts;
+pub mod html;
 
 use std::fmt::Write as _;
 

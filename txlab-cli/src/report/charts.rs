@@ -1,0 +1,409 @@
+//! PNG charts of a run, one bar (or stack) per cell, so a reader sees at a
+//! glance which method is fastest, which lost data, and what each cost.
+//! Every method keeps one colour in every chart.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use anyhow::{anyhow, Context};
+use plotters::coord::ranged1d::SegmentValue;
+use plotters::prelude::*;
+
+use crate::results::CellSummary;
+
+/// Where a font is looked for, after `TXLAB_FONT`.
+const FONT_PATHS: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+];
+
+const FONT: &str = "sans-serif";
+const WIDTH: u32 = 1200;
+const ROW: u32 = 26;
+
+/// Registers a TrueType font with plotters once (it draws no text without).
+fn font() -> anyhow::Result<()> {
+    static LOADED: OnceLock<Result<(), String>> = OnceLock::new();
+    LOADED
+        .get_or_init(|| {
+            let candidates: Vec<PathBuf> = std::env::var_os("TXLAB_FONT")
+                .map(PathBuf::from)
+                .into_iter()
+                .chain(FONT_PATHS.iter().map(PathBuf::from))
+                .collect();
+            let path = candidates.iter().find(|p| p.is_file()).ok_or_else(|| {
+                "no TrueType font for the charts: install Debian's fonts-dejavu-core or set TXLAB_FONT to a .ttf file"
+                    .to_string()
+            })?;
+            let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+            // plotters keeps fonts for the life of the process.
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            plotters::style::register_font(FONT, FontStyle::Normal, bytes)
+                .map_err(|_| format!("{} is not a font plotters can read", path.display()))
+        })
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
+/// The colour of a method, the same in every chart.
+pub fn method_colour(method: &str) -> RGBColor {
+    match method {
+        "saga_orch" => RGBColor(31, 119, 180),
+        "tcc" => RGBColor(255, 127, 14),
+        "twopc" => RGBColor(44, 160, 44),
+        "saga_chor" => RGBColor(214, 39, 40),
+        "outbox" => RGBColor(148, 103, 189),
+        _ => RGBColor(127, 127, 127),
+    }
+}
+
+/// A cell's row label: method, scenario, chaos and repetition when they vary.
+fn label(s: &CellSummary) -> String {
+    let mut l = format!("{} · {}", s.method, s.scenario);
+    if s.chaos != crate::spec::NO_CHAOS {
+        l += &format!(" [{}]", s.chaos);
+    }
+    if s.repetition > 1 {
+        l += &format!(" #{}", s.repetition);
+    }
+    l
+}
+
+fn height(cells: usize) -> u32 {
+    170 + ROW * cells.max(1) as u32
+}
+
+/// The title and, under it, a row of coloured swatches with their names
+/// (so no reader has to guess which colour is what); returns the area
+/// left for the chart.
+fn header<'a>(root: &Area<'a>, title: &str, items: &[(String, RGBColor)]) -> anyhow::Result<Area<'a>> {
+    let (top, body) = root.split_vertically(76);
+    top.draw(&Text::new(title.to_string(), (350, 12), (FONT, 22)))
+        .map_err(drawing_error)?;
+    let mut x = 350;
+    for (name, colour) in items {
+        top.draw(&Rectangle::new([(x, 48), (x + 14, 62)], colour.filled()))
+            .map_err(drawing_error)?;
+        top.draw(&Text::new(name.clone(), (x + 19, 48), (FONT, 14)))
+            .map_err(drawing_error)?;
+        x += 34 + 8 * name.chars().count() as i32;
+    }
+    Ok(body)
+}
+
+/// Each method of `cells` with its colour, in order of appearance.
+fn method_legend(cells: &[CellSummary]) -> Vec<(String, RGBColor)> {
+    let mut seen: Vec<(String, RGBColor)> = Vec::new();
+    for s in cells {
+        if !seen.iter().any(|(m, _)| *m == s.method) {
+            seen.push((s.method.clone(), method_colour(&s.method)));
+        }
+    }
+    seen
+}
+
+fn drawing_error<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow!("drawing a chart: {e:?}")
+}
+
+type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+
+/// A white PNG canvas at `path` sized for `cells` rows, the font loaded.
+fn canvas(path: &Path, cells: usize) -> anyhow::Result<Area<'_>> {
+    font()?;
+    let root = BitMapBackend::new(path, (WIDTH, height(cells))).into_drawing_area();
+    root.fill(&WHITE).map_err(drawing_error)?;
+    Ok(root)
+}
+
+/// A horizontal bar chart with one row per cell; `draw` adds the bars.
+fn rows_chart(
+    root: &Area<'_>,
+    cells: &[CellSummary],
+    x_desc: &str,
+    x_max: f64,
+    log_x: bool,
+    draw: impl FnOnce(
+        &mut dyn FnMut(Vec<Rectangle<(f64, SegmentValue<usize>)>>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    // Row 0 is drawn at the bottom: label rows so the first cell is on top.
+    let labels: Vec<String> = cells.iter().rev().map(label).collect();
+    let y = (0..cells.len()).into_segmented();
+    let mut builder = ChartBuilder::on(root);
+    builder.margin(12).x_label_area_size(44).y_label_area_size(330);
+    let y_fmt = |v: &SegmentValue<usize>| match v {
+        SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
+        _ => String::new(),
+    };
+    // The two x axes are different types; the rest of the chart is the same.
+    macro_rules! with_x {
+        ($x:expr) => {{
+            let mut chart = builder.build_cartesian_2d($x, y).map_err(drawing_error)?;
+            chart
+                .configure_mesh()
+                .x_desc(x_desc)
+                .y_labels(cells.len())
+                .y_label_formatter(&y_fmt)
+                .label_style((FONT, 13))
+                .draw()
+                .map_err(drawing_error)?;
+            draw(&mut |bars| chart.draw_series(bars).map(|_| ()).map_err(drawing_error))
+        }};
+    }
+    if log_x {
+        with_x!((0.5f64..x_max.max(1.0) * 1.5).log_scale())
+    } else {
+        with_x!(0f64..x_max.max(1e-9) * 1.1)
+    }
+}
+
+/// The bar of cell `i` of `n` (the first cell on top).
+fn bar(i: usize, n: usize, from: f64, to: f64, style: ShapeStyle) -> Rectangle<(f64, SegmentValue<usize>)> {
+    let i = n - 1 - i;
+    // A gap above and below each bar, by drawing it inside its own row.
+    let mut r = Rectangle::new(
+        [(from, SegmentValue::Exact(i)), (to, SegmentValue::Exact(i + 1))],
+        style,
+    );
+    r.set_margin(3, 3, 0, 0);
+    r
+}
+
+/// Decided latency per cell: p50 solid, p99 light behind it (log scale).
+pub fn latency(cells: &[CellSummary], path: &Path) -> anyhow::Result<()> {
+    let root = canvas(path, cells.len())?;
+    let body = header(
+        &root,
+        "Decided latency per cell: p50 (solid) and p99 (light)",
+        &method_legend(cells),
+    )?;
+    let max = cells.iter().map(|s| s.decided_ms.p99).fold(1.0, f64::max);
+    rows_chart(
+        &body,
+        cells,
+        "decided latency, ms (log scale; censored orders count at the follow limit)",
+        max,
+        true,
+        |draw| {
+            let mut bars = Vec::new();
+            for (i, s) in cells.iter().enumerate() {
+                let c = method_colour(&s.method);
+                bars.push(bar(
+                    i,
+                    cells.len(),
+                    0.5,
+                    s.decided_ms.p99.max(0.5),
+                    c.mix(0.35).filled(),
+                ));
+                bars.push(bar(i, cells.len(), 0.5, s.decided_ms.p50.max(0.5), c.filled()));
+            }
+            draw(bars)
+        },
+    )?;
+    root.present().map_err(drawing_error)
+}
+
+/// Outcomes per cell as stacked counts; audit violations in red after the bar.
+pub fn outcomes(cells: &[CellSummary], path: &Path) -> anyhow::Result<()> {
+    let root = canvas(path, cells.len())?;
+    let parts: [(&str, RGBColor); 5] = [
+        ("confirmed", RGBColor(44, 160, 44)),
+        ("rejected", RGBColor(255, 127, 14)),
+        ("cancelled", RGBColor(31, 119, 180)),
+        ("needs_attention", RGBColor(188, 189, 34)),
+        ("failed", RGBColor(127, 127, 127)),
+    ];
+    let count = |s: &CellSummary, part: &str| -> f64 {
+        match part {
+            "failed" => (s.errors + s.undecided + s.dropped) as f64,
+            other => s.outcomes.get(other).copied().unwrap_or(0) as f64,
+        }
+    };
+    let max = cells
+        .iter()
+        .map(|s| parts.iter().map(|(p, _)| count(s, p)).sum::<f64>())
+        .fold(1.0, f64::max);
+    let mut items: Vec<(String, RGBColor)> = parts.iter().map(|(p, c)| (p.to_string(), *c)).collect();
+    items.push(("audit violations".into(), RED));
+    let body = header(
+        &root,
+        "Outcomes per cell (failed: errors, undecided or dropped)",
+        &items,
+    )?;
+    rows_chart(&body, cells, "orders", max * 1.25, false, |draw| {
+        let mut bars = Vec::new();
+        for (i, s) in cells.iter().enumerate() {
+            let mut at = 0.0;
+            for (part, colour) in &parts {
+                let n = count(s, part);
+                if n > 0.0 {
+                    bars.push(bar(i, cells.len(), at, at + n, colour.filled()));
+                    at += n;
+                }
+            }
+            // A red block after the stack, as long as the violations.
+            if s.violations > 0 {
+                let width = (max * 0.02).max(s.violations as f64);
+                bars.push(bar(i, cells.len(), at, at + width, RED.filled()));
+            }
+        }
+        draw(bars)
+    })?;
+    root.present().map_err(drawing_error)
+}
+
+/// CPU per component per cell (cores busy on average during the load).
+pub fn cpu(cells: &[CellSummary], path: &Path) -> anyhow::Result<()> {
+    let root = canvas(path, cells.len())?;
+    let mut components: Vec<&String> = cells.iter().flat_map(|s| s.resources.keys()).collect();
+    components.sort();
+    components.dedup();
+    let palette = |k: usize| {
+        let c = Palette99::pick(k).to_rgba();
+        RGBColor(c.0, c.1, c.2)
+    };
+    let items: Vec<(String, RGBColor)> = components
+        .iter()
+        .enumerate()
+        .map(|(k, c)| (c.to_string(), palette(k)))
+        .collect();
+    let body = header(&root, "CPU per cell, stacked by component", &items)?;
+    let max = cells
+        .iter()
+        .map(|s| s.resources.values().map(|u| u.cores).sum::<f64>())
+        .fold(0.01, f64::max);
+    rows_chart(
+        &body,
+        cells,
+        "cores busy on average during the load (CPU seconds per second)",
+        max,
+        false,
+        |draw| {
+            let mut bars = Vec::new();
+            for (i, s) in cells.iter().enumerate() {
+                let mut at = 0.0;
+                for (k, c) in components.iter().enumerate() {
+                    if let Some(u) = s.resources.get(*c).filter(|u| u.cores > 0.0) {
+                        bars.push(bar(i, cells.len(), at, at + u.cores, palette(k).filled()));
+                        at += u.cores;
+                    }
+                }
+            }
+            draw(bars)
+        },
+    )?;
+    root.present().map_err(drawing_error)
+}
+
+/// Writes every chart of a run into `dir`; returns their paths.
+pub fn write_all(cells: &[CellSummary], dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    type Draw = fn(&[CellSummary], &Path) -> anyhow::Result<()>;
+    let charts: [(&str, Draw); 3] = [
+        ("latency.png", latency),
+        ("outcomes.png", outcomes),
+        ("cpu.png", cpu),
+    ];
+    charts
+        .iter()
+        .map(|(name, draw)| {
+            let path = dir.join(name);
+            draw(cells, &path).with_context(|| format!("writing {}", path.display()))?;
+            Ok(path)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::resources::Use;
+    use crate::results::Percentiles;
+
+    fn cell(method: &str, chaos: &str, p50: f64, violations: usize) -> CellSummary {
+        let mut s: CellSummary = serde_json::from_value(serde_json::json!({
+            "index": 0, "cell": "c", "method": method, "scenario": "happy-path", "replicas": 1, "repetition": 1,
+            "expect": "confirmed", "target_rate": 20.0, "achieved_rate": 20.0, "scheduled": 100, "sent": 100,
+            "accepted": 100, "decided": 98, "late": 0, "dropped": 0, "errors": 2, "undecided": 0, "unexpected": 0,
+            "outcomes": {"confirmed": 90, "rejected": 8}, "error_kinds": {}, "unexpected_examples": [],
+            "accepted_ms": Percentiles::default(), "decided_ms": Percentiles::default(),
+            "quiesce_ms": 5, "settled": true, "violations": violations, "violations_by_invariant": {},
+            "notification_lag_p50_ms": null, "notification_lag_max_ms": null
+        }))
+        .unwrap();
+        s.chaos = chaos.into();
+        s.decided_ms.p50 = p50;
+        s.decided_ms.p99 = p50 * 3.0;
+        for (component, cores) in [("order", 0.2), ("postgres", 0.4), ("driver", 0.05)] {
+            s.resources.insert(
+                component.into(),
+                Use {
+                    cpu_s: cores * 5.0,
+                    cores,
+                    rss_mib: 10.0,
+                },
+            );
+        }
+        s
+    }
+
+    /// A PNG's width, height and pixels (each a slice of its samples).
+    fn decode(path: &Path) -> (u32, u32, usize, Vec<u8>) {
+        let mut reader = png::Decoder::new(std::fs::File::open(path).unwrap())
+            .read_info()
+            .unwrap();
+        let mut buf = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        buf.truncate(info.buffer_size());
+        (info.width, info.height, info.color_type.samples(), buf)
+    }
+
+    fn count_rgb(path: &Path, rgb: [u8; 3]) -> usize {
+        let (_, _, n, buf) = decode(path);
+        buf.chunks(n).filter(|p| p[..3] == rgb).count()
+    }
+
+    #[test]
+    fn every_chart_is_a_png_of_the_expected_size_with_the_cells_drawn() {
+        let cells = vec![
+            cell("saga_orch", "none", 15.0, 0),
+            cell("twopc", "latency-10ms", 60.0, 0),
+            cell("outbox", "none", 45.0, 3),
+        ];
+        let dir = std::env::temp_dir().join(format!("txlab-charts-{}", std::process::id()));
+        let paths = write_all(&cells, &dir).unwrap();
+        assert_eq!(paths.len(), 3);
+        for p in &paths {
+            let (w, h, n, buf) = decode(p);
+            assert_eq!((w, h), (WIDTH, height(cells.len())), "{}", p.display());
+            let mut colours: Vec<&[u8]> = buf.chunks(n).collect();
+            colours.sort();
+            colours.dedup();
+            // White, black text and grid, and the bars' colours at least.
+            assert!(colours.len() > 8, "{}: {} colours", p.display(), colours.len());
+        }
+        // Each method's colour is in the latency chart, as drawn for its bar.
+        for method in ["saga_orch", "twopc", "outbox"] {
+            let c = method_colour(method);
+            assert!(
+                count_rgb(&dir.join("latency.png"), [c.0, c.1, c.2]) > 100,
+                "{method}'s bar drawn"
+            );
+        }
+        // Violations show as a red bar in the outcomes chart, only when there are some.
+        let red_in = |cells: &[CellSummary]| {
+            let path = dir.join("o.png");
+            outcomes(cells, &path).unwrap();
+            count_rgb(&path, [255, 0, 0])
+        };
+        let (clean, broken) = (red_in(&cells[..2]), red_in(&cells));
+        assert!(
+            broken > clean + 100,
+            "red bar for 3 violations: {clean} → {broken} red pixels"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
