@@ -103,6 +103,16 @@ async fn latency_on_one_link_slows_its_calls_by_twice_the_delay_and_goes_away() 
         p50(2)
     );
     assert!(s[1].chaos_notes.is_empty(), "{:?}", s[1].chaos_notes);
+    // On from the first arrival (no warm-up) until the load's end.
+    let w = &s[1].chaos_windows;
+    assert!(
+        w.len() == 1
+            && w[0].name == "latency-10ms"
+            && w[0].from_s < 0.5
+            && (5.5..8.0).contains(&w[0].until_s),
+        "{w:?}"
+    );
+    assert!(s[0].chaos_windows.is_empty() && s[2].chaos_windows.is_empty());
     // The proxy counted every link by its sender, the broker's too.
     for link in [
         "load→order",
@@ -195,6 +205,16 @@ async fn event_driven_methods_run_through_the_proxy_and_survive_a_pod_kill() {
         s[0].decided_ms.p50
     );
     assert_eq!(s[1].restarts.get("inventory"), Some(&1), "{:?}", s[1].restarts);
+    // The kill's window runs until the service was healthy again.
+    let kill = s[1]
+        .chaos_windows
+        .iter()
+        .find(|w| w.name == "kill-inventory")
+        .expect("a window");
+    assert!(
+        kill.until_s > kill.from_s && kill.until_s - kill.from_s < 30.0,
+        "{kill:?}"
+    );
     assert!(
         s[1].resources.contains_key("inventory"),
         "a restarted service is still measured: {:?}",

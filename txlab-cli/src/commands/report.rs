@@ -46,7 +46,15 @@ pub fn execute(args: ReportArgs) -> anyhow::Result<()> {
     let csv_path = out.join("summary.csv");
     std::fs::write(&csv_path, crate::report::csv(&summaries))
         .with_context(|| format!("writing {}", csv_path.display()))?;
-    let charts = crate::report::charts::write_all(&summaries, &out)?;
+    let mut charts = crate::report::charts::write_all(&summaries, &out)?;
+    // Over time, for the cells that ran under chaos.
+    for s in summaries.iter().filter(|s| !s.chaos_windows.is_empty()) {
+        let series = crate::results::read_timeseries(&run.join("cells").join(&s.cell))?;
+        let path = out.join(format!("timeline-{}.png", s.cell));
+        crate::report::charts::timeline(s, &series, &path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        charts.push(path);
+    }
     let names: Vec<String> = charts
         .iter()
         .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))

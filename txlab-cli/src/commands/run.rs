@@ -15,11 +15,12 @@ use serde_json::json;
 use txlab_api::Role;
 
 use crate::audit::{check, quiesce, Reader};
+use crate::chaos::fault::{FaultKind, PodAction};
 use crate::load::{drive, driver::Target, LoadReport};
 use crate::metrics::resources;
 use crate::platform::local::{LocalOptions, LocalPlatform};
 use crate::platform::{Endpoints, Platform};
-use crate::results::{copy_log_slices, log_marks, rfc3339, write_cell, CellSummary, RunDir};
+use crate::results::{copy_log_slices, log_marks, rfc3339, write_cell, CellSummary, ChaosWindow, RunDir};
 use crate::spec::{Cell, Plan};
 
 /// Exit code when the audit found violations.
@@ -412,7 +413,7 @@ pub async fn measure_cell(
         cell,
         progress: &progress,
     };
-    let (load, chaos_notes) = load_under_chaos(platform, &inputs).await?;
+    let (load, chaos_notes, chaos_windows) = load_under_chaos(platform, &inputs).await?;
     // Sampled anew: a service restarted during the load has a new process
     // (counted from its start), not a gone one.
     let resources = resources::between(
@@ -443,6 +444,7 @@ pub async fn measure_cell(
     summary.resources = resources;
     summary.chaos = cell.chaos.name.clone();
     summary.chaos_notes = chaos_notes;
+    summary.chaos_windows = chaos_windows;
     summary.network = crate::results::traffic_between(&traffic_before, &platform.traffic());
     summary.threshold_failures = plan.profile.thresholds.broken_by(&summary);
     let dir = run.cell_dir(&cell.id);
@@ -453,31 +455,43 @@ pub async fn measure_cell(
 
 /// The cell's load with its chaos: switched on when the warm-up ends (each
 /// fault with a duration switches itself off) and off when the load ends,
-/// before the quiesce and the audit. Returns the load and what the
-/// platform could not show of the chaos.
+/// before the quiesce and the audit. Returns the load, what the platform
+/// could not show of the chaos, and when each fault was on.
 async fn load_under_chaos(
     platform: &mut impl Platform,
     inputs: &LoadInputs<'_>,
-) -> anyhow::Result<(LoadReport, Vec<String>)> {
+) -> anyhow::Result<(LoadReport, Vec<String>, Vec<ChaosWindow>)> {
     let (plan, cell) = (inputs.plan, inputs.cell);
     let faults = &cell.chaos.faults;
+    let began = std::time::Instant::now();
     let mut load = std::pin::pin!(load_cell(inputs));
     if faults.is_empty() {
-        return Ok((load.await?, Vec::new()));
+        return Ok((load.await?, Vec::new(), Vec::new()));
     }
     let warmup = Duration::from_secs_f64(plan.profile.load.warmup_s);
     let mut notes = Vec::new();
+    // (name, on, off if known before the load ends)
+    let mut spans: Vec<(String, Duration, Option<Duration>)> = Vec::new();
     let (report, switched_on) = {
         let mut chaos = std::pin::pin!(async {
             tokio::time::sleep(warmup).await;
             for fault in faults {
                 tracing::info!(cell = %cell.id, fault = %fault.name, "chaos on");
+                let on = began.elapsed();
                 notes.extend(
                     platform
                         .chaos_on(fault)
                         .await
                         .with_context(|| format!("switching on chaos {}", fault.name))?,
                 );
+                // A kill lasts until the service is back, which chaos_on waits for.
+                let killed = matches!(&fault.kind, FaultKind::Pod(p) if p.action == PodAction::Kill);
+                let off = if killed {
+                    Some(began.elapsed())
+                } else {
+                    fault.duration.map(|d| on + d)
+                };
+                spans.push((fault.name.clone(), on, off));
             }
             anyhow::Ok(())
         });
@@ -490,8 +504,17 @@ async fn load_under_chaos(
         };
         (report, switched_on)
     };
+    let ended = began.elapsed();
     // Off even when the load failed, so the next cell starts clean.
     platform.chaos_off(None).await.context("switching chaos off")?;
+    let windows = spans
+        .into_iter()
+        .map(|(name, on, off)| ChaosWindow {
+            name,
+            from_s: on.as_secs_f64(),
+            until_s: off.map_or(ended, |o| o.min(ended)).as_secs_f64(),
+        })
+        .collect();
     match switched_on {
         None => notes.push(format!(
             "the load ended before the warm-up of {} s did: no chaos was switched on",
@@ -502,7 +525,7 @@ async fn load_under_chaos(
     for n in &notes {
         eprintln!("txlab: {}: {n}", cell.id);
     }
-    Ok((report?, notes))
+    Ok((report?, notes, windows))
 }
 
 /// What a cell's load needs.

@@ -32,7 +32,7 @@ const LATE_AFTER: Duration = Duration::from_millis(10);
 pub const FOLLOW_LIMIT: Duration = Duration::from_secs(60);
 
 /// Per-second figures, by the second the orders were due in.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct SecondStats {
     pub second: u64,
     pub sent: u64,

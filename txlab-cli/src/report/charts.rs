@@ -9,6 +9,7 @@ use anyhow::{anyhow, Context};
 use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
 
+use crate::load::SecondStats;
 use crate::results::CellSummary;
 
 /// Where a font is looked for, after `TXLAB_FONT`.
@@ -110,10 +111,10 @@ fn drawing_error<E: std::fmt::Debug>(e: E) -> anyhow::Error {
 
 type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
 
-/// A white PNG canvas at `path` sized for `cells` rows, the font loaded.
-fn canvas(path: &Path, cells: usize) -> anyhow::Result<Area<'_>> {
+/// A white PNG canvas at `path` of `size` pixels, the font loaded.
+fn canvas(path: &Path, size: (u32, u32)) -> anyhow::Result<Area<'_>> {
     font()?;
-    let root = BitMapBackend::new(path, (WIDTH, height(cells))).into_drawing_area();
+    let root = BitMapBackend::new(path, size).into_drawing_area();
     root.fill(&WHITE).map_err(drawing_error)?;
     Ok(root)
 }
@@ -174,7 +175,7 @@ fn bar(i: usize, n: usize, from: f64, to: f64, style: ShapeStyle) -> Rectangle<(
 
 /// Decided latency per cell: p50 solid, p99 light behind it (log scale).
 pub fn latency(cells: &[CellSummary], path: &Path) -> anyhow::Result<()> {
-    let root = canvas(path, cells.len())?;
+    let root = canvas(path, (WIDTH, height(cells.len())))?;
     let body = header(
         &root,
         "Decided latency per cell: p50 (solid) and p99 (light)",
@@ -208,7 +209,7 @@ pub fn latency(cells: &[CellSummary], path: &Path) -> anyhow::Result<()> {
 
 /// Outcomes per cell as stacked counts; audit violations in red after the bar.
 pub fn outcomes(cells: &[CellSummary], path: &Path) -> anyhow::Result<()> {
-    let root = canvas(path, cells.len())?;
+    let root = canvas(path, (WIDTH, height(cells.len())))?;
     let parts: [(&str, RGBColor); 5] = [
         ("confirmed", RGBColor(44, 160, 44)),
         ("rejected", RGBColor(255, 127, 14)),
@@ -257,7 +258,7 @@ pub fn outcomes(cells: &[CellSummary], path: &Path) -> anyhow::Result<()> {
 
 /// CPU per component per cell (cores busy on average during the load).
 pub fn cpu(cells: &[CellSummary], path: &Path) -> anyhow::Result<()> {
-    let root = canvas(path, cells.len())?;
+    let root = canvas(path, (WIDTH, height(cells.len())))?;
     let mut components: Vec<&String> = cells.iter().flat_map(|s| s.resources.keys()).collect();
     components.sort();
     components.dedup();
@@ -295,6 +296,84 @@ pub fn cpu(cells: &[CellSummary], path: &Path) -> anyhow::Result<()> {
             draw(bars)
         },
     )?;
+    root.present().map_err(drawing_error)
+}
+
+/// `c` blended towards white, `amount` of the way.
+fn lighter(c: RGBColor, amount: f64) -> RGBColor {
+    let mix = |v: u8| (v as f64 + (255.0 - v as f64) * amount).round() as u8;
+    RGBColor(mix(c.0), mix(c.1), mix(c.2))
+}
+
+pub const TIMELINE_HEIGHT: u32 = 440;
+const CHAOS_SHADE: RGBColor = RGBColor(255, 205, 205);
+
+/// One cell over time: decided p50 and p99 of the orders due in each
+/// second, with the time each fault of its chaos was on shaded and named.
+pub fn timeline(cell: &CellSummary, series: &[SecondStats], path: &Path) -> anyhow::Result<()> {
+    let root = canvas(path, (WIDTH, TIMELINE_HEIGHT))?;
+    let colour = method_colour(&cell.method);
+    let items = [
+        ("p50".to_string(), colour),
+        ("p99".to_string(), lighter(colour, 0.55)),
+        ("chaos on".to_string(), CHAOS_SHADE),
+    ];
+    let body = header(
+        &root,
+        &format!("{}: decided latency per second", label(cell)),
+        &items,
+    )?;
+    let x_max = series
+        .iter()
+        .map(|s| s.second as f64 + 1.0)
+        .chain(cell.chaos_windows.iter().map(|w| w.until_s))
+        .fold(1.0, f64::max);
+    let y_max = series.iter().map(|s| s.decided_p99_ms).fold(1.0, f64::max) * 1.1;
+    let mut chart = ChartBuilder::on(&body)
+        .margin(12)
+        .x_label_area_size(44)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0f64..x_max, 0f64..y_max)
+        .map_err(drawing_error)?;
+    chart
+        .configure_mesh()
+        .x_desc("second of the load (orders by their intended send time)")
+        .y_desc("decided latency, ms")
+        .label_style((FONT, 13))
+        .draw()
+        .map_err(drawing_error)?;
+    for w in &cell.chaos_windows {
+        // A kill is short: keep its band visible.
+        let until = w.until_s.max(w.from_s + x_max / 200.0);
+        chart
+            .draw_series([Rectangle::new(
+                [(w.from_s, 0.0), (until, y_max)],
+                CHAOS_SHADE.filled(),
+            )])
+            .map_err(drawing_error)?;
+        chart
+            .draw_series([Text::new(w.name.clone(), (w.from_s, y_max * 0.97), (FONT, 13))])
+            .map_err(drawing_error)?;
+    }
+    let points = |f: fn(&SecondStats) -> f64| -> Vec<(f64, f64)> {
+        series
+            .iter()
+            .filter(|s| s.decided > 0)
+            .map(|s| (s.second as f64 + 0.5, f(s)))
+            .collect()
+    };
+    chart
+        .draw_series(LineSeries::new(
+            points(|s| s.decided_p99_ms),
+            lighter(colour, 0.55).stroke_width(2),
+        ))
+        .map_err(drawing_error)?;
+    chart
+        .draw_series(LineSeries::new(
+            points(|s| s.decided_p50_ms),
+            colour.stroke_width(2),
+        ))
+        .map_err(drawing_error)?;
     root.present().map_err(drawing_error)
 }
 
@@ -403,6 +482,38 @@ mod tests {
         assert!(
             broken > clean + 100,
             "red bar for 3 violations: {clean} → {broken} red pixels"
+        );
+
+        // A timeline shades its chaos windows, and only those.
+        let series: Vec<SecondStats> = (0..8)
+            .map(|second| SecondStats {
+                second,
+                sent: 20,
+                accepted: 20,
+                decided: 20,
+                errors: 0,
+                decided_p50_ms: if (2..5).contains(&second) { 500.0 } else { 20.0 },
+                decided_p99_ms: if (2..5).contains(&second) { 900.0 } else { 40.0 },
+            })
+            .collect();
+        let shaded = |windows: Vec<crate::results::ChaosWindow>| {
+            let mut c = cells[1].clone();
+            c.chaos_windows = windows;
+            let path = dir.join("t.png");
+            timeline(&c, &series, &path).unwrap();
+            let (w, h, _, _) = decode(&path);
+            assert_eq!((w, h), (WIDTH, TIMELINE_HEIGHT));
+            count_rgb(&path, [CHAOS_SHADE.0, CHAOS_SHADE.1, CHAOS_SHADE.2])
+        };
+        let window = crate::results::ChaosWindow {
+            name: "latency-10ms".into(),
+            from_s: 2.0,
+            until_s: 5.0,
+        };
+        let (legend_only, with_window) = (shaded(vec![]), shaded(vec![window]));
+        assert!(
+            with_window > legend_only + 10_000,
+            "3 of 8 seconds shaded: {legend_only} → {with_window} pixels"
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -205,6 +205,7 @@ mod tests {
             chaos: "none".into(),
             chaos_notes: vec![],
             network: Default::default(),
+            chaos_windows: vec![],
         }
     }
 

@@ -19,7 +19,7 @@ use hdrhistogram::serialization::{Serializer, V2DeflateSerializer};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-pub use summary::{CellSummary, Percentiles};
+pub use summary::{CellSummary, ChaosWindow, Percentiles};
 pub use time::rfc3339;
 
 /// Bytes per link between two readings of the platform's traffic, keyed
@@ -190,6 +190,16 @@ pub fn copy_log_slices(
         std::fs::write(logs.join(format!("{role}.log")), slice)?;
     }
     Ok(())
+}
+
+/// The per-second series of a cell (its timeseries.csv).
+pub fn read_timeseries(cell_dir: &Path) -> anyhow::Result<Vec<crate::load::SecondStats>> {
+    let path = cell_dir.join("timeseries.csv");
+    let mut reader = csv::Reader::from_path(&path).with_context(|| format!("reading {}", path.display()))?;
+    reader
+        .deserialize()
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("decoding {}", path.display()))
 }
 
 /// Reads every cell summary of a run, in cell order.

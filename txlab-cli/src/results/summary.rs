@@ -112,6 +112,18 @@ pub struct CellSummary {
     /// platform sees them (through the local proxy).
     #[serde(default)]
     pub network: BTreeMap<String, u64>,
+    /// When each fault of the cell's chaos was on, from the load's start.
+    #[serde(default)]
+    pub chaos_windows: Vec<ChaosWindow>,
+}
+
+/// A fault's time on during a cell, in seconds from the start of its load
+/// (a pod kill: from the kill until the service was healthy again).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChaosWindow {
+    pub name: String,
+    pub from_s: f64,
+    pub until_s: f64,
 }
 
 fn no_chaos() -> String {
@@ -171,6 +183,7 @@ impl CellSummary {
             chaos: cell.chaos.name.clone(),
             chaos_notes: Vec::new(),
             network: BTreeMap::new(),
+            chaos_windows: Vec::new(),
         }
     }
 }
