@@ -1,7 +1,7 @@
 //! `txlab up` and `txlab down`: a local lab kept running between commands,
 //! every link through the proxy so `txlab chaos` can act on it.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use txlab_api::TxMode;
 use crate::lab::control::{self, Control};
 use crate::lab::state::{alive, DEFAULT_DIR};
 use crate::lab::LabState;
-use crate::platform::local::{LocalOptions, LocalPlatform};
+use crate::platform::local::{kill_group, log_tail, LocalOptions, LocalPlatform};
 use crate::platform::Platform;
 use crate::spec::{SeedData, SeedPlan};
 
@@ -92,7 +92,7 @@ async fn start_in_background(args: &UpArgs) -> anyhow::Result<LabState> {
             bail!(
                 "the lab stopped while starting ({status}); its log {} says:\n{}",
                 log_path.display(),
-                tail(&log_path, 15)
+                log_tail(&log_path, 15)
             );
         }
         if tokio::time::Instant::now() >= deadline {
@@ -101,26 +101,17 @@ async fn start_in_background(args: &UpArgs) -> anyhow::Result<LabState> {
                 "the lab was not up within {} s; its log {} says:\n{}",
                 START_TIMEOUT.as_secs(),
                 log_path.display(),
-                tail(&log_path, 15)
+                log_tail(&log_path, 15)
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// Sends `sig` to a process this lab started, by pid.
+/// Signals the lab process, which leads a process group of its own (its
+/// services, PostgreSQL, tansu and reaper each lead theirs).
 fn signal(pid: u32, sig: i32) {
-    // SAFETY: kill has no memory effects; the pid is one we started.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::kill(pid as i32, sig);
-    }
+    kill_group(pid as i32, sig);
 }
 
 /// The lab itself: platform up, services seeded, control API served until

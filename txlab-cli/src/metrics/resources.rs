@@ -52,6 +52,9 @@ struct Stat {
     ppid: u32,
     /// utime + stime + cutime + cstime, in clock ticks.
     ticks: u64,
+    /// utime + stime: its own, without what exited children left it (the
+    /// figure a thread's stat line means).
+    own_ticks: u64,
     rss_pages: u64,
 }
 
@@ -65,6 +68,7 @@ fn parse_stat(line: &str) -> Option<Stat> {
     Some(Stat {
         ppid: num(4)? as u32,
         ticks: num(14)? + num(15)? + num(16)? + num(17)?,
+        own_ticks: num(14)? + num(15)?,
         rss_pages: num(24)?,
     })
 }
@@ -160,10 +164,7 @@ fn own_thread_ticks(prefix: &str) -> u64 {
         .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|name| name.starts_with(prefix)))
         .filter_map(|t| {
             let line = std::fs::read_to_string(t.path().join("stat")).ok()?;
-            let rest = &line[line.rfind(')')? + 1..];
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            // Fields 14 and 15 (utime, stime) are f[11] and f[12].
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+            Some(parse_stat(&line)?.own_ticks)
         })
         .sum()
 }
@@ -214,6 +215,7 @@ mod tests {
             Some(Stat {
                 ppid: 7,
                 ticks: 250 + 50 + 3 + 2,
+                own_ticks: 250 + 50,
                 rss_pages: 321
             })
         );
@@ -225,6 +227,7 @@ mod tests {
         let s = |ppid, ticks| Stat {
             ppid,
             ticks,
+            own_ticks: ticks,
             rss_pages: 1,
         };
         let stats: HashMap<u32, Stat> = [(1, s(0, 10)), (2, s(1, 5)), (3, s(2, 1)), (4, s(0, 100))]

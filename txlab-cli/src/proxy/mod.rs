@@ -256,14 +256,18 @@ fn counter(shared: &Shared, key: LinkKey) -> Arc<AtomicU64> {
 
 /// Returns once no partition matches `sender → receiver`.
 async fn wait_open(shared: &Shared, sender: Option<Component>, receiver: Option<Component>) {
-    let mut changes = shared.generation.subscribe();
-    loop {
-        let blocked = current_rules(shared)
+    let blocked = || {
+        current_rules(shared)
             .iter()
-            .any(|r| r.is_partition() && matches(&r.fault, sender, receiver));
-        if !blocked {
-            return;
-        }
+            .any(|r| r.is_partition() && matches(&r.fault, sender, receiver))
+    };
+    // Every chunk passes here: only a blocked stream pays for a subscription.
+    if !blocked() {
+        return;
+    }
+    // Subscribed before checking again, so a change in between is not missed.
+    let mut changes = shared.generation.subscribe();
+    while blocked() {
         if changes.changed().await.is_err() {
             return;
         }

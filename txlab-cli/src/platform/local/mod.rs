@@ -28,7 +28,7 @@ use crate::chaos::{Component, Fault};
 use crate::metrics::resources;
 use crate::proxy::{LinkTraffic, Proxy};
 pub use postgres::{database_name, database_url};
-pub use process::{contain, free_port};
+pub use process::{contain, free_port, kill_group, log_tail};
 pub use tools::on_path;
 
 /// What the user chose for the local platform.
@@ -339,15 +339,15 @@ fn route_services(proxy: &Proxy, fleet: &Mutex<services::Fleet>) {
     }
 }
 
-/// Which process is which, for the proxy: this one is the load driver,
-/// its service children are named by their command line.
+/// Which process is which, for the proxy: its service children, named by
+/// their command line, then this process, the load driver. This one is
+/// last because it holds the most sockets (every proxied connection's two).
 fn lab_processes() -> Vec<(u32, Component)> {
-    let mut out = vec![(std::process::id(), Component::Load)];
-    out.extend(
-        services::running_services()
-            .into_iter()
-            .map(|(pid, role)| (pid, Component::Service(role))),
-    );
+    let mut out: Vec<(u32, Component)> = services::running_services()
+        .into_iter()
+        .map(|(pid, role)| (pid, Component::Service(role)))
+        .collect();
+    out.push((std::process::id(), Component::Load));
     out
 }
 
