@@ -79,8 +79,20 @@ async fn latency_on_one_link_slows_its_calls_by_twice_the_delay_and_goes_away() 
     let _serial = ONE_LAB.lock().await;
     let (mut platform, dir) = proxied_lab("chaos-latency").await;
     let m = TxMode::SagaOrch;
-    let cells = [(m, chaos(&[])), (m, chaos(&["latency-10ms"])), (m, chaos(&[]))];
-    let s = run(&mut platform, &plan(&cells, 10.0, 6.0), &dir).await;
+    // latency-10ms with 50 ms: a debug build's cell-to-cell p50 wanders by
+    // 10-20 ms on this machine, as much as 2 x 10 ms, so the repository's
+    // file is scaled up to keep the proportion testable.
+    let path = common::repo().join("chaos/latency-10ms.yaml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("latency: 10ms", "latency: 50ms")
+        .replace("name: latency-10ms", "name: latency-50ms");
+    let slow = CellChaos {
+        name: "latency-50ms".into(),
+        faults: vec![mesh::parse(&path, &text).unwrap()],
+    };
+    let cells = [(m, chaos(&[])), (m, slow), (m, chaos(&[]))];
+    let s = run(&mut platform, &plan(&cells, 4.0, 6.0), &dir).await;
     platform.shutdown().await.unwrap();
     for c in &s {
         assert_clean(c);
@@ -88,16 +100,16 @@ async fn latency_on_one_link_slows_its_calls_by_twice_the_delay_and_goes_away() 
     }
     let p50 = |i: usize| s[i].decided_ms.p50;
     eprintln!("decided p50: {:.1} / {:.1} / {:.1} ms", p50(0), p50(1), p50(2));
-    // saga_orch's happy path calls payment once: 10 ms each way.
+    // saga_orch's happy path calls payment once: 50 ms each way.
     let slower = p50(1) - p50(0);
     assert!(
-        (15.0..35.0).contains(&slower),
-        "latency-10ms both ways on order↔payment: p50 {:.1} → {:.1} ms",
+        (70.0..135.0).contains(&slower),
+        "50 ms both ways on order↔payment: p50 {:.1} → {:.1} ms",
         p50(0),
         p50(1)
     );
     assert!(
-        p50(2) < p50(0) + 10.0,
+        p50(2) < p50(0) + 25.0,
         "switched off after its cell: p50 {:.1} then {:.1} ms",
         p50(0),
         p50(2)
@@ -107,7 +119,7 @@ async fn latency_on_one_link_slows_its_calls_by_twice_the_delay_and_goes_away() 
     let w = &s[1].chaos_windows;
     assert!(
         w.len() == 1
-            && w[0].name == "latency-10ms"
+            && w[0].name == "latency-50ms"
             && w[0].from_s < 0.5
             && (5.5..8.0).contains(&w[0].until_s),
         "{w:?}"
