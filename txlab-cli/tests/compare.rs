@@ -13,7 +13,7 @@ use txlab_cli::spec::Plan;
 use txlab_cli::Cli;
 
 /// saga_orch's happy path, four repetitions of 2 s at 10 orders/s; with
-/// `slow_payment`, every payment call waits 40 ms first.
+/// `slow_payment`, every payment call waits 80 ms first.
 fn plan(slow_payment: bool) -> Plan {
     let mut plan = common::plan("smoke.yaml");
     plan.cells.retain(|c| c.scenario.name == "happy-path");
@@ -26,7 +26,7 @@ fn plan(slow_payment: bool) -> Plan {
             cell.repetition = repetition;
             cell.id = format!("saga_orch-happy-path-r1-{repetition}");
             if slow_payment {
-                cell.scenario.fault = Some("payment.before_db=delay:40".into());
+                cell.scenario.fault = Some("payment.before_db=delay:80".into());
             }
             cell
         })
@@ -40,9 +40,10 @@ async fn compare(baseline: &RunDir, current: &RunDir, out: &std::path::Path) -> 
         "compare",
         baseline.root.to_str().unwrap(),
         current.root.to_str().unwrap(),
-        // Debug builds on a shared machine wander more than release ones.
+        // Debug builds on a shared machine wander: runs a minute apart were
+        // seen 40% apart, so the band is wide and the slowed step large.
         "--noise",
-        "0.25",
+        "0.5",
         "--out",
         out.to_str().unwrap(),
     ]);
