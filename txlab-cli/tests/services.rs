@@ -239,8 +239,8 @@ async fn an_in_flight_saga_resumes_after_the_order_service_is_killed() {
     );
     let order_log = std::fs::read_to_string(dir.join("logs/order.log")).unwrap();
     assert!(
-        order_log.contains("resuming in-flight sagas"),
-        "the restarted service says it resumed"
+        order_log.contains("taking over an order whose driver is gone"),
+        "the restarted service says it took over its predecessor's saga"
     );
     platform.shutdown().await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();

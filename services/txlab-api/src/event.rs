@@ -15,6 +15,11 @@ pub const PRODUCER_SETTINGS: [(&str, &str); 4] = [
     ("message.timeout.ms", "30000"),
 ];
 
+/// Partitions of every lab topic. Replicas of a consuming role split a
+/// topic's partitions among them, so this is also the most replicas a role
+/// may have.
+pub const TOPIC_PARTITIONS: i32 = 3;
+
 /// Topic of [`OrderOutcome`] events.
 pub const ORDER_EVENTS_TOPIC: &str = "txlab.order-events";
 

@@ -28,6 +28,46 @@ pub struct Config {
     /// `MAX_OPEN_ORDERS`: the order service refuses new orders (503
     /// `overloaded`) while this many are open, default 500.
     pub max_open_orders: u64,
+    /// `REPLICA_INDEX`, `REPLICA_COUNT`: which of the role's processes this is.
+    pub replica: Replica,
+}
+
+/// One of `count` processes of a role (0-based `index`), as a
+/// StatefulSet's ordinal would say. Event consumers split the topic's
+/// partitions by it; everything else a replica does is coordinated
+/// through its database, not through this number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replica {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Default for Replica {
+    fn default() -> Self {
+        Replica { index: 0, count: 1 }
+    }
+}
+
+impl Replica {
+    /// Whether this replica reads `partition` (of a topic every replica reads).
+    pub fn reads(&self, partition: i32) -> bool {
+        partition.rem_euclid(self.count as i32) == self.index as i32
+    }
+
+    fn from_env(index: Option<String>, count: Option<String>) -> anyhow::Result<Replica> {
+        let number = |v: Option<String>, k: &str, default: u32| match v {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<u32>()
+                .with_context(|| format!("{k} is not a whole number: `{v}`")),
+        };
+        let index = number(index, "REPLICA_INDEX", 0)?;
+        let count = number(count, "REPLICA_COUNT", 1)?;
+        if count == 0 || index >= count {
+            bail!("REPLICA_INDEX {index} is not below REPLICA_COUNT {count}");
+        }
+        Ok(Replica { index, count })
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -91,7 +131,9 @@ impl Config {
                 .filter(|n| *n > 0)
                 .context("MAX_OPEN_ORDERS is not a whole number above 0")?,
         };
+        let replica = Replica::from_env(var("REPLICA_INDEX"), var("REPLICA_COUNT"))?;
         Ok(Config {
+            replica,
             max_open_orders,
             order_url: var("ORDER_URL").filter(|v| !v.is_empty()),
             standing_fault,
@@ -171,6 +213,41 @@ mod tests {
         assert_eq!(c.listen.port(), 9);
         assert_eq!(c.tx_mode, TxMode::SagaOrch);
         assert_eq!(c.max_open_orders, 500);
+    }
+
+    #[test]
+    fn replicas_split_partitions_and_bad_numbers_are_named() {
+        let c = Config::from_env(
+            Role::Payment,
+            env(&[
+                ("DATABASE_URL", "postgres://x"),
+                ("REPLICA_INDEX", "1"),
+                ("REPLICA_COUNT", "3"),
+            ]),
+        )
+        .unwrap();
+        let read: Vec<i32> = (0..6).filter(|p| c.replica.reads(*p)).collect();
+        assert_eq!(read, vec![1, 4]);
+        assert!(
+            (0..3).all(|p| Replica::default().reads(p)),
+            "a lone replica reads everything"
+        );
+        for (index, count, says) in [
+            ("3", "3", "not below"),
+            ("x", "3", "REPLICA_INDEX"),
+            ("0", "0", "not below"),
+        ] {
+            let err = Config::from_env(
+                Role::Payment,
+                env(&[
+                    ("DATABASE_URL", "postgres://x"),
+                    ("REPLICA_INDEX", index),
+                    ("REPLICA_COUNT", count),
+                ]),
+            )
+            .unwrap_err();
+            assert!(format!("{err:#}").contains(says), "{err:#}");
+        }
     }
 
     #[test]

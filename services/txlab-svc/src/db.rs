@@ -33,6 +33,17 @@ pub async fn migrate(pool: &PgPool, role: Role) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The advisory locks the services take, in the two-key form
+/// (`pg_advisory_lock(int, int)`), whose first key names the use; sqlx's
+/// migrator takes single-key locks, which never collide with these.
+pub mod locks {
+    /// Held by each order-service replica for its life, second key = its
+    /// driver key: whoever holds it drives the orders marked with that key.
+    pub const ORDER_DRIVERS: i32 = 0x7478_0001;
+    /// Held by the participant replica resolving in-doubt branches.
+    pub const IN_DOUBT_RECOVERY: i32 = 0x7478_0002;
+}
+
 /// Whether `e` is a unique violation of the named constraint: how a racing
 /// duplicate surfaces, to be turned into a domain outcome by the caller.
 pub fn is_unique_violation(e: &sqlx::Error) -> bool {

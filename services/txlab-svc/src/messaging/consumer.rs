@@ -13,11 +13,14 @@
 //! of its partition. An offset is stored only once every message before it
 //! in its partition is done, so a crash redelivers anything unfinished.
 //!
-//! Each consumer reads every partition of its topic and keeps its offsets
-//! in its own database (`consumer_offsets`), not in a Kafka consumer group:
-//! a restarted service resumes at once, with no group session to expire
-//! (seen with tansu: a crashed member could stall its group for good). One
-//! process per service reads all partitions, which fits one replica.
+//! Each consumer reads its share of the topic's partitions and keeps its
+//! offsets in its own database (`consumer_offsets`), not in a Kafka consumer
+//! group: a restarted service resumes at once, with no group session to
+//! expire (seen with tansu: a crashed member could stall its group for
+//! good). The share is an explicit split by replica index (partition mod
+//! replica count), so with several replicas every partition has exactly one
+//! reader and its offsets one writer; a replica that is down holds up its
+//! partitions until it is back, as a StatefulSet's member would.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -86,8 +89,8 @@ impl Offsets {
     }
 }
 
-/// A consumer reading every partition of `offsets.topic` from its stored
-/// offsets. A partition never read before starts at its current end, which
+/// A consumer reading `replica`'s share of the partitions of
+/// `offsets.topic` from their stored offsets. A partition never read before starts at its current end, which
 /// is stored at once, so nothing produced while the service is down is missed.
 ///
 /// A stored offset above the partition's end belongs to another
@@ -98,7 +101,11 @@ impl Offsets {
 /// report an end a few messages below offsets already read; starting at
 /// the end then reads those few again, which the inbox absorbs.) An offset
 /// below the start (messages deleted) starts at the start.
-pub async fn assigned(brokers: &str, offsets: &Offsets) -> anyhow::Result<StreamConsumer> {
+pub async fn assigned(
+    brokers: &str,
+    offsets: &Offsets,
+    replica: crate::config::Replica,
+) -> anyhow::Result<StreamConsumer> {
     let consumer = crate::messaging::kafka::consumer(brokers, &format!("txlab-{}", offsets.consumer))?;
     let timeout = Duration::from_secs(10);
     let metadata = consumer.fetch_metadata(Some(offsets.topic), timeout)?;
@@ -116,8 +123,17 @@ pub async fn assigned(brokers: &str, offsets: &Offsets) -> anyhow::Result<Stream
     .fetch_all(&offsets.pool)
     .await?;
     let stored: BTreeMap<i32, i64> = stored.into_iter().collect();
+    if replica.count as usize > partitions {
+        tracing::warn!(
+            consumer = offsets.consumer,
+            topic = offsets.topic,
+            partitions,
+            replicas = replica.count,
+            "more replicas than partitions: some replicas read nothing"
+        );
+    }
     let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions as i32 {
+    for p in (0..partitions as i32).filter(|p| replica.reads(*p)) {
         let (low, high) = consumer.fetch_watermarks(offsets.topic, p, timeout)?;
         let next = match stored.get(&p).copied() {
             Some(n) if (low..=high).contains(&n) => n,

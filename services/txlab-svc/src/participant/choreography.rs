@@ -41,7 +41,7 @@ pub async fn start<P: Participant>(
         consumer: P::ROLE.as_str(),
         topic: CHECKOUT_TOPIC,
     };
-    let consumer = crate::messaging::consumer::assigned(brokers, &offsets).await?;
+    let consumer = crate::messaging::consumer::assigned(brokers, &offsets, state.replica).await?;
     let consumer_task = tokio::spawn(async move {
         let metrics = state.metrics.clone();
         crate::messaging::consumer::consume(consumer, offsets, metrics, stop, move |event: CheckoutEvent| {

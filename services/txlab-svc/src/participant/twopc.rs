@@ -253,10 +253,43 @@ pub async fn recover<P: Participant>(
             _ = &mut stopped => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        if let Err(e) = recover_once::<P>(&pool, &http, &order_url).await {
+        if let Err(e) = recover_exclusively::<P>(&pool, &http, &order_url).await {
             tracing::warn!(error = format!("{e:#}"), "in-doubt recovery pass failed");
         }
     }
+}
+
+/// A recovery pass by one replica at a time: the prepared branches are the
+/// database's, shared by every replica of the role, so the pass runs under
+/// a session advisory lock and a replica that finds it taken skips its
+/// turn. The lock dies with its session, so a replica that crashes
+/// mid-pass does not stop the others for good.
+async fn recover_exclusively<P: Participant>(
+    pool: &PgPool,
+    http: &reqwest::Client,
+    order_url: &str,
+) -> anyhow::Result<()> {
+    let mut holder = pool.acquire().await?;
+    let lock = (crate::db::locks::IN_DOUBT_RECOVERY, 0i32);
+    let ours: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+        .bind(lock.0)
+        .bind(lock.1)
+        .fetch_one(&mut *holder)
+        .await?;
+    if !ours {
+        return Ok(());
+    }
+    let pass = recover_once::<P>(pool, http, order_url).await;
+    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1, $2)")
+        .bind(lock.0)
+        .bind(lock.1)
+        .execute(&mut *holder)
+        .await;
+    if unlocked.is_err() {
+        // Never hand a session holding the lock back to the pool: closing it frees the lock.
+        holder.close_on_drop();
+    }
+    pass
 }
 
 async fn recover_once<P: Participant>(

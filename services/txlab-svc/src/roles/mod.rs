@@ -30,6 +30,8 @@ pub struct AppState {
     pub pool: PgPool,
     pub metrics: Arc<Metrics>,
     pub faults: Arc<FaultSwitch>,
+    /// Which of the role's processes this is.
+    pub replica: crate::config::Replica,
 }
 
 impl HasFaults for AppState {
@@ -57,6 +59,7 @@ pub async fn build(config: &Config, pool: PgPool, stop: watch::Receiver<bool>) -
         pool,
         metrics: metrics.clone(),
         faults,
+        replica: config.replica,
     };
     let admin = admin_routes(config.role).with_state(state.clone());
     let (routes, background) = match config.role {

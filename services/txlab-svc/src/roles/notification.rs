@@ -27,7 +27,7 @@ pub async fn build(
         consumer: "notification",
         topic: ORDER_EVENTS_TOPIC,
     };
-    let consumer = crate::messaging::consumer::assigned(&brokers, &offsets).await?;
+    let consumer = crate::messaging::consumer::assigned(&brokers, &offsets, state.replica).await?;
     let st = state.clone();
     let task = tokio::spawn(async move {
         let metrics = st.metrics.clone();

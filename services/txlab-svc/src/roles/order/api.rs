@@ -122,7 +122,9 @@ pub async fn create(
         decided_ms: None,
     };
     let mut tx = orders.app.pool.begin().await?;
-    insert_order(&mut tx, &order, faults.raw.as_deref()).await?;
+    // This replica drives the orders it takes (methods with an engine).
+    let driver = (!order.method.is_event_driven()).then(|| orders.driver.key());
+    insert_order(&mut tx, &order, faults.raw.as_deref(), driver).await?;
     if let Some(key) = &key {
         if !claim_key(&mut tx, key, &request, &order).await? {
             // A concurrent request with the same key won: answer with its order.
@@ -147,17 +149,18 @@ pub async fn create(
 /// Writes a new order with the caller's transaction: the order row (with
 /// the lab epoch, read first as every epoch reader does), the step log its
 /// method's engine keeps, and, without a coordinator, the event that
-/// places it.
+/// places it. `driver` is the replica whose engine will run it.
 async fn insert_order(
     tx: &mut sqlx::PgConnection,
     order: &OrderView,
     fault: Option<&str>,
+    driver: Option<i32>,
 ) -> sqlx::Result<()> {
     let epoch = crate::epoch::epoch(&mut *tx).await?;
     let (id, now) = (order.id, order.created_ms);
     sqlx::query(
-        "INSERT INTO orders (id, customer, items, amount, slot, method, state, fault, created_ms, updated_ms, epoch) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10)",
+        "INSERT INTO orders (id, customer, items, amount, slot, method, state, fault, created_ms, updated_ms, epoch, driver) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11)",
     )
     .bind(id)
     .bind(&order.customer)
@@ -169,6 +172,7 @@ async fn insert_order(
     .bind(fault)
     .bind(now)
     .bind(&epoch)
+    .bind(driver)
     .execute(&mut *tx)
     .await?;
     let saga_log = "saga_steps (order_id, step, name, forward, compensation, updated_ms)";
@@ -316,10 +320,15 @@ pub async fn cancel(
             epoch,
         )
         .await?;
+    } else {
+        // The order's driver, on whichever replica, looks at it again.
+        super::drivers::wake_up(&mut tx, 'l', id).await?;
     }
     tx.commit().await?;
     tracing::info!(order_id = %id, stage = %order.state, "cancel requested");
     orders.app.metrics.event("order", "cancel_requested");
-    orders.clone().drive(id);
+    if order.method.is_event_driven() {
+        orders.clone().drive(id);
+    }
     Ok((StatusCode::ACCEPTED, Json(order.view())))
 }

@@ -49,7 +49,7 @@ pub async fn start(
         consumer: "order",
         topic: CHECKOUT_TOPIC,
     };
-    let consumer = crate::messaging::consumer::assigned(brokers, &offsets).await?;
+    let consumer = crate::messaging::consumer::assigned(brokers, &offsets, orders.app.replica).await?;
     Ok(tokio::spawn(async move {
         let metrics = orders.app.metrics.clone();
         crate::messaging::consumer::consume(consumer, offsets, metrics, stop, move |event: CheckoutEvent| {

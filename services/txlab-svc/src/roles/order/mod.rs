@@ -18,6 +18,7 @@ mod admission;
 mod api;
 mod calls;
 mod choreography;
+mod drivers;
 mod outcome;
 mod saga;
 mod store;
@@ -50,6 +51,8 @@ pub struct Orders {
     /// Orders whose saga runs in this process, and whether it must run once
     /// more when it ends (a cancel arrived while it was finishing).
     running: Mutex<HashMap<Uuid, bool>>,
+    /// This replica's key as the driver of orders (see [`drivers`]).
+    driver: drivers::Driver,
     /// Wakes long-polling readers when an order is decided here.
     decided: waiters::Waiters,
     /// How many orders may be open at once (load shedding).
@@ -82,6 +85,9 @@ pub async fn build(
         poll_every: Duration::from_millis(500),
     };
     let relay_task = tokio::spawn(relay.run(crate::stopped(stop.clone())));
+    let (driver, session) = drivers::register(&app.pool)
+        .await
+        .context("registering as an order driver")?;
 
     let orders = Arc::new(Orders {
         app,
@@ -93,17 +99,20 @@ pub async fn build(
         peers: config.peers.clone(),
         method: config.tx_mode,
         running: Mutex::new(HashMap::new()),
+        driver,
         decided: waiters::Waiters::default(),
         admission: admission::Admission::new(config.max_open_orders),
         twopc_at_once: tokio::sync::Semaphore::new(TWOPC_AT_ONCE),
     });
-    // Sagas that were in flight when the previous process stopped.
-    let open = store::open_orders(&orders.app.pool).await?;
-    if !open.is_empty() {
-        tracing::info!(count = open.len(), "resuming in-flight sagas");
-    }
-    for id in open {
-        orders.clone().drive(id);
+    if config.tx_mode.is_event_driven() {
+        // Judged again in case a crash came between hearing and judging.
+        for id in store::open_orders(&orders.app.pool).await? {
+            orders.clone().drive(id);
+        }
+    } else {
+        // Transactions in flight when their driver stopped (this service's
+        // previous process, or another replica) are taken over now.
+        drivers::reconcile(&orders).await?;
     }
     let counting = orders.clone();
     let pool = orders.app.pool.clone();
@@ -112,6 +121,7 @@ pub async fn build(
         relay_task,
         tokio::spawn(async move { counting.admission.recount(pool, recount_stop).await }),
     ];
+    background.extend(drivers::start(orders.clone(), session, stop.clone()));
     if config.tx_mode.is_event_driven() {
         background.push(choreography::start(orders.clone(), &brokers, stop).await?);
     }
@@ -131,7 +141,9 @@ pub async fn ensure_topics_with_retry(brokers: &str) -> anyhow::Result<()> {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            match crate::messaging::kafka::ensure_topic(brokers, topic, 3).await {
+            match crate::messaging::kafka::ensure_topic(brokers, topic, txlab_api::event::TOPIC_PARTITIONS)
+                .await
+            {
                 Ok(()) => break,
                 Err(e) if attempt < 20 => {
                     tracing::warn!(error = %e, attempt, topic, "Kafka topic set-up failed; retrying");
@@ -167,8 +179,7 @@ impl Orders {
         }
     }
 
-    /// Whether this process is driving the transaction of `id` right now: a
-    /// live coordinator, so no participant may presume it abandoned.
+    /// Whether an engine of `id` runs in this process right now.
     fn is_driving(&self, id: Uuid) -> bool {
         self.running
             .lock()
@@ -187,8 +198,36 @@ impl Orders {
         }
     }
 
-    /// Runs (or re-runs) the saga of `id` in the background, at most once at
-    /// a time per order in this process.
+    /// Writes an engine's `unwritten` marks in the caller's transaction,
+    /// after checking that this replica still drives the order.
+    async fn write_marks(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        id: Uuid,
+        unwritten: &mut Vec<store::Unwritten>,
+    ) -> anyhow::Result<()> {
+        drivers::fence(conn, id, self.driver.key()).await?;
+        store::write_marks(conn, id, unwritten).await?;
+        Ok(())
+    }
+
+    /// Drives `id` if its driver is this replica or gone (a cancel or a
+    /// presumed abort may reach any replica).
+    pub fn claim_and_drive(self: Arc<Self>, id: Uuid) {
+        tokio::spawn(async move {
+            match drivers::claim(&self.app.pool, id, self.driver.key()).await {
+                Ok(true) => self.drive(id),
+                Ok(false) => {} // its live driver was woken too
+                Err(e) => {
+                    tracing::warn!(order_id = %id, error = %e, "claiming the order failed; reconciling will retry")
+                }
+            }
+        });
+    }
+
+    /// Runs (or re-runs) the engine of `id` in the background, at most once
+    /// at a time per order in this process. The caller knows this replica
+    /// is the order's driver (or the method has none).
     pub fn drive(self: Arc<Self>, id: Uuid) {
         {
             let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
@@ -201,7 +240,13 @@ impl Orders {
         tokio::spawn(async move {
             loop {
                 if let Err(e) = self.run_engine(id).await {
-                    // The records stay; a later drive (cancel, restart) resumes.
+                    if e.downcast_ref::<drivers::NotDriver>().is_some() {
+                        tracing::warn!(order_id = %id, "another replica took the order over; this engine stops");
+                        self.app.metrics.event("driver_lost", "order");
+                        self.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                        return;
+                    }
+                    // The records stay; a later drive (reconcile, cancel, restart) resumes.
                     tracing::error!(order_id = %id, error = format!("{e:#}"), "saga stopped on an error");
                     self.app.metrics.event("saga", "error");
                 }

@@ -8,7 +8,7 @@ use txlab_tx::saga::{Forward, Outcome};
 use txlab_tx::two_phase::Vote;
 use uuid::Uuid;
 
-use super::store::{write_marks, OrderRow, Unwritten};
+use super::store::{OrderRow, Unwritten};
 use super::Orders;
 
 /// Marks a running order as compensating. Only a pending order moves here;
@@ -53,7 +53,7 @@ pub async fn finish_with(
     unwritten: &mut Vec<Unwritten>,
 ) -> anyhow::Result<bool> {
     let mut tx = orders.app.pool.begin().await?;
-    write_marks(&mut tx, order.id, unwritten).await?;
+    orders.write_marks(&mut tx, order.id, unwritten).await?;
     let decided = decide_in(&mut tx, order, state).await?;
     tx.commit().await?;
     Ok(announce(orders, order, state, decided))
@@ -133,6 +133,8 @@ pub async fn decide_in(
     };
     let payload = serde_json::to_value(&event).context("encoding the outcome event")?;
     crate::messaging::outbox::enqueue(&mut *tx, ORDER_EVENTS_TOPIC, &order.id.to_string(), &payload).await?;
+    // Long-polls of this order may wait on another replica.
+    super::drivers::wake_up(&mut *tx, 'd', order.id).await?;
     tracing::info!(
         outcome = state.as_str(),
         reason = reason.as_deref().unwrap_or(""),

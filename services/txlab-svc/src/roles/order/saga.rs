@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::calls::{ask, insist, CallError, Op};
 use super::outcome::{finish_with, set_compensating, state_of};
-use super::store::{load_order, load_saga, write_marks, Mark, OrderRow, Unwritten};
+use super::store::{load_order, load_saga, Mark, OrderRow, Unwritten};
 use super::Orders;
 
 /// The order and its saga log as the engine last read them.
@@ -39,9 +39,11 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
     };
     loop {
         if orders.take_rerun(id) {
-            let mut conn = orders.app.pool.acquire().await?;
-            write_marks(&mut conn, id, &mut unwritten).await?;
-            drop(conn);
+            if !unwritten.is_empty() {
+                let mut tx = orders.app.pool.begin().await?;
+                orders.write_marks(&mut tx, id, &mut unwritten).await?;
+                tx.commit().await?;
+            }
             let Some(fresh) = load(orders, id).await? else {
                 return Ok(());
             };
@@ -62,7 +64,7 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
                     });
                 }
                 let mut tx = orders.app.pool.begin().await?;
-                write_marks(&mut tx, id, &mut unwritten).await?;
+                orders.write_marks(&mut tx, id, &mut unwritten).await?;
                 tx.commit().await?;
                 let (forward, reason) = match ask(orders, &order, step, Op::Apply).await {
                     Ok(()) => (Forward::Done, None),
@@ -92,7 +94,7 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
                     mark: Mark::Compensation(Compensation::Started),
                     reason: None,
                 });
-                write_marks(&mut tx, id, &mut unwritten).await?;
+                orders.write_marks(&mut tx, id, &mut unwritten).await?;
                 tx.commit().await?;
                 insist(orders, &order, step, Op::Compensate).await;
                 orders.app.metrics.event("compensation", step.as_str());

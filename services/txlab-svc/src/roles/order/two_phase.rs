@@ -21,7 +21,7 @@ use futures_util::future::join_all;
 
 use super::calls::{ask, insist, CallError, Op};
 use super::outcome::{finish_with, state_of};
-use super::store::{load_order, load_two_phase, log_decision, write_marks, Mark, OrderRow, Unwritten};
+use super::store::{load_order, load_two_phase, log_decision, Mark, OrderRow, Unwritten};
 use super::Orders;
 use crate::faults::Faults;
 use crate::http::ApiError;
@@ -74,9 +74,11 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
     };
     loop {
         if orders.take_rerun(id) {
-            let mut conn = orders.app.pool.acquire().await?;
-            write_marks(&mut conn, id, &mut unwritten).await?;
-            drop(conn);
+            if !unwritten.is_empty() {
+                let mut tx = orders.app.pool.begin().await?;
+                orders.write_marks(&mut tx, id, &mut unwritten).await?;
+                tx.commit().await?;
+            }
             let Some(fresh) = load(orders, id).await? else {
                 return Ok(());
             };
@@ -104,7 +106,7 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
                 }
                 if !intents.is_empty() {
                     let mut tx = orders.app.pool.begin().await?;
-                    write_marks(&mut tx, id, &mut unwritten).await?;
+                    orders.write_marks(&mut tx, id, &mut unwritten).await?;
                     tx.commit().await?;
                 }
                 let votes =
@@ -120,7 +122,7 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
             }
             Next::Decide(decision) => {
                 let mut tx = orders.app.pool.begin().await?;
-                write_marks(&mut tx, id, &mut unwritten).await?;
+                orders.write_marks(&mut tx, id, &mut unwritten).await?;
                 let stands = log_decision(&mut tx, id, decision, false).await?;
                 tx.commit().await?;
                 tp.decision = Some(stands);
@@ -165,9 +167,9 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
                         reason: None,
                     }));
                     if order.cancel_requested {
-                        let mut conn = orders.app.pool.acquire().await?;
-                        write_marks(&mut conn, id, &mut unwritten).await?;
-                        drop(conn);
+                        let mut tx = orders.app.pool.begin().await?;
+                        orders.write_marks(&mut tx, id, &mut unwritten).await?;
+                        tx.commit().await?;
                         return super::saga::run(orders, id).await;
                     }
                 }
@@ -217,12 +219,12 @@ pub async fn decision(
     let Query(q) = query?;
     let mut conn = orders.app.pool.acquire().await?;
     let mut decision = super::store::load_decision(&mut conn, id).await?;
-    if decision.is_none() && q.presume_abort && may_presume_abort(&orders, &mut conn, id).await? {
+    if decision.is_none() && q.presume_abort && may_presume_abort(&mut conn, id).await? {
         // The decision's primary key keeps this from racing with a commit.
         let d = log_decision(&mut conn, id, Decision::Abort, true).await?;
         tracing::warn!(order_id = %id, decision = d.as_str(), "decision presumed for an in-doubt branch");
         decision = Some(d);
-        orders.clone().drive(id);
+        orders.clone().claim_and_drive(id);
     }
     Ok(Json(WireDecision {
         order_id: id,
@@ -234,20 +236,21 @@ pub async fn decision(
 }
 
 /// Whether an undecided transaction may be presumed aborted: it is unknown
-/// here (never started, or reset away), or it is a `twopc` transaction no
-/// live coordinator is driving and whose vote phase has not moved for
+/// here (never started, or reset away), or it is a `twopc` transaction
+/// whose driver (the replica running its coordinator) is gone and whose
+/// vote phase has not moved for
 /// [`PRESUME_ABORT_AFTER_MS`]. Orders of other methods are never presumed.
-async fn may_presume_abort(orders: &Orders, conn: &mut sqlx::PgConnection, id: Uuid) -> sqlx::Result<bool> {
+async fn may_presume_abort(conn: &mut sqlx::PgConnection, id: Uuid) -> sqlx::Result<bool> {
     let found: Option<(String, Option<i64>)> = sqlx::query_as(
         "SELECT o.method, (SELECT max(b.updated_ms) FROM tx_branches b WHERE b.order_id = o.id) FROM orders o WHERE o.id = $1",
     )
     .bind(id)
-    .fetch_optional(conn)
+    .fetch_optional(&mut *conn)
     .await?;
     let Some((method, last_progress)) = found else {
         return Ok(true);
     };
-    if method != TxMode::Twopc.as_str() || orders.is_driving(id) {
+    if method != TxMode::Twopc.as_str() || super::drivers::driver_alive(conn, id).await? {
         return Ok(false);
     }
     Ok(last_progress.is_none_or(|t| txlab_tx::now_ms() - t > PRESUME_ABORT_AFTER_MS))
