@@ -386,7 +386,7 @@ async fn a_second_run_on_the_same_database_is_clean() {
             ..Default::default()
         };
         let mut platform = LocalPlatform::start(opts).await.unwrap();
-        platform.deploy(TxMode::SagaChor).await.unwrap();
+        platform.deploy(TxMode::SagaChor, 1).await.unwrap();
         let (summaries, _) = run(
             &mut platform,
             one_cell("happy-path", TxMode::SagaChor),
@@ -481,7 +481,7 @@ async fn a_reset_rolls_back_branches_left_prepared_and_fences_their_coordinator(
     );
 
     // And the next cell, under another method, runs clean.
-    platform.deploy(TxMode::SagaOrch).await.unwrap();
+    platform.deploy(TxMode::SagaOrch, 1).await.unwrap();
     let (summaries, _) = run(
         &mut platform,
         one_cell("happy-path", TxMode::SagaOrch),

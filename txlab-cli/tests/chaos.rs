@@ -6,7 +6,7 @@ mod common;
 
 use txlab_api::TxMode;
 use txlab_cli::chaos::mesh;
-use txlab_cli::platform::local::{LocalOptions, LocalPlatform};
+use txlab_cli::platform::local::LocalPlatform;
 use txlab_cli::platform::Platform;
 use txlab_cli::results::{CellSummary, RunDir};
 use txlab_cli::spec::{Cell, CellChaos, Plan};
@@ -14,19 +14,6 @@ use txlab_cli::spec::{Cell, CellChaos, Plan};
 /// One lab at a time: these tests compare latencies, which two other labs
 /// starting on the same two cores would swamp.
 static ONE_LAB: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The local platform with every link through the proxy.
-async fn proxied_lab(name: &str) -> (LocalPlatform, std::path::PathBuf) {
-    let dir = common::temp_dir(name);
-    let platform = LocalPlatform::start(LocalOptions {
-        log_dir: dir.join("logs"),
-        proxy: true,
-        ..Default::default()
-    })
-    .await
-    .expect("local platform starts (needs PostgreSQL and tansu: run `make setup`)");
-    (platform, dir)
-}
 
 /// `chaos/<names>.yaml` joined as a profile would name them.
 fn chaos(names: &[&str]) -> CellChaos {
@@ -77,7 +64,7 @@ fn assert_clean(s: &CellSummary) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_on_one_link_slows_its_calls_by_twice_the_delay_and_goes_away() {
     let _serial = ONE_LAB.lock().await;
-    let (mut platform, dir) = proxied_lab("chaos-latency").await;
+    let (mut platform, dir) = common::proxied_lab("chaos-latency").await;
     let m = TxMode::SagaOrch;
     // latency-10ms with 50 ms: a debug build's cell-to-cell p50 wanders by
     // 10-20 ms on this machine, as much as 2 x 10 ms, so the repository's
@@ -170,7 +157,7 @@ async fn latency_on_one_link_slows_its_calls_by_twice_the_delay_and_goes_away() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_makes_coordinated_methods_recover_as_their_contracts_say() {
     let _serial = ONE_LAB.lock().await;
-    let (mut platform, dir) = proxied_lab("chaos-partition").await;
+    let (mut platform, dir) = common::proxied_lab("chaos-partition").await;
     let cells: Vec<_> = [TxMode::SagaOrch, TxMode::Tcc, TxMode::Twopc]
         .into_iter()
         .map(|m| (m, chaos(&["partition-payment"])))
@@ -195,7 +182,7 @@ async fn a_partition_makes_coordinated_methods_recover_as_their_contracts_say() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_driven_methods_run_through_the_proxy_and_survive_a_pod_kill() {
     let _serial = ONE_LAB.lock().await;
-    let (mut platform, dir) = proxied_lab("chaos-kill").await;
+    let (mut platform, dir) = common::proxied_lab("chaos-kill").await;
     let cells = [
         (TxMode::SagaChor, chaos(&["latency-50ms-jitter"])),
         (TxMode::Outbox, chaos(&["kill-inventory", "duplicate-1pct"])),

@@ -417,7 +417,7 @@ async fn presumed_abort_covers_only_stalled_twopc_transactions() {
 
     // A saga order, decided long ago (older than the 10 s window): not a
     // 2PC transaction, so there is nothing to presume.
-    let e = platform.deploy(TxMode::SagaOrch).await.unwrap();
+    let e = platform.deploy(TxMode::SagaOrch, 1).await.unwrap();
     common::reset_and_seed(&client, &e, &plan.seed.seed).await;
     let order_url = e.url(Role::Order).unwrap().to_string();
     let saga = common::create_order(&client, &e, &body, None).await;

@@ -91,6 +91,10 @@ pub struct BenchArgs {
     /// Seconds pgbench runs at each client count.
     #[arg(long, default_value_t = 10)]
     pub pgbench_s: u32,
+    /// Processes per service (1 to 3; more than one runs every link
+    /// through the proxy, which balances them).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=txlab_api::event::TOPIC_PARTITIONS as i64))]
+    pub replicas: u32,
     /// Where the run directory is created.
     #[arg(long, default_value = "results", env = "TXLAB_RESULTS")]
     pub results: PathBuf,
@@ -173,6 +177,8 @@ struct Startup {
 #[derive(Debug, Default, Serialize)]
 struct BenchReport {
     p99_bound_ms: f64,
+    /// Processes per service.
+    replicas: u32,
     startup: Option<Startup>,
     pgbench: Vec<ceiling::Point>,
     methods: Vec<MethodFigures>,
@@ -214,6 +220,7 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<ExitCode> {
     eprintln!("txlab: bench {} → {}", run.id, run.root.display());
     let mut report = BenchReport {
         p99_bound_ms: args.p99_ms,
+        replicas: args.replicas,
         ..BenchReport::default()
     };
     let interrupted = tokio::signal::ctrl_c();
@@ -256,12 +263,13 @@ async fn bench(
     let began = Instant::now();
     let opts = LocalOptions {
         log_dir: run.services_log_dir(),
+        proxy: args.replicas > 1,
         ..LocalOptions::default()
     };
     let mut platform = LocalPlatform::start(opts).await?;
     let infrastructure_s = began.elapsed().as_secs_f64();
     let deployed = Instant::now();
-    let result = match platform.deploy(methods[0]).await {
+    let result = match platform.deploy(methods[0], args.replicas).await {
         Ok(_) => {
             report.startup = Some(Startup {
                 infrastructure_s,
@@ -355,6 +363,7 @@ async fn on_platform(
         run,
         client: admin_client()?,
         cells: 0,
+        replicas: args.replicas,
     };
     for &method in methods {
         let mut m = MethodFigures {
@@ -401,6 +410,7 @@ struct Bencher<'a> {
     run: &'a RunDir,
     client: reqwest::Client,
     cells: usize,
+    replicas: u32,
 }
 
 impl Bencher<'_> {
@@ -410,7 +420,7 @@ impl Bencher<'_> {
             id: format!("{method}-{}-{name}", scenario.name),
             method,
             scenario,
-            replicas: 1,
+            replicas: self.replicas,
             repetition: 1,
             chaos: crate::spec::CellChaos::none(),
             stages,
@@ -648,6 +658,12 @@ fn print_report(r: &BenchReport) {
         println!("pgbench -N (durable commits/s): {}", tps.join(", "));
     }
     if !r.methods.is_empty() {
+        if r.replicas > 1 {
+            println!(
+                "{} processes per service, every link through the proxy",
+                r.replicas
+            );
+        }
         println!("{}", methods_table(&r.methods));
         print_footprint(&r.methods);
     }

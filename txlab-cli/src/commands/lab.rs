@@ -22,6 +22,9 @@ pub struct UpArgs {
     /// The transaction method the services run.
     #[arg(long, default_value = "saga_orch")]
     pub method: TxMode,
+    /// Processes per service (1 to 3), balanced by the proxy.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=txlab_api::event::TOPIC_PARTITIONS as i64))]
+    pub replicas: u32,
     /// Where the lab keeps its state (lab.json), its log and the services' logs.
     #[arg(long, default_value = DEFAULT_DIR, env = "TXLAB_STATE_DIR")]
     pub state_dir: PathBuf,
@@ -75,6 +78,7 @@ async fn start_in_background(args: &UpArgs) -> anyhow::Result<LabState> {
     cmd.arg("up")
         .arg("--foreground")
         .args(["--method", args.method.as_str()])
+        .args(["--replicas", &args.replicas.to_string()])
         .arg("--state-dir")
         .arg(dir)
         .stdin(std::process::Stdio::null())
@@ -124,7 +128,7 @@ async fn serve(args: &UpArgs) -> anyhow::Result<()> {
         ..Default::default()
     })
     .await?;
-    let listener = match prepare(&mut platform, args.method).await {
+    let listener = match prepare(&mut platform, args.method, args.replicas).await {
         Ok(l) => l,
         Err(e) => {
             let _ = platform.shutdown().await;
@@ -165,8 +169,12 @@ async fn serve(args: &UpArgs) -> anyhow::Result<()> {
 }
 
 /// Deploys `method`, seeds the services, and binds the control API's port.
-async fn prepare(platform: &mut LocalPlatform, method: TxMode) -> anyhow::Result<tokio::net::TcpListener> {
-    let endpoints = platform.deploy(method).await?;
+async fn prepare(
+    platform: &mut LocalPlatform,
+    method: TxMode,
+    replicas: u32,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    let endpoints = platform.deploy(method, replicas).await?;
     let seed = SeedPlan::new(&SeedData::default());
     let epoch = format!("lab/{}", std::process::id());
     crate::commands::run::reset_and_seed(

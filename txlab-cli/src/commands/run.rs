@@ -105,7 +105,11 @@ impl RunArgs {
         }
         // Every cell of a profile with chaos goes through the proxy, those
         // without chaos too, so they compare on equal terms.
-        let proxy = plan.cells.iter().any(|c| !c.chaos.faults.is_empty());
+        // Replicas need it too: it balances them as a Kubernetes Service would.
+        let proxy = plan
+            .cells
+            .iter()
+            .any(|c| !c.chaos.faults.is_empty() || c.replicas > 1);
         Ok(RunPlan {
             plan,
             results: self.results.clone(),
@@ -248,7 +252,8 @@ fn exit_code(outcome: Option<anyhow::Result<Vec<CellSummary>>>, run: &RunDir) ->
     Ok(ExitCode::SUCCESS)
 }
 
-/// POSTs `body` to `path` on every service.
+/// POSTs `body` to `path` on every service (one replica each: what the
+/// admin API changes lives in the service's database).
 async fn broadcast(
     client: &reqwest::Client,
     endpoints: &Endpoints,
@@ -257,37 +262,31 @@ async fn broadcast(
 ) -> anyhow::Result<()> {
     for role in Role::ALL {
         let url = format!("{}{path}", endpoints.url(role)?);
-        let resp = client
-            .post(&url)
-            .json(body)
-            .send()
-            .await
-            .with_context(|| format!("calling {url}"))?;
-        if !resp.status().is_success() {
-            bail!(
-                "{url} answered {}: {}",
-                resp.status(),
-                resp.text().await.unwrap_or_default()
-            );
-        }
+        send_ok(client.post(&url).json(body), &url).await?;
     }
     Ok(())
 }
 
-/// Sets (or with `{"mode": "none"}` clears) one service's standing fault.
+/// Sets (or with `{"mode": "none"}` clears) one service's standing fault,
+/// on every replica: each process keeps its own switch.
 async fn set_standing_fault(
     client: &reqwest::Client,
     endpoints: &Endpoints,
     role: Role,
     fault: &serde_json::Value,
 ) -> anyhow::Result<()> {
-    let url = format!("{}/admin/faults", endpoints.url(role)?);
-    let resp = client
-        .put(&url)
-        .json(fault)
-        .send()
-        .await
-        .with_context(|| format!("calling {url}"))?;
+    let replicas = endpoints.replica_urls(role);
+    anyhow::ensure!(!replicas.is_empty(), "no endpoint for the {role} service");
+    for base in replicas {
+        let url = format!("{base}/admin/faults");
+        send_ok(client.put(&url).json(fault), &url).await?;
+    }
+    Ok(())
+}
+
+/// Sends an admin request; anything but a 2xx is an error quoting the answer.
+async fn send_ok(request: reqwest::RequestBuilder, url: &str) -> anyhow::Result<()> {
+    let resp = request.send().await.with_context(|| format!("calling {url}"))?;
     if !resp.status().is_success() {
         bail!(
             "{url} answered {}: {}",
@@ -362,9 +361,14 @@ pub async fn prepare_cell(
     cell: &Cell,
 ) -> anyhow::Result<Endpoints> {
     let endpoints = platform
-        .deploy(cell.method)
+        .deploy(cell.method, cell.replicas)
         .await
-        .with_context(|| format!("deploying {}", cell.method))?;
+        .with_context(|| {
+            format!(
+                "deploying {} with {} replicas per service",
+                cell.method, cell.replicas
+            )
+        })?;
     // A new epoch per cell: work still in flight from the last one is refused.
     let epoch = format!("{}/{}", run.id, cell.id);
     reset_and_seed(client, &endpoints, &epoch, &plan.seed.seed).await?;

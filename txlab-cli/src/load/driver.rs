@@ -357,18 +357,34 @@ async fn follow(script: &Script, j: Journey, rec: &Mutex<Recorder>) {
     }
 }
 
+/// How often a POST whose connection broke is sent again (with the same
+/// Idempotency-Key, so an order the first attempt placed is answered, not
+/// placed twice) — what a client of a replicated service does when the
+/// replica it reached dies mid-request.
+const CREATE_ATTEMPTS: u32 = 3;
+
 /// `POST /orders`; the new order's id, or a short error kind.
 async fn create(script: &Script, j: &Journey) -> Result<Uuid, String> {
     let key = format!("{}/{}", script.key_prefix, j.index);
-    let mut post = script
-        .client
-        .post(format!("{}/orders", script.base))
-        .header(IDEMPOTENCY_KEY_HEADER, key)
-        .json(&j.order);
-    if let Some(f) = &script.fault {
-        post = post.header(FAULT_HEADER, f);
+    let mut attempt = 1;
+    loop {
+        let mut post = script
+            .client
+            .post(format!("{}/orders", script.base))
+            .header(IDEMPOTENCY_KEY_HEADER, &key)
+            .json(&j.order);
+        if let Some(f) = &script.fault {
+            post = post.header(FAULT_HEADER, f);
+        }
+        match send_json::<OrderView>(post).await {
+            Err(kind) if kind == "transport" && attempt < CREATE_ATTEMPTS => {
+                tracing::debug!(key, attempt, "order POST broke off; sending it again");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            result => return result.map(|v| v.id),
+        }
     }
-    send_json::<OrderView>(post).await.map(|v| v.id)
 }
 
 /// `POST /orders/{id}/cancel`: whether the cancel was accepted (a 409 says

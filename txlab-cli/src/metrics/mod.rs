@@ -30,12 +30,12 @@ pub fn events_by_kind(text: &str) -> BTreeMap<String, f64> {
     out
 }
 
-/// Event counters of all services together. A service that cannot be
-/// scraped just contributes nothing: counters are informative, the audit is not.
+/// Event counters of all services (every replica) together. A process
+/// that cannot be scraped just contributes nothing: counters are
+/// informative, the audit is not.
 pub async fn scrape(client: &reqwest::Client, endpoints: &Endpoints) -> BTreeMap<String, f64> {
     let mut total = BTreeMap::new();
-    for role in Role::ALL {
-        let Ok(url) = endpoints.url(role) else { continue };
+    for url in Role::ALL.iter().flat_map(|r| endpoints.replica_urls(*r)) {
         let text = match client.get(format!("{url}/metrics")).send().await {
             Ok(r) => r.text().await.unwrap_or_default(),
             Err(_) => continue,

@@ -16,8 +16,13 @@ use txlab_api::{Role, TxMode};
 /// Where the services, their databases and the broker are reached.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Endpoints {
-    /// Base URLs of the services, e.g. `http://127.0.0.1:41234`.
+    /// Base URL of each service (its first replica), e.g.
+    /// `http://127.0.0.1:41234`: for what any replica answers alike.
     pub urls: BTreeMap<Role, String>,
+    /// Base URLs of every replica of each service: for what each process
+    /// keeps to itself (standing faults, metrics).
+    #[serde(skip)]
+    pub replicas: BTreeMap<Role, Vec<String>>,
     /// Each service's own database, for the audit, which reads raw rows
     /// itself rather than asking a service about its own correctness.
     #[serde(skip)]
@@ -46,6 +51,11 @@ impl Endpoints {
         }
     }
 
+    /// Every replica's base URL of `role`.
+    pub fn replica_urls(&self, role: Role) -> &[String] {
+        self.replicas.get(&role).map(Vec::as_slice).unwrap_or_default()
+    }
+
     pub fn url(&self, role: Role) -> anyhow::Result<&str> {
         self.urls
             .get(&role)
@@ -57,14 +67,15 @@ impl Endpoints {
 /// The cell lifecycle every platform offers.
 #[allow(async_fn_in_trait)]
 pub trait Platform {
-    /// Makes the services run `method` (restarting them if they ran
-    /// another, or to give the cell a fresh broker where the platform runs
-    /// its own) and returns where to reach them.
-    async fn deploy(&mut self, method: TxMode) -> anyhow::Result<Endpoints>;
-    /// Service restarts so far (crashes the platform recovered from).
+    /// Makes the services run `method` with `replicas` processes each
+    /// (restarting them if they ran otherwise, or to give the cell a fresh
+    /// broker where the platform runs its own) and returns where to reach them.
+    async fn deploy(&mut self, method: TxMode, replicas: u32) -> anyhow::Result<Endpoints>;
+    /// Service restarts so far, per role (crashes the platform recovered from).
     fn restarts(&self) -> BTreeMap<Role, u32>;
-    /// Each service's log file, for copying a cell's share into its results.
-    fn log_files(&self) -> Vec<(Role, PathBuf)>;
+    /// Each service process's log file by its name (`order`, or `order-1`
+    /// with replicas), for copying a cell's share into its results.
+    fn log_files(&self) -> Vec<(String, PathBuf)>;
     /// The processes whose CPU and memory a cell reports, by component.
     fn processes(&self) -> Vec<crate::metrics::resources::Component>;
     /// Name, versions and settings, for the self-describing run.json.

@@ -225,17 +225,29 @@ async fn connect(
     // A partitioned link accepts but does not connect on: the caller waits
     // as it would for a SYN that never gets an answer.
     wait_open(&shared, sender, receiver).await;
-    let upstream = {
+    // The replicas in turn, starting from the next one; one that refuses
+    // (killed, not restarted yet) is passed over, as a Service leaves out
+    // an endpoint that is not ready.
+    let candidates: Vec<SocketAddr> = {
         let routes = lock(&shared.routes);
-        routes.get(&destination).and_then(|r| {
-            (!r.upstreams.is_empty())
-                .then(|| r.upstreams[r.next.fetch_add(1, Ordering::Relaxed) % r.upstreams.len()])
-        })
+        match routes.get(&destination) {
+            Some(r) if !r.upstreams.is_empty() => {
+                let first = r.next.fetch_add(1, Ordering::Relaxed);
+                (0..r.upstreams.len())
+                    .map(|k| r.upstreams[(first + k) % r.upstreams.len()])
+                    .collect()
+            }
+            _ => Vec::new(),
+        }
     };
+    let mut upstream = None;
+    for candidate in candidates {
+        if let Ok(stream) = TcpStream::connect(candidate).await {
+            upstream = Some(stream);
+            break;
+        }
+    }
     let Some(upstream) = upstream else { return };
-    let Ok(upstream) = TcpStream::connect(upstream).await else {
-        return;
-    };
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
     let (client_read, client_write) = client.into_split();

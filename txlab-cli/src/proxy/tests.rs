@@ -202,3 +202,36 @@ async fn connections_are_spread_over_every_upstream() {
         }
     }
 }
+
+/// A server that answers every connection with its own name and closes.
+async fn named(name: &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let _ = s.write_all(name).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn connections_go_to_the_replicas_in_turn_passing_over_a_dead_one() {
+    let proxy = Proxy::new().unwrap();
+    let port = proxy.listen(PAYMENT).unwrap();
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap() // closed when `l` drops: refuses connections
+    };
+    proxy.route(PAYMENT, vec![named(b"a").await, dead, named(b"b").await]);
+    proxy.identify_senders(|| vec![(std::process::id(), Component::Load)]);
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let mut name = [0u8; 1];
+        s.read_exact(&mut name).await.unwrap();
+        seen.push(name[0]);
+    }
+    // Turns a, dead→b, b, a, dead→b, b: nobody waits on the dead replica.
+    assert_eq!(seen, b"abbabb");
+}

@@ -164,7 +164,7 @@ pub fn write_cell(
 }
 
 /// Sizes of the log files now, so a cell can keep just its own share.
-pub fn log_marks(files: &[(txlab_api::Role, PathBuf)]) -> Vec<u64> {
+pub fn log_marks(files: &[(String, PathBuf)]) -> Vec<u64> {
     files
         .iter()
         .map(|(_, p)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
@@ -172,22 +172,18 @@ pub fn log_marks(files: &[(txlab_api::Role, PathBuf)]) -> Vec<u64> {
 }
 
 /// Copies what each log gained since `marks` into `<cell>/logs/`.
-pub fn copy_log_slices(
-    dir: &Path,
-    files: &[(txlab_api::Role, PathBuf)],
-    marks: &[u64],
-) -> anyhow::Result<()> {
+pub fn copy_log_slices(dir: &Path, files: &[(String, PathBuf)], marks: &[u64]) -> anyhow::Result<()> {
     use std::io::{Read, Seek, SeekFrom};
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs)?;
-    for ((role, path), &from) in files.iter().zip(marks) {
+    for ((name, path), &from) in files.iter().zip(marks) {
         let Ok(mut f) = std::fs::File::open(path) else {
             continue;
         };
         f.seek(SeekFrom::Start(from))?;
         let mut slice = Vec::new();
         f.read_to_end(&mut slice)?;
-        std::fs::write(logs.join(format!("{role}.log")), slice)?;
+        std::fs::write(logs.join(format!("{name}.log")), slice)?;
     }
     Ok(())
 }

@@ -198,10 +198,13 @@ impl Plan {
         if chaos.is_empty() {
             return Err(invalid(p, "chaos: list at least one entry (`none` for no chaos)"));
         }
-        if profile.replicas.is_empty() || profile.replicas.iter().any(|&r| r != 1) {
+        let most = txlab_api::event::TOPIC_PARTITIONS as u32;
+        if profile.replicas.is_empty() || profile.replicas.iter().any(|&r| !(1..=most).contains(&r)) {
             return Err(invalid(
                 p,
-                "replicas: this build runs one process per service; use [1]",
+                format!(
+                    "replicas: each entry must be between 1 and {most} (replicas of a consuming service split the {most} partitions of each topic)"
+                ),
             ));
         }
         if !(1..=100).contains(&profile.repetitions) {
@@ -465,6 +468,23 @@ mod tests {
             .iter()
             .any(|w| w.customer == BROKE_CUSTOMER && w.balance == 0));
         assert_eq!(plan.seed.seed.wallets.len(), 201);
+    }
+
+    #[test]
+    fn replicas_are_an_axis_up_to_the_topic_partitions() {
+        let axis = plan(&format!("{PROFILE}replicas: [1, 3]\n"), HAPPY).unwrap();
+        let cells: Vec<_> = axis.cells.iter().map(|c| (c.id.as_str(), c.replicas)).collect();
+        assert_eq!(cells[0], ("saga_orch-happy-r1-1", 1));
+        assert_eq!(cells[2], ("saga_orch-happy-r3-1", 3));
+        for bad in ["[4]", "[0]", "[]"] {
+            let e = plan(&format!("{PROFILE}replicas: {bad}\n"), HAPPY)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("replicas: each entry must be between 1 and 3"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

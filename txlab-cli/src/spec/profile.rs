@@ -18,7 +18,8 @@ pub struct Profile {
     pub methods: Vec<TxMode>,
     /// Scenario names, each `scenarios/<name>.yaml`.
     pub scenarios: Vec<String>,
-    /// Replicas per service; one cell per entry.
+    /// Processes per service (1 to 3: consumer replicas split the 3
+    /// partitions of each topic); one cell per entry.
     #[serde(default = "default_replicas")]
     pub replicas: Vec<u32>,
     /// Chaos per cell, one cell per entry: `none`, or the names of Chaos

@@ -37,7 +37,7 @@ pub async fn deployed_with(name: &str, method: txlab_api::TxMode) -> (LocalPlatf
     })
     .await
     .expect("local platform starts (needs PostgreSQL and tansu: run `make setup`)");
-    let e = p.deploy(method).await.expect("services start");
+    let e = p.deploy(method, 1).await.expect("services start");
     (p, e, dir)
 }
 
@@ -211,4 +211,18 @@ pub async fn create_order_at(
 pub async fn metrics(client: &reqwest::Client, e: &Endpoints, role: txlab_api::Role) -> String {
     let url = format!("{}/metrics", e.url(role).unwrap());
     client.get(url).send().await.unwrap().text().await.unwrap()
+}
+
+/// The local platform with every link through the proxy (chaos, replicas).
+pub async fn proxied_lab(name: &str) -> (txlab_cli::platform::local::LocalPlatform, PathBuf) {
+    let dir = temp_dir(name);
+    let platform =
+        txlab_cli::platform::local::LocalPlatform::start(txlab_cli::platform::local::LocalOptions {
+            log_dir: dir.join("logs"),
+            proxy: true,
+            ..Default::default()
+        })
+        .await
+        .expect("local platform starts (needs PostgreSQL and tansu: run `make setup`)");
+    (platform, dir)
 }

@@ -23,7 +23,7 @@ use serde_json::json;
 use txlab_api::{Role, TxMode};
 
 use super::{Endpoints, Platform};
-use crate::chaos::fault::{FaultKind, PodAction};
+use crate::chaos::fault::{FaultKind, Pick, PodAction};
 use crate::chaos::{Component, Fault};
 use crate::metrics::resources;
 use crate::proxy::{LinkTraffic, Proxy};
@@ -54,7 +54,8 @@ pub struct LocalPlatform {
     postgres: Option<postgres::Postgres>,
     tansu: Option<tansu::Tansu>,
     fleet: Option<Arc<Mutex<services::Fleet>>>,
-    method: Option<TxMode>,
+    /// The method and replicas per service deployed last.
+    deployed: Option<(TxMode, u32)>,
     admin_url: String,
     brokers: String,
     service_bin: PathBuf,
@@ -72,8 +73,9 @@ pub struct LocalPlatform {
     proxy_ports: BTreeMap<Component, u16>,
     /// Network faults that switch themselves off, by name.
     chaos_timers: BTreeMap<String, tokio::task::JoinHandle<()>>,
-    /// Pod failures switched on, by name, with the services they hold down.
-    pod_failures: BTreeMap<String, Vec<Role>>,
+    /// Pod failures switched on, by name, with the processes they hold
+    /// down (and the process group each had when killed).
+    pod_failures: BTreeMap<String, Vec<(services::Instance, i32)>>,
 }
 
 impl LocalPlatform {
@@ -109,7 +111,7 @@ impl LocalPlatform {
             postgres: None,
             tansu: None,
             fleet: None,
-            method: None,
+            deployed: None,
             admin_url: opts.database_url.clone().unwrap_or_default(),
             brokers: opts.kafka_brokers.clone().unwrap_or_default(),
             service_bin,
@@ -201,10 +203,9 @@ impl LocalPlatform {
             names.extend(
                 self.pod_failures
                     .iter()
-                    .filter(|(_, roles)| {
-                        roles
-                            .iter()
-                            .any(|r| f.down_until.get(r).is_some_and(|t| *t > now))
+                    .filter(|(_, held)| {
+                        held.iter()
+                            .any(|(i, _)| f.down_until.get(i).is_some_and(|t| *t > now))
                     })
                     .map(|(name, _)| name.clone()),
             );
@@ -217,34 +218,53 @@ impl LocalPlatform {
         &self.admin_url
     }
 
-    /// Kills one service abruptly, as a crashing pod would, and waits until
-    /// the supervisor has it running and healthy again (same endpoint).
+    /// Kills one process of `role` (its first replica) abruptly, as a
+    /// crashing pod would, and waits until the supervisor has it running
+    /// and healthy again (same endpoint).
     pub async fn crash(&mut self, role: Role) -> anyhow::Result<()> {
+        self.crash_instance(services::Instance { role, index: 0 }).await
+    }
+
+    async fn crash_instance(&mut self, instance: services::Instance) -> anyhow::Result<()> {
+        let killed = self.kill(instance, None)?;
+        self.wait_restarted(instance, killed).await
+    }
+
+    /// Waits until the supervisor has replaced the process group `killed`
+    /// of `instance` and the new process answers `/health`.
+    async fn wait_restarted(&self, instance: services::Instance, killed: i32) -> anyhow::Result<()> {
         let fleet = self.fleet.clone().context("no services deployed")?;
-        let restarts_before = self.restarts().get(&role).copied().unwrap_or(0);
-        self.kill(role, None)?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while self.restarts().get(&role).copied().unwrap_or(0) == restarts_before {
+        loop {
+            let (now_running, name) = {
+                let f = fleet.lock().unwrap_or_else(|p| p.into_inner());
+                let pgid = f.services.get(&instance).map(|s| s.proc.pgid());
+                (pgid, instance.name(f.replicas()))
+            };
+            if now_running.is_some_and(|p| p != killed) {
+                break;
+            }
             anyhow::ensure!(
                 tokio::time::Instant::now() < deadline,
-                "the {role} service was not restarted within 30 s"
+                "the {name} service was not restarted within 30 s"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        services::wait_healthy(&fleet, &[role], Duration::from_secs(60)).await
+        services::wait_healthy(&fleet, &[instance], Duration::from_secs(60)).await
     }
 
-    /// Kills one service at once (SIGKILL); when `down_for` is given, the
-    /// supervisor leaves it down that long before restarting it.
-    fn kill(&self, role: Role, down_for: Option<Duration>) -> anyhow::Result<()> {
+    /// Kills one process at once (SIGKILL); when `down_for` is given, the
+    /// supervisor leaves it down that long before restarting it. Returns
+    /// the process group killed.
+    fn kill(&self, instance: services::Instance, down_for: Option<Duration>) -> anyhow::Result<i32> {
         let fleet = self.fleet.as_ref().context("no services deployed")?;
         let mut f = fleet.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(d) = down_for {
-            f.down_until.insert(role, tokio::time::Instant::now() + d);
+            f.down_until.insert(instance, tokio::time::Instant::now() + d);
         }
-        let svc = f.services.get(&role).context("no such service")?;
-        process::kill_group(svc.proc.pgid(), libc::SIGKILL);
-        Ok(())
+        let pgid = f.services.get(&instance).context("no such service")?.proc.pgid();
+        process::kill_group(pgid, libc::SIGKILL);
+        Ok(pgid)
     }
 
     /// Freezes one service for `pause` (SIGSTOP, then SIGCONT), as a long
@@ -260,7 +280,11 @@ impl LocalPlatform {
         let pgid = {
             let fleet = self.fleet.as_ref().context("no services deployed")?;
             let f = fleet.lock().unwrap_or_else(|p| p.into_inner());
-            f.services.get(&role).context("no such service")?.proc.pgid()
+            f.services
+                .get(&services::Instance { role, index: 0 })
+                .context("no such service")?
+                .proc
+                .pgid()
         };
         Ok(async move {
             process::kill_group(pgid, libc::SIGSTOP);
@@ -274,12 +298,10 @@ impl LocalPlatform {
         // Emptying the fleet stops the supervisor from restarting anything.
         let mut services = std::mem::take(&mut fleet.lock().unwrap_or_else(|p| p.into_inner()).services);
         // The order service first: it drives the others.
-        if let Some(mut svc) = services.remove(&Role::Order) {
-            svc.proc
-                .stop(libc::SIGTERM, Duration::from_secs(10), &self.reaper)
-                .await;
-        }
-        for (_, mut svc) in services {
+        let (orders, others): (Vec<_>, Vec<_>) = std::mem::take(&mut services)
+            .into_iter()
+            .partition(|(i, _)| i.role == Role::Order);
+        for (_, mut svc) in orders.into_iter().chain(others) {
             svc.proc
                 .stop(libc::SIGTERM, Duration::from_secs(10), &self.reaper)
                 .await;
@@ -289,22 +311,23 @@ impl LocalPlatform {
     /// Where the services deployed last are reached (every deploy may move
     /// them: new processes, new ports, a new broker).
     pub fn endpoints(&self) -> Endpoints {
-        let urls = match &self.fleet {
-            Some(f) => f
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .services
-                .iter()
-                .map(|(r, s)| (*r, s.url.clone()))
-                .collect(),
-            None => BTreeMap::new(),
-        };
+        let mut replicas: BTreeMap<Role, Vec<String>> = BTreeMap::new();
+        if let Some(f) = &self.fleet {
+            for (i, s) in &f.lock().unwrap_or_else(|p| p.into_inner()).services {
+                replicas.entry(i.role).or_default().push(s.url.clone());
+            }
+        }
+        let urls = replicas
+            .iter()
+            .filter_map(|(r, u)| Some((*r, u.first()?.clone())))
+            .collect();
         let databases = Role::ALL
             .iter()
             .map(|r| (*r, database_url(&self.admin_url, &database_name(*r))))
             .collect();
         Endpoints {
             urls,
+            replicas,
             databases,
             brokers: self.brokers.clone(),
             load_url: self
@@ -331,11 +354,12 @@ impl LocalPlatform {
     }
 }
 
-/// Points the proxy's service routes at the fleet's processes.
+/// Points the proxy's service routes at the fleet's processes: a
+/// connection to a role goes to its replicas in turn.
 fn route_services(proxy: &Proxy, fleet: &Mutex<services::Fleet>) {
     let f = fleet.lock().unwrap_or_else(|p| p.into_inner());
     for role in Role::ALL {
-        proxy.route(Component::Service(role), vec![f.address(role)]);
+        proxy.route(Component::Service(role), f.addresses(role));
     }
 }
 
@@ -406,13 +430,18 @@ impl Platform for LocalPlatform {
     /// more CPU the more it holds (outbox at 50 orders/s: tansu at 0.15
     /// cores fresh, 0.99 after four other methods' cells), so a method run
     /// late in a matrix would pay for the ones before it.
-    async fn deploy(&mut self, method: TxMode) -> anyhow::Result<Endpoints> {
+    async fn deploy(&mut self, method: TxMode, replicas: u32) -> anyhow::Result<Endpoints> {
         let fresh_broker = self
             .tansu_bin
             .clone()
             .filter(|_| self.tansu.is_some() && self.broker_used);
-        if fresh_broker.is_none() && self.method == Some(method) && self.fleet.is_some() {
+        if fresh_broker.is_none() && self.deployed == Some((method, replicas)) && self.fleet.is_some() {
             return Ok(self.endpoints());
+        }
+        if replicas > 1 && self.proxy.is_none() {
+            anyhow::bail!(
+                "{replicas} replicas per service need txlab's proxy, which balances them as a Kubernetes Service would; this lab was started without it"
+            );
         }
         self.stop_services().await;
         if let Some(bin) = fresh_broker {
@@ -436,6 +465,7 @@ impl Platform for LocalPlatform {
                 .filter_map(|r| Some((r, via_proxy(Component::Service(r))?)))
                 .collect(),
             method,
+            replicas,
             log_dir: self.opts.log_dir.clone(),
         };
         let fleet = services::start_all(wiring, self.reaper.clone()).await?;
@@ -443,7 +473,7 @@ impl Platform for LocalPlatform {
             route_services(proxy, &fleet);
         }
         self.fleet = Some(fleet);
-        self.method = Some(method);
+        self.deployed = Some((method, replicas));
         Ok(self.endpoints())
     }
 
@@ -454,10 +484,17 @@ impl Platform for LocalPlatform {
             .unwrap_or_default()
     }
 
-    fn log_files(&self) -> Vec<(Role, PathBuf)> {
+    fn log_files(&self) -> Vec<(String, PathBuf)> {
+        let replicas = self.deployed.map(|(_, r)| r).unwrap_or(1);
         Role::ALL
-            .iter()
-            .map(|r| (*r, self.opts.log_dir.join(format!("{r}.log"))))
+            .into_iter()
+            .flat_map(|role| (0..replicas).map(move |index| services::Instance { role, index }))
+            .map(|i| {
+                (
+                    i.name(replicas),
+                    services::log_path(&self.opts.log_dir, i, replicas),
+                )
+            })
             .collect()
     }
 
@@ -472,11 +509,12 @@ impl Platform for LocalPlatform {
         out.extend(self.tansu.as_ref().map(|t| tree("tansu", &t.proc)));
         if let Some(fleet) = &self.fleet {
             let fleet = fleet.lock().unwrap_or_else(|p| p.into_inner());
+            let replicas = fleet.replicas();
             out.extend(
                 fleet
                     .services
                     .iter()
-                    .map(|(role, s)| tree(role.as_str(), &s.proc)),
+                    .map(|(i, s)| tree(&i.name(replicas), &s.proc)),
             );
         }
         out
@@ -538,23 +576,40 @@ impl Platform for LocalPlatform {
                 }
             }
             FaultKind::Pod(p) => {
-                let roles: Vec<Role> = p
-                    .selector
-                    .iter()
-                    .filter_map(|c| match c {
-                        Component::Service(r) => Some(*r),
-                        _ => None,
-                    })
-                    .collect();
-                // One replica per service: `one` and `all` pick the same process.
-                for &role in &roles {
-                    match p.action {
-                        PodAction::Kill => self.crash(role).await?,
-                        PodAction::Failure => self.kill(role, fault.duration)?,
+                let fleet = self.fleet.clone().context("no services deployed")?;
+                let hit: Vec<services::Instance> = {
+                    let f = fleet.lock().unwrap_or_else(|p| p.into_inner());
+                    p.selector
+                        .iter()
+                        .filter_map(|c| match c {
+                            Component::Service(r) => Some(*r),
+                            _ => None,
+                        })
+                        .flat_map(|role| {
+                            // `one`: the first replica (Chaos Mesh picks one at random).
+                            let take = if p.pick == Pick::One { 1 } else { usize::MAX };
+                            f.instances(role).take(take).collect::<Vec<_>>()
+                        })
+                        .collect()
+                };
+                match p.action {
+                    PodAction::Kill => {
+                        // Killed together, as pods of one PodChaos are.
+                        let killed = hit
+                            .iter()
+                            .map(|&i| Ok((i, self.kill(i, None)?)))
+                            .collect::<anyhow::Result<Vec<_>>>()?;
+                        for (i, pgid) in killed {
+                            self.wait_restarted(i, pgid).await?;
+                        }
                     }
-                }
-                if p.action == PodAction::Failure {
-                    self.pod_failures.insert(fault.name.clone(), roles);
+                    PodAction::Failure => {
+                        let held = hit
+                            .iter()
+                            .map(|&i| Ok((i, self.kill(i, fault.duration)?)))
+                            .collect::<anyhow::Result<Vec<_>>>()?;
+                        self.pod_failures.insert(fault.name.clone(), held);
+                    }
                 }
             }
         }
@@ -585,15 +640,15 @@ impl Platform for LocalPlatform {
             .cloned()
             .collect();
         for n in failures {
-            let roles = self.pod_failures.remove(&n).unwrap_or_default();
+            let held = self.pod_failures.remove(&n).unwrap_or_default();
             if let Some(fleet) = &self.fleet {
                 let mut f = fleet.lock().unwrap_or_else(|p| p.into_inner());
-                for r in &roles {
-                    f.down_until.remove(r);
+                for (i, _) in &held {
+                    f.down_until.remove(i);
                 }
             }
-            if let Some(fleet) = self.fleet.clone() {
-                services::wait_healthy(&fleet, &roles, Duration::from_secs(60)).await?;
+            for (i, killed) in held {
+                self.wait_restarted(i, killed).await?;
             }
             off.push(n);
         }

@@ -21,6 +21,25 @@ pub struct Service {
     pub log: PathBuf,
 }
 
+/// One process of a role: replica `index` of its role's replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Instance {
+    pub role: Role,
+    pub index: u32,
+}
+
+impl Instance {
+    /// Its name in logs and results: the role alone when the role has one
+    /// replica (as every result before replicas named it), else `order-1`.
+    pub fn name(&self, replicas: u32) -> String {
+        if replicas == 1 {
+            self.role.to_string()
+        } else {
+            format!("{}-{}", self.role, self.index)
+        }
+    }
+}
+
 /// Everything a service needs to know about its surroundings.
 #[derive(Clone)]
 pub struct Wiring {
@@ -32,18 +51,20 @@ pub struct Wiring {
     /// The proxy's port for each service, when calls go through it.
     pub proxied: BTreeMap<Role, u16>,
     pub method: TxMode,
+    /// Processes per role; more than one needs the proxy to balance them.
+    pub replicas: u32,
     pub log_dir: PathBuf,
 }
 
 /// The running services, shared with the supervisor task.
 pub struct Fleet {
     wiring: Wiring,
-    ports: BTreeMap<Role, u16>,
-    pub services: BTreeMap<Role, Service>,
+    ports: BTreeMap<Instance, u16>,
+    pub services: BTreeMap<Instance, Service>,
     /// Restarts per role since the fleet started.
     pub restarts: BTreeMap<Role, u32>,
-    /// Services kept down (an injected pod failure) until then.
-    pub down_until: BTreeMap<Role, tokio::time::Instant>,
+    /// Processes kept down (an injected pod failure) until then.
+    pub down_until: BTreeMap<Instance, tokio::time::Instant>,
 }
 
 fn url(port: u16) -> String {
@@ -51,6 +72,15 @@ fn url(port: u16) -> String {
 }
 
 impl Fleet {
+    pub fn replicas(&self) -> u32 {
+        self.wiring.replicas
+    }
+
+    /// Every process of `role`.
+    pub fn instances(&self, role: Role) -> impl Iterator<Item = Instance> {
+        (0..self.wiring.replicas).map(move |index| Instance { role, index })
+    }
+
     /// Where a service reaches `role`: through the proxy when there is one.
     fn peer_url(&self, role: Role) -> String {
         url(self
@@ -58,23 +88,34 @@ impl Fleet {
             .proxied
             .get(&role)
             .copied()
-            .unwrap_or(self.ports[&role]))
+            .unwrap_or(self.ports[&Instance { role, index: 0 }]))
     }
 
-    /// Where `role` itself listens.
-    pub fn address(&self, role: Role) -> std::net::SocketAddr {
-        ([127, 0, 0, 1], self.ports[&role]).into()
+    /// Where each process of `role` listens.
+    pub fn addresses(&self, role: Role) -> Vec<std::net::SocketAddr> {
+        self.instances(role)
+            .map(|i| ([127, 0, 0, 1], self.ports[&i]).into())
+            .collect()
     }
 
-    fn spawn(&self, role: Role, reaper: &Reaper) -> anyhow::Result<Service> {
+    /// Where the log of `instance` goes.
+    pub fn log_path(&self, instance: Instance) -> PathBuf {
+        log_path(&self.wiring.log_dir, instance, self.wiring.replicas)
+    }
+
+    fn spawn(&self, instance: Instance, reaper: &Reaper) -> anyhow::Result<Service> {
         let w = &self.wiring;
-        let log = w.log_dir.join(format!("{role}.log"));
+        let role = instance.role;
+        let log = self.log_path(instance);
+        let port = self.ports[&instance];
         let mut cmd = tokio::process::Command::new(&w.binary);
         cmd.arg(role.as_str())
-            .env("LISTEN_ADDR", format!("127.0.0.1:{}", self.ports[&role]))
+            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
             .env("DATABASE_URL", database_url(&w.admin_url, &database_name(role)))
             .env("KAFKA_BROKERS", &w.brokers)
             .env("TX_MODE", w.method.as_str())
+            .env("REPLICA_INDEX", instance.index.to_string())
+            .env("REPLICA_COUNT", w.replicas.to_string())
             .env("PAYMENT_URL", self.peer_url(Role::Payment))
             .env("INVENTORY_URL", self.peer_url(Role::Inventory))
             .env("SHIPPING_URL", self.peer_url(Role::Shipping))
@@ -82,43 +123,54 @@ impl Fleet {
         let (out, err) = log_sink(&log)?;
         cmd.stdout(out).stderr(err);
         contain(&mut cmd, None);
-        let proc = Supervised::spawn(role.as_str(), &mut cmd, reaper)?;
+        let proc = Supervised::spawn(&instance.name(w.replicas), &mut cmd, reaper)?;
         Ok(Service {
             proc,
-            url: url(self.ports[&role]),
+            url: url(port),
             log,
         })
     }
 
-    /// Restarts every service that has exited; returns the roles restarted.
-    fn heal(&mut self, reaper: &Reaper) -> Vec<Role> {
+    /// Restarts every process that has exited; returns the ones restarted.
+    fn heal(&mut self, reaper: &Reaper) -> Vec<Instance> {
         let now = tokio::time::Instant::now();
         self.down_until.retain(|_, until| *until > now);
         let held = self.down_until.clone();
-        let dead: Vec<Role> = self
+        let replicas = self.wiring.replicas;
+        let dead: Vec<Instance> = self
             .services
             .iter_mut()
-            .filter(|(role, _)| !held.contains_key(role))
-            .filter_map(|(role, s)| s.proc.exited().map(|status| (*role, status)))
-            .map(|(role, status)| {
-                tracing::warn!(%role, %status, "service exited; restarting it");
-                role
+            .filter(|(instance, _)| !held.contains_key(instance))
+            .filter_map(|(instance, s)| s.proc.exited().map(|status| (*instance, status)))
+            .map(|(instance, status)| {
+                tracing::warn!(service = instance.name(replicas), %status, "service exited; restarting it");
+                instance
             })
             .collect();
-        for role in &dead {
-            if let Some(old) = self.services.remove(role) {
+        for instance in &dead {
+            if let Some(old) = self.services.remove(instance) {
                 reaper.release_group(old.proc.pgid());
             }
-            match self.spawn(*role, reaper) {
+            match self.spawn(*instance, reaper) {
                 Ok(s) => {
-                    self.services.insert(*role, s);
-                    *self.restarts.entry(*role).or_default() += 1;
+                    self.services.insert(*instance, s);
+                    *self.restarts.entry(instance.role).or_default() += 1;
                 }
-                Err(e) => tracing::error!(%role, error = format!("{e:#}"), "restarting the service failed"),
+                Err(e) => tracing::error!(
+                    service = instance.name(replicas),
+                    error = format!("{e:#}"),
+                    "restarting the service failed"
+                ),
             }
         }
         dead
     }
+}
+
+/// Where a process's log goes: `<role>.log`, or `<role>-<index>.log` when
+/// its role has several replicas.
+pub fn log_path(dir: &std::path::Path, instance: Instance, replicas: u32) -> PathBuf {
+    dir.join(format!("{}.log", instance.name(replicas)))
 }
 
 /// The service processes this txlab process started, by role, read from
@@ -140,10 +192,24 @@ pub fn running_services() -> Vec<(u32, Role)> {
         .collect()
 }
 
-/// Starts all five services, waits until each answers `/health`, and keeps
-/// them running until the fleet is emptied.
+/// Starts every process of the five services, waits until each answers
+/// `/health`, and keeps them running until the fleet is emptied.
 pub async fn start_all(wiring: Wiring, reaper: Arc<Reaper>) -> anyhow::Result<Arc<Mutex<Fleet>>> {
-    let ports: BTreeMap<Role, u16> = Role::ALL.into_iter().zip(free_ports(Role::ALL.len())?).collect();
+    if wiring.replicas > 1 && wiring.proxied.len() < Role::ALL.len() {
+        bail!(
+            "{} replicas per service need the proxy, which balances them as a Kubernetes Service would",
+            wiring.replicas
+        );
+    }
+    let instances: Vec<Instance> = Role::ALL
+        .into_iter()
+        .flat_map(|role| (0..wiring.replicas).map(move |index| Instance { role, index }))
+        .collect();
+    let ports: BTreeMap<Instance, u16> = instances
+        .iter()
+        .copied()
+        .zip(free_ports(instances.len())?)
+        .collect();
     let mut fleet = Fleet {
         wiring,
         ports,
@@ -151,30 +217,35 @@ pub async fn start_all(wiring: Wiring, reaper: Arc<Reaper>) -> anyhow::Result<Ar
         restarts: BTreeMap::new(),
         down_until: BTreeMap::new(),
     };
-    for role in Role::ALL {
-        let s = fleet.spawn(role, &reaper)?;
-        fleet.services.insert(role, s);
+    for &instance in &instances {
+        let s = fleet.spawn(instance, &reaper)?;
+        fleet.services.insert(instance, s);
     }
     let fleet = Arc::new(Mutex::new(fleet));
-    wait_healthy(&fleet, &Role::ALL, Duration::from_secs(60)).await?;
+    wait_healthy(&fleet, &instances, Duration::from_secs(60)).await?;
     tokio::spawn(supervise(Arc::downgrade(&fleet), reaper));
     Ok(fleet)
 }
 
-/// Waits until every role in `roles` answers `/health`.
-pub async fn wait_healthy(fleet: &Mutex<Fleet>, roles: &[Role], within: Duration) -> anyhow::Result<()> {
+/// Waits until every process in `instances` answers `/health`.
+pub async fn wait_healthy(
+    fleet: &Mutex<Fleet>,
+    instances: &[Instance],
+    within: Duration,
+) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()?;
     let deadline = tokio::time::Instant::now() + within;
-    for role in roles {
+    for instance in instances {
         loop {
-            let (url, log, exited) = {
+            let (url, log, exited, role) = {
                 let mut f = fleet.lock().unwrap_or_else(|p| p.into_inner());
-                let Some(s) = f.services.get_mut(role) else {
+                let role = instance.name(f.replicas());
+                let Some(s) = f.services.get_mut(instance) else {
                     bail!("the {role} service is not running")
                 };
-                (s.url.clone(), s.log.clone(), s.proc.exited())
+                (s.url.clone(), s.log.clone(), s.proc.exited(), role)
             };
             if let Some(status) = exited {
                 bail!(

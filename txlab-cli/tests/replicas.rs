@@ -1,0 +1,146 @@
+//! Replicas on the real local lab: three processes per service behind the
+//! proxy, under every method, and an order replica killed mid-load whose
+//! transactions the other replicas take over and finish.
+
+mod common;
+
+use txlab_api::{Role, TxMode};
+use txlab_cli::chaos::mesh;
+use txlab_cli::platform::local::LocalPlatform;
+use txlab_cli::platform::Platform;
+use txlab_cli::results::{CellSummary, RunDir};
+use txlab_cli::spec::{Cell, CellChaos, Plan};
+
+/// One lab at a time: fifteen services each are plenty for two cores.
+static ONE_LAB: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// One cell of the smoke profile's happy path with 3 replicas per service
+/// and payment slowed by 1 s per call (before it locks anything, and first, so
+/// no 2PC branch holds locks meanwhile), so every order is open for a
+/// while (several at once per replica), at `rate` for `secs`.
+fn plan(method: TxMode, chaos: CellChaos, rate: f64, secs: f64, warmup_s: f64) -> Plan {
+    let mut plan = common::plan("smoke.yaml");
+    plan.cells.retain(|c| c.scenario.name == "happy-path");
+    plan.set_constant_load(rate, secs);
+    plan.profile.load.warmup_s = warmup_s;
+    let mut cell: Cell = plan.cells[0].clone();
+    cell.id = format!("{method}-r3-{}", chaos.name);
+    cell.method = method;
+    cell.replicas = 3;
+    cell.chaos = chaos;
+    cell.scenario.fault = Some("payment.before_db=delay:1000".into());
+    plan.cells = vec![cell];
+    plan
+}
+
+async fn run(platform: &mut LocalPlatform, plan: &Plan, dir: &std::path::Path) -> CellSummary {
+    let run = RunDir::create(&dir.join("results"), &plan.profile.name).unwrap();
+    let mut s = txlab_cli::commands::run::run_cells(platform, plan, &run)
+        .await
+        .unwrap();
+    s.remove(0)
+}
+
+fn assert_every_order_decided_cleanly(s: &CellSummary) {
+    assert!(s.settled, "{}: settled ({:?})", s.cell, s.unsettled);
+    assert_eq!(s.violations, 0, "{}: {:?}", s.cell, s.violations_by_invariant);
+    assert_eq!(s.errors, 0, "{}: {:?}", s.cell, s.error_kinds);
+    assert_eq!(s.decided, s.sent, "{}: every order decided", s.cell);
+    assert_eq!(s.unexpected, 0, "{}: {:?}", s.cell, s.unexpected_examples);
+}
+
+/// The business events one process counted (`txlab_events_total`) of
+/// the kinds `kind` accepts.
+fn events(metrics_text: &str, kind: impl Fn(&str) -> bool) -> f64 {
+    metrics_text
+        .lines()
+        .filter(|l| l.starts_with("txlab_events_total{"))
+        .filter(|l| {
+            l.split(['{', ',', '}'])
+                .find_map(|label| label.strip_prefix("kind=\""))
+                .is_some_and(|k| kind(k.trim_end_matches('"')))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn metrics_text(url: &str) -> String {
+    common::client()
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_of_every_service_share_the_work_under_every_method() {
+    let _serial = ONE_LAB.lock().await;
+    let (mut platform, dir) = common::proxied_lab("replicas-share").await;
+    for method in TxMode::ALL {
+        let s = run(
+            &mut platform,
+            &plan(method, CellChaos::none(), 10.0, 3.0, 0.0),
+            &dir,
+        )
+        .await;
+        assert_every_order_decided_cleanly(&s);
+        assert_eq!(s.replicas, 3);
+        // Each process did business work: the proxy spread the callers'
+        // connections, and the consumers split the topics' partitions.
+        let e = platform.endpoints();
+        for role in Role::ALL {
+            let urls = e.replica_urls(role);
+            assert_eq!(urls.len(), 3, "{method}: {role} replicas {urls:?}");
+            for (i, url) in urls.iter().enumerate() {
+                let work = events(&metrics_text(url).await, |_| true);
+                assert!(work > 0.0, "{method}: {role}-{i} did no work");
+                assert!(
+                    s.resources.contains_key(&format!("{role}-{i}")),
+                    "{method}: {role}-{i} measured: {:?}",
+                    s.resources.keys()
+                );
+            }
+        }
+    }
+    platform.shutdown().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_order_replica_s_transactions_are_taken_over_and_finish() {
+    let _serial = ONE_LAB.lock().await;
+    let (mut platform, dir) = common::proxied_lab("replicas-takeover").await;
+    // order-0 killed 1.5 s into the load and kept down for 4 s: its open
+    // transactions can only finish if another replica takes them over.
+    let path = common::repo().join("chaos/order-replica-down.yaml");
+    let down = CellChaos {
+        name: "order-replica-down".into(),
+        faults: vec![mesh::load(&path).unwrap()],
+    };
+    for method in [TxMode::SagaOrch, TxMode::Tcc, TxMode::Twopc] {
+        let s = run(&mut platform, &plan(method, down.clone(), 20.0, 4.0, 1.5), &dir).await;
+        assert_every_order_decided_cleanly(&s);
+        // Taken over by the replicas that stayed up (order-0, restarted
+        // after 4 s, is a new process with counters of its own).
+        let mut taken = 0.0;
+        for url in &platform.endpoints().replica_urls(Role::Order)[1..] {
+            taken += events(&metrics_text(url).await, |k| k == "taken_over");
+        }
+        assert!(
+            taken >= 1.0,
+            "{method}: order-1 and order-2 took over order-0's open orders ({:?})",
+            s.events
+        );
+        eprintln!("{method}: {taken} orders taken over");
+        assert!(
+            s.chaos_windows.iter().any(|w| w.name == "order-replica-down"),
+            "{:?}",
+            s.chaos_windows
+        );
+    }
+    platform.shutdown().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
