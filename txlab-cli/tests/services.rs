@@ -61,6 +61,16 @@ async fn the_api_answers_bad_input_with_json_reasons_and_honours_idempotency_key
             404,
             "not_found",
         ),
+        (
+            client.get(format!("{order_url}/nope/workflow")),
+            400,
+            "bad_request",
+        ),
+        (
+            client.get(format!("{order_url}/{}/workflow", uuid::Uuid::nil())),
+            404,
+            "not_found",
+        ),
         (client.delete(&order_url), 405, "method_not_allowed"),
         (
             client

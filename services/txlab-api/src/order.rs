@@ -109,6 +109,75 @@ pub struct OrderView {
     pub decided_ms: Option<i64>,
 }
 
+/// `GET /orders/{id}/workflow`: what the order service recorded of one
+/// order's transaction, with the time of every record (ms since the Unix
+/// epoch), under every method. Times are when the order service wrote or
+/// heard something, not when a participant did it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Workflow {
+    pub order: OrderView,
+    /// The order-service replica's driver key (methods with an engine).
+    pub driver: Option<i32>,
+    /// The saga log: saga_orch's steps, what saga_chor and outbox heard,
+    /// and, for twopc and tcc, the effects that stood after a commit (and
+    /// their business compensation after a cancel).
+    pub steps: Vec<StepRecordView>,
+    /// The two-phase log of twopc and tcc: each participant's vote and
+    /// phase two.
+    pub branches: Vec<BranchView>,
+    /// The two-phase decision (the commit point), when there is one.
+    pub decision: Option<DecisionView>,
+    /// Events the order service wrote to its outbox for this order
+    /// (checkout events under saga_chor and outbox, the outcome event).
+    pub events: Vec<EventView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecordView {
+    pub step: crate::Step,
+    pub forward: String,
+    pub compensation: String,
+    /// Calls made (saga_orch) for this step, retries included.
+    pub attempts: i32,
+    pub reason: Option<String>,
+    pub forward_started_ms: Option<i64>,
+    pub forward_ended_ms: Option<i64>,
+    pub compensation_started_ms: Option<i64>,
+    pub compensation_ended_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BranchView {
+    pub step: crate::Step,
+    pub vote: String,
+    pub phase2: String,
+    pub attempts: i32,
+    pub reason: Option<String>,
+    /// When the intent to ask was written (one write for every vote).
+    pub asked_ms: Option<i64>,
+    pub voted_ms: Option<i64>,
+    pub phase2_ended_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecisionView {
+    /// `commit` or `abort`.
+    pub decision: String,
+    /// Presumed by the coordinator for an abandoned transaction.
+    pub presumed: bool,
+    pub decided_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventView {
+    pub topic: String,
+    /// The event's kind: the checkout event's, or the outcome's state.
+    pub kind: String,
+    pub created_ms: i64,
+    /// When the relay had the broker acknowledge it.
+    pub published_ms: Option<i64>,
+}
+
 /// Query of `GET /orders/{id}`: with `wait_ms` the call long-polls until the
 /// order is terminal or the time is up.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -188,7 +188,7 @@ async fn insert_order(
         // The intent of the first call, logged with the order itself: the
         // orchestrator starts by calling, with no write of its own first.
         let first = Mark::Forward(Forward::Started);
-        super::store::mark(&mut *tx, id, Step::ALL[0], first, None).await?;
+        super::store::mark(&mut *tx, id, Step::ALL[0], first, None, now).await?;
     }
     if matches!(order.method, TxMode::Twopc | TxMode::Tcc) {
         let branches = "tx_branches (order_id, step, name, vote, phase2, updated_ms)";

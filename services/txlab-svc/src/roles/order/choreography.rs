@@ -80,7 +80,15 @@ async fn handle(orders: &Orders, event: CheckoutEvent) -> anyhow::Result<()> {
         return Ok(()); // from a cell the lab has reset away
     }
     if crate::messaging::inbox::first_delivery(&mut tx, &event.event_id.to_string()).await? {
-        mark(&mut *tx, event.order_id, step, heard, reason.as_deref()).await?;
+        mark(
+            &mut *tx,
+            event.order_id,
+            step,
+            heard,
+            reason.as_deref(),
+            txlab_tx::now_ms(),
+        )
+        .await?;
     }
     // Judged in the same transaction (also after a redelivery: a crash may
     // have come between hearing and judging), so the event that decides an

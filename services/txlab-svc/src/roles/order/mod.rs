@@ -4,6 +4,7 @@
 //!   in one transaction, answers 202, and starts the saga in the background.
 //! - `GET /orders/{id}?wait_ms=` long-polls until the order is terminal.
 //! - `POST /orders/{id}/cancel` asks for compensation at any stage.
+//! - `GET /orders/{id}/workflow` shows the order's records with their times.
 //! - `GET /twopc/{id}/decision` tells participants the logged decision.
 //!
 //! The engine is chosen per order by its method: `saga_orch` runs the saga
@@ -24,6 +25,7 @@ mod saga;
 mod store;
 mod two_phase;
 mod waiters;
+mod workflow;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -129,6 +131,7 @@ pub async fn build(
         .route("/orders", post(api::create))
         .route("/orders/{id}", get(api::get))
         .route("/orders/{id}/cancel", post(api::cancel))
+        .route("/orders/{id}/workflow", get(workflow::workflow))
         .route("/twopc/{id}/decision", get(two_phase::decision))
         .with_state(orders);
     Ok((router, background))

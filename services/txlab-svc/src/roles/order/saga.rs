@@ -57,11 +57,7 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
                 let step = Step::ALL[i];
                 if saga.steps[i].forward != Forward::Started {
                     saga.record_forward(i, Forward::Started);
-                    unwritten.push(Unwritten {
-                        step,
-                        mark: Mark::Forward(Forward::Started),
-                        reason: None,
-                    });
+                    unwritten.push(Unwritten::now(step, Mark::Forward(Forward::Started), None));
                 }
                 let mut tx = orders.app.pool.begin().await?;
                 orders.write_marks(&mut tx, id, &mut unwritten).await?;
@@ -79,32 +75,24 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
                 orders.app.metrics.event("step", forward.as_str());
                 tracing::info!(step = step.as_str(), outcome = forward.as_str(), "step");
                 saga.record_forward(i, forward);
-                unwritten.push(Unwritten {
-                    step,
-                    mark: Mark::Forward(forward),
-                    reason,
-                });
+                unwritten.push(Unwritten::now(step, Mark::Forward(forward), reason));
             }
             Next::Compensate(i) => {
                 let step = Step::ALL[i];
                 let mut tx = orders.app.pool.begin().await?;
                 set_compensating(&mut tx, id).await?;
-                unwritten.push(Unwritten {
+                unwritten.push(Unwritten::now(
                     step,
-                    mark: Mark::Compensation(Compensation::Started),
-                    reason: None,
-                });
+                    Mark::Compensation(Compensation::Started),
+                    None,
+                ));
                 orders.write_marks(&mut tx, id, &mut unwritten).await?;
                 tx.commit().await?;
                 insist(orders, &order, step, Op::Compensate).await;
                 orders.app.metrics.event("compensation", step.as_str());
                 tracing::info!(step = step.as_str(), "compensated");
                 saga.record_compensation(i, Compensation::Done);
-                unwritten.push(Unwritten {
-                    step,
-                    mark: Mark::Compensation(Compensation::Done),
-                    reason: None,
-                });
+                unwritten.push(Unwritten::now(step, Mark::Compensation(Compensation::Done), None));
             }
             Next::Finish(outcome) => {
                 if finish_with(orders, &order, state_of(outcome), &mut unwritten).await? {

@@ -158,6 +158,20 @@ impl Mark {
         }
     }
 
+    /// The column that keeps when this kind of mark was made.
+    fn time_column(self) -> &'static str {
+        match self {
+            Mark::Forward(Forward::Started) => "forward_started_ms",
+            Mark::Forward(_) => "forward_ended_ms",
+            Mark::Compensation(Compensation::Started) => "compensation_started_ms",
+            Mark::Compensation(_) => "compensation_ended_ms",
+            Mark::Vote(Vote::Asked) => "asked_ms",
+            Mark::Vote(_) => "voted_ms",
+            Mark::Phase2(Phase2::Started) => "phase2_started_ms",
+            Mark::Phase2(_) => "phase2_ended_ms",
+        }
+    }
+
     fn value(self) -> &'static str {
         match self {
             Mark::Forward(v) => v.as_str(),
@@ -179,30 +193,32 @@ impl Mark {
     }
 }
 
-/// Records `mark` on the row of `step`, keeping the first reason given and
-/// counting an attempt when the mark announces a call.
+/// Records `mark`, made at `at_ms`, on the row of `step`, keeping the first
+/// reason given and counting an attempt when the mark announces a call.
 pub async fn mark<'c>(
     conn: impl sqlx::PgExecutor<'c>,
     id: Uuid,
     step: Step,
     mark: Mark,
     reason: Option<&str>,
+    at_ms: i64,
 ) -> sqlx::Result<()> {
     let (table, column) = mark.table_and_column();
+    let when = mark.time_column();
     let bump = if mark.is_call() {
         ", attempts = attempts + 1"
     } else {
         ""
     };
     sqlx::query(&format!(
-        "UPDATE {table} SET {column} = $3, reason = COALESCE($4, reason), updated_ms = $5{bump} \
+        "UPDATE {table} SET {column} = $3, reason = COALESCE($4, reason), updated_ms = $5, {when} = $5{bump} \
          WHERE order_id = $1 AND step = $2"
     ))
     .bind(id)
     .bind(step.index() as i32)
     .bind(mark.value())
     .bind(reason)
-    .bind(txlab_tx::now_ms())
+    .bind(at_ms)
     .execute(conn)
     .await
     .map(drop)
@@ -218,6 +234,20 @@ pub struct Unwritten {
     pub step: Step,
     pub mark: Mark,
     pub reason: Option<String>,
+    /// When the engine decided it (written as the mark's time).
+    pub at_ms: i64,
+}
+
+impl Unwritten {
+    /// `mark` on `step`, decided now.
+    pub fn now(step: Step, mark: Mark, reason: Option<String>) -> Unwritten {
+        Unwritten {
+            step,
+            mark,
+            reason,
+            at_ms: txlab_tx::now_ms(),
+        }
+    }
 }
 
 /// Writes the marks in `unwritten` (in order) on `conn` and empties it.
@@ -227,7 +257,7 @@ pub async fn write_marks(
     unwritten: &mut Vec<Unwritten>,
 ) -> sqlx::Result<()> {
     for u in unwritten.iter() {
-        mark(&mut *conn, id, u.step, u.mark, u.reason.as_deref()).await?;
+        mark(&mut *conn, id, u.step, u.mark, u.reason.as_deref(), u.at_ms).await?;
     }
     unwritten.clear();
     Ok(())

@@ -98,11 +98,7 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
                     .collect();
                 for &i in &intents {
                     tp.votes[i] = Vote::Asked;
-                    unwritten.push(Unwritten {
-                        step: Step::ALL[i],
-                        mark: Mark::Vote(Vote::Asked),
-                        reason: None,
-                    });
+                    unwritten.push(Unwritten::now(Step::ALL[i], Mark::Vote(Vote::Asked), None));
                 }
                 if !intents.is_empty() {
                     let mut tx = orders.app.pool.begin().await?;
@@ -113,11 +109,7 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
                     join_all(asked.iter().map(|&i| vote(orders, &order, Step::ALL[i], vote_op))).await;
                 for (&i, (vote, reason)) in asked.iter().zip(votes) {
                     tp.votes[i] = vote;
-                    unwritten.push(Unwritten {
-                        step: Step::ALL[i],
-                        mark: Mark::Vote(vote),
-                        reason,
-                    });
+                    unwritten.push(Unwritten::now(Step::ALL[i], Mark::Vote(vote), reason));
                 }
             }
             Next::Decide(decision) => {
@@ -150,22 +142,18 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
                 join_all(told.iter().map(|&i| insist(orders, &order, Step::ALL[i], op))).await;
                 for &i in &told {
                     tp.phase2[i] = Phase2::Done;
-                    unwritten.push(Unwritten {
-                        step: Step::ALL[i],
-                        mark: Mark::Phase2(Phase2::Done),
-                        reason: None,
-                    });
+                    unwritten.push(Unwritten::now(Step::ALL[i], Mark::Phase2(Phase2::Done), None));
                 }
             }
             Next::Finish(outcome) => {
                 if tp.decision == Some(Decision::Commit) {
                     // Every effect now stands, exactly as after a saga's
                     // forward steps: a later cancel compensates them.
-                    unwritten.extend(Step::ALL.iter().map(|&step| Unwritten {
-                        step,
-                        mark: Mark::Forward(Forward::Done),
-                        reason: None,
-                    }));
+                    unwritten.extend(
+                        Step::ALL
+                            .iter()
+                            .map(|&step| Unwritten::now(step, Mark::Forward(Forward::Done), None)),
+                    );
                     if order.cancel_requested {
                         let mut tx = orders.app.pool.begin().await?;
                         orders.write_marks(&mut tx, id, &mut unwritten).await?;
