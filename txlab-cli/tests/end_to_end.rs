@@ -93,6 +93,71 @@ async fn smoke_profile_decides_every_order_and_audits_clean() {
         log.contains("\"order_id\"") && log.contains("compensated"),
         "order log has structured, per-order lines"
     );
+
+    // Sampled orders as the order service recorded them: a refused
+    // shipping step, the two before it done and then compensated, in order.
+    let sampled =
+        txlab_cli::results::workflows::read(&run.join("cells/saga_orch-fail-shipping-r1-1")).unwrap();
+    let labels: Vec<&str> = sampled.iter().map(|s| s.label.as_str()).collect();
+    assert_eq!(
+        labels,
+        ["fastest", "median", "slowest"],
+        "all rejected: one of each"
+    );
+    for s in &sampled {
+        let w = &s.workflow;
+        assert_eq!(w.order.state.as_str(), "rejected");
+        let t = |v: Option<i64>| v.unwrap_or_else(|| panic!("a time is missing in {w:#?}"));
+        let [payment, inventory, shipping] = &w.steps[..] else {
+            panic!("{w:#?}")
+        };
+        assert_eq!(
+            (
+                payment.forward.as_str(),
+                inventory.forward.as_str(),
+                shipping.forward.as_str()
+            ),
+            ("done", "done", "rejected")
+        );
+        assert!(t(payment.forward_started_ms) >= w.order.created_ms);
+        assert!(t(payment.forward_ended_ms) <= t(inventory.forward_started_ms));
+        assert!(t(inventory.forward_ended_ms) <= t(shipping.forward_started_ms));
+        assert!(t(shipping.forward_ended_ms) <= t(inventory.compensation_started_ms));
+        assert!(t(payment.compensation_ended_ms) <= t(w.order.decided_ms));
+        assert!(
+            w.events
+                .iter()
+                .any(|e| e.kind == "rejected" && e.published_ms.is_some()),
+            "the outcome event was published: {:?}",
+            w.events
+        );
+    }
+
+    // The report: CSV, charts (a sampled-orders chart per cell) and the page.
+    let reports = common::temp_dir("e2e-reports");
+    let cli = Cli::parse_from([
+        "txlab",
+        "report",
+        run.to_str().unwrap(),
+        "--reports",
+        reports.to_str().unwrap(),
+    ]);
+    assert_eq!(txlab_cli::main(cli).await, std::process::ExitCode::SUCCESS);
+    let out = reports.join(run.file_name().unwrap());
+    let mut files = vec![
+        "summary.csv".to_string(),
+        "latency.png".into(),
+        "index.html".into(),
+    ];
+    files.extend(summaries.iter().map(|s| format!("orders-{}.png", s.cell)));
+    let page = std::fs::read_to_string(out.join("index.html")).unwrap();
+    for f in &files {
+        assert!(out.join(f).is_file(), "the report lacks {f}");
+        if f.ends_with(".png") {
+            assert!(page.contains(&format!("src=\"{f}\"")), "index.html shows {f}");
+        }
+    }
+    std::fs::remove_dir_all(&reports).unwrap();
     std::fs::remove_dir_all(&results).unwrap();
 }
 

@@ -33,12 +33,17 @@ fn plan(method: TxMode, chaos: CellChaos, rate: f64, secs: f64, warmup_s: f64) -
     plan
 }
 
-async fn run(platform: &mut LocalPlatform, plan: &Plan, dir: &std::path::Path) -> CellSummary {
+/// Runs the plan's one cell; its summary and its results directory.
+async fn run(
+    platform: &mut LocalPlatform,
+    plan: &Plan,
+    dir: &std::path::Path,
+) -> (CellSummary, std::path::PathBuf) {
     let run = RunDir::create(&dir.join("results"), &plan.profile.name).unwrap();
     let mut s = txlab_cli::commands::run::run_cells(platform, plan, &run)
         .await
         .unwrap();
-    s.remove(0)
+    (s.remove(0), run.cell_dir(&plan.cells[0].id))
 }
 
 fn assert_every_order_decided_cleanly(s: &CellSummary) {
@@ -80,7 +85,7 @@ async fn three_replicas_of_every_service_share_the_work_under_every_method() {
     let _serial = ONE_LAB.lock().await;
     let (mut platform, dir) = common::proxied_lab("replicas-share").await;
     for method in TxMode::ALL {
-        let s = run(
+        let (s, cell_dir) = run(
             &mut platform,
             &plan(method, CellChaos::none(), 10.0, 3.0, 0.0),
             &dir,
@@ -88,6 +93,35 @@ async fn three_replicas_of_every_service_share_the_work_under_every_method() {
         .await;
         assert_every_order_decided_cleanly(&s);
         assert_eq!(s.replicas, 3);
+        // The sampled orders' records, read from whichever replica answered.
+        let sampled = txlab_cli::results::workflows::read(&cell_dir).unwrap();
+        assert!(!sampled.is_empty(), "{method}: sampled workflows");
+        for w in sampled.iter().map(|s| &s.workflow) {
+            assert_eq!(w.order.state.as_str(), "confirmed");
+            assert_eq!(w.driver.is_some(), !method.is_event_driven(), "{method}: {w:?}");
+            if matches!(method, TxMode::Twopc | TxMode::Tcc) {
+                let d = w.decision.as_ref().expect("a decision");
+                assert_eq!(d.decision, "commit");
+                for b in &w.branches {
+                    let (asked, voted, done) = (
+                        b.asked_ms.unwrap(),
+                        b.voted_ms.unwrap(),
+                        b.phase2_ended_ms.unwrap(),
+                    );
+                    assert!(
+                        asked <= voted && voted <= d.decided_ms && d.decided_ms <= done,
+                        "{method}: {b:?}"
+                    );
+                }
+            } else {
+                assert!(
+                    w.steps
+                        .iter()
+                        .all(|s| s.forward == "done" && s.forward_ended_ms.is_some()),
+                    "{method}: {w:?}"
+                );
+            }
+        }
         // Each process did business work: the proxy spread the callers'
         // connections, and the consumers split the topics' partitions.
         let e = platform.endpoints();
@@ -121,7 +155,7 @@ async fn a_killed_order_replica_s_transactions_are_taken_over_and_finish() {
         faults: vec![mesh::load(&path).unwrap()],
     };
     for method in [TxMode::SagaOrch, TxMode::Tcc, TxMode::Twopc] {
-        let s = run(&mut platform, &plan(method, down.clone(), 20.0, 4.0, 1.5), &dir).await;
+        let (s, _) = run(&mut platform, &plan(method, down.clone(), 20.0, 4.0, 1.5), &dir).await;
         assert_every_order_decided_cleanly(&s);
         // Taken over by the replicas that stayed up (order-0, restarted
         // after 4 s, is a new process with counters of its own).

@@ -1,4 +1,6 @@
-//! `txlab report <run-dir>`: the summary table and summary.csv of a run.
+//! `txlab report <run-dir>`: the summary table, summary.csv, PNG charts
+//! (per run, per chaos cell over time, per cell's sampled orders) and an
+//! HTML page of a run.
 
 use std::path::PathBuf;
 
@@ -52,6 +54,18 @@ pub fn execute(args: ReportArgs) -> anyhow::Result<()> {
         let series = crate::results::read_timeseries(&run.join("cells").join(&s.cell))?;
         let path = out.join(format!("timeline-{}.png", s.cell));
         crate::report::charts::timeline(s, &series, &path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        charts.push(path);
+    }
+    // A few orders of each cell, step by step (cells run before the
+    // order service kept its records' times have none).
+    for s in &summaries {
+        let sampled = crate::results::workflows::read(&run.join("cells").join(&s.cell))?;
+        if sampled.is_empty() {
+            continue;
+        }
+        let path = out.join(format!("orders-{}.png", s.cell));
+        crate::report::orders::draw(&s.cell, &s.method, &sampled, &path)
             .with_context(|| format!("writing {}", path.display()))?;
         charts.push(path);
     }

@@ -453,6 +453,7 @@ pub async fn measure_cell(
     summary.threshold_failures = plan.profile.thresholds.broken_by(&summary);
     let dir = run.cell_dir(&cell.id);
     write_cell(&dir, cell, &summary, &load, &audit)?;
+    crate::results::workflows::save(client, &endpoints, &load.decided_orders, &dir).await?;
     copy_log_slices(&dir, &logs, &marks)?;
     Ok((summary, load))
 }

@@ -83,6 +83,18 @@ pub struct LoadReport {
     pub client: ClientView,
     /// A few unexpected outcomes, for the reader: (order, what happened).
     pub unexpected_examples: Vec<(Uuid, String)>,
+    /// Every measured order that was decided, with its decided latency:
+    /// where the report's sampled workflows are picked from.
+    pub decided_orders: Vec<DecidedOrder>,
+}
+
+/// One measured order the driver saw decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecidedOrder {
+    pub id: Uuid,
+    pub state: OrderState,
+    /// From intended send to the decision, µs.
+    pub decided_us: u64,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -153,6 +165,11 @@ impl Recorder {
         if j.measured {
             self.report.measured += 1;
             let _ = self.report.decided_us.record(us);
+            self.report.decided_orders.push(DecidedOrder {
+                id: v.id,
+                state: v.state,
+                decided_us: us,
+            });
         }
     }
 
@@ -227,6 +244,7 @@ pub async fn drive(
             completions: Vec::new(),
             client: ClientView::default(),
             unexpected_examples: Vec::new(),
+            decided_orders: Vec::new(),
         },
         per_second: BTreeMap::new(),
         start,

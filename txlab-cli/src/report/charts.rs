@@ -20,8 +20,8 @@ const FONT_PATHS: &[&str] = &[
     "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
 ];
 
-const FONT: &str = "sans-serif";
-const WIDTH: u32 = 1200;
+pub(super) const FONT: &str = "sans-serif";
+pub(super) const WIDTH: u32 = 1200;
 const ROW: u32 = 26;
 
 /// Registers a TrueType font with plotters once (it draws no text without).
@@ -79,7 +79,11 @@ fn height(cells: usize) -> u32 {
 /// The title and, under it, a row of coloured swatches with their names
 /// (so no reader has to guess which colour is what); returns the area
 /// left for the chart.
-fn header<'a>(root: &Area<'a>, title: &str, items: &[(String, RGBColor)]) -> anyhow::Result<Area<'a>> {
+pub(super) fn header<'a>(
+    root: &Area<'a>,
+    title: &str,
+    items: &[(String, RGBColor)],
+) -> anyhow::Result<Area<'a>> {
     let (top, body) = root.split_vertically(76);
     top.draw(&Text::new(title.to_string(), (350, 12), (FONT, 22)))
         .map_err(drawing_error)?;
@@ -105,14 +109,14 @@ fn method_legend(cells: &[CellSummary]) -> Vec<(String, RGBColor)> {
     seen
 }
 
-fn drawing_error<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+pub(super) fn drawing_error<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("drawing a chart: {e:?}")
 }
 
-type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+pub(super) type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
 
 /// A white PNG canvas at `path` of `size` pixels, the font loaded.
-fn canvas(path: &Path, size: (u32, u32)) -> anyhow::Result<Area<'_>> {
+pub(super) fn canvas(path: &Path, size: (u32, u32)) -> anyhow::Result<Area<'_>> {
     font()?;
     let root = BitMapBackend::new(path, size).into_drawing_area();
     root.fill(&WHITE).map_err(drawing_error)?;
@@ -300,7 +304,7 @@ pub fn cpu(cells: &[CellSummary], path: &Path) -> anyhow::Result<()> {
 }
 
 /// `c` blended towards white, `amount` of the way.
-fn lighter(c: RGBColor, amount: f64) -> RGBColor {
+pub(super) fn lighter(c: RGBColor, amount: f64) -> RGBColor {
     let mix = |v: u8| (v as f64 + (255.0 - v as f64) * amount).round() as u8;
     RGBColor(mix(c.0), mix(c.1), mix(c.2))
 }

@@ -4,6 +4,7 @@
 
 pub mod charts;
 pub mod html;
+pub mod orders;
 
 use std::fmt::Write as _;
 

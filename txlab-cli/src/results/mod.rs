@@ -10,6 +10,7 @@
 
 mod summary;
 mod time;
+pub mod workflows;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
