@@ -95,6 +95,10 @@ pub struct BenchArgs {
     /// through the proxy, which balances them).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=txlab_api::event::TOPIC_PARTITIONS as i64))]
     pub replicas: u32,
+    /// Route every link through txlab's proxy even with one replica (to
+    /// compare with several on equal terms).
+    #[arg(long)]
+    pub proxy: bool,
     /// Where the run directory is created.
     #[arg(long, default_value = "results", env = "TXLAB_RESULTS")]
     pub results: PathBuf,
@@ -263,7 +267,7 @@ async fn bench(
     let began = Instant::now();
     let opts = LocalOptions {
         log_dir: run.services_log_dir(),
-        proxy: args.replicas > 1,
+        proxy: args.proxy || args.replicas > 1,
         ..LocalOptions::default()
     };
     let mut platform = LocalPlatform::start(opts).await?;
