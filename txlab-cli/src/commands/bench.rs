@@ -759,7 +759,11 @@ fn print_footprint(methods: &[MethodFigures]) {
         let services = s
             .resources
             .iter()
-            .filter(|(n, _)| Role::ALL.iter().any(|r| r.as_str() == n.as_str()))
+            // A service's process: `order`, or `order-1` with replicas.
+            .filter(|(n, _)| {
+                let role = n.split_once('-').map_or(n.as_str(), |(r, _)| r);
+                Role::ALL.iter().any(|r| r.as_str() == role)
+            })
             .map(|(_, u)| u.rss_mib)
             .fold(0.0, f64::max);
         let all: Vec<String> = s

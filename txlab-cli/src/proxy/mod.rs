@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use anyhow::Context;
 use serde::Serialize;
@@ -51,6 +52,8 @@ struct Shared {
     /// Lists the process ids of the components that open connections.
     senders: RwLock<Arc<SenderList>>,
     traffic: Mutex<BTreeMap<LinkKey, Arc<AtomicU64>>>,
+    /// Turns at looking a sender up in /proc.
+    lookups: tokio::sync::Semaphore,
 }
 
 #[derive(Default)]
@@ -92,6 +95,7 @@ impl Proxy {
                 routes: Mutex::new(BTreeMap::new()),
                 senders: RwLock::new(Arc::new(Vec::new)),
                 traffic: Mutex::new(BTreeMap::new()),
+                lookups: tokio::sync::Semaphore::new(2),
             }),
         })
     }
@@ -106,6 +110,19 @@ impl Proxy {
     /// and returns the port. Connections made before [`Proxy::route`] names
     /// an upstream are closed at once, as a Service without endpoints does.
     pub fn listen(&self, destination: Component) -> anyhow::Result<u16> {
+        self.listen_for(destination, None)
+    }
+
+    /// Like [`Proxy::listen`], for connections known to come from
+    /// `sender`: they need no look-up of their owner in /proc, which costs
+    /// more the more sockets the owner holds (the load driver holds
+    /// thousands under overload, and looking them up was what saturated
+    /// the proxy).
+    pub fn listen_from(&self, destination: Component, sender: Component) -> anyhow::Result<u16> {
+        self.listen_for(destination, Some(sender))
+    }
+
+    fn listen_for(&self, destination: Component, sender: Option<Component>) -> anyhow::Result<u16> {
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0")
             .with_context(|| format!("binding the proxy's port for {destination}"))?;
         std_listener.set_nonblocking(true)?;
@@ -113,7 +130,7 @@ impl Proxy {
         let _inside = self.runtime().enter();
         let listener = TcpListener::from_std(std_listener)?;
         self.runtime()
-            .spawn(accept_loop(listener, destination, self.shared.clone()));
+            .spawn(accept_loop(listener, destination, sender, self.shared.clone()));
         Ok(port)
     }
 
@@ -191,16 +208,35 @@ fn current_rules(shared: &Shared) -> Arc<Vec<Arc<ActiveRule>>> {
     shared.rules.read().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
-async fn accept_loop(listener: TcpListener, destination: Component, shared: Arc<Shared>) {
+async fn accept_loop(
+    listener: TcpListener,
+    destination: Component,
+    sender: Option<Component>,
+    shared: Arc<Shared>,
+) {
     let server = match listener.local_addr() {
         Ok(a) => a,
         Err(_) => return,
     };
     loop {
-        let Ok((client, client_addr)) = listener.accept().await else {
-            continue;
+        let (client, client_addr) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of descriptors, say: wait rather than spin on the error.
+                tracing::warn!(%destination, error = %e, "the proxy could not accept a connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
-        tokio::spawn(connect(client, client_addr, server, destination, shared.clone()));
+        let known = sender;
+        tokio::spawn(connect(
+            client,
+            client_addr,
+            server,
+            destination,
+            known,
+            shared.clone(),
+        ));
     }
 }
 
@@ -211,16 +247,13 @@ async fn connect(
     client_addr: SocketAddr,
     server: SocketAddr,
     destination: Component,
+    known: Option<Component>,
     shared: Arc<Shared>,
 ) {
-    let list = shared.senders.read().unwrap_or_else(|p| p.into_inner()).clone();
-    let sender = tokio::task::spawn_blocking(move || {
-        let inode = peer::client_socket_inode(client_addr, server)?;
-        peer::owner(inode, &list())
-    })
-    .await
-    .ok()
-    .flatten();
+    let sender = match known {
+        Some(sender) => Some(sender),
+        None => identify(&shared, client_addr, server).await,
+    };
     let receiver = Some(destination);
     // A partitioned link accepts but does not connect on: the caller waits
     // as it would for a SYN that never gets an answer.
@@ -262,6 +295,22 @@ async fn connect(
     tokio::spawn(pump(upstream_read, client_write, receiver, sender, shared));
 }
 
+/// The component that owns the client end of a connection, from /proc.
+/// A few look-ups at a time: each reads the descriptors of every process
+/// listed, and hundreds at once (a burst of new connections) thrashed the
+/// blocking pool without finishing any sooner.
+async fn identify(shared: &Shared, client_addr: SocketAddr, server: SocketAddr) -> Option<Component> {
+    let _turn = shared.lookups.acquire().await.ok()?;
+    let list = shared.senders.read().unwrap_or_else(|p| p.into_inner()).clone();
+    tokio::task::spawn_blocking(move || {
+        let inode = peer::client_socket_inode(client_addr, server)?;
+        peer::owner(inode, &list())
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
 fn counter(shared: &Shared, key: LinkKey) -> Arc<AtomicU64> {
     lock(&shared.traffic).entry(key).or_default().clone()
 }
@@ -294,9 +343,16 @@ fn matches(fault: &NetworkFault, sender: Option<Component>, receiver: Option<Com
     }
 }
 
-/// Copies one direction of a connection, holding each chunk as the faults
-/// switched on say. A reader and a writer, so a delay holds chunks without
-/// holding back the ones behind them (pipelined requests keep flowing).
+/// Whether a fault switched on now acts on `sender → receiver`.
+fn faulted(shared: &Shared, sender: Option<Component>, receiver: Option<Component>) -> bool {
+    current_rules(shared)
+        .iter()
+        .any(|r| matches(&r.fault, sender, receiver))
+}
+
+/// Copies one direction of a connection. While no fault acts on its link
+/// it copies straight through (a read, a write); once one does, it holds
+/// each chunk as the faults say, for the rest of the connection.
 async fn pump(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
@@ -304,7 +360,52 @@ async fn pump(
     receiver: Option<Component>,
     shared: Arc<Shared>,
 ) {
-    let bytes = counter(&shared, (sender, receiver));
+    let flow = Flow {
+        bytes: counter(&shared, (sender, receiver)),
+        sender,
+        receiver,
+        shared,
+    };
+    let mut buf = vec![0u8; 16 * 1024];
+    // Straight through: without a queue and a second task per chunk, the
+    // proxy costs a fraction of the CPU (it was as busy as PostgreSQL).
+    let first = loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let _ = to.shutdown().await;
+                return;
+            }
+            Ok(n) => n,
+        };
+        flow.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        if faulted(&flow.shared, sender, receiver) {
+            break n; // read as a fault came on: it is held like the rest
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    };
+    shaped(from, to, flow, buf, first).await
+}
+
+/// One direction of a proxied connection: who sends to whom, counted where.
+struct Flow {
+    sender: Option<Component>,
+    receiver: Option<Component>,
+    shared: Arc<Shared>,
+    bytes: Arc<AtomicU64>,
+}
+
+/// The rest of a connection under faults: a reader and a writer, so a delay
+/// holds chunks without holding back the ones behind them (pipelined
+/// requests keep flowing). `first` bytes of `buf` were read already.
+async fn shaped(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, flow: Flow, mut buf: Vec<u8>, first: usize) {
+    let Flow {
+        sender,
+        receiver,
+        shared,
+        bytes,
+    } = flow;
     let (queue, mut queued) = mpsc::channel::<(Option<Instant>, Vec<u8>)>(64);
     let writer = tokio::spawn(async move {
         while let Some((at, chunk)) = queued.recv().await {
@@ -317,15 +418,22 @@ async fn pump(
         }
         let _ = to.shutdown().await;
     });
-    let mut buf = vec![0u8; 16 * 1024];
     let mut last: Option<Instant> = None;
+    let mut pending = Some(first);
     loop {
-        wait_open(&shared, sender, receiver).await;
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+        let n = match pending.take() {
+            Some(n) => n,
+            None => {
+                wait_open(&shared, sender, receiver).await;
+                match from.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        bytes.fetch_add(n as u64, Ordering::Relaxed);
+                        n
+                    }
+                }
+            }
         };
-        bytes.fetch_add(n as u64, Ordering::Relaxed);
         // A chunk read just as a partition began is held with the rest.
         wait_open(&shared, sender, receiver).await;
         let hold = hold_for(&shared, sender, receiver, n);

@@ -76,7 +76,11 @@ fn delay(ms: u64) -> NetworkEffect {
 #[tokio::test]
 async fn delay_applies_per_direction_and_goes_away_when_switched_off() {
     let (proxy, mut s) = proxied().await;
-    assert!(round_trip(&mut s).await < Duration::from_millis(20));
+    // The first round trip waits for the connection's set-up (its sender
+    // looked up in /proc); the ones after it show the link itself.
+    round_trip(&mut s).await;
+    let plain = round_trip(&mut s).await;
+    assert!(plain < Duration::from_millis(20), "{plain:?}");
 
     proxy.apply("one-way", fault(Direction::To, delay(40)));
     let one_way = round_trip(&mut s).await;
@@ -99,8 +103,8 @@ async fn delay_applies_per_direction_and_goes_away_when_switched_off() {
             .find(|t| t.sender == Some(from) && t.receiver == Some(to))
             .map(|t| t.bytes)
     };
-    assert_eq!(sent(Component::Load, PAYMENT), Some(16));
-    assert_eq!(sent(PAYMENT, Component::Load), Some(16));
+    assert_eq!(sent(Component::Load, PAYMENT), Some(20));
+    assert_eq!(sent(PAYMENT, Component::Load), Some(20));
 }
 
 #[tokio::test]
@@ -234,4 +238,28 @@ async fn connections_go_to_the_replicas_in_turn_passing_over_a_dead_one() {
     }
     // Turns a, dead→b, b, a, dead→b, b: nobody waits on the dead replica.
     assert_eq!(seen, b"abbabb");
+}
+
+#[tokio::test]
+async fn a_link_s_own_port_names_its_sender_without_a_look_up() {
+    let proxy = Proxy::new().unwrap();
+    let order = Component::Service(Role::Order);
+    let port = proxy.listen_from(PAYMENT, order).unwrap();
+    proxy.route(PAYMENT, vec![echo().await]);
+    // Nobody is listed: a looked-up sender would stay unknown.
+    proxy.identify_senders(Vec::new);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    round_trip(&mut s).await;
+    let traffic = proxy.traffic();
+    assert!(
+        traffic
+            .iter()
+            .any(|t| t.sender == Some(order) && t.receiver == Some(PAYMENT) && t.bytes == 4),
+        "{traffic:?}"
+    );
+    // And a fault on that link acts on it, as on a looked-up one.
+    let mut slow = fault(Direction::To, delay(40));
+    slow.selector = vec![order];
+    proxy.apply("slow", slow);
+    assert!(round_trip(&mut s).await >= Duration::from_millis(40));
 }

@@ -71,6 +71,13 @@ pub struct LocalPlatform {
     proxy: Option<Arc<Proxy>>,
     /// The proxy's port for each destination it fronts.
     proxy_ports: BTreeMap<Component, u16>,
+    /// The proxy's port for the load driver's connections to the order service.
+    load_port: Option<u16>,
+    /// The proxy's port for each link a service opens (sender role →
+    /// service or PostgreSQL): a port per link tells the proxy who is
+    /// sending without looking the socket up in /proc. Broker traffic
+    /// goes through the one advertised port and is looked up.
+    link_ports: BTreeMap<(Role, Component), u16>,
     /// Network faults that switch themselves off, by name.
     chaos_timers: BTreeMap<String, tokio::task::JoinHandle<()>>,
     /// Pod failures switched on, by name, with the processes they hold
@@ -121,6 +128,8 @@ impl LocalPlatform {
             versions: BTreeMap::new(),
             proxy: None,
             proxy_ports: BTreeMap::new(),
+            load_port: None,
+            link_ports: BTreeMap::new(),
             chaos_timers: BTreeMap::new(),
             pod_failures: BTreeMap::new(),
             opts,
@@ -135,6 +144,20 @@ impl LocalPlatform {
                     continue;
                 }
                 platform.proxy_ports.insert(c, proxy.listen(c)?);
+            }
+            // The load's own way in, and a port per service link: their
+            // connections need no look-up of their sender.
+            platform.load_port = Some(proxy.listen_from(Component::Service(Role::Order), Component::Load)?);
+            for from in Role::ALL {
+                let destinations = Role::ALL
+                    .into_iter()
+                    .filter(|to| *to != from)
+                    .map(Component::Service)
+                    .chain([Component::Postgres]);
+                for to in destinations {
+                    let port = proxy.listen_from(to, Component::Service(from))?;
+                    platform.link_ports.insert((from, to), port);
+                }
             }
             platform.proxy = Some(proxy);
         }
@@ -330,10 +353,7 @@ impl LocalPlatform {
             replicas,
             databases,
             brokers: self.brokers.clone(),
-            load_url: self
-                .proxy_ports
-                .get(&Component::Service(Role::Order))
-                .map(|port| format!("http://127.0.0.1:{port}")),
+            load_url: self.load_port.map(|port| format!("http://127.0.0.1:{port}")),
         }
     }
 
@@ -452,18 +472,12 @@ impl Platform for LocalPlatform {
         let via_proxy = |c: Component| self.proxy_ports.get(&c).copied();
         let wiring = services::Wiring {
             binary: self.service_bin.clone(),
-            admin_url: match via_proxy(Component::Postgres) {
-                Some(port) => with_port(&self.admin_url, port),
-                None => self.admin_url.clone(),
-            },
+            admin_url: self.admin_url.clone(),
             brokers: match via_proxy(Component::Kafka) {
                 Some(port) => format!("127.0.0.1:{port}"),
                 None => self.brokers.clone(),
             },
-            proxied: Role::ALL
-                .into_iter()
-                .filter_map(|r| Some((r, via_proxy(Component::Service(r))?)))
-                .collect(),
+            links: self.link_ports.clone(),
             method,
             replicas,
             log_dir: self.opts.log_dir.clone(),

@@ -14,6 +14,7 @@ use txlab_api::{Role, TxMode};
 use super::postgres::{database_name, database_url};
 use super::process::{contain, free_ports, log_sink, log_tail, Supervised};
 use super::reaper::Reaper;
+use crate::chaos::Component;
 
 pub struct Service {
     pub proc: Supervised,
@@ -44,12 +45,13 @@ impl Instance {
 #[derive(Clone)]
 pub struct Wiring {
     pub binary: PathBuf,
-    /// The PostgreSQL server as the services reach it (maybe via the proxy).
+    /// The PostgreSQL server's admin URL (direct).
     pub admin_url: String,
     /// The broker as the services reach it (maybe via the proxy).
     pub brokers: String,
-    /// The proxy's port for each service, when calls go through it.
-    pub proxied: BTreeMap<Role, u16>,
+    /// The proxy's port for each link (sender role → service or
+    /// PostgreSQL), when calls go through it.
+    pub links: BTreeMap<(Role, Component), u16>,
     pub method: TxMode,
     /// Processes per role; more than one needs the proxy to balance them.
     pub replicas: u32,
@@ -81,14 +83,25 @@ impl Fleet {
         (0..self.wiring.replicas).map(move |index| Instance { role, index })
     }
 
-    /// Where a service reaches `role`: through the proxy when there is one.
-    fn peer_url(&self, role: Role) -> String {
+    /// Where `from` reaches `role`: through its own port of the proxy
+    /// when there is one.
+    fn peer_url(&self, from: Role, role: Role) -> String {
         url(self
             .wiring
-            .proxied
-            .get(&role)
+            .links
+            .get(&(from, Component::Service(role)))
             .copied()
             .unwrap_or(self.ports[&Instance { role, index: 0 }]))
+    }
+
+    /// Where `role` reaches its database.
+    fn database_url(&self, role: Role) -> String {
+        let w = &self.wiring;
+        let admin = match w.links.get(&(role, Component::Postgres)) {
+            Some(&port) => super::with_port(&w.admin_url, port),
+            None => w.admin_url.clone(),
+        };
+        database_url(&admin, &database_name(role))
     }
 
     /// Where each process of `role` listens.
@@ -111,15 +124,15 @@ impl Fleet {
         let mut cmd = tokio::process::Command::new(&w.binary);
         cmd.arg(role.as_str())
             .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
-            .env("DATABASE_URL", database_url(&w.admin_url, &database_name(role)))
+            .env("DATABASE_URL", self.database_url(role))
             .env("KAFKA_BROKERS", &w.brokers)
             .env("TX_MODE", w.method.as_str())
             .env("REPLICA_INDEX", instance.index.to_string())
             .env("REPLICA_COUNT", w.replicas.to_string())
-            .env("PAYMENT_URL", self.peer_url(Role::Payment))
-            .env("INVENTORY_URL", self.peer_url(Role::Inventory))
-            .env("SHIPPING_URL", self.peer_url(Role::Shipping))
-            .env("ORDER_URL", self.peer_url(Role::Order));
+            .env("PAYMENT_URL", self.peer_url(role, Role::Payment))
+            .env("INVENTORY_URL", self.peer_url(role, Role::Inventory))
+            .env("SHIPPING_URL", self.peer_url(role, Role::Shipping))
+            .env("ORDER_URL", self.peer_url(role, Role::Order));
         let (out, err) = log_sink(&log)?;
         cmd.stdout(out).stderr(err);
         contain(&mut cmd, None);
@@ -195,7 +208,7 @@ pub fn running_services() -> Vec<(u32, Role)> {
 /// Starts every process of the five services, waits until each answers
 /// `/health`, and keeps them running until the fleet is emptied.
 pub async fn start_all(wiring: Wiring, reaper: Arc<Reaper>) -> anyhow::Result<Arc<Mutex<Fleet>>> {
-    if wiring.replicas > 1 && wiring.proxied.len() < Role::ALL.len() {
+    if wiring.replicas > 1 && wiring.links.is_empty() {
         bail!(
             "{} replicas per service need the proxy, which balances them as a Kubernetes Service would",
             wiring.replicas
