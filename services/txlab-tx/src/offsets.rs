@@ -27,6 +27,11 @@ impl Progress {
         gap
     }
 
+    /// Where the messages of `partition` start (its assigned offset).
+    pub fn resume_at(&mut self, partition: i32, next: i64) {
+        self.next.insert(partition, next);
+    }
+
     /// Forgets a message that will be fetched again from `expected`.
     pub fn rewind(&mut self, partition: i32, offset: i64, expected: i64) {
         if let Some(set) = self.in_flight.get_mut(&partition) {
@@ -74,5 +79,15 @@ mod tests {
         p.rewind(1, 8, 6);
         assert_eq!(p.started(1, 6), None, "refetched from the gap");
         assert_eq!(p.finished(1, 5), Some(6));
+    }
+
+    #[test]
+    fn a_first_message_past_the_assigned_start_is_a_gap() {
+        let mut p = Progress::default();
+        p.resume_at(2, 40);
+        assert_eq!(p.started(2, 42), Some(40), "40 and 41 were skipped");
+        p.rewind(2, 42, 40);
+        assert_eq!(p.started(2, 40), None);
+        assert_eq!(p.finished(2, 40), Some(41));
     }
 }

@@ -105,7 +105,7 @@ pub async fn assigned(
     brokers: &str,
     offsets: &Offsets,
     replica: crate::config::Replica,
-) -> anyhow::Result<StreamConsumer> {
+) -> anyhow::Result<Assigned> {
     let consumer = crate::messaging::kafka::consumer(brokers, &format!("txlab-{}", offsets.consumer))?;
     let timeout = Duration::from_secs(10);
     let metadata = consumer.fetch_metadata(Some(offsets.topic), timeout)?;
@@ -133,6 +133,7 @@ pub async fn assigned(
         );
     }
     let mut tpl = TopicPartitionList::new();
+    let mut starts = BTreeMap::new();
     for p in (0..partitions as i32).filter(|p| replica.reads(*p)) {
         let (low, high) = consumer.fetch_watermarks(offsets.topic, p, timeout)?;
         let next = match stored.get(&p).copied() {
@@ -158,14 +159,61 @@ pub async fn assigned(
             }
         };
         tpl.add_partition_offset(offsets.topic, p, Offset::Offset(next))?;
+        starts.insert(p, next);
     }
     consumer.assign(&tpl)?;
-    Ok(consumer)
+    Ok(Assigned { consumer, starts })
+}
+
+/// How far back to fetch for the missing offset of a gap, per partition.
+///
+/// tansu serves a fetch that starts inside a record batch (several events
+/// the relay produced at once) from the next batch, so a consumer resuming
+/// at an offset in the middle of a batch was silently given the messages
+/// after it — two orders of a crash cell were never seen by payment. Asking
+/// again for the same offset gets the same answer; each retry asks from
+/// twice as far back (1, 2, 4... offsets, down to the partition's start),
+/// and the inbox drops what was handled already.
+#[derive(Default)]
+struct GapSeeks(BTreeMap<i32, (i64, i64)>);
+
+impl GapSeeks {
+    /// Where to fetch `partition` from to get `missing` back; None once the
+    /// partition's start was tried and the broker still skipped it.
+    fn seek_for(&mut self, partition: i32, missing: i64) -> Option<i64> {
+        let (wanted, back) = self.0.entry(partition).or_insert((missing, 0));
+        if *wanted != missing {
+            (*wanted, *back) = (missing, 0);
+        }
+        if *back > 0 && missing - *back <= 0 {
+            self.0.remove(&partition);
+            return None;
+        }
+        *back = (*back * 2).max(1);
+        Some((missing - *back).max(0))
+    }
+
+    /// A message of `partition` at `offset` was taken: a gap it closes is over.
+    fn reached(&mut self, partition: i32, offset: i64) {
+        if self
+            .0
+            .get(&partition)
+            .is_some_and(|(missing, _)| offset >= *missing)
+        {
+            self.0.remove(&partition);
+        }
+    }
+}
+
+/// A consumer and the offset each of its partitions starts at.
+pub struct Assigned {
+    consumer: StreamConsumer,
+    starts: BTreeMap<i32, i64>,
 }
 
 /// Hands every decoded message to `handle` until `stop` is raised.
 pub async fn consume<T, F, Fut>(
-    consumer: StreamConsumer,
+    assigned: Assigned,
     offsets: Offsets,
     metrics: std::sync::Arc<Metrics>,
     stop: watch::Receiver<bool>,
@@ -191,7 +239,15 @@ pub async fn consume<T, F, Fut>(
             tx
         })
         .collect();
+    let Assigned { consumer, starts } = assigned;
+    let mut gaps = GapSeeks::default();
     let mut progress = txlab_tx::offsets::Progress::default();
+    // The first message of a partition is checked against where it was
+    // assigned to start, like every later one against its predecessor: a
+    // broker that starts a fetch past the offset asked for is caught.
+    for (partition, next) in starts {
+        progress.resume_at(partition, next);
+    }
     // Offsets done but not yet stored. They are stored together every
     // OFFSET_FLUSH rather than one write per message: a crash in between
     // redelivers a few messages, which the handlers' inboxes absorb.
@@ -215,18 +271,25 @@ pub async fn consume<T, F, Fut>(
             m = consumer.recv() => match m {
                 Ok(msg) => {
                     let msg = msg.detach();
-                    if let Some(expected) = progress.started(msg.partition(), msg.offset()) {
+                    let (partition, offset) = (msg.partition(), msg.offset());
+                    if let Some(expected) = progress.started(partition, offset) {
                         // Offsets of this topic are dense, so a jump means the
                         // broker skipped messages: fetch them again rather
                         // than lose them (the inbox absorbs any repeat).
-                        tracing::error!(what, partition = msg.partition(), expected, got = msg.offset(), "offset gap: fetching the skipped messages again");
                         metrics.event("offset_gap", what);
-                        progress.rewind(msg.partition(), msg.offset(), expected);
-                        if let Err(e) = consumer.seek(msg.topic(), msg.partition(), Offset::Offset(expected), Duration::from_secs(5)) {
-                            tracing::error!(error = %e, what, "seeking back over an offset gap failed");
+                        match gaps.seek_for(partition, expected) {
+                            Some(from) => {
+                                tracing::warn!(what, partition, expected, got = offset, from, "offset gap: fetching the skipped messages again");
+                                progress.rewind(partition, offset, expected);
+                                if let Err(e) = consumer.seek(msg.topic(), partition, Offset::Offset(from), Duration::from_secs(5)) {
+                                    tracing::error!(error = %e, what, "seeking back over an offset gap failed");
+                                }
+                                continue;
+                            }
+                            None => tracing::error!(what, partition, expected, got = offset, "offset gap the broker cannot fill, even from the partition's start: those messages are lost"),
                         }
-                        continue;
                     }
+                    gaps.reached(partition, offset);
                     let mut h = std::collections::hash_map::DefaultHasher::new();
                     msg.key().hash(&mut h);
                     let worker = &workers[(h.finish() as usize) % WORKERS];
@@ -367,4 +430,27 @@ async fn store_dead_letter(
     )
     .await?;
     tx.commit().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GapSeeks;
+
+    #[test]
+    fn gap_seeks_go_twice_as_far_back_each_time_then_give_up() {
+        let mut g = GapSeeks::default();
+        assert_eq!(
+            (
+                g.seek_for(0, 5),
+                g.seek_for(0, 5),
+                g.seek_for(0, 5),
+                g.seek_for(0, 5)
+            ),
+            (Some(4), Some(3), Some(1), Some(0))
+        );
+        assert_eq!(g.seek_for(0, 5), None, "from the start it still skipped: lost");
+        assert_eq!(g.seek_for(1, 9), Some(8), "partitions apart");
+        g.reached(1, 9);
+        assert_eq!(g.seek_for(1, 20), Some(19), "a new gap starts close again");
+    }
 }
