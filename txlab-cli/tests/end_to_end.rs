@@ -157,6 +157,28 @@ async fn smoke_profile_decides_every_order_and_audits_clean() {
             assert!(page.contains(&format!("src=\"{f}\"")), "index.html shows {f}");
         }
     }
+    // The percentile spectra of every cell in one long table.
+    let mut spectra = csv::Reader::from_path(out.join("percentiles.csv")).unwrap();
+    let rows: Vec<std::collections::HashMap<String, String>> =
+        spectra.deserialize().map(Result::unwrap).collect();
+    assert_eq!(
+        rows.len(),
+        summaries.len() * 2 * 9,
+        "2 latencies x 9 quantiles per cell"
+    );
+    for s in &summaries {
+        let median = rows
+            .iter()
+            .find(|r| r["cell"] == s.cell && r["latency"] == "decided" && r["quantile"] == "0.5")
+            .unwrap_or_else(|| panic!("{}'s decided median", s.cell));
+        let v: f64 = median["value_ms"].parse().unwrap();
+        assert!(
+            (v - s.decided_ms.p50).abs() < 0.01,
+            "{}: {v} vs {}",
+            s.cell,
+            s.decided_ms.p50
+        );
+    }
     std::fs::remove_dir_all(&reports).unwrap();
     std::fs::remove_dir_all(&results).unwrap();
 }

@@ -46,8 +46,11 @@ pub fn execute(args: ReportArgs) -> anyhow::Result<()> {
     let out = args.reports.join(id);
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let csv_path = out.join("summary.csv");
-    std::fs::write(&csv_path, crate::report::csv(&summaries))
+    std::fs::write(&csv_path, crate::report::csv(&summaries)?)
         .with_context(|| format!("writing {}", csv_path.display()))?;
+    let spectra_path = out.join("percentiles.csv");
+    std::fs::write(&spectra_path, crate::report::spectra_csv(&run, &summaries)?)
+        .with_context(|| format!("writing {}", spectra_path.display()))?;
     let mut charts = crate::report::charts::write_all(&summaries, &out)?;
     // Over time, for the cells that ran under chaos.
     for s in summaries.iter().filter(|s| !s.chaos_windows.is_empty()) {
@@ -55,6 +58,12 @@ pub fn execute(args: ReportArgs) -> anyhow::Result<()> {
         let path = out.join(format!("timeline-{}.png", s.cell));
         crate::report::charts::timeline(s, &series, &path)
             .with_context(|| format!("writing {}", path.display()))?;
+        charts.push(path);
+    }
+    // A bench run's knee curves.
+    if let Some(bench) = crate::report::knee::read(&run)? {
+        let path = out.join("knee.png");
+        crate::report::knee::draw(&bench, &path).with_context(|| format!("writing {}", path.display()))?;
         charts.push(path);
     }
     // A few orders of each cell, step by step (cells run before the
@@ -85,8 +94,9 @@ pub fn execute(args: ReportArgs) -> anyhow::Result<()> {
     .with_context(|| format!("writing {}", index.display()))?;
     println!("{}", crate::report::table(&summaries));
     println!(
-        "wrote {}, {} and {}",
+        "wrote {}, {}, {} and {}",
         csv_path.display(),
+        spectra_path.display(),
         names.join(", "),
         index.display()
     );

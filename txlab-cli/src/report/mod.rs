@@ -4,6 +4,7 @@
 
 pub mod charts;
 pub mod html;
+pub mod knee;
 pub mod orders;
 
 use std::fmt::Write as _;
@@ -101,55 +102,132 @@ pub fn table(summaries: &[CellSummary]) -> Table {
     t
 }
 
-/// The same figures, one line per cell, for spreadsheets and scripts.
-pub fn csv(summaries: &[CellSummary]) -> String {
-    let mut out = String::from(
-        "cell,method,scenario,chaos,replicas,repetition,target_rate,achieved_rate,sent,confirmed,rejected,cancelled,\
-         unexpected,errors,undecided,dropped,late,accepted_p50_ms,accepted_p99_ms,decided_p50_ms,decided_p99_ms,\
-         decided_p999_ms,censored,quiesce_ms,settled,violations,by_design,needs_attention,retries,compensations,restarts,\
-         notification_lag_p50_ms,network_bytes,thresholds_broken\n",
-    );
+/// One line of summary.csv: a cell's figures, for spreadsheets and scripts.
+#[derive(Debug, serde::Serialize)]
+struct SummaryRow<'a> {
+    cell: &'a str,
+    method: &'a str,
+    scenario: &'a str,
+    chaos: &'a str,
+    replicas: u32,
+    repetition: u32,
+    target_rate: f64,
+    achieved_rate: f64,
+    sent: u64,
+    confirmed: u64,
+    rejected: u64,
+    cancelled: u64,
+    unexpected: u64,
+    errors: u64,
+    undecided: u64,
+    dropped: u64,
+    late: u64,
+    accepted_p50_ms: f64,
+    accepted_p99_ms: f64,
+    decided_p50_ms: f64,
+    decided_p99_ms: f64,
+    decided_p999_ms: f64,
+    censored: u64,
+    quiesce_ms: u64,
+    settled: bool,
+    violations: usize,
+    by_design: usize,
+    needs_attention: u64,
+    retries: f64,
+    compensations: f64,
+    taken_over: f64,
+    restarts: u32,
+    notification_lag_p50_ms: Option<i64>,
+    network_bytes: u64,
+    thresholds_broken: usize,
+}
+
+/// The same figures, one line per cell (written by the csv crate, so a
+/// name with a comma stays one field).
+pub fn csv(summaries: &[CellSummary]) -> anyhow::Result<String> {
+    let mut w = ::csv::Writer::from_writer(Vec::new());
     for s in summaries {
-        let _ = writeln!(
-            out,
-            "{},{},{},{},{},{},{},{:.3},{},{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{},{},{},{},{},{},{},{}",
-            s.cell,
-            s.method,
-            s.scenario,
-            s.chaos,
-            s.replicas,
-            s.repetition,
-            s.target_rate,
-            s.achieved_rate,
-            s.sent,
-            outcome(s, OrderState::Confirmed),
-            outcome(s, OrderState::Rejected),
-            outcome(s, OrderState::Cancelled),
-            s.unexpected,
-            s.errors,
-            s.undecided,
-            s.dropped,
-            s.late,
-            s.accepted_ms.p50,
-            s.accepted_ms.p99,
-            s.decided_ms.p50,
-            s.decided_ms.p99,
-            s.decided_ms.p999,
-            s.censored,
-            s.quiesce_ms,
-            s.settled,
-            s.violations,
-            s.by_design,
-            outcome(s, OrderState::NeedsAttention),
-            s.events.get("retry").copied().unwrap_or(0.0),
-            s.events.get("compensation").copied().unwrap_or(0.0),
-            s.restarts.values().sum::<u32>(),
-            s.notification_lag_p50_ms.map(|v| v.to_string()).unwrap_or_default(),
-            s.network.values().sum::<u64>(),
-            s.threshold_failures.len()
-        );
+        let event = |k: &str| s.events.get(k).copied().unwrap_or(0.0);
+        w.serialize(SummaryRow {
+            cell: &s.cell,
+            method: &s.method,
+            scenario: &s.scenario,
+            chaos: &s.chaos,
+            replicas: s.replicas,
+            repetition: s.repetition,
+            target_rate: s.target_rate,
+            achieved_rate: s.achieved_rate,
+            sent: s.sent,
+            confirmed: outcome(s, OrderState::Confirmed),
+            rejected: outcome(s, OrderState::Rejected),
+            cancelled: outcome(s, OrderState::Cancelled),
+            unexpected: s.unexpected,
+            errors: s.errors,
+            undecided: s.undecided,
+            dropped: s.dropped,
+            late: s.late,
+            accepted_p50_ms: s.accepted_ms.p50,
+            accepted_p99_ms: s.accepted_ms.p99,
+            decided_p50_ms: s.decided_ms.p50,
+            decided_p99_ms: s.decided_ms.p99,
+            decided_p999_ms: s.decided_ms.p999,
+            censored: s.censored,
+            quiesce_ms: s.quiesce_ms,
+            settled: s.settled,
+            violations: s.violations,
+            by_design: s.by_design,
+            needs_attention: outcome(s, OrderState::NeedsAttention),
+            retries: event("retry"),
+            compensations: event("compensation"),
+            taken_over: event("taken_over"),
+            restarts: s.restarts.values().sum(),
+            notification_lag_p50_ms: s.notification_lag_p50_ms,
+            network_bytes: s.network.values().sum(),
+            thresholds_broken: s.threshold_failures.len(),
+        })?;
     }
-    out
+    Ok(String::from_utf8(w.into_inner()?)?)
+}
+
+/// One line of the report's percentiles.csv: one quantile of one latency
+/// of one cell, with the cell's coordinates (long format, for plotting
+/// and for comparing spectra across cells).
+#[derive(Debug, serde::Serialize)]
+struct SpectrumRow<'a> {
+    cell: &'a str,
+    method: &'a str,
+    scenario: &'a str,
+    chaos: &'a str,
+    replicas: u32,
+    target_rate: f64,
+    repetition: u32,
+    latency: &'a str,
+    quantile: f64,
+    value_ms: f64,
+    count: u64,
+}
+
+/// Every cell's percentile spectrum (its percentiles.csv) in one table.
+pub fn spectra_csv(run: &std::path::Path, summaries: &[CellSummary]) -> anyhow::Result<String> {
+    let mut w = ::csv::Writer::from_writer(Vec::new());
+    for s in summaries {
+        for p in crate::results::read_percentiles(&run.join("cells").join(&s.cell))? {
+            w.serialize(SpectrumRow {
+                cell: &s.cell,
+                method: &s.method,
+                scenario: &s.scenario,
+                chaos: &s.chaos,
+                replicas: s.replicas,
+                target_rate: s.target_rate,
+                repetition: s.repetition,
+                latency: &p.latency,
+                quantile: p.quantile,
+                value_ms: p.value_ms,
+                count: p.count,
+            })?;
+        }
+    }
+    Ok(String::from_utf8(w.into_inner()?)?)
 }
 
 #[cfg(test)]
@@ -211,20 +289,35 @@ mod tests {
     }
 
     #[test]
-    fn csv_rows_have_as_many_fields_as_the_header() {
-        let text = csv(&[summary()]);
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 2);
-        let header: Vec<&str> = lines[0].split(',').collect();
-        let row: Vec<&str> = lines[1].split(',').collect();
-        assert_eq!(header.len(), row.len());
-        let field = |name: &str| row[header.iter().position(|h| *h == name).unwrap()];
+    fn csv_rows_read_back_field_by_field_even_with_a_comma_in_a_name() {
+        let mut odd = summary();
+        odd.chaos = "latency-10ms+a,b".into();
+        let text = csv(&[summary(), odd]).unwrap();
+        let mut reader = ::csv::Reader::from_reader(text.as_bytes());
+        let header = reader.headers().unwrap().clone();
+        let rows: Vec<::csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+        assert_eq!(rows.len(), 2);
+        let field = |row: &::csv::StringRecord, name: &str| {
+            row[header.iter().position(|h| h == name).unwrap()].to_string()
+        };
+        let row = &rows[0];
         assert_eq!(
-            (field("needs_attention"), field("by_design"), field("retries")),
-            ("19", "19", "3")
+            (
+                field(row, "needs_attention"),
+                field(row, "by_design"),
+                field(row, "retries")
+            ),
+            ("19".to_string(), "19".to_string(), "3.0".to_string())
         );
-        assert_eq!((field("dropped"), field("decided_p99_ms")), ("1", "80.000"));
-        assert_eq!((field("censored"), field("thresholds_broken")), ("1", "1"));
+        assert_eq!(
+            (field(row, "dropped"), field(row, "decided_p99_ms")),
+            ("1".into(), "80.0".into())
+        );
+        assert_eq!(
+            (field(row, "censored"), field(row, "thresholds_broken")),
+            ("1".into(), "1".into())
+        );
+        assert_eq!(field(&rows[1], "chaos"), "latency-10ms+a,b", "quoted, one field");
     }
 
     #[test]

@@ -12,13 +12,12 @@ mod summary;
 mod time;
 pub mod workflows;
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use hdrhistogram::serialization::{Serializer, V2DeflateSerializer};
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use summary::{CellSummary, ChaosWindow, Percentiles};
 pub use time::rfc3339;
@@ -117,31 +116,43 @@ fn write_histogram(path: &Path, h: &Histogram<u64>) -> anyhow::Result<()> {
 /// Quantiles written to percentiles.csv.
 const QUANTILES: [f64; 9] = [0.0, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 0.9999, 1.0];
 
-fn percentiles_csv(load: &LoadReport) -> String {
-    let mut out = String::from("latency,quantile,value_ms,count\n");
+/// One line of a cell's percentiles.csv.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PercentileRow {
+    /// `accepted` or `decided`.
+    pub latency: String,
+    pub quantile: f64,
+    pub value_ms: f64,
+    /// Arrivals in the histogram.
+    pub count: u64,
+}
+
+fn percentiles_csv(load: &LoadReport) -> anyhow::Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
     for (name, h) in [("accepted", &load.accepted_us), ("decided", &load.decided_us)] {
         for q in QUANTILES {
-            let v = if h.is_empty() {
+            let value_ms = if h.is_empty() {
                 0.0
             } else {
                 h.value_at_quantile(q) as f64 / 1000.0
             };
-            let _ = writeln!(out, "{name},{q},{v:.3},{}", h.len());
+            w.serialize(PercentileRow {
+                latency: name.to_string(),
+                quantile: q,
+                value_ms: (value_ms * 1000.0).round() / 1000.0,
+                count: h.len(),
+            })?;
         }
     }
-    out
+    Ok(w.into_inner()?)
 }
 
-fn timeseries_csv(load: &LoadReport) -> String {
-    let mut out = String::from("second,sent,accepted,decided,errors,decided_p50_ms,decided_p99_ms\n");
+fn timeseries_csv(load: &LoadReport) -> anyhow::Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
     for s in &load.seconds {
-        let _ = writeln!(
-            out,
-            "{},{},{},{},{},{:.3},{:.3}",
-            s.second, s.sent, s.accepted, s.decided, s.errors, s.decided_p50_ms, s.decided_p99_ms
-        );
+        w.serialize(s)?;
     }
-    out
+    Ok(w.into_inner()?)
 }
 
 /// Writes everything a cell produced into its directory.
@@ -159,8 +170,8 @@ pub fn write_cell(
     write_json(&dir.join("client.json"), &load.client)?;
     write_histogram(&dir.join("accepted.hdr"), &load.accepted_us)?;
     write_histogram(&dir.join("decided.hdr"), &load.decided_us)?;
-    std::fs::write(dir.join("percentiles.csv"), percentiles_csv(load))?;
-    std::fs::write(dir.join("timeseries.csv"), timeseries_csv(load))?;
+    std::fs::write(dir.join("percentiles.csv"), percentiles_csv(load)?)?;
+    std::fs::write(dir.join("timeseries.csv"), timeseries_csv(load)?)?;
     Ok(())
 }
 
@@ -187,6 +198,16 @@ pub fn copy_log_slices(dir: &Path, files: &[(String, PathBuf)], marks: &[u64]) -
         std::fs::write(logs.join(format!("{name}.log")), slice)?;
     }
     Ok(())
+}
+
+/// The percentile spectra of a cell (its percentiles.csv).
+pub fn read_percentiles(cell_dir: &Path) -> anyhow::Result<Vec<PercentileRow>> {
+    let path = cell_dir.join("percentiles.csv");
+    let mut reader = csv::Reader::from_path(&path).with_context(|| format!("reading {}", path.display()))?;
+    reader
+        .deserialize()
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("reading {}", path.display()))
 }
 
 /// The per-second series of a cell (its timeseries.csv).
