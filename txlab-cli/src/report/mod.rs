@@ -99,7 +99,41 @@ pub fn table(summaries: &[CellSummary]) -> Table {
             c.set_cell_alignment(CellAlignment::Right);
         }
     }
+    if let Some(width) = t.width() {
+        fit_columns(&mut t, width);
+    }
     t
+}
+
+/// Columns of [`table`] a narrow terminal may go without, least needed
+/// first (summary.csv keeps every one): accepted latency, rates, the
+/// rarer outcomes, errors. What is left still says which method is fast
+/// and which lost data.
+const LEFT_OUT_FIRST: [usize; 6] = [10, 2, 7, 6, 5, 9];
+
+/// Hides columns of `t` until its rows fit in `width` characters without
+/// wrapping every cell into slivers; returns how many were hidden.
+pub fn fit_columns(t: &mut Table, width: u16) -> usize {
+    let natural = |t: &Table| -> usize {
+        let shown: Vec<usize> = t
+            .column_iter()
+            .zip(t.column_max_content_widths())
+            .filter(|(c, _)| !c.is_hidden())
+            .map(|(_, w)| w as usize + 2)
+            .collect();
+        shown.iter().sum::<usize>() + shown.len() + 1
+    };
+    let mut hidden = 0;
+    for i in LEFT_OUT_FIRST {
+        if natural(t) <= width as usize {
+            break;
+        }
+        if let Some(c) = t.column_mut(i) {
+            c.set_constraint(comfy_table::ColumnConstraint::Hidden);
+            hidden += 1;
+        }
+    }
+    hidden
 }
 
 /// One line of summary.csv: a cell's figures, for spreadsheets and scripts.
@@ -318,6 +352,29 @@ mod tests {
             ("1".into(), "1".into())
         );
         assert_eq!(field(&rows[1], "chaos"), "latency-10ms+a,b", "quoted, one field");
+    }
+
+    #[test]
+    fn a_narrow_terminal_loses_the_least_needed_columns_first() {
+        let mut wide = table(&[summary()]);
+        assert_eq!(fit_columns(&mut wide, 400), 0);
+        let mut narrow = table(&[summary()]);
+        let hidden = fit_columns(&mut narrow, 100);
+        let text = narrow.to_string();
+        assert!(hidden > 0 && !text.contains("accepted ms"), "{text}");
+        for kept in [
+            "method",
+            "fail-payment",
+            "decided ms",
+            "20.0 / 80.0",
+            "violations",
+        ] {
+            assert!(text.contains(kept), "{kept} kept: {text}");
+        }
+        assert!(
+            text.lines().all(|l| l.chars().count() <= 100),
+            "fits in 100 columns:\n{text}"
+        );
     }
 
     #[test]
