@@ -66,7 +66,11 @@ pub fn page(run_id: &str, manifest: &serde_json::Value, cells: &[CellSummary], c
     }
     out += "</table>\n<h2>Run manifest</h2>\n<pre>";
     out += &esc(&serde_json::to_string_pretty(manifest).unwrap_or_default());
-    out += "</pre>\n</body></html>\n";
+    // Marks on the body how many charts the browser decoded, for
+    // scripts/check-report.sh to read from headless Chromium's DOM.
+    out += "</pre>\n<script>addEventListener('load', () => { const i = [...document.images]; \
+            document.body.dataset.charts = i.filter(x => x.naturalWidth > 0).length + '/' + i.length; });</script>\n\
+            </body></html>\n";
     out
 }
 
