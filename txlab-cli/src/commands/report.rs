@@ -60,6 +60,21 @@ pub fn execute(args: ReportArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
         charts.push(path);
     }
+    // Latency against injected delay, when cells differ by one.
+    let with_delay: Vec<_> = summaries
+        .iter()
+        .map(|s| {
+            (
+                s.clone(),
+                crate::report::delay::injected_ms(&run.join("cells").join(&s.cell)),
+            )
+        })
+        .collect();
+    if let Some(lines) = crate::report::delay::lines(&with_delay) {
+        let path = out.join("delay.png");
+        crate::report::delay::draw(&lines, &path).with_context(|| format!("writing {}", path.display()))?;
+        charts.push(path);
+    }
     // A bench run's knee curves.
     if let Some(bench) = crate::report::knee::read(&run)? {
         let path = out.join("knee.png");

@@ -401,12 +401,12 @@ pub fn write_all(cells: &[CellSummary], dir: &Path) -> anyhow::Result<Vec<PathBu
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::metrics::resources::Use;
     use crate::results::Percentiles;
 
-    fn cell(method: &str, chaos: &str, p50: f64, violations: usize) -> CellSummary {
+    pub(crate) fn cell(method: &str, chaos: &str, p50: f64, violations: usize) -> CellSummary {
         let mut s: CellSummary = serde_json::from_value(serde_json::json!({
             "index": 0, "cell": "c", "method": method, "scenario": "happy-path", "replicas": 1, "repetition": 1,
             "expect": "confirmed", "target_rate": 20.0, "achieved_rate": 20.0, "scheduled": 100, "sent": 100,
@@ -434,7 +434,7 @@ mod tests {
     }
 
     /// A PNG's width, height and pixels (each a slice of its samples).
-    fn decode(path: &Path) -> (u32, u32, usize, Vec<u8>) {
+    pub(crate) fn decode(path: &Path) -> (u32, u32, usize, Vec<u8>) {
         let mut reader = png::Decoder::new(std::fs::File::open(path).unwrap())
             .read_info()
             .unwrap();
@@ -444,7 +444,7 @@ mod tests {
         (info.width, info.height, info.color_type.samples(), buf)
     }
 
-    fn count_rgb(path: &Path, rgb: [u8; 3]) -> usize {
+    pub(crate) fn count_rgb(path: &Path, rgb: [u8; 3]) -> usize {
         let (_, _, n, buf) = decode(path);
         buf.chunks(n).filter(|p| p[..3] == rgb).count()
     }

@@ -192,14 +192,10 @@ mod tests {
         assert_eq!((bench.replicas, bench.methods[0].curve.len()), (3, 3));
         let path = dir.join("knee.png");
         draw(&bench, &path).unwrap();
-        let decoder = png::Decoder::new(std::fs::File::open(&path).unwrap());
-        let mut reader = decoder.read_info().unwrap();
-        let mut buf = vec![0; reader.output_buffer_size()];
-        let info = reader.next_frame(&mut buf).unwrap();
-        assert_eq!((info.width, info.height), (WIDTH, HEIGHT));
+        let (w, h, _, _) = crate::report::charts::tests::decode(&path);
+        assert_eq!((w, h), (WIDTH, HEIGHT));
         let c = method_colour("saga_orch");
-        let n = info.color_type.samples();
-        let drawn = buf.chunks(n).filter(|p| p[..3] == [c.0, c.1, c.2]).count();
+        let drawn = crate::report::charts::tests::count_rgb(&path, [c.0, c.1, c.2]);
         assert!(drawn > 500, "saga_orch's curves drawn: {drawn} pixels");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -3,6 +3,7 @@
 //! ([`charts`]) and HTML page ([`html`]).
 
 pub mod charts;
+pub mod delay;
 pub mod html;
 pub mod knee;
 pub mod orders;

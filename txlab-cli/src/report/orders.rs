@@ -328,13 +328,9 @@ mod tests {
         ];
         let path = std::env::temp_dir().join(format!("txlab-orders-{}.png", std::process::id()));
         draw("c", "saga_orch", &sampled, &path).unwrap();
-        let decoder = png::Decoder::new(std::fs::File::open(&path).unwrap());
-        let mut reader = decoder.read_info().unwrap();
-        let mut buf = vec![0; reader.output_buffer_size()];
-        let info = reader.next_frame(&mut buf).unwrap();
-        assert_eq!((info.width, info.height), (WIDTH, height(2)));
-        let n = info.color_type.samples();
-        let count = |rgb: RGBColor| buf.chunks(n).filter(|p| p[..3] == [rgb.0, rgb.1, rgb.2]).count();
+        let (w, h, _, _) = crate::report::charts::tests::decode(&path);
+        assert_eq!((w, h), (WIDTH, height(2)));
+        let count = |rgb: RGBColor| crate::report::charts::tests::count_rgb(&path, [rgb.0, rgb.1, rgb.2]);
         assert!(count(method_colour("saga_orch")) > 500, "the steps drawn");
         assert!(count(REFUSED) > 500, "the refusal drawn");
         assert!(count(COMPENSATION) > 300, "the compensation drawn");
