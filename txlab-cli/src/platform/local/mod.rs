@@ -69,8 +69,8 @@ pub struct LocalPlatform {
     versions: BTreeMap<&'static str, String>,
     /// The proxy every link goes through, when the options ask for it.
     proxy: Option<Arc<Proxy>>,
-    /// The proxy's port for each destination it fronts.
-    proxy_ports: BTreeMap<Component, u16>,
+    /// The proxy's port for the embedded broker (the address tansu advertises).
+    kafka_port: Option<u16>,
     /// The proxy's port for the load driver's connections to the order service.
     load_port: Option<u16>,
     /// The proxy's port for each link a service opens (sender role →
@@ -127,7 +127,7 @@ impl LocalPlatform {
             broker_used: false,
             versions: BTreeMap::new(),
             proxy: None,
-            proxy_ports: BTreeMap::new(),
+            kafka_port: None,
             load_port: None,
             link_ports: BTreeMap::new(),
             chaos_timers: BTreeMap::new(),
@@ -137,13 +137,11 @@ impl LocalPlatform {
         if platform.opts.proxy {
             let proxy = Arc::new(Proxy::new()?);
             proxy.identify_senders(lab_processes);
-            for c in Component::ALL.into_iter().filter(|c| *c != Component::Load) {
-                // An external broker tells clients its own address, so
-                // only the embedded one can be reached through the proxy.
-                if c == Component::Kafka && platform.tansu_bin.is_none() {
-                    continue;
-                }
-                platform.proxy_ports.insert(c, proxy.listen(c)?);
+            // An external broker tells clients its own address, so only
+            // the embedded one can be reached through the proxy; its
+            // clients all come back through the one address it advertises.
+            if platform.tansu_bin.is_some() {
+                platform.kafka_port = Some(proxy.listen(Component::Kafka)?);
             }
             // The load's own way in, and a port per service link: their
             // connections need no look-up of their sender.
@@ -198,7 +196,7 @@ impl LocalPlatform {
 
     async fn start_broker(&mut self, bin: &Path) -> anyhow::Result<()> {
         let log = self.opts.log_dir.join("tansu.log");
-        let advertised = self.proxy_ports.get(&Component::Kafka).copied();
+        let advertised = self.kafka_port;
         let t = tansu::Tansu::start(bin, &log, &self.reaper, advertised).await?;
         self.brokers = t.brokers.clone();
         if let Some(proxy) = &self.proxy {
@@ -469,11 +467,10 @@ impl Platform for LocalPlatform {
             self.start_broker(&bin).await?;
         }
         self.broker_used = true;
-        let via_proxy = |c: Component| self.proxy_ports.get(&c).copied();
         let wiring = services::Wiring {
             binary: self.service_bin.clone(),
             admin_url: self.admin_url.clone(),
-            brokers: match via_proxy(Component::Kafka) {
+            brokers: match self.kafka_port {
                 Some(port) => format!("127.0.0.1:{port}"),
                 None => self.brokers.clone(),
             },
@@ -560,7 +557,7 @@ impl Platform for LocalPlatform {
                     .selector
                     .iter()
                     .chain(&n.target)
-                    .find(|c| **c != Component::Load && !self.proxy_ports.contains_key(c))
+                    .find(|c| **c == Component::Kafka && self.kafka_port.is_none())
                 {
                     anyhow::bail!(
                         "{}: {c} is not reached through the proxy (an external broker?)",
@@ -568,7 +565,7 @@ impl Platform for LocalPlatform {
                     );
                 }
                 caveats.extend(crate::proxy::caveats(n).map(|c| format!("{}: {c}", fault.name)));
-                if n.target.is_empty() && !self.proxy_ports.contains_key(&Component::Kafka) {
+                if n.target.is_empty() && self.kafka_port.is_none() {
                     caveats.push(format!(
                         "{}: the external broker is reached directly, not through the proxy, so this fault does not touch broker traffic",
                         fault.name

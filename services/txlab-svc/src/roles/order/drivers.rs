@@ -58,6 +58,15 @@ fn alive() -> String {
     )
 }
 
+/// SQL: the order is someone else's and nobody alive drives it, where
+/// `$me` is the placeholder of this replica's key.
+fn orphaned(me: &str) -> String {
+    format!(
+        "driver IS DISTINCT FROM {me} AND (driver IS NULL OR driver::bigint NOT IN ({}))",
+        alive()
+    )
+}
+
 /// The order is driven by another replica now (it took the order over).
 #[derive(Debug, thiserror::Error)]
 #[error("order {0} is driven by another replica now")]
@@ -117,10 +126,9 @@ pub async fn fence(conn: &mut PgConnection, id: Uuid, key: i32) -> anyhow::Resul
 /// is none); true when this replica drives it now.
 pub async fn claim(pool: &PgPool, id: Uuid, key: i32) -> sqlx::Result<bool> {
     sqlx::query_scalar(&format!(
-        "WITH taken AS (UPDATE orders SET driver = $2 WHERE id = $1 AND driver IS DISTINCT FROM $2 \
-           AND (driver IS NULL OR driver::bigint NOT IN ({})) RETURNING id) \
+        "WITH taken AS (UPDATE orders SET driver = $2 WHERE id = $1 AND {} RETURNING id) \
          SELECT EXISTS (SELECT 1 FROM taken) OR EXISTS (SELECT 1 FROM orders WHERE id = $1 AND driver = $2)",
-        alive()
+        orphaned("$2")
     ))
     .bind(id)
     .bind(key)
@@ -145,11 +153,10 @@ async fn to_drive(pool: &PgPool, key: i32) -> sqlx::Result<Vec<(Uuid, bool)>> {
     let open = OrderState::texts(&OrderState::OPEN);
     let driven: Vec<String> = DRIVEN.iter().map(|m| m.as_str().to_string()).collect();
     sqlx::query_as(&format!(
-        "WITH taken AS (UPDATE orders SET driver = $1 WHERE state = ANY($2) AND method = ANY($3) \
-           AND driver IS DISTINCT FROM $1 AND (driver IS NULL OR driver::bigint NOT IN ({})) RETURNING id) \
+        "WITH taken AS (UPDATE orders SET driver = $1 WHERE state = ANY($2) AND method = ANY($3) AND {} RETURNING id) \
          SELECT id, true FROM taken \
          UNION ALL SELECT id, false FROM orders WHERE state = ANY($2) AND method = ANY($3) AND driver = $1",
-        alive()
+        orphaned("$1")
     ))
     .bind(key)
     .bind(open)
