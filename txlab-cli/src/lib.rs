@@ -47,7 +47,7 @@ pub struct Cli {
 pub enum Command {
     /// Run a profile's matrix of cells and write a results directory.
     Run(commands::run::RunArgs),
-    /// Print the summary table of a finished run and write its summary.csv.
+    /// Print the summary table of a finished run and write its CSVs, charts and HTML page.
     Report(commands::report::ReportArgs),
     /// Compare a run with a baseline run, cell by cell, over their
     /// repetitions; exits 5 on a regression.

@@ -79,5 +79,42 @@ async fn the_same_code_shows_no_regression_and_a_slowed_step_does() {
         .find(|l| l.contains(",decided_p50_ms,"))
         .expect("a decided p50 row");
     assert!(p50.ends_with(",regression"), "{p50}");
+
+    report_groups_the_repetitions(&runs[0].root, &dir.join("reports")).await;
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `txlab report` of a real run of four repetitions: summary.csv holds
+/// one row for them, with the orders of all four in its percentiles.
+async fn report_groups_the_repetitions(run: &std::path::Path, reports: &std::path::Path) {
+    let out = common::report(run, reports).await;
+    let mut reader = csv::Reader::from_path(out.join("summary.csv")).unwrap();
+    let rows: Vec<std::collections::HashMap<String, String>> =
+        reader.deserialize().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    let reps = txlab_cli::results::read_summaries(run).unwrap();
+    assert_eq!(row["repetitions"], "4");
+    assert_eq!(row["sent"], reps.iter().map(|s| s.sent).sum::<u64>().to_string());
+    // The pooled median is the median of all four repetitions' orders.
+    let mut all =
+        txlab_cli::results::read_histogram(&run.join("cells").join(&reps[0].cell).join("decided.hdr"))
+            .unwrap();
+    for s in &reps[1..] {
+        all.add(
+            txlab_cli::results::read_histogram(&run.join("cells").join(&s.cell).join("decided.hdr")).unwrap(),
+        )
+        .unwrap();
+    }
+    let p50: f64 = row["decided_p50_ms"].parse().unwrap();
+    assert!(
+        (p50 - all.value_at_quantile(0.5) as f64 / 1000.0).abs() < 0.001,
+        "{p50} vs {}",
+        all.value_at_quantile(0.5)
+    );
+    let worst = reps.iter().map(|s| s.decided_ms.p99).fold(0.0, f64::max);
+    assert_eq!(row["decided_p99_ms_worst_repetition"], format!("{worst:.3}"));
+    for f in ["repetitions.csv", "summary.md", "memory.png"] {
+        assert!(out.join(f).is_file(), "the report lacks {f}");
+    }
 }

@@ -135,15 +135,7 @@ async fn smoke_profile_decides_every_order_and_audits_clean() {
 
     // The report: CSV, charts (a sampled-orders chart per cell) and the page.
     let reports = common::temp_dir("e2e-reports");
-    let cli = Cli::parse_from([
-        "txlab",
-        "report",
-        run.to_str().unwrap(),
-        "--reports",
-        reports.to_str().unwrap(),
-    ]);
-    assert_eq!(txlab_cli::main(cli).await, std::process::ExitCode::SUCCESS);
-    let out = reports.join(run.file_name().unwrap());
+    let out = common::report(run, &reports).await;
     let mut files = vec![
         "summary.csv".to_string(),
         "latency.png".into(),

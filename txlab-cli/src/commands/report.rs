@@ -13,7 +13,7 @@ pub struct ReportArgs {
     /// Where runs are looked for when no run directory is given.
     #[arg(long, default_value = "results", env = "TXLAB_RESULTS")]
     pub results: PathBuf,
-    /// Where reports are written: <reports>/<run-id>/summary.csv.
+    /// Where reports are written: <reports>/<run-id>/summary.csv and the rest.
     #[arg(long, default_value = "reports")]
     pub reports: PathBuf,
 }
@@ -45,13 +45,28 @@ pub fn execute(args: ReportArgs) -> anyhow::Result<()> {
     let id = run.file_name().and_then(|n| n.to_str()).unwrap_or("run");
     let out = args.reports.join(id);
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let csv_path = out.join("summary.csv");
-    std::fs::write(&csv_path, crate::report::csv(&summaries)?)
-        .with_context(|| format!("writing {}", csv_path.display()))?;
-    let spectra_path = out.join("percentiles.csv");
-    std::fs::write(&spectra_path, crate::report::spectra_csv(&run, &summaries)?)
-        .with_context(|| format!("writing {}", spectra_path.display()))?;
+    let write = |name: &str, text: String| -> anyhow::Result<PathBuf> {
+        let path = out.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    };
+    // One row per cell over its repetitions, and one per repetition.
+    let grouped = crate::report::aggregate::by_cell(&run, &summaries)?;
+    let rows = crate::report::aggregate::rows(&grouped)?;
+    let mut tables = vec![
+        write("summary.csv", crate::report::aggregate::csv(&grouped)?)?,
+        write("repetitions.csv", crate::report::csv(&summaries)?)?,
+        write("percentiles.csv", crate::report::spectra_csv(&run, &summaries)?)?,
+        write("summary.md", crate::report::aggregate::markdown(id, &rows))?,
+    ];
     let mut charts = crate::report::charts::write_all(&summaries, &out)?;
+    let panels = crate::report::replicas::panels(&rows);
+    if !panels.is_empty() {
+        let path = out.join("replicas.png");
+        crate::report::replicas::draw(&panels, &path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        charts.push(path);
+    }
     // Over time, for the cells that ran under chaos.
     for s in summaries.iter().filter(|s| !s.chaos_windows.is_empty()) {
         let series = crate::results::read_timeseries(&run.join("cells").join(&s.cell))?;
@@ -101,19 +116,20 @@ pub fn execute(args: ReportArgs) -> anyhow::Result<()> {
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or(serde_json::Value::Null);
-    let index = out.join("index.html");
-    std::fs::write(
-        &index,
+    tables.push(write(
+        "index.html",
         crate::report::html::page(id, &manifest, &summaries, &names),
-    )
-    .with_context(|| format!("writing {}", index.display()))?;
+    )?);
     println!("{}", crate::report::table(&summaries));
     println!(
-        "wrote {}, {}, {} and {}",
-        csv_path.display(),
-        spectra_path.display(),
+        "wrote {} and the charts {} in {}",
+        tables
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect::<Vec<_>>()
+            .join(", "),
         names.join(", "),
-        index.display()
+        out.display()
     );
     Ok(())
 }

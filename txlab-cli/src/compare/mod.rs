@@ -106,14 +106,7 @@ const METRICS: &[Metric] = &[
         name: "goodput_per_s",
         worse: Worse::Lower,
         count: false,
-        value: |s| {
-            if s.sent == 0 {
-                0.0
-            } else {
-                let good = s.outcomes.get(&s.expect).copied().unwrap_or(0);
-                s.achieved_rate * good as f64 / s.sent as f64
-            }
-        },
+        value: CellSummary::goodput_per_s,
     },
     Metric {
         name: "audit_violations",

@@ -260,47 +260,93 @@ pub fn outcomes(cells: &[CellSummary], path: &Path) -> anyhow::Result<()> {
     root.present().map_err(drawing_error)
 }
 
-/// CPU per component per cell (cores busy on average during the load).
-pub fn cpu(cells: &[CellSummary], path: &Path) -> anyhow::Result<()> {
+/// A bar per cell stacked from its named parts (components or links),
+/// each part one colour in every row.
+fn stacked(
+    cells: &[CellSummary],
+    path: &Path,
+    title: &str,
+    x_desc: &str,
+    parts: impl Fn(&CellSummary) -> Vec<(String, f64)>,
+) -> anyhow::Result<()> {
     let root = canvas(path, (WIDTH, height(cells.len())))?;
-    let mut components: Vec<&String> = cells.iter().flat_map(|s| s.resources.keys()).collect();
-    components.sort();
-    components.dedup();
+    let per_cell: Vec<Vec<(String, f64)>> = cells.iter().map(&parts).collect();
+    let mut names: Vec<&String> = per_cell.iter().flatten().map(|(n, _)| n).collect();
+    names.sort();
+    names.dedup();
     let palette = |k: usize| {
         let c = Palette99::pick(k).to_rgba();
         RGBColor(c.0, c.1, c.2)
     };
-    let items: Vec<(String, RGBColor)> = components
+    let items: Vec<(String, RGBColor)> = names
         .iter()
         .enumerate()
-        .map(|(k, c)| (c.to_string(), palette(k)))
+        .map(|(k, n)| (n.to_string(), palette(k)))
         .collect();
-    let body = header(&root, "CPU per cell, stacked by component", &items)?;
-    let max = cells
+    let body = header(&root, title, &items)?;
+    let max = per_cell
         .iter()
-        .map(|s| s.resources.values().map(|u| u.cores).sum::<f64>())
+        .map(|p| p.iter().map(|(_, v)| v).sum::<f64>())
         .fold(0.01, f64::max);
-    rows_chart(
-        &body,
-        cells,
-        "cores busy on average during the load (CPU seconds per second)",
-        max,
-        false,
-        |draw| {
-            let mut bars = Vec::new();
-            for (i, s) in cells.iter().enumerate() {
-                let mut at = 0.0;
-                for (k, c) in components.iter().enumerate() {
-                    if let Some(u) = s.resources.get(*c).filter(|u| u.cores > 0.0) {
-                        bars.push(bar(i, cells.len(), at, at + u.cores, palette(k).filled()));
-                        at += u.cores;
-                    }
+    rows_chart(&body, cells, x_desc, max, false, |draw| {
+        let mut bars = Vec::new();
+        for (i, p) in per_cell.iter().enumerate() {
+            let mut at = 0.0;
+            for (k, name) in names.iter().enumerate() {
+                if let Some((_, v)) = p.iter().find(|(n, v)| n == *name && *v > 0.0) {
+                    bars.push(bar(i, cells.len(), at, at + v, palette(k).filled()));
+                    at += v;
                 }
             }
-            draw(bars)
-        },
-    )?;
+        }
+        draw(bars)
+    })?;
     root.present().map_err(drawing_error)
+}
+
+/// CPU per component per cell (cores busy on average during the load).
+pub fn cpu(cells: &[CellSummary], path: &Path) -> anyhow::Result<()> {
+    stacked(
+        cells,
+        path,
+        "CPU per cell, stacked by component",
+        "cores busy on average during the load (CPU seconds per second)",
+        |s| s.resources.iter().map(|(c, u)| (c.clone(), u.cores)).collect(),
+    )
+}
+
+/// Resident memory per component per cell, PostgreSQL left out: its RSS
+/// counts the shared buffers once per backend and would hide the rest.
+pub fn memory(cells: &[CellSummary], path: &Path) -> anyhow::Result<()> {
+    stacked(
+        cells,
+        path,
+        "Memory per cell, stacked by component (PostgreSQL left out)",
+        "resident memory at the end of the load, MiB",
+        |s| {
+            s.resources
+                .iter()
+                .filter(|(c, _)| c.as_str() != "postgres")
+                .map(|(c, u)| (c.clone(), u.rss_mib))
+                .collect()
+        },
+    )
+}
+
+/// Bytes per link per cell, where the lab's proxy saw them.
+pub fn network(cells: &[CellSummary], path: &Path) -> anyhow::Result<()> {
+    stacked(
+        cells,
+        path,
+        "Network per cell, stacked by link (proxied cells only)",
+        "MiB sent from sender to receiver during the cell",
+        |s| {
+            s.network
+                .iter()
+                .map(|(link, bytes)| (link.clone(), *bytes as f64 / (1024.0 * 1024.0)))
+                .collect()
+        },
+    )
 }
 
 /// `c` blended towards white, `amount` of the way.
@@ -385,11 +431,15 @@ pub fn timeline(cell: &CellSummary, series: &[SecondStats], path: &Path) -> anyh
 pub fn write_all(cells: &[CellSummary], dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     type Draw = fn(&[CellSummary], &Path) -> anyhow::Result<()>;
-    let charts: [(&str, Draw); 3] = [
+    let mut charts: Vec<(&str, Draw)> = vec![
         ("latency.png", latency),
         ("outcomes.png", outcomes),
         ("cpu.png", cpu),
+        ("memory.png", memory),
     ];
+    if cells.iter().any(|s| !s.network.is_empty()) {
+        charts.push(("network.png", network));
+    }
     charts
         .iter()
         .map(|(name, draw)| {
@@ -457,8 +507,21 @@ pub(crate) mod tests {
             cell("outbox", "none", 45.0, 3),
         ];
         let dir = std::env::temp_dir().join(format!("txlab-charts-{}", std::process::id()));
+        let names = |paths: Vec<PathBuf>| -> Vec<String> {
+            paths
+                .iter()
+                .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(
+            names(write_all(&cells, &dir).unwrap()),
+            ["latency.png", "outcomes.png", "cpu.png", "memory.png"],
+            "no network chart without proxied traffic"
+        );
+        let mut cells = cells;
+        cells[1].network = [("order→payment".to_string(), 3 << 20)].into();
         let paths = write_all(&cells, &dir).unwrap();
-        assert_eq!(paths.len(), 3);
+        assert_eq!(names(paths.clone()).last().unwrap(), "network.png");
         for p in &paths {
             let (w, h, n, buf) = decode(p);
             assert_eq!((w, h), (WIDTH, height(cells.len())), "{}", p.display());

@@ -34,6 +34,9 @@ pub fn page(run_id: &str, manifest: &serde_json::Value, cells: &[CellSummary], c
         cells.len(),
         if bad > 0 { "bad" } else { "" }
     );
+    out += "<p>Tables beside this page: <a href=\"summary.csv\">summary.csv</a> (a line per cell over its \
+            repetitions), <a href=\"repetitions.csv\">repetitions.csv</a>, <a href=\"percentiles.csv\">percentiles.csv</a>, \
+            <a href=\"summary.md\">summary.md</a>.</p>\n";
     for c in charts {
         let _ = writeln!(out, "<img src=\"{0}\" alt=\"{0}\">", esc(c));
     }
@@ -101,5 +104,6 @@ mod tests {
         assert!(html.contains("&lt;b&gt;odd&lt;/b&gt;") && !html.contains("<b>odd"));
         assert!(html.contains("audit violations: <span class=\"bad\">2</span>"));
         assert!(html.contains("&quot;seed&quot;: 7"));
+        assert!(html.contains("<a href=\"summary.csv\">"));
     }
 }

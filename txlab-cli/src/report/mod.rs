@@ -2,11 +2,13 @@
 //! the end of a run, and `txlab report`'s summary.csv, PNG charts
 //! ([`charts`]) and HTML page ([`html`]).
 
+pub mod aggregate;
 pub mod charts;
 pub mod delay;
 pub mod html;
 pub mod knee;
 pub mod orders;
+pub mod replicas;
 
 use std::fmt::Write as _;
 
@@ -107,7 +109,7 @@ pub fn table(summaries: &[CellSummary]) -> Table {
 }
 
 /// Columns of [`table`] a narrow terminal may go without, least needed
-/// first (summary.csv keeps every one): accepted latency, rates, the
+/// first (the CSVs keep every one): accepted latency, rates, the
 /// rarer outcomes, errors. What is left still says which method is fast
 /// and which lost data.
 const LEFT_OUT_FIRST: [usize; 6] = [10, 2, 7, 6, 5, 9];
@@ -137,7 +139,8 @@ pub fn fit_columns(t: &mut Table, width: u16) -> usize {
     hidden
 }
 
-/// One line of summary.csv: a cell's figures, for spreadsheets and scripts.
+/// One line of repetitions.csv: a repetition's figures, for spreadsheets
+/// and scripts (summary.csv groups them, [`aggregate`]).
 #[derive(Debug, serde::Serialize)]
 struct SummaryRow<'a> {
     cell: &'a str,

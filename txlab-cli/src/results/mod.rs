@@ -105,7 +105,7 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
     std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
 }
 
-fn write_histogram(path: &Path, h: &Histogram<u64>) -> anyhow::Result<()> {
+pub(crate) fn write_histogram(path: &Path, h: &Histogram<u64>) -> anyhow::Result<()> {
     let mut buf = Vec::new();
     V2DeflateSerializer::new()
         .serialize(h, &mut buf)
@@ -200,6 +200,14 @@ pub fn copy_log_slices(dir: &Path, files: &[(String, PathBuf)], marks: &[u64]) -
     Ok(())
 }
 
+/// A latency histogram a cell wrote (`accepted.hdr` or `decided.hdr`).
+pub fn read_histogram(path: &Path) -> anyhow::Result<Histogram<u64>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    hdrhistogram::serialization::Deserializer::new()
+        .deserialize(&mut bytes.as_slice())
+        .map_err(|e| anyhow::anyhow!("decoding {}: {e:?}", path.display()))
+}
+
 /// The percentile spectra of a cell (its percentiles.csv).
 pub fn read_percentiles(cell_dir: &Path) -> anyhow::Result<Vec<PercentileRow>> {
     let path = cell_dir.join("percentiles.csv");
@@ -265,11 +273,8 @@ mod tests {
         }
         let path = std::env::temp_dir().join(format!("txlab-hdr-test-{}.hdr", std::process::id()));
         write_histogram(&path, &h).unwrap();
-        let bytes = std::fs::read(&path).unwrap();
+        let back = read_histogram(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
-        let back: Histogram<u64> = hdrhistogram::serialization::Deserializer::new()
-            .deserialize(&mut bytes.as_slice())
-            .unwrap();
         assert_eq!(back.len(), 4);
         assert_eq!(back.value_at_quantile(0.5), h.value_at_quantile(0.5));
     }

@@ -188,6 +188,33 @@ impl CellSummary {
     }
 }
 
+impl CellSummary {
+    /// Orders decided as the scenario expects, per second of offered load.
+    pub fn goodput_per_s(&self) -> f64 {
+        self.per_second_of(self.outcomes.get(&self.expect).copied().unwrap_or(0))
+    }
+
+    /// Confirmed (committed) orders per second of offered load.
+    pub fn committed_per_s(&self) -> f64 {
+        self.per_second_of(
+            self.outcomes
+                .get(txlab_api::order::OrderState::Confirmed.as_str())
+                .copied()
+                .unwrap_or(0),
+        )
+    }
+
+    /// `orders` of those sent, as a rate: the achieved rate scaled by
+    /// their share.
+    fn per_second_of(&self, orders: u64) -> f64 {
+        if self.sent == 0 {
+            0.0
+        } else {
+            self.achieved_rate * orders as f64 / self.sent as f64
+        }
+    }
+}
+
 impl Thresholds {
     /// The limits `s` breaks, in words.
     pub fn broken_by(&self, s: &CellSummary) -> Vec<String> {

@@ -226,3 +226,17 @@ pub async fn proxied_lab(name: &str) -> (txlab_cli::platform::local::LocalPlatfo
         .expect("local platform starts (needs PostgreSQL and tansu: run `make setup`)");
     (platform, dir)
 }
+
+/// `txlab report <run> --reports <reports>` through the CLI entry, which
+/// must succeed; returns the report's directory.
+pub async fn report(run: &Path, reports: &Path) -> PathBuf {
+    let cli = <txlab_cli::Cli as clap::Parser>::parse_from([
+        "txlab",
+        "report",
+        run.to_str().unwrap(),
+        "--reports",
+        reports.to_str().unwrap(),
+    ]);
+    assert_eq!(txlab_cli::main(cli).await, std::process::ExitCode::SUCCESS);
+    reports.join(run.file_name().unwrap())
+}
