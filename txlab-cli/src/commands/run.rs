@@ -16,9 +16,10 @@ use txlab_api::Role;
 
 use crate::audit::{check, quiesce, Reader};
 use crate::chaos::fault::{FaultKind, PodAction};
-use crate::load::{drive, driver::Target, LoadReport};
+use crate::load::{drive, driver::Target as LoadTarget, LoadReport};
 use crate::metrics::resources;
 use crate::platform::local::{LocalOptions, LocalPlatform};
+use crate::platform::Target;
 use crate::platform::{Endpoints, Platform};
 use crate::results::{copy_log_slices, log_marks, rfc3339, write_cell, CellSummary, ChaosWindow, RunDir};
 use crate::spec::{Cell, Plan};
@@ -58,9 +59,21 @@ pub struct RunArgs {
     /// Use this Kafka-API broker (host:port) instead of starting tansu.
     #[arg(long, env = "TXLAB_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
-    /// Check the profile and print the cells without running anything.
+    /// Check the profile and print the cells without running anything;
+    /// with `--target k8s`, print every object the run would apply.
     #[arg(long)]
     pub dry_run: bool,
+    /// Where the run happens: the embedded local lab, or the Kubernetes
+    /// cluster of the current kubeconfig.
+    #[arg(long, value_enum, default_value_t = Target::Local)]
+    pub target: Target,
+    /// The workload's Helm chart (k8s target).
+    #[arg(long, default_value = "charts/txlab")]
+    pub chart: PathBuf,
+    /// A Helm value file applied before txlab's own values: image, database
+    /// Secret, broker address (k8s target; repeatable).
+    #[arg(long = "values")]
+    pub values: Vec<PathBuf>,
 }
 
 /// `scenarios/` beside the folder holding the profile (profiles/x.yaml → scenarios/).
@@ -126,6 +139,9 @@ impl RunArgs {
 }
 
 pub async fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
+    if args.target == Target::K8s {
+        return k8s(args);
+    }
     let RunPlan {
         plan,
         results,
@@ -177,6 +193,33 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     close(platform, keep, &plan, &run, started, &outcome).await?;
     exit_code(outcome, &run)
+}
+
+/// `--target k8s`: the objects of every deployment and chaos of the
+/// profile, rendered from the chart and checked.
+fn k8s(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let plan = args.resolve()?.plan;
+    let chart = crate::platform::k8s::chart::Chart {
+        dir: args.chart.clone(),
+        values: args.values.clone(),
+        helm: crate::platform::k8s::chart::find_helm()?,
+    };
+    let run_id = RunDir::id_now(&plan.profile.name);
+    let objects = crate::platform::k8s::RunObjects::of(&plan, &chart, &run_id)?;
+    if !args.dry_run {
+        bail!(
+            "running cells on Kubernetes is not finished: txlab renders, checks and prints the objects \
+             (--dry-run) and has the cluster operations, but does not yet reach the services for load \
+             and audit there; use --dry-run, or the local target"
+        );
+    }
+    print!(
+        "# txlab run --target k8s --dry-run: {} ({} cells) as run {run_id}\n{}",
+        plan.profile_path.display(),
+        plan.cells.len(),
+        objects.to_yaml()?
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Stops the platform, writes `run.json` and prints the table of the cells
@@ -556,7 +599,7 @@ async fn load_cell(inputs: &LoadInputs<'_>) -> anyhow::Result<LoadReport> {
     if let Some(f) = &cell.scenario.standing_fault {
         set_standing_fault(client, endpoints, f.role, &serde_json::to_value(&f.fault)?).await?;
     }
-    let target = Target {
+    let target = LoadTarget {
         base_url: endpoints.order_entry()?,
         run_id: &run.id,
     };

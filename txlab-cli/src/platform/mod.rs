@@ -4,7 +4,9 @@
 //!
 //! - [`local`]: the embedded default: PostgreSQL, tansu and the services as
 //!   child processes on loopback, nothing left behind.
+//! - [`k8s`]: a Kubernetes cluster, the workload from charts/txlab.
 
+pub mod k8s;
 pub mod local;
 
 use std::collections::BTreeMap;
@@ -12,6 +14,15 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use txlab_api::{Role, TxMode};
+
+/// Where a run happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    /// The embedded lab on this machine.
+    Local,
+    /// The Kubernetes cluster of the current kubeconfig.
+    K8s,
+}
 
 /// Where the services, their databases and the broker are reached.
 #[derive(Debug, Clone, Default, serde::Serialize)]

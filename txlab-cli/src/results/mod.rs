@@ -57,22 +57,12 @@ pub struct RunDir {
 impl RunDir {
     /// Creates `results/<timestamp>-<profile>` (with a suffix if taken).
     pub fn create(results: &Path, profile: &str) -> anyhow::Result<RunDir> {
-        let stamp = time::compact(std::time::SystemTime::now());
-        let safe: String = profile
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        let base = RunDir::id_now(profile);
         for n in 0..100 {
             let id = if n == 0 {
-                format!("{stamp}-{safe}")
+                base.clone()
             } else {
-                format!("{stamp}-{safe}-{n}")
+                format!("{base}-{n}")
             };
             let root = results.join(&id);
             if !root.exists() {
@@ -85,6 +75,22 @@ impl RunDir {
             "could not find a free run directory name under {}",
             results.display()
         )
+    }
+
+    /// The id a run of `profile` started now gets: `<timestamp>-<profile>`.
+    pub fn id_now(profile: &str) -> String {
+        let stamp = time::compact(std::time::SystemTime::now());
+        let safe: String = profile
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("{stamp}-{safe}")
     }
 
     pub fn services_log_dir(&self) -> PathBuf {

@@ -1,0 +1,509 @@
+//! The Kubernetes platform without a cluster: the chart rendered by a real
+//! helm into objects that pass the typed checks, and the cluster operations
+//! against a scripted API server that checks every request's method, path,
+//! field manager and body, and answers with successes and failures.
+
+mod common;
+
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use kube::client::Body;
+use serde_json::{json, Value};
+use txlab_api::TxMode;
+use txlab_cli::platform::k8s::chart::{self, Chart, DeploymentValues};
+use txlab_cli::platform::k8s::cluster::Cluster;
+use txlab_cli::platform::k8s::{checks, RunObjects, RunScope};
+
+fn chart(values: &[&str]) -> Chart {
+    Chart {
+        dir: common::repo().join("charts/txlab"),
+        values: values
+            .iter()
+            .map(|v| common::repo().join("charts/txlab/values-experiments").join(v))
+            .collect(),
+        helm: chart::find_helm().expect("helm for the chart tests: scripts/setup.sh installs it"),
+    }
+}
+
+fn render(c: &Chart, method: TxMode, replicas: u32) -> Vec<Value> {
+    c.render("txlab-test", &DeploymentValues::new("test-run", method, replicas))
+        .unwrap()
+}
+
+fn of_kind<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    objects.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+#[test]
+fn every_method_and_experiment_renders_objects_that_pass_the_typed_checks() {
+    for method in TxMode::ALL {
+        for replicas in [1, 3] {
+            let objects = render(&chart(&[]), method, replicas);
+            assert_eq!(
+                checks::problems(&objects),
+                Vec::<String>::new(),
+                "{method} x{replicas}"
+            );
+            let sets = of_kind(&objects, "StatefulSet");
+            assert_eq!(sets.len(), 5, "a StatefulSet per role");
+            for s in sets {
+                assert_eq!(s["spec"]["replicas"], replicas);
+                assert_eq!(s["metadata"]["namespace"], "txlab-test");
+                assert_eq!(s["metadata"]["labels"][chart::RUN_LABEL], "test-run");
+            }
+            let config = of_kind(&objects, "ConfigMap")[0];
+            assert_eq!(config["data"]["TX_MODE"], method.as_str());
+            assert_eq!(config["data"]["REPLICA_COUNT"], replicas.to_string());
+        }
+    }
+    for experiment in ["scale-3.yaml", "chaos-latency.yaml", "twopc.yaml", "outbox.yaml"] {
+        let objects = chart(&[experiment])
+            .render("txlab-test", &DeploymentValues::new("r", TxMode::Tcc, 1))
+            .unwrap();
+        assert_eq!(checks::problems(&objects), Vec::<String>::new(), "{experiment}");
+    }
+    // txlab's values come last: the method file's txMode does not win.
+    let objects = render(&chart(&["outbox.yaml"]), TxMode::Twopc, 1);
+    assert_eq!(of_kind(&objects, "ConfigMap")[0]["data"]["TX_MODE"], "twopc");
+}
+
+#[test]
+fn only_the_checkouts_calls_are_let_in() {
+    let objects = render(&chart(&[]), TxMode::Twopc, 1);
+    let callers = |role: &str| -> Vec<String> {
+        let policy = of_kind(&objects, "NetworkPolicy")
+            .into_iter()
+            .find(|p| p["metadata"]["name"] == format!("txlab-{role}"))
+            .unwrap();
+        policy["spec"]["ingress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|rule| rule["from"].as_array().unwrap().iter())
+            .map(|peer| {
+                let pod = &peer["podSelector"]["matchLabels"];
+                pod.get("app.kubernetes.io/component")
+                    .or(pod.get("app"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("monitoring")
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(
+        callers("order"),
+        ["monitoring", "load", "payment", "inventory", "shipping"]
+    );
+    assert_eq!(callers("payment"), ["monitoring", "order"]);
+    assert_eq!(callers("notification"), ["monitoring"]);
+}
+
+#[test]
+fn bad_values_are_refused_by_the_chart_or_by_the_checks() {
+    let dir = common::temp_dir("k8s-values");
+    let file = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let with = |values: std::path::PathBuf| Chart {
+        values: vec![values],
+        ..chart(&[])
+    };
+    // Without limits the workload is not hardened: the checks say so.
+    let objects = with(file("no-limits.yaml", "resources:\n  limits: null\n"))
+        .render("n", &DeploymentValues::new("r", TxMode::Tcc, 1))
+        .unwrap();
+    let p = checks::problems(&objects);
+    assert_eq!(p.len(), 10, "cpu and memory limit of 5 containers: {p:?}");
+    assert!(p[0].contains("no cpu limit"), "{p:?}");
+    // Autoscaling a role that splits partitions by pod count: the chart refuses.
+    let err = with(file(
+        "hpa.yaml",
+        "autoscaling: {enabled: true, roles: [notification]}\n",
+    ))
+    .render("n", &DeploymentValues::new("r", TxMode::Tcc, 1))
+    .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("notification takes events"),
+        "{err:#}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_dry_run_of_a_profile_lists_each_deployment_and_chaos_object_once() {
+    let plan = common::plan("chaos.yaml");
+    let objects = RunObjects::of(&plan, &chart(&[]), "20261201-000000-chaos").unwrap();
+    assert_eq!(objects.deployments.len(), 10, "5 methods x replicas 1 and 3");
+    assert_eq!(objects.deployments[0].cells.len(), 6, "one per chaos entry");
+    let names: Vec<&str> = objects
+        .chaos
+        .iter()
+        .map(|(o, _)| o["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "latency-10ms",
+            "latency-50ms-jitter",
+            "loss-1pct",
+            "kill-inventory",
+            "order-replica-down"
+        ]
+    );
+    for (o, _) in &objects.chaos {
+        assert_eq!(o["metadata"]["namespace"], "txlab-20261201-000000-chaos");
+    }
+    let yaml = objects.to_yaml().unwrap();
+    let back = chart::parse_documents(&yaml).unwrap();
+    assert_eq!(back, objects.all(), "the printed stream is the objects applied");
+}
+
+// ---- the cluster operations against a scripted API server ----
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+fn cluster() -> (Cluster, Handle) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "default");
+    (Cluster::new(client, RunScope::of("run-1")), handle)
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": message, "reason": reason, "code": code})
+}
+
+/// Takes the next request, checks its method and path (and query, when
+/// `query` is given), answers `answer` with `code`; returns the body sent.
+async fn expect(
+    handle: &mut Handle,
+    method: Method,
+    path: &str,
+    query: Option<&str>,
+    code: u16,
+    answer: Value,
+) -> Value {
+    let (request, respond) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+        .await
+        .unwrap_or_else(|_| panic!("no request came; expected {method} {path}"))
+        .expect("the client is gone");
+    assert_eq!(request.method(), method, "{}", request.uri());
+    assert_eq!(request.uri().path(), path);
+    if let Some(q) = query {
+        let pairs = |q: &str| {
+            let mut p: Vec<String> = q.split('&').filter(|p| !p.is_empty()).map(String::from).collect();
+            p.sort();
+            p
+        };
+        assert_eq!(
+            pairs(request.uri().query().unwrap_or_default()),
+            pairs(q),
+            "{}",
+            request.uri()
+        );
+    }
+    let is_apply = request
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v == "application/apply-patch+yaml");
+    assert_eq!(
+        is_apply,
+        method == Method::PATCH,
+        "server-side apply, and only for patches"
+    );
+    let bytes = request.into_body().collect_bytes().await.unwrap();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    respond.send_response(
+        Response::builder()
+            .status(StatusCode::from_u16(code).unwrap())
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+            .unwrap(),
+    );
+    body
+}
+
+/// What the operation returned; it must end within 5 s of its last
+/// expected request (an unexpected extra request would wait forever).
+async fn finish<T>(task: tokio::task::JoinHandle<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the operation made a request that was not expected")
+        .unwrap()
+}
+
+const APPLY: Option<&str> = Some("fieldManager=txlab&force=true");
+
+#[tokio::test]
+async fn deploy_applies_each_object_server_side_as_txlab() {
+    let (cluster, mut api) = cluster();
+    let mut objects = vec![cluster.scope.namespace_object()];
+    objects.extend(render(&chart(&[]), TxMode::SagaOrch, 1).into_iter().map(|mut o| {
+        o["metadata"]["namespace"] = json!("txlab-run-1");
+        o
+    }));
+    let expected = objects.clone();
+    let task = tokio::spawn(async move { cluster.apply(&objects).await });
+    for o in &expected {
+        let kind = o["kind"].as_str().unwrap();
+        let name = o["metadata"]["name"].as_str().unwrap();
+        let path = match kind {
+            "Namespace" => format!("/api/v1/namespaces/{name}"),
+            "ConfigMap" | "Service" => {
+                format!("/api/v1/namespaces/txlab-run-1/{}s/{name}", kind.to_lowercase())
+            }
+            "StatefulSet" => format!("/apis/apps/v1/namespaces/txlab-run-1/statefulsets/{name}"),
+            "NetworkPolicy" => {
+                format!("/apis/networking.k8s.io/v1/namespaces/txlab-run-1/networkpolicies/{name}")
+            }
+            other => panic!("unexpected kind {other}"),
+        };
+        let body = expect(&mut api, Method::PATCH, &path, APPLY, 200, o.clone()).await;
+        assert_eq!(&body, o, "the object is sent as rendered");
+    }
+    finish(task).await.unwrap();
+}
+
+#[tokio::test]
+async fn scaling_is_the_same_apply_with_the_new_count() {
+    let (cluster, mut api) = cluster();
+    let three: Vec<Value> = of_kind(&render(&chart(&[]), TxMode::Tcc, 3), "StatefulSet")
+        .into_iter()
+        .take(1)
+        .cloned()
+        .collect();
+    let task = tokio::spawn(async move { cluster.apply(&three).await });
+    let body = expect(
+        &mut api,
+        Method::PATCH,
+        "/apis/apps/v1/namespaces/txlab-run-1/statefulsets/txlab-order",
+        APPLY,
+        200,
+        json!({}),
+    )
+    .await;
+    assert_eq!(body["spec"]["replicas"], 3);
+    assert_eq!(
+        body["metadata"]["namespace"], "txlab-run-1",
+        "placed in the run's namespace"
+    );
+    assert_eq!(body["spec"]["template"]["metadata"]["labels"]["app"], "order");
+    finish(task).await.unwrap();
+}
+
+#[tokio::test]
+async fn refusals_name_the_object_and_what_the_server_said() {
+    for (code, reason, words) in [
+        (409, "Conflict", "conflict"),
+        (
+            403,
+            "Forbidden",
+            "forbidden: the credentials txlab uses may not do this",
+        ),
+    ] {
+        let (cluster, mut api) = cluster();
+        let ns = cluster.scope.namespace_object();
+        let task = tokio::spawn(async move { cluster.apply(&[ns]).await });
+        expect(
+            &mut api,
+            Method::PATCH,
+            "/api/v1/namespaces/txlab-run-1",
+            APPLY,
+            code,
+            status(code, reason, "namespace txlab-run-1 is terminating"),
+        )
+        .await;
+        let err = format!("{:#}", finish(task).await.unwrap_err());
+        assert!(
+            err.contains("applying Namespace txlab-run-1")
+                && err.contains(words)
+                && err.contains("is terminating")
+                && err.contains(&format!("HTTP {code}")),
+            "{err}"
+        );
+    }
+}
+
+fn statefulsets(ready: i32) -> Value {
+    json!({"kind": "StatefulSetList", "apiVersion": "apps/v1", "metadata": {}, "items": [
+        {"metadata": {"name": "txlab-order", "generation": 2},
+         "spec": {"replicas": 3, "serviceName": "s", "selector": {}, "template": {}},
+         "status": {"replicas": 3, "observedGeneration": 2, "readyReplicas": ready, "updatedReplicas": 3}}]})
+}
+
+const BY_RUN: Option<&str> = Some("labelSelector=txlab.dev%2Frun%3Drun-1");
+
+#[tokio::test]
+async fn a_rollout_is_waited_for_and_a_stuck_one_named_at_its_timeout() {
+    let (cluster, mut api) = cluster();
+    let waiting = cluster.clone();
+    let task = tokio::spawn(async move { waiting.wait_rollout(Duration::from_secs(10)).await });
+    let path = "/apis/apps/v1/namespaces/txlab-run-1/statefulsets";
+    expect(&mut api, Method::GET, path, BY_RUN, 200, statefulsets(1)).await;
+    expect(&mut api, Method::GET, path, BY_RUN, 200, statefulsets(3)).await;
+    finish(task).await.unwrap();
+
+    let task = tokio::spawn(async move { cluster.wait_rollout(Duration::from_millis(1500)).await });
+    for _ in 0..2 {
+        expect(&mut api, Method::GET, path, BY_RUN, 200, statefulsets(2)).await;
+    }
+    let err = format!("{:#}", finish(task).await.unwrap_err());
+    assert!(err.contains("txlab-order (2 of 3 ready, 3 updated)"), "{err}");
+}
+
+fn list(kind: &str, names: &[&str]) -> Value {
+    json!({"kind": format!("{kind}List"), "apiVersion": "chaos-mesh.org/v1alpha1", "metadata": {},
+           "items": names.iter().map(|n| json!({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": kind,
+                                                  "metadata": {"name": n}})).collect::<Vec<_>>()})
+}
+
+/// The run's chaos objects listed (NetworkChaos `on`, no PodChaos) and
+/// `deleted` deleted, as chaos off and teardown do.
+async fn chaos_listed_and_deleted(api: &mut Handle, on: &[&str], deleted: &str) {
+    let base = "/apis/chaos-mesh.org/v1alpha1/namespaces/txlab-run-1";
+    let networkchaos = format!("{base}/networkchaos");
+    expect(
+        api,
+        Method::GET,
+        &networkchaos,
+        BY_RUN,
+        200,
+        list("NetworkChaos", on),
+    )
+    .await;
+    let one = format!("{networkchaos}/{deleted}");
+    expect(api, Method::DELETE, &one, None, 200, json!({})).await;
+    let podchaos = format!("{base}/podchaos");
+    expect(api, Method::GET, &podchaos, BY_RUN, 200, list("PodChaos", &[])).await;
+}
+
+#[tokio::test]
+async fn chaos_goes_on_as_the_file_says_and_off_by_name_or_by_run() {
+    let (cluster, mut api) = cluster();
+    let plan = common::plan("chaos.yaml");
+    let source = plan
+        .cells
+        .iter()
+        .flat_map(|c| c.chaos.faults.iter())
+        .find(|f| f.name == "latency-10ms")
+        .unwrap()
+        .source
+        .clone();
+    let on = cluster.clone();
+    let sent = source.clone();
+    let task = tokio::spawn(async move { on.chaos_on(&sent).await });
+    let body = expect(
+        &mut api,
+        Method::PATCH,
+        "/apis/chaos-mesh.org/v1alpha1/namespaces/txlab-run-1/networkchaos/latency-10ms",
+        APPLY,
+        200,
+        json!({}),
+    )
+    .await;
+    finish(task).await.unwrap();
+    assert_eq!(body["spec"], source["spec"], "the spec as the chaos file has it");
+    assert_eq!(body["metadata"]["labels"]["txlab.dev/run"], "run-1");
+
+    let task = tokio::spawn(async move { cluster.chaos_off(Some("latency-10ms")).await });
+    chaos_listed_and_deleted(&mut api, &["latency-10ms", "loss-1pct"], "latency-10ms").await;
+    assert_eq!(
+        finish(task).await.unwrap(),
+        ["latency-10ms"],
+        "loss-1pct stays on"
+    );
+}
+
+#[tokio::test]
+async fn teardown_removes_chaos_then_the_runs_own_namespace_only() {
+    for (label, deleted) in [("run-1", true), ("someone-else", false)] {
+        let (cluster, mut api) = cluster();
+        let task = tokio::spawn(async move { cluster.teardown().await });
+        chaos_listed_and_deleted(&mut api, &["partition-payment"], "partition-payment").await;
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace",
+                        "metadata": {"name": "txlab-run-1", "labels": {"txlab.dev/run": label}}});
+        expect(
+            &mut api,
+            Method::GET,
+            "/api/v1/namespaces/txlab-run-1",
+            None,
+            200,
+            ns.clone(),
+        )
+        .await;
+        if deleted {
+            let body = expect(
+                &mut api,
+                Method::DELETE,
+                "/api/v1/namespaces/txlab-run-1",
+                None,
+                200,
+                ns,
+            )
+            .await;
+            assert_eq!(body["propagationPolicy"], "Background");
+            finish(task).await.unwrap();
+        } else {
+            let err = format!("{:#}", finish(task).await.unwrap_err());
+            assert!(
+                err.contains("is not this run's") && err.contains("left in place"),
+                "{err}"
+            );
+        }
+    }
+}
+
+// ---- the command line ----
+
+fn run_k8s(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_txlab"));
+    cmd.current_dir(common::repo())
+        .args(["run", "--target", "k8s", "--profile", "profiles/smoke.yaml"])
+        .args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_command_prints_the_objects_or_says_what_is_missing() {
+    let helm = chart::find_helm().unwrap();
+    let helm = helm.to_str().unwrap();
+    let (code, stdout, stderr) = run_k8s(&["--dry-run"], &[("TXLAB_HELM", helm)]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let objects = chart::parse_documents(&stdout).unwrap();
+    assert_eq!(objects[0]["kind"], "Namespace");
+    assert_eq!(
+        objects.len(),
+        1 + 21,
+        "smoke.yaml: one deployment of saga_orch, no chaos"
+    );
+
+    let (code, _, stderr) = run_k8s(&["--dry-run"], &[("TXLAB_HELM", "/nonexistent/helm")]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("running /nonexistent/helm"), "{stderr}");
+
+    let (code, _, stderr) = run_k8s(&["--dry-run"], &[("TXLAB_HELM", ""), ("PATH", "/nonexistent")]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("helm is not on PATH"), "{stderr}");
+
+    let (code, stdout, stderr) = run_k8s(&[], &[("TXLAB_HELM", helm)]);
+    assert_eq!(code, Some(1));
+    assert!(
+        stdout.is_empty() && stderr.contains("running cells on Kubernetes is not finished"),
+        "{stderr}"
+    );
+}
