@@ -364,24 +364,34 @@ fn list(kind: &str, names: &[&str]) -> Value {
                                                   "metadata": {"name": n}})).collect::<Vec<_>>()})
 }
 
-/// The run's chaos objects listed (NetworkChaos `on`, no PodChaos) and
+/// The run's chaos objects listed (NetworkChaos `on`, no PodChaos), then
 /// `deleted` deleted, as chaos off and teardown do.
 async fn chaos_listed_and_deleted(api: &mut Handle, on: &[&str], deleted: &str) {
-    let base = "/apis/chaos-mesh.org/v1alpha1/namespaces/txlab-run-1";
-    let networkchaos = format!("{base}/networkchaos");
-    expect(
-        api,
-        Method::GET,
-        &networkchaos,
-        BY_RUN,
-        200,
-        list("NetworkChaos", on),
-    )
-    .await;
-    let one = format!("{networkchaos}/{deleted}");
+    chaos_listed(api, on, &[]).await;
+    let one = format!("{CHAOS_PATH}/networkchaos/{deleted}");
     expect(api, Method::DELETE, &one, None, 200, json!({})).await;
-    let podchaos = format!("{base}/podchaos");
-    expect(api, Method::GET, &podchaos, BY_RUN, 200, list("PodChaos", &[])).await;
+}
+
+const CHAOS_PATH: &str = "/apis/chaos-mesh.org/v1alpha1/namespaces/txlab-run-1";
+
+/// The run's NetworkChaos and PodChaos objects listed.
+async fn chaos_listed(api: &mut Handle, network: &[&str], pod: &[&str]) {
+    let networkchaos = format!("{CHAOS_PATH}/networkchaos");
+    let answer = list("NetworkChaos", network);
+    expect(api, Method::GET, &networkchaos, BY_RUN, 200, answer).await;
+    let podchaos = format!("{CHAOS_PATH}/podchaos");
+    expect(api, Method::GET, &podchaos, BY_RUN, 200, list("PodChaos", pod)).await;
+}
+
+#[tokio::test]
+async fn chaos_status_lists_the_runs_objects_of_both_kinds() {
+    let (cluster, mut api) = cluster();
+    let task = tokio::spawn(async move { cluster.chaos_status().await });
+    chaos_listed(&mut api, &["loss-1pct"], &["kill-inventory"]).await;
+    assert_eq!(
+        finish(task).await.unwrap(),
+        ["NetworkChaos/loss-1pct", "PodChaos/kill-inventory"]
+    );
 }
 
 #[tokio::test]
@@ -506,4 +516,42 @@ fn the_command_prints_the_objects_or_says_what_is_missing() {
         stdout.is_empty() && stderr.contains("running cells on Kubernetes is not finished"),
         "{stderr}"
     );
+}
+
+#[test]
+fn chaos_on_a_cluster_checks_files_and_says_when_there_is_no_cluster() {
+    let chaos = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_txlab"))
+            .current_dir(common::repo())
+            .arg("chaos")
+            .args(args)
+            .args(["--target", "k8s"])
+            .env("KUBECONFIG", "/nonexistent/kubeconfig")
+            .env("HOME", "/nonexistent")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = chaos(&["status"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("needs --run"), "{stderr}");
+
+    let (code, stderr) = chaos(&["status", "--run", "r1"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("no Kubernetes cluster to talk to"), "{stderr}");
+
+    // A bad file is named before any cluster is asked.
+    let bad = common::temp_dir("k8s-chaos").join("bad.yaml");
+    std::fs::write(&bad, "apiVersion: chaos-mesh.org/v1alpha1\nkind: PodChaos\nmetadata: {name: x}\nspec: {action: pod-kill, mode: one, selector: {labelSelectors: {app: warehouse}}}\n").unwrap();
+    let (code, stderr) = chaos(&["on", bad.to_str().unwrap(), "--run", "r1"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("bad.yaml") && !stderr.contains("no Kubernetes cluster"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(bad.parent().unwrap()).unwrap();
 }

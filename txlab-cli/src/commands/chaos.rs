@@ -1,6 +1,8 @@
 //! `txlab chaos on <file>… | off [name] | status`: chaos on a lab started
-//! with `txlab up`. Files are checked here first, so a mistake is reported
-//! with its file, line and field before the lab is asked anything.
+//! with `txlab up`, or with `--target k8s --run <id>` on a run's namespace
+//! in a cluster (Chaos Mesh enforcing the same files). Files are checked
+//! here first, so a mistake is reported with its file, line and field
+//! before the lab or the cluster is asked anything.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,6 +22,13 @@ pub struct ChaosArgs {
     /// Where the running lab keeps its state (as given to `txlab up`).
     #[arg(long, global = true, default_value = DEFAULT_DIR, env = "TXLAB_STATE_DIR")]
     pub state_dir: PathBuf,
+    /// The lab started by `txlab up` (local), or a run's namespace on the
+    /// cluster of the current kubeconfig (k8s, with --run).
+    #[arg(long, global = true, value_enum, default_value_t = crate::platform::Target::Local)]
+    pub target: crate::platform::Target,
+    /// The run whose namespace (`txlab-<run>`) the chaos goes to (k8s).
+    #[arg(long, global = true)]
+    pub run: Option<String>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -36,6 +45,9 @@ pub enum ChaosAction {
 }
 
 pub async fn execute(args: ChaosArgs) -> anyhow::Result<ExitCode> {
+    if args.target == crate::platform::Target::K8s {
+        return on_cluster(args).await;
+    }
     match args.action {
         ChaosAction::On { files } => {
             // Every file checked before any is switched on.
@@ -72,6 +84,50 @@ pub async fn execute(args: ChaosArgs) -> anyhow::Result<ExitCode> {
             let lab = LabState::require(&args.state_dir)?;
             let s = control::call(&lab, Method::GET, "/status", None).await?;
             print!("{}", status_text(&s));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The same actions on a run's namespace in a cluster.
+async fn on_cluster(args: ChaosArgs) -> anyhow::Result<ExitCode> {
+    let run = args
+        .run
+        .as_deref()
+        .context("--target k8s needs --run <run id>: the run whose namespace the chaos goes to")?;
+    let scope = crate::platform::k8s::RunScope::of(run);
+    let connect = || async {
+        let client = crate::platform::k8s::cluster::connect().await?;
+        anyhow::Ok(crate::platform::k8s::cluster::Cluster::new(client, scope.clone()))
+    };
+    match args.action {
+        ChaosAction::On { files } => {
+            let faults: Vec<crate::chaos::Fault> = files
+                .iter()
+                .map(|f| crate::chaos::mesh::load(f))
+                .collect::<Result<_, _>>()?;
+            let cluster = connect().await?;
+            for f in &faults {
+                cluster.chaos_on(&f.source).await?;
+                println!("on: {} in {}", f.name, scope.namespace);
+            }
+        }
+        ChaosAction::Off { name } => {
+            let off = connect().await?.chaos_off(name.as_deref()).await?;
+            if off.is_empty() {
+                println!("nothing was on in {}", scope.namespace);
+            } else {
+                println!("off: {}", off.join(", "));
+            }
+        }
+        ChaosAction::Status => {
+            let on = connect().await?.chaos_status().await?;
+            let on = if on.is_empty() {
+                "none".to_string()
+            } else {
+                on.join(", ")
+            };
+            println!("{}: chaos on: {on}", scope.namespace);
         }
     }
     Ok(ExitCode::SUCCESS)

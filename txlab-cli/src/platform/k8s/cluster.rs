@@ -43,6 +43,14 @@ const CHAOS_KINDS: [(&str, &str); 2] = [
 /// How often rollouts are polled.
 const POLL: Duration = Duration::from_millis(1000);
 
+/// A client for the cluster of the current kubeconfig (or of the pod
+/// txlab runs in).
+pub async fn connect() -> anyhow::Result<Client> {
+    Client::try_default().await.map_err(|e| {
+        anyhow!("no Kubernetes cluster to talk to (set KUBECONFIG, or run txlab inside a pod): {e}")
+    })
+}
+
 /// One run's namespace on one cluster.
 #[derive(Clone)]
 pub struct Cluster {
@@ -168,10 +176,9 @@ impl Cluster {
         self.apply(&[self.scope.chaos_object(source)]).await
     }
 
-    /// Deletes the chaos object named, or every chaos object of the run;
-    /// returns the names deleted.
-    pub async fn chaos_off(&self, name: Option<&str>) -> anyhow::Result<Vec<String>> {
-        let mut gone = Vec::new();
+    /// The run's chaos objects: each with its API, kind and name.
+    async fn chaos_objects(&self) -> anyhow::Result<Vec<(Api<DynamicObject>, &'static str, String)>> {
+        let mut out = Vec::new();
         for (api_version, kind) in CHAOS_KINDS {
             let (api, _) = self.api(api_version, kind)?;
             let list = api
@@ -179,15 +186,34 @@ impl Cluster {
                 .await
                 .map_err(|e| explain(e, &format!("listing {kind} in {}", self.scope.namespace)))?;
             for o in list.items {
-                let n = o.metadata.name.unwrap_or_default();
-                if name.is_some_and(|want| want != n) {
-                    continue;
-                }
-                api.delete(&n, &DeleteParams::default())
-                    .await
-                    .map_err(|e| explain(e, &format!("deleting {kind} {n}")))?;
-                gone.push(n);
+                out.push((api.clone(), kind, o.metadata.name.unwrap_or_default()));
             }
+        }
+        Ok(out)
+    }
+
+    /// What chaos of the run is on: `kind/name` of each object.
+    pub async fn chaos_status(&self) -> anyhow::Result<Vec<String>> {
+        Ok(self
+            .chaos_objects()
+            .await?
+            .into_iter()
+            .map(|(_, kind, name)| format!("{kind}/{name}"))
+            .collect())
+    }
+
+    /// Deletes the chaos object named, or every chaos object of the run;
+    /// returns the names deleted.
+    pub async fn chaos_off(&self, name: Option<&str>) -> anyhow::Result<Vec<String>> {
+        let mut gone = Vec::new();
+        for (api, kind, n) in self.chaos_objects().await? {
+            if name.is_some_and(|want| want != n) {
+                continue;
+            }
+            api.delete(&n, &DeleteParams::default())
+                .await
+                .map_err(|e| explain(e, &format!("deleting {kind} {n}")))?;
+            gone.push(n);
         }
         Ok(gone)
     }
