@@ -1,8 +1,8 @@
 # syntax=docker/dockerfile:1
 # Two small non-root images from one build:
 #   docker build --target svc -t txlab-svc .   the workload charts/txlab runs
-#   docker build --target cli -t txlab .       txlab itself, with the profiles,
-#                                              scenarios and chaos files
+#   docker build --target cli -t txlab .       txlab itself with helm, the chart,
+#                                              profiles, scenarios and chaos files
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
@@ -29,6 +29,9 @@ ENTRYPOINT ["/usr/local/bin/txlab-svc"]
 
 FROM runtime AS cli
 COPY --from=build /out/txlab /usr/local/bin/txlab
+# `--target k8s` renders the chart with helm.
+COPY --from=alpine/helm:3.17.3 /usr/bin/helm /usr/local/bin/helm
+COPY charts /opt/txlab/charts
 COPY profiles /opt/txlab/profiles
 COPY scenarios /opt/txlab/scenarios
 COPY chaos /opt/txlab/chaos

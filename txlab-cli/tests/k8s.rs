@@ -69,7 +69,7 @@ fn every_method_and_experiment_renders_objects_that_pass_the_typed_checks() {
 }
 
 #[test]
-fn only_the_checkouts_calls_are_let_in() {
+fn only_the_labs_calls_are_let_in() {
     let objects = render(&chart(&[]), TxMode::Twopc, 1);
     let callers = |role: &str| -> Vec<String> {
         let policy = of_kind(&objects, "NetworkPolicy")
@@ -82,21 +82,29 @@ fn only_the_checkouts_calls_are_let_in() {
             .iter()
             .flat_map(|rule| rule["from"].as_array().unwrap().iter())
             .map(|peer| {
-                let pod = &peer["podSelector"]["matchLabels"];
-                pod.get("app.kubernetes.io/component")
-                    .or(pod.get("app"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("monitoring")
-                    .to_string()
+                let pods = &peer["podSelector"]["matchLabels"];
+                let who = pods
+                    .get("app.kubernetes.io/component")
+                    .or(pods.get("app"))
+                    .and_then(Value::as_str);
+                match (who, peer.get("namespaceSelector")) {
+                    (Some(w), None) => w.to_string(),
+                    (Some(w), Some(_)) => format!("{w} (any namespace)"),
+                    (None, Some(ns)) => {
+                        format!("namespace {}", ns["matchLabels"]["kubernetes.io/metadata.name"])
+                    }
+                    (None, None) => panic!("a peer that lets anyone in: {peer}"),
+                }
             })
             .collect()
     };
+    let lab = ["namespace \"monitoring\"", "load (any namespace)"];
     assert_eq!(
         callers("order"),
-        ["monitoring", "load", "payment", "inventory", "shipping"]
+        [&lab[..], &["payment", "inventory", "shipping"]].concat()
     );
-    assert_eq!(callers("payment"), ["monitoring", "order"]);
-    assert_eq!(callers("notification"), ["monitoring"]);
+    assert_eq!(callers("payment"), [&lab[..], &["order"]].concat());
+    assert_eq!(callers("notification"), lab);
 }
 
 #[test]
@@ -470,13 +478,36 @@ async fn teardown_removes_chaos_then_the_runs_own_namespace_only() {
     }
 }
 
+#[tokio::test]
+async fn teardown_works_where_chaos_mesh_is_not_installed() {
+    let (cluster, mut api) = cluster();
+    let task = tokio::spawn(async move { cluster.teardown().await });
+    let missing = status(
+        404,
+        "NotFound",
+        "the server could not find the requested resource",
+    );
+    for kind in ["networkchaos", "podchaos"] {
+        let path = format!("{CHAOS_PATH}/{kind}");
+        expect(&mut api, Method::GET, &path, BY_RUN, 404, missing.clone()).await;
+    }
+    let ns = "/api/v1/namespaces/txlab-run-1";
+    let owned = json!({"apiVersion": "v1", "kind": "Namespace",
+                       "metadata": {"name": "txlab-run-1", "labels": {"txlab.dev/run": "run-1"}}});
+    expect(&mut api, Method::GET, ns, None, 200, owned.clone()).await;
+    expect(&mut api, Method::DELETE, ns, None, 200, owned).await;
+    finish(task).await.unwrap();
+}
+
 // ---- the command line ----
 
 fn run_k8s(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_txlab"));
     cmd.current_dir(common::repo())
         .args(["run", "--target", "k8s", "--profile", "profiles/smoke.yaml"])
-        .args(args);
+        .args(args)
+        .env_remove("TXLAB_DATABASE_URL")
+        .env_remove("TXLAB_KAFKA_BROKERS");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -510,12 +541,38 @@ fn the_command_prints_the_objects_or_says_what_is_missing() {
     assert_eq!(code, Some(1));
     assert!(stderr.contains("helm is not on PATH"), "{stderr}");
 
-    let (code, stdout, stderr) = run_k8s(&[], &[("TXLAB_HELM", helm)]);
+    // A run needs the database and broker as the cluster reaches them,
+    // and says so before creating anything.
+    let results = common::temp_dir("k8s-results");
+    let (code, stdout, stderr) = run_k8s(&["--results", results.to_str().unwrap()], &[("TXLAB_HELM", helm)]);
     assert_eq!(code, Some(1));
     assert!(
-        stdout.is_empty() && stderr.contains("running cells on Kubernetes is not finished"),
+        stdout.is_empty() && stderr.contains("--target k8s needs --database-url"),
         "{stderr}"
     );
+    let (code, _, stderr) = run_k8s(
+        &[
+            "--results",
+            results.to_str().unwrap(),
+            "--database-url",
+            "postgres://u@db/postgres",
+            "--kafka-brokers",
+            "kafka:9092",
+        ],
+        &[
+            ("TXLAB_HELM", helm),
+            ("KUBECONFIG", "/nonexistent/kubeconfig"),
+            ("HOME", "/nonexistent"),
+        ],
+    );
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("no Kubernetes cluster to talk to"), "{stderr}");
+    assert_eq!(
+        std::fs::read_dir(&results).unwrap().count(),
+        0,
+        "no run directory for a run that never began"
+    );
+    std::fs::remove_dir_all(&results).unwrap();
 }
 
 #[test]
@@ -554,4 +611,149 @@ fn chaos_on_a_cluster_checks_files_and_says_when_there_is_no_cluster() {
         "{stderr}"
     );
     std::fs::remove_dir_all(bad.parent().unwrap()).unwrap();
+}
+
+// ---- the platform: a run's namespace, databases and deployments ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_on_a_cluster_gets_its_namespace_databases_and_deployments() {
+    use txlab_cli::platform::k8s::lab::{K8sOptions, K8sPlatform};
+    use txlab_cli::platform::Platform;
+    // A real PostgreSQL for the databases txlab creates; the cluster is scripted.
+    let dir = common::temp_dir("k8s-platform");
+    let local = txlab_cli::platform::local::LocalPlatform::start(txlab_cli::platform::local::LocalOptions {
+        log_dir: dir.join("logs"),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let admin = local.admin_url().to_string();
+    let (cluster, mut api) = cluster();
+    let opts = K8sOptions {
+        chart: chart(&[]),
+        run_id: "run-1".into(),
+        database_url: admin.clone(),
+        brokers: "kafka.infra:9092".into(),
+        rollout_timeout: Duration::from_secs(10),
+    };
+    let task = tokio::spawn(async move {
+        let mut p = K8sPlatform::start(cluster, opts).await?;
+        let first = p.deploy(TxMode::Tcc, 3).await?;
+        let again = p.deploy(TxMode::Tcc, 3).await?;
+        p.shutdown().await?;
+        anyhow::Ok((first, again))
+    });
+    let ns = "/api/v1/namespaces/txlab-run-1";
+    expect(&mut api, Method::PATCH, ns, APPLY, 200, json!({})).await;
+    let secret = expect(
+        &mut api,
+        Method::PATCH,
+        &format!("{ns}/secrets/txlab-db"),
+        APPLY,
+        200,
+        json!({}),
+    )
+    .await;
+    for role in txlab_api::Role::ALL {
+        let url = secret["stringData"][role.as_str()].as_str().unwrap();
+        assert!(url.ends_with(&format!("/txlab_{role}")), "{url}");
+        // The database exists on the server txlab was given.
+        let db = url.to_string();
+        sqlx::Connection::connect(&db)
+            .await
+            .map(|c: sqlx::PgConnection| drop(c))
+            .unwrap_or_else(|e| panic!("{db}: {e}"));
+    }
+    // The deployment: every object of the chart, with the run's broker.
+    for _ in 0..21 {
+        let (request, respond) = api.next_request().await.unwrap();
+        assert_eq!(request.method(), Method::PATCH);
+        let body: Value =
+            serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap()).unwrap();
+        if body["kind"] == "ConfigMap" {
+            assert_eq!(body["data"]["KAFKA_BROKERS"], "kafka.infra:9092");
+            assert_eq!(body["data"]["TX_MODE"], "tcc");
+        }
+        respond.send_response(
+            Response::builder()
+                .status(200)
+                .body(Body::from(b"{}".to_vec()))
+                .unwrap(),
+        );
+    }
+    let sets = "/apis/apps/v1/namespaces/txlab-run-1/statefulsets";
+    expect(&mut api, Method::GET, sets, BY_RUN, 200, statefulsets(3)).await;
+    // The same deployment again: nothing applied, the rollout checked.
+    expect(&mut api, Method::GET, sets, BY_RUN, 200, statefulsets(3)).await;
+    // Shutdown: the run's chaos (none), then its namespace.
+    chaos_listed(&mut api, &[], &[]).await;
+    let owned = json!({"apiVersion": "v1", "kind": "Namespace",
+                       "metadata": {"name": "txlab-run-1", "labels": {"txlab.dev/run": "run-1"}}});
+    expect(&mut api, Method::GET, ns, None, 200, owned.clone()).await;
+    expect(&mut api, Method::DELETE, ns, None, 200, owned).await;
+
+    let (first, again) = finish(task).await.unwrap();
+    assert_eq!(
+        first.url(txlab_api::Role::Order).unwrap(),
+        "http://txlab-order.txlab-run-1.svc:8080"
+    );
+    assert_eq!(
+        first.replica_urls(txlab_api::Role::Payment)[2],
+        "http://txlab-payment-2.txlab-payment-pods.txlab-run-1.svc:8080"
+    );
+    assert_eq!(first.brokers, "kafka.infra:9092");
+    assert_eq!(again.urls, first.urls);
+    local.shutdown().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_in_cluster_runner_is_typed_hardened_and_allowed_what_a_run_does() {
+    let read = |name: &str| std::fs::read_to_string(common::repo().join("deploy/runner").join(name)).unwrap();
+    let job = read("job.yaml")
+        .replace("__IMAGE__", "txlab:test")
+        .replace("__PROFILE__", "profiles/nightly.yaml")
+        .replace("__RESULTS__", "/txlab-results/current");
+    let objects = chart::parse_documents(&format!("{}\n---\n{job}", read("access.yaml"))).unwrap();
+    assert_eq!(checks::problems(&objects), Vec::<String>::new());
+    let kinds: Vec<&str> = objects.iter().map(|o| o["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "Namespace",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Job"
+        ]
+    );
+    // The pod is the one the chart's NetworkPolicies let in.
+    assert_eq!(
+        objects[4]["spec"]["template"]["metadata"]["labels"]["app"],
+        "load"
+    );
+    // Every kind a run applies is allowed, with the verbs apply needs.
+    let rules = objects[2]["rules"].as_array().unwrap();
+    let allowed = |resource: &str, verb: &str| {
+        rules.iter().any(|r| {
+            r["resources"].as_array().unwrap().iter().any(|x| x == resource)
+                && r["verbs"].as_array().unwrap().iter().any(|x| x == verb)
+        })
+    };
+    for resource in [
+        "namespaces",
+        "secrets",
+        "configmaps",
+        "services",
+        "statefulsets",
+        "networkpolicies",
+        "horizontalpodautoscalers",
+        "servicemonitors",
+        "networkchaos",
+        "podchaos",
+    ] {
+        for verb in ["get", "create", "patch", "delete"] {
+            assert!(allowed(resource, verb), "{verb} {resource}");
+        }
+    }
 }

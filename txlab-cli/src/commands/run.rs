@@ -140,7 +140,7 @@ impl RunArgs {
 
 pub async fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
     if args.target == Target::K8s {
-        return k8s(args);
+        return k8s(args).await;
     }
     let RunPlan {
         plan,
@@ -191,54 +191,103 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
         r = run_cells(&mut platform, &plan, &run) => Some(r),
         _ = &mut interrupted => None,
     };
-    close(platform, keep, &plan, &run, started, &outcome).await?;
+    let scratch = platform.scratch_dir().to_path_buf();
+    close(platform, &plan, &run, started, &outcome).await?;
+    if keep {
+        eprintln!("txlab: kept the scratch directory {}", scratch.display());
+    }
     exit_code(outcome, &run)
 }
 
-/// `--target k8s`: the objects of every deployment and chaos of the
-/// profile, rendered from the chart and checked.
-fn k8s(args: RunArgs) -> anyhow::Result<ExitCode> {
+/// `--target k8s`: with `--dry-run`, the objects of every deployment and
+/// chaos of the profile, rendered from the chart and checked; otherwise
+/// the cells on the cluster of the current kubeconfig, in a namespace of
+/// the run's own.
+async fn k8s(args: RunArgs) -> anyhow::Result<ExitCode> {
+    use crate::platform::k8s::{chart, cluster, lab};
     let plan = args.resolve()?.plan;
-    let chart = crate::platform::k8s::chart::Chart {
+    let chart = chart::Chart {
         dir: args.chart.clone(),
         values: args.values.clone(),
-        helm: crate::platform::k8s::chart::find_helm()?,
+        helm: chart::find_helm()?,
     };
-    let run_id = RunDir::id_now(&plan.profile.name);
-    let objects = crate::platform::k8s::RunObjects::of(&plan, &chart, &run_id)?;
-    if !args.dry_run {
-        bail!(
-            "running cells on Kubernetes is not finished: txlab renders, checks and prints the objects \
-             (--dry-run) and has the cluster operations, but does not yet reach the services for load \
-             and audit there; use --dry-run, or the local target"
+    if args.dry_run {
+        let run_id = RunDir::id_now(&plan.profile.name);
+        let objects = crate::platform::k8s::RunObjects::of(&plan, &chart, &run_id)?;
+        print!(
+            "# txlab run --target k8s --dry-run: {} ({} cells) as run {run_id}\n{}",
+            plan.profile_path.display(),
+            plan.cells.len(),
+            objects.to_yaml()?
         );
+        return Ok(ExitCode::SUCCESS);
     }
-    print!(
-        "# txlab run --target k8s --dry-run: {} ({} cells) as run {run_id}\n{}",
-        plan.profile_path.display(),
+    let needs = |flag: &str, what: &str| {
+        format!(
+            "--target k8s needs {flag}: {what}, as the services in the cluster and txlab reach it \
+             (txlab runs where cluster DNS resolves: in a pod, see docs/kubernetes.md)"
+        )
+    };
+    let database_url = args
+        .database_url
+        .clone()
+        .with_context(|| needs("--database-url", "an admin URL of the PostgreSQL server"))?;
+    let brokers = args
+        .kafka_brokers
+        .clone()
+        .with_context(|| needs("--kafka-brokers", "the Kafka-API broker's bootstrap servers"))?;
+    // Everything is checked before anything is created.
+    let client = cluster::connect().await?;
+    let run = RunDir::create(&args.results, &plan.profile.name)?;
+    eprintln!(
+        "txlab: run {} ({} cells) on Kubernetes → {}",
+        run.id,
         plan.cells.len(),
-        objects.to_yaml()?
+        run.root.display()
     );
-    Ok(ExitCode::SUCCESS)
+    let started = SystemTime::now();
+    let scope = crate::platform::k8s::RunScope::of(&run.id);
+    let opts = lab::K8sOptions {
+        chart,
+        run_id: run.id.clone(),
+        database_url,
+        brokers,
+        rollout_timeout: Duration::from_secs(300),
+    };
+    let mut platform =
+        match lab::K8sPlatform::start(cluster::Cluster::new(client.clone(), scope.clone()), opts).await {
+            Ok(p) => p,
+            Err(e) => {
+                let status = format!("failed to start: {e:#}");
+                run.write_json(
+                    "run.json",
+                    &run_metadata(&plan, &run, started, &status, json!({"name": "k8s"})).await,
+                )?;
+                // Whatever was created goes, by the run's label.
+                let _ = cluster::Cluster::new(client, scope).teardown().await;
+                return Err(e);
+            }
+        };
+    let outcome = tokio::select! {
+        r = run_cells(&mut platform, &plan, &run) => Some(r),
+        _ = tokio::signal::ctrl_c() => None,
+    };
+    close(platform, &plan, &run, started, &outcome).await?;
+    exit_code(outcome, &run)
 }
 
 /// Stops the platform, writes `run.json` and prints the table of the cells
 /// that finished.
 async fn close(
-    platform: LocalPlatform,
-    keep: bool,
+    platform: impl Platform,
     plan: &Plan,
     run: &RunDir,
     started: SystemTime,
     outcome: &Option<anyhow::Result<Vec<CellSummary>>>,
 ) -> anyhow::Result<()> {
-    let scratch = platform.scratch_dir().to_path_buf();
     let description = platform.describe();
     eprintln!("txlab: stopping services and infrastructure");
     platform.shutdown().await?;
-    if keep {
-        eprintln!("txlab: kept the scratch directory {}", scratch.display());
-    }
     let (summaries, status) = match outcome {
         Some(Ok(s)) => (s.clone(), "finished".to_string()),
         Some(Err(e)) => (

@@ -6,6 +6,7 @@
 //!   child processes on loopback, nothing left behind.
 //! - [`k8s`]: a Kubernetes cluster, the workload from charts/txlab.
 
+pub mod databases;
 pub mod k8s;
 pub mod local;
 

@@ -33,6 +33,15 @@ pub struct DeploymentValues {
     pub tx_mode: TxMode,
     pub replicas: u32,
     pub extra_labels: BTreeMap<String, String>,
+    /// The broker, when txlab knows it (a run); a dry run leaves the
+    /// user's values in charge.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaValues>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KafkaValues {
+    pub brokers: String,
 }
 
 impl DeploymentValues {
@@ -41,6 +50,7 @@ impl DeploymentValues {
             tx_mode: method,
             replicas,
             extra_labels: [(RUN_LABEL.to_string(), label_value(run_id))].into(),
+            kafka: None,
         }
     }
 }

@@ -7,8 +7,9 @@
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PodTemplateSpec, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PodTemplateSpec, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -36,6 +37,14 @@ fn check(o: &Value) -> Vec<String> {
     match (api, kind) {
         ("v1", "Namespace") => typed::<Namespace>(o).err().into_iter().collect(),
         ("v1", "ConfigMap") => typed::<ConfigMap>(o).err().into_iter().collect(),
+        ("v1", "Secret") => typed::<Secret>(o).err().into_iter().collect(),
+        ("v1", "ServiceAccount") => typed::<ServiceAccount>(o).err().into_iter().collect(),
+        ("rbac.authorization.k8s.io/v1", "ClusterRole") => {
+            typed::<ClusterRole>(o).err().into_iter().collect()
+        }
+        ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
+            typed::<ClusterRoleBinding>(o).err().into_iter().collect()
+        }
         ("v1", "Service") => typed::<Service>(o).err().into_iter().collect(),
         ("networking.k8s.io/v1", "NetworkPolicy") => typed::<NetworkPolicy>(o).err().into_iter().collect(),
         ("autoscaling/v2", "HorizontalPodAutoscaler") => {

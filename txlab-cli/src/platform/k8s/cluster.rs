@@ -21,8 +21,9 @@ pub const FIELD_MANAGER: &str = "txlab";
 
 /// The kinds txlab applies, with their plural (the path segment) and
 /// whether they live in a namespace.
-const KINDS: [(&str, &str, bool); 10] = [
+const KINDS: [(&str, &str, bool); 11] = [
     ("Namespace", "namespaces", false),
+    ("Secret", "secrets", true),
     ("ConfigMap", "configmaps", true),
     ("Service", "services", true),
     ("StatefulSet", "statefulsets", true),
@@ -181,10 +182,15 @@ impl Cluster {
         let mut out = Vec::new();
         for (api_version, kind) in CHAOS_KINDS {
             let (api, _) = self.api(api_version, kind)?;
-            let list = api
+            let list = match api
                 .list(&ListParams::default().labels(&self.scope.selector()))
                 .await
-                .map_err(|e| explain(e, &format!("listing {kind} in {}", self.scope.namespace)))?;
+            {
+                Ok(l) => l,
+                // Chaos Mesh is not installed: there is no chaos to find.
+                Err(kube::Error::Api(s)) if s.code == 404 => continue,
+                Err(e) => return Err(explain(e, &format!("listing {kind} in {}", self.scope.namespace))),
+            };
             for o in list.items {
                 out.push((api.clone(), kind, o.metadata.name.unwrap_or_default()));
             }

@@ -3,15 +3,13 @@
 //! object checked against its Kubernetes type first ([`checks`]), applied
 //! with kube-rs server-side apply into a namespace per run, chaos through
 //! Chaos Mesh from the same chaos/ files, teardown by the run's label
-//! ([`cluster`]).
-//!
-//! Built so far: rendering, the checks, `txlab run --target k8s --dry-run`
-//! and the cluster operations (tested against a scripted API server). Not
-//! yet: reaching the services for load and audit, metrics from Prometheus.
+//! ([`cluster`]); [`lab`] puts these together as a [`crate::platform::Platform`]
+//! for txlab running inside the cluster.
 
 pub mod chart;
 pub mod checks;
 pub mod cluster;
+pub mod lab;
 
 use std::fmt::Write as _;
 

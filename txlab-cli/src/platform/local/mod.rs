@@ -26,8 +26,8 @@ use super::{Endpoints, Platform};
 use crate::chaos::fault::{FaultKind, Pick, PodAction};
 use crate::chaos::{Component, Fault};
 use crate::metrics::resources;
+pub use crate::platform::databases::{database_name, database_url};
 use crate::proxy::{LinkTraffic, Proxy};
-pub use postgres::{database_name, database_url};
 pub use process::{contain, free_port, kill_group, log_tail};
 pub use tools::on_path;
 
@@ -183,7 +183,7 @@ impl LocalPlatform {
             self.admin_url = pg.admin_url.clone();
             self.postgres = Some(pg);
         }
-        postgres::create_databases(&self.admin_url).await?;
+        crate::platform::databases::create_databases(&self.admin_url).await?;
         if let Some(proxy) = &self.proxy {
             proxy.route(Component::Postgres, resolve(&self.admin_url).await?);
         }
@@ -534,7 +534,7 @@ impl Platform for LocalPlatform {
     fn describe(&self) -> serde_json::Value {
         json!({
             "name": "local",
-            "postgres": if self.postgres.is_some() { "embedded".to_string() } else { postgres::redact(&self.admin_url) },
+            "postgres": if self.postgres.is_some() { "embedded".to_string() } else { crate::platform::databases::redact(&self.admin_url) },
             "postgres_settings": postgres::SETTINGS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
             "kafka": if self.tansu.is_some() { "embedded tansu (memory engine)".to_string() } else { self.brokers.clone() },
             "kafka_producer": txlab_api::event::PRODUCER_SETTINGS.iter().copied().collect::<BTreeMap<_, _>>(),

@@ -11,10 +11,10 @@ use std::time::Duration;
 use anyhow::bail;
 use txlab_api::{Role, TxMode};
 
-use super::postgres::{database_name, database_url};
 use super::process::{contain, free_ports, log_sink, log_tail, Supervised};
 use super::reaper::Reaper;
 use crate::chaos::Component;
+use crate::platform::databases::{database_name, database_url};
 
 pub struct Service {
     pub proc: Supervised,
