@@ -479,6 +479,33 @@ async fn teardown_removes_chaos_then_the_runs_own_namespace_only() {
 }
 
 #[tokio::test]
+async fn restarts_are_summed_per_role_from_the_pods_status() {
+    let (cluster, mut api) = cluster();
+    let task = tokio::spawn(async move { cluster.pod_restarts().await });
+    let pod = |name: &str, role: &str, restarts: i32| {
+        json!({"metadata": {"name": name, "labels": {"app.kubernetes.io/component": role}},
+               "status": {"containerStatuses": [{"name": role, "image": "i", "imageID": "", "ready": true,
+                                                 "restartCount": restarts}]}})
+    };
+    let pods = json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [
+        pod("txlab-order-0", "order", 2), pod("txlab-order-1", "order", 1), pod("txlab-payment-0", "payment", 0)]});
+    expect(
+        &mut api,
+        Method::GET,
+        "/api/v1/namespaces/txlab-run-1/pods",
+        BY_RUN,
+        200,
+        pods,
+    )
+    .await;
+    let restarts = finish(task).await.unwrap();
+    assert_eq!(
+        restarts,
+        [(txlab_api::Role::Order, 3), (txlab_api::Role::Payment, 0)].into()
+    );
+}
+
+#[tokio::test]
 async fn teardown_works_where_chaos_mesh_is_not_installed() {
     let (cluster, mut api) = cluster();
     let task = tokio::spawn(async move { cluster.teardown().await });
@@ -635,6 +662,7 @@ async fn a_run_on_a_cluster_gets_its_namespace_databases_and_deployments() {
         database_url: admin.clone(),
         brokers: "kafka.infra:9092".into(),
         rollout_timeout: Duration::from_secs(10),
+        prometheus: None,
     };
     let task = tokio::spawn(async move {
         let mut p = K8sPlatform::start(cluster, opts).await?;

@@ -349,7 +349,7 @@ async fn crash_under_load(method: TxMode) {
         .chain(kills.iter().map(|r| (*r, None, Some(*r))));
     for (n, (role, fault, kill)) in cases.enumerate() {
         common::reset_and_seed(&client, &e, &plan.seed.seed).await;
-        let before = platform.restarts().get(&role).copied().unwrap_or(0);
+        let before = platform.restarts().await.get(&role).copied().unwrap_or(0);
         burst(&mut platform, &order_url, n, fault, kill).await;
         let what = fault
             .map(str::to_string)
@@ -360,7 +360,7 @@ async fn crash_under_load(method: TxMode) {
         assert_eq!(report.violations, vec![], "{method} {what}");
         assert_eq!(snaps.orders.len(), 6, "{method} {what}");
         // A point passed by both phases (after_db) crashes each phase's first attempt.
-        let after = platform.restarts().get(&role).copied().unwrap_or(0);
+        let after = platform.restarts().await.get(&role).copied().unwrap_or(0);
         assert!(
             after > before,
             "{method} {what}: the {role} service crashed and was restarted"

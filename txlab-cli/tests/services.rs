@@ -215,7 +215,7 @@ async fn an_in_flight_saga_resumes_after_the_order_service_is_killed() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     platform.crash(Role::Order).await.unwrap();
     assert_eq!(
-        platform.restarts().get(&Role::Order),
+        platform.restarts().await.get(&Role::Order),
         Some(&1),
         "the supervisor restarted it once"
     );

@@ -74,6 +74,10 @@ pub struct RunArgs {
     /// Secret, broker address (k8s target; repeatable).
     #[arg(long = "values")]
     pub values: Vec<PathBuf>,
+    /// A Prometheus with cAdvisor's series, for each cell's CPU, memory and
+    /// network on the cluster (k8s target).
+    #[arg(long, env = "TXLAB_PROMETHEUS_URL")]
+    pub prometheus_url: Option<String>,
 }
 
 /// `scenarios/` beside the folder holding the profile (profiles/x.yaml → scenarios/).
@@ -253,6 +257,7 @@ async fn k8s(args: RunArgs) -> anyhow::Result<ExitCode> {
         database_url,
         brokers,
         rollout_timeout: Duration::from_secs(300),
+        prometheus: args.prometheus_url.clone(),
     };
     let mut platform =
         match lab::K8sPlatform::start(cluster::Cluster::new(client.clone(), scope.clone()), opts).await {
@@ -492,7 +497,7 @@ pub async fn measure_cell(
     let endpoints = endpoints.clone();
     let logs = platform.log_files();
     let marks = log_marks(&logs);
-    let restarts_before = platform.restarts();
+    let restarts_before = platform.restarts().await;
     let events_before = crate::metrics::scrape(client, &endpoints).await;
 
     let progress = ProgressBar::new(0)
@@ -501,6 +506,7 @@ pub async fn measure_cell(
     let processes = platform.processes();
     let traffic_before = platform.traffic();
     let (resources_before, load_began) = (resources::sample(&processes), std::time::Instant::now());
+    let load_from = SystemTime::now();
     let inputs = LoadInputs {
         plan,
         run,
@@ -517,6 +523,14 @@ pub async fn measure_cell(
         &resources::sample(&platform.processes()),
         load_began.elapsed().as_secs_f64(),
     );
+    // Where the platform measures its components itself (a cluster).
+    let usage = platform
+        .usage(load_from, SystemTime::now())
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(cell = %cell.id, error = %format!("{e:#}"), "no resource figures from the platform");
+            None
+        });
     progress.set_message("quiescing");
     let timeout = Duration::from_secs_f64(plan.profile.quiesce_timeout_s);
     let reader = Reader::connect(&endpoints).await?;
@@ -528,6 +542,7 @@ pub async fn measure_cell(
     summary.events = crate::metrics::delta(&events_before, &crate::metrics::scrape(client, &endpoints).await);
     summary.restarts = platform
         .restarts()
+        .await
         .into_iter()
         .map(|(role, n)| {
             (
@@ -542,6 +557,10 @@ pub async fn measure_cell(
     summary.chaos_notes = chaos_notes;
     summary.chaos_windows = chaos_windows;
     summary.network = crate::results::traffic_between(&traffic_before, &platform.traffic());
+    if let Some(u) = usage {
+        summary.resources = u.resources;
+        summary.network = u.network;
+    }
     summary.threshold_failures = plan.profile.thresholds.broken_by(&summary);
     let dir = run.cell_dir(&cell.id);
     write_cell(&dir, cell, &summary, &load, &audit)?;

@@ -74,7 +74,7 @@ async fn status(State(c): State<Arc<Control>>) -> Response {
         "method": c.method,
         "order_url": c.order_url,
         "chaos": platform.chaos_active(),
-        "restarts": platform.restarts(),
+        "restarts": platform.restarts().await,
         "network": network,
     }))
     .into_response()

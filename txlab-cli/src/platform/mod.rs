@@ -76,6 +76,14 @@ impl Endpoints {
     }
 }
 
+/// What a platform measured of a cell's components itself.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Usage {
+    pub resources: BTreeMap<String, crate::metrics::resources::Use>,
+    /// Bytes each component sent, keyed `component→*`.
+    pub network: BTreeMap<String, u64>,
+}
+
 /// The cell lifecycle every platform offers.
 #[allow(async_fn_in_trait)]
 pub trait Platform {
@@ -84,7 +92,7 @@ pub trait Platform {
     /// broker where the platform runs its own) and returns where to reach them.
     async fn deploy(&mut self, method: TxMode, replicas: u32) -> anyhow::Result<Endpoints>;
     /// Service restarts so far, per role (crashes the platform recovered from).
-    fn restarts(&self) -> BTreeMap<Role, u32>;
+    async fn restarts(&self) -> BTreeMap<Role, u32>;
     /// Each service process's log file by its name (`order`, or `order-1`
     /// with replicas), for copying a cell's share into its results.
     fn log_files(&self) -> Vec<(String, PathBuf)>;
@@ -99,6 +107,17 @@ pub trait Platform {
     async fn chaos_off(&mut self, name: Option<&str>) -> anyhow::Result<Vec<String>>;
     /// Bytes per link and direction so far, where the platform sees them.
     fn traffic(&self) -> Vec<crate::proxy::LinkTraffic>;
+    /// CPU and memory per component over `[from, to]`, and bytes each sent,
+    /// where the platform measures them itself (a cluster's Prometheus);
+    /// None where txlab samples the processes it started.
+    async fn usage(
+        &self,
+        from: std::time::SystemTime,
+        to: std::time::SystemTime,
+    ) -> anyhow::Result<Option<Usage>> {
+        let _ = (from, to);
+        Ok(None)
+    }
     /// Stops everything this platform started.
     async fn shutdown(self) -> anyhow::Result<()>;
 }

@@ -7,11 +7,15 @@
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersion};
 use kube::Client;
 use serde_json::Value;
+use txlab_api::Role;
 
 use super::chart::RUN_LABEL;
 use super::RunScope;
@@ -175,6 +179,35 @@ impl Cluster {
     /// Switches a chaos object on (Chaos Mesh enforces it).
     pub async fn chaos_on(&self, source: &Value) -> anyhow::Result<()> {
         self.apply(&[self.scope.chaos_object(source)]).await
+    }
+
+    /// Container restarts so far of the run's pods, per role (a pod that
+    /// was replaced, as by a pod kill, starts again from zero).
+    pub async fn pod_restarts(&self) -> anyhow::Result<BTreeMap<Role, u32>> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.scope.namespace);
+        let list = pods
+            .list(&ListParams::default().labels(&self.scope.selector()))
+            .await
+            .map_err(|e| explain(e, &format!("listing pods in {}", self.scope.namespace)))?;
+        let mut out = BTreeMap::new();
+        for p in list.items {
+            let role = p
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("app.kubernetes.io/component"))
+                .and_then(|c| c.parse::<Role>().ok());
+            let Some(role) = role else { continue };
+            let restarts: i32 = p
+                .status
+                .and_then(|s| s.container_statuses)
+                .unwrap_or_default()
+                .iter()
+                .map(|c| c.restart_count)
+                .sum();
+            *out.entry(role).or_insert(0) += restarts.max(0) as u32;
+        }
+        Ok(out)
     }
 
     /// The run's chaos objects: each with its API, kind and name.

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use serde_json::{json, Value};
@@ -17,7 +17,9 @@ use txlab_api::{Role, TxMode};
 
 use super::chart::{Chart, DeploymentValues};
 use super::cluster::Cluster;
-use crate::platform::{databases, Endpoints, Platform};
+use crate::metrics::prometheus::{PodUse, Prometheus};
+use crate::metrics::resources::Use;
+use crate::platform::{databases, Endpoints, Platform, Usage};
 
 /// The Secret the chart's pods read their database URLs from.
 pub const DATABASE_SECRET: &str = "txlab-db";
@@ -34,6 +36,9 @@ pub struct K8sOptions {
     pub brokers: String,
     /// How long a deployment may take to be ready.
     pub rollout_timeout: Duration,
+    /// A Prometheus with cAdvisor's series (kube-prometheus-stack's), for
+    /// each cell's CPU, memory and network; without one a cell has none.
+    pub prometheus: Option<String>,
 }
 
 pub struct K8sPlatform {
@@ -136,9 +141,25 @@ impl Platform for K8sPlatform {
         Ok(self.endpoints(replicas))
     }
 
-    fn restarts(&self) -> BTreeMap<Role, u32> {
-        // Pods restarted by Kubernetes are in their status; not counted yet.
-        BTreeMap::new()
+    async fn restarts(&self) -> BTreeMap<Role, u32> {
+        // Counters are informative: an unreadable status counts nothing.
+        self.cluster.pod_restarts().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %format!("{e:#}"), "pod restarts not read");
+            BTreeMap::new()
+        })
+    }
+
+    async fn usage(&self, from: SystemTime, to: SystemTime) -> anyhow::Result<Option<Usage>> {
+        let Some(url) = &self.opts.prometheus else {
+            return Ok(None);
+        };
+        let pods = Prometheus::new(url)
+            .pod_usage(&self.cluster.scope.namespace, from, to)
+            .await?;
+        Ok(Some(usage_by_component(
+            pods,
+            to.duration_since(from).unwrap_or_default(),
+        )))
     }
 
     fn log_files(&self) -> Vec<(String, PathBuf)> {
@@ -175,5 +196,77 @@ impl Platform for K8sPlatform {
 
     async fn shutdown(self) -> anyhow::Result<()> {
         self.cluster.teardown().await
+    }
+}
+
+/// Pods' figures under the names the local platform gives its processes:
+/// `txlab-order-1` is `order-1`, or `order` when it is the role's only pod.
+pub fn usage_by_component(pods: BTreeMap<String, PodUse>, window: Duration) -> Usage {
+    let prefix = format!("{}-", super::chart::RELEASE);
+    let name = |pod: &str| -> String {
+        let bare = pod.strip_prefix(&prefix).unwrap_or(pod);
+        let role = bare.rsplit_once('-').map_or(bare, |(r, _)| r);
+        let replicas = pods
+            .keys()
+            .filter(|p| {
+                p.strip_prefix(&prefix)
+                    .and_then(|b| b.rsplit_once('-'))
+                    .is_some_and(|(r, _)| r == role)
+            })
+            .count();
+        if replicas == 1 {
+            role.to_string()
+        } else {
+            bare.to_string()
+        }
+    };
+    let secs = window.as_secs_f64();
+    let mut out = Usage::default();
+    for (pod, u) in &pods {
+        let component = name(pod);
+        out.resources.insert(
+            component.clone(),
+            Use {
+                cpu_s: u.cpu_s,
+                cores: if secs > 0.0 { u.cpu_s / secs } else { 0.0 },
+                rss_mib: u.memory_mib,
+            },
+        );
+        if u.transmit_bytes > 0.0 {
+            out.network
+                .insert(format!("{component}→*"), u.transmit_bytes as u64);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pods_are_named_as_the_local_platform_names_processes() {
+        let pod = |cpu_s: f64, tx: f64| PodUse {
+            cpu_s,
+            memory_mib: 20.0,
+            transmit_bytes: tx,
+            receive_bytes: 0.0,
+        };
+        let pods: BTreeMap<String, PodUse> = [
+            ("txlab-order-0".to_string(), pod(2.0, 1000.0)),
+            ("txlab-payment-0".to_string(), pod(1.0, 0.0)),
+            ("txlab-payment-1".to_string(), pod(0.5, 10.0)),
+        ]
+        .into();
+        let u = usage_by_component(pods, Duration::from_secs(4));
+        assert_eq!(
+            u.resources.keys().collect::<Vec<_>>(),
+            ["order", "payment-0", "payment-1"]
+        );
+        assert_eq!(u.resources["order"].cores, 0.5);
+        assert_eq!(
+            u.network,
+            [("order→*".to_string(), 1000), ("payment-1→*".to_string(), 10)].into()
+        );
     }
 }

@@ -488,7 +488,7 @@ impl Platform for LocalPlatform {
         Ok(self.endpoints())
     }
 
-    fn restarts(&self) -> BTreeMap<Role, u32> {
+    async fn restarts(&self) -> BTreeMap<Role, u32> {
         self.fleet
             .as_ref()
             .map(|f| f.lock().unwrap_or_else(|p| p.into_inner()).restarts.clone())
