@@ -526,6 +526,160 @@ async fn teardown_works_where_chaos_mesh_is_not_installed() {
     finish(task).await.unwrap();
 }
 
+// ---- txlab starting itself inside the cluster ----
+
+fn job_spec(host_path: Option<&str>, prometheus: Option<&str>) -> txlab_cli::platform::k8s::runner::JobSpec {
+    txlab_cli::platform::k8s::runner::JobSpec {
+        name: "txlab-run-1".into(),
+        image: "txlab:test".into(),
+        profile: "profiles/nightly.yaml".into(),
+        results_host_path: host_path.map(String::from),
+        values: vec![
+            ("a.yaml".into(), "image: {tag: x}\n".into()),
+            ("b.yaml".into(), "replicas: 1\n".into()),
+        ],
+        database_url: "postgres://admin:pw@pg/postgres".into(),
+        brokers: "kafka:9092".into(),
+        prometheus: prometheus.map(String::from),
+    }
+}
+
+#[test]
+fn the_runner_job_carries_the_profile_values_and_results_place() {
+    use txlab_cli::platform::k8s::runner::objects;
+    let with_host = objects(&job_spec(Some("/txlab-results/x"), Some("http://prom:9090"))).unwrap();
+    assert_eq!(checks::problems(&with_host), Vec::<String>::new());
+    let job = with_host.last().unwrap();
+    let container = &job["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        args,
+        [
+            "run",
+            "--target",
+            "k8s",
+            "--profile",
+            "profiles/nightly.yaml",
+            "--results",
+            "/results",
+            "--values",
+            "/etc/txlab/values-0.yaml",
+            "--values",
+            "/etc/txlab/values-1.yaml"
+        ]
+    );
+    let env = |name: &str| {
+        container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].clone())
+    };
+    assert_eq!(env("TXLAB_KAFKA_BROKERS"), Some(json!("kafka:9092")));
+    assert_eq!(env("TXLAB_PROMETHEUS_URL"), Some(json!("http://prom:9090")));
+    let volumes = &job["spec"]["template"]["spec"]["volumes"];
+    assert_eq!(volumes[0]["hostPath"]["path"], "/txlab-results/x");
+    let config = with_host.iter().find(|o| o["kind"] == "ConfigMap").unwrap();
+    assert_eq!(config["data"]["values-1.yaml"], "replicas: 1\n");
+    let secret = with_host.iter().find(|o| o["kind"] == "Secret").unwrap();
+    assert_eq!(secret["stringData"]["url"], "postgres://admin:pw@pg/postgres");
+
+    let without = objects(&job_spec(None, None)).unwrap();
+    let job = without.last().unwrap();
+    assert_eq!(
+        job["spec"]["template"]["spec"]["volumes"][0],
+        json!({"name": "results", "emptyDir": {}})
+    );
+    let container = &job["spec"]["template"]["spec"]["containers"][0];
+    assert!(
+        !container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "TXLAB_PROMETHEUS_URL"),
+        "no Prometheus: no variable (an empty one would be a URL)"
+    );
+}
+
+#[tokio::test]
+async fn a_launch_applies_the_runner_waits_for_its_job_and_passes_on_its_exit_code() {
+    use txlab_cli::platform::k8s::runner::{exit_code, objects, NAMESPACE};
+    let (service, mut api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let scope = RunScope {
+        namespace: NAMESPACE.into(),
+        run: "runner".into(),
+    };
+    let cluster = Cluster::new(kube::Client::new(service, "default"), scope);
+    let objects = objects(&job_spec(None, None)).unwrap();
+    let count = objects.len();
+    let task = tokio::spawn(async move {
+        cluster.apply(&objects).await?;
+        cluster.wait_job("txlab-run-1", Duration::from_secs(30)).await
+    });
+    let paths = [
+        "/api/v1/namespaces/txlab-runner",
+        "/api/v1/namespaces/txlab-runner/serviceaccounts/txlab",
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles/txlab-runner",
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/txlab-runner",
+        "/api/v1/namespaces/txlab-runner/secrets/txlab-admin-db",
+        "/api/v1/namespaces/txlab-runner/configmaps/txlab-run-values",
+        "/apis/batch/v1/namespaces/txlab-runner/jobs/txlab-run-1",
+    ];
+    assert_eq!(count, paths.len());
+    for path in paths {
+        expect(&mut api, Method::PATCH, path, APPLY, 200, json!({})).await;
+    }
+    let job = |conditions: Value| {
+        json!({"apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "txlab-run-1"}, "status": {"conditions": conditions}})
+    };
+    let at = "/apis/batch/v1/namespaces/txlab-runner/jobs/txlab-run-1";
+    expect(&mut api, Method::GET, at, None, 200, job(json!([]))).await;
+    expect(
+        &mut api,
+        Method::GET,
+        at,
+        None,
+        200,
+        job(json!([{"type": "Failed", "status": "True"}])),
+    )
+    .await;
+    let pods = json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [
+        {"metadata": {"name": "txlab-run-1-abcde"},
+         "status": {"containerStatuses": [{"name": "txlab", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                                           "state": {"terminated": {"exitCode": 3}}}]}}]});
+    let by_job = Some("labelSelector=job-name%3Dtxlab-run-1");
+    expect(
+        &mut api,
+        Method::GET,
+        "/api/v1/namespaces/txlab-runner/pods",
+        by_job,
+        200,
+        pods,
+    )
+    .await;
+    let (request, respond) = api.next_request().await.unwrap();
+    assert_eq!(
+        request.uri().path(),
+        "/api/v1/namespaces/txlab-runner/pods/txlab-run-1-abcde/log"
+    );
+    respond.send_response(
+        Response::builder()
+            .status(200)
+            .body(Body::from(b"txlab: the audit found 2 violations\n".to_vec()))
+            .unwrap(),
+    );
+    let end = finish(task).await.unwrap();
+    assert!(!end.succeeded && end.logs.contains("2 violations"), "{end:?}");
+    assert_eq!(exit_code(&end), 3, "the run's own exit code");
+}
+
 // ---- the command line ----
 
 fn run_k8s(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {

@@ -78,6 +78,14 @@ pub struct RunArgs {
     /// network on the cluster (k8s target).
     #[arg(long, env = "TXLAB_PROMETHEUS_URL")]
     pub prometheus_url: Option<String>,
+    /// Run inside the cluster as a Job of this txlab image (the Dockerfile's
+    /// cli target), for when txlab runs outside it (k8s target).
+    #[arg(long, value_name = "IMAGE")]
+    pub in_cluster: Option<String>,
+    /// A directory on the nodes the in-cluster run writes its results to;
+    /// without one they stay in the pod and only its output remains.
+    #[arg(long, requires = "in_cluster")]
+    pub results_host_path: Option<String>,
 }
 
 /// `scenarios/` beside the folder holding the profile (profiles/x.yaml → scenarios/).
@@ -240,6 +248,9 @@ async fn k8s(args: RunArgs) -> anyhow::Result<ExitCode> {
         .kafka_brokers
         .clone()
         .with_context(|| needs("--kafka-brokers", "the Kafka-API broker's bootstrap servers"))?;
+    if let Some(image) = &args.in_cluster {
+        return in_cluster(&args, image, database_url, brokers).await;
+    }
     // Everything is checked before anything is created.
     let client = cluster::connect().await?;
     let run = RunDir::create(&args.results, &plan.profile.name)?;
@@ -279,6 +290,58 @@ async fn k8s(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     close(platform, &plan, &run, started, &outcome).await?;
     exit_code(outcome, &run)
+}
+
+/// `--in-cluster <image>`: the same run as a Job inside the cluster, its
+/// output printed here and its exit code passed on.
+async fn in_cluster(
+    args: &RunArgs,
+    image: &str,
+    database_url: String,
+    brokers: String,
+) -> anyhow::Result<ExitCode> {
+    use crate::platform::k8s::{chart, cluster, runner};
+    let values = args
+        .values
+        .iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            Ok((p.display().to_string(), text))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let id = RunDir::id_now(&args.resolve()?.plan.profile.name);
+    let spec = runner::JobSpec {
+        name: chart::namespace_for(&format!("run-{id}")),
+        image: image.to_string(),
+        profile: args.profile.display().to_string(),
+        results_host_path: args.results_host_path.clone(),
+        values,
+        database_url,
+        brokers,
+        prometheus: args.prometheus_url.clone(),
+    };
+    runner::check(&spec)?;
+    let objects = runner::objects(&spec)?;
+    let problems = crate::platform::k8s::checks::problems(&objects);
+    anyhow::ensure!(
+        problems.is_empty(),
+        "the runner's objects fail their checks:\n  {}",
+        problems.join("\n  ")
+    );
+    let scope = crate::platform::k8s::RunScope {
+        namespace: runner::NAMESPACE.to_string(),
+        run: "runner".to_string(),
+    };
+    let cluster = cluster::Cluster::new(cluster::connect().await?, scope);
+    cluster.apply(&objects).await?;
+    eprintln!(
+        "txlab: Job {} started in {}; waiting for it",
+        spec.name,
+        runner::NAMESPACE
+    );
+    let end = cluster.wait_job(&spec.name, Duration::from_secs(95 * 60)).await?;
+    print!("{}", end.logs);
+    Ok(ExitCode::from(runner::exit_code(&end)))
 }
 
 /// Stops the platform, writes `run.json` and prints the table of the cells

@@ -10,6 +10,7 @@ use anyhow::{anyhow, bail, Context};
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersion};
@@ -25,8 +26,11 @@ pub const FIELD_MANAGER: &str = "txlab";
 
 /// The kinds txlab applies, with their plural (the path segment) and
 /// whether they live in a namespace.
-const KINDS: [(&str, &str, bool); 11] = [
+const KINDS: [(&str, &str, bool); 14] = [
     ("Namespace", "namespaces", false),
+    ("ServiceAccount", "serviceaccounts", true),
+    ("ClusterRole", "clusterroles", false),
+    ("ClusterRoleBinding", "clusterrolebindings", false),
     ("Secret", "secrets", true),
     ("ConfigMap", "configmaps", true),
     ("Service", "services", true),
@@ -208,6 +212,59 @@ impl Cluster {
             *out.entry(role).or_insert(0) += restarts.max(0) as u32;
         }
         Ok(out)
+    }
+
+    /// Waits for the Job `name` to end, for at most `timeout`; then how it
+    /// ended, with its pod's exit code and logs.
+    pub async fn wait_job(&self, name: &str, timeout: Duration) -> anyhow::Result<super::runner::JobEnd> {
+        let jobs: Api<Job> = Api::namespaced(self.client.clone(), &self.scope.namespace);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let succeeded = loop {
+            let job = jobs
+                .get(name)
+                .await
+                .map_err(|e| explain(e, &format!("reading Job {name}")))?;
+            if let Some(ok) = super::runner::ended(&serde_json::to_value(&job)?) {
+                break ok;
+            }
+            if tokio::time::Instant::now() + super::runner::POLL > deadline {
+                bail!(
+                    "Job {name} in {} still running after {timeout:?}",
+                    self.scope.namespace
+                );
+            }
+            tokio::time::sleep(super::runner::POLL).await;
+        };
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.scope.namespace);
+        let list = pods
+            .list(&ListParams::default().labels(&format!("job-name={name}")))
+            .await
+            .map_err(|e| explain(e, &format!("listing Job {name}'s pods")))?;
+        let Some(pod) = list.items.into_iter().next() else {
+            return Ok(super::runner::JobEnd {
+                succeeded,
+                exit_code: None,
+                logs: String::new(),
+            });
+        };
+        let exit_code = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|c| c.first())
+            .and_then(|c| c.state.as_ref())
+            .and_then(|s| s.terminated.as_ref())
+            .map(|t| t.exit_code);
+        let pod_name = pod.metadata.name.unwrap_or_default();
+        let logs = pods
+            .logs(&pod_name, &Default::default())
+            .await
+            .map_err(|e| explain(e, &format!("reading pod {pod_name}'s log")))?;
+        Ok(super::runner::JobEnd {
+            succeeded,
+            exit_code,
+            logs,
+        })
     }
 
     /// The run's chaos objects: each with its API, kind and name.

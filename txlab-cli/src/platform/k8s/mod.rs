@@ -10,6 +10,7 @@ pub mod chart;
 pub mod checks;
 pub mod cluster;
 pub mod lab;
+pub mod runner;
 
 use std::fmt::Write as _;
 
