@@ -124,19 +124,15 @@ async fn the_client_reads_what_the_services_expose() {
         let id = common::create_order(&client, &e, &order, None).await;
         common::wait_decided(&client, e.url(Role::Order).unwrap(), &id).await;
     }
-    let exposed = txlab_cli::metrics::scrape(&client, &e).await;
-    assert!(
-        exposed.get("outcome").copied().unwrap_or(0.0) >= 3.0,
-        "{exposed:?}"
-    );
-
-    // Once scraped, the sums per kind are the services' own counters.
-    let summed = eventually(Duration::from_secs(20), "Prometheus has the counters", || async {
-        let s = prom.sum_by("txlab_events_total", "kind", None).await.ok()?;
-        (s == exposed).then_some(s)
+    // Once the services are quiet and scraped again (notifications follow
+    // the decisions), the sums per kind are the services' own counters.
+    let (exposed, summed) = eventually(Duration::from_secs(30), "Prometheus has the counters", || async {
+        let exposed = txlab_cli::metrics::scrape(&client, &e).await;
+        let summed = prom.sum_by("txlab_events_total", "kind", None).await.ok()?;
+        (summed == exposed).then_some((exposed, summed))
     })
     .await;
-    assert_eq!(summed, exposed);
+    assert!(summed.get("outcome").copied().unwrap_or(0.0) >= 3.0, "{summed:?}");
     // Over the orders' time, from nothing: the same figures.
     let over = prom
         .events("txlab-test", before, SystemTime::now())
