@@ -249,7 +249,8 @@ async fn k8s(args: RunArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .with_context(|| needs("--kafka-brokers", "the Kafka-API broker's bootstrap servers"))?;
     if let Some(image) = &args.in_cluster {
-        return in_cluster(&args, image, database_url, brokers).await;
+        let id = RunDir::id_now(&plan.profile.name);
+        return in_cluster(&args, &id, image, database_url, brokers).await;
     }
     // Everything is checked before anything is created.
     let client = cluster::connect().await?;
@@ -296,6 +297,7 @@ async fn k8s(args: RunArgs) -> anyhow::Result<ExitCode> {
 /// output printed here and its exit code passed on.
 async fn in_cluster(
     args: &RunArgs,
+    id: &str,
     image: &str,
     database_url: String,
     brokers: String,
@@ -309,7 +311,6 @@ async fn in_cluster(
             Ok((p.display().to_string(), text))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let id = RunDir::id_now(&args.resolve()?.plan.profile.name);
     let spec = runner::JobSpec {
         name: chart::namespace_for(&format!("run-{id}")),
         image: image.to_string(),

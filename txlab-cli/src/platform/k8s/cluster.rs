@@ -131,9 +131,14 @@ impl Cluster {
             if namespaced {
                 o["metadata"]["namespace"] = Value::String(self.scope.namespace.clone());
             }
+            let place = if namespaced {
+                format!(" in {}", self.scope.namespace)
+            } else {
+                String::new()
+            };
             api.patch(name, &params, &Patch::Apply(&o))
                 .await
-                .map_err(|e| explain(e, &format!("applying {kind} {name} in {}", self.scope.namespace)))?;
+                .map_err(|e| explain(e, &format!("applying {kind} {name}{place}")))?;
         }
         Ok(())
     }
