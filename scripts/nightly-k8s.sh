@@ -29,6 +29,8 @@ trap 'git -C "$repo" worktree remove --force "$baseline_src" 2>/dev/null || true
 txlab="$repo/target/release/txlab"
 # CloudNativePG's superuser, which may create the services' databases.
 admin_url=$(kubectl -n txlab-infra get secret txlab-pg-superuser -o jsonpath='{.data.uri}' | base64 -d)
+# Its URI names the database `*` (any); connect to `postgres`.
+admin_url="${admin_url%/\*}/postgres"
 
 # One run: images built from `src`, loaded into kind, run inside the cluster.
 run() {

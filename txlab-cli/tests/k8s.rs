@@ -141,6 +141,68 @@ fn bad_values_are_refused_by_the_chart_or_by_the_checks() {
 }
 
 #[test]
+fn scrapes_faults_and_autoscaling_render_as_the_services_need() {
+    let dir = common::temp_dir("k8s-options");
+    let values = dir.join("v.yaml");
+    std::fs::write(
+        &values,
+        "serviceMonitor: {enabled: true}\nfault: {mode: always, point: before_db}\n\
+         autoscaling: {enabled: true, roles: [payment]}\n",
+    )
+    .unwrap();
+    let objects = Chart {
+        values: vec![values],
+        ..chart(&[])
+    }
+    .render("n", &DeploymentValues::new("r", TxMode::SagaOrch, 2))
+    .unwrap();
+    assert_eq!(checks::problems(&objects), Vec::<String>::new());
+    // Each pod scraped once: the monitor's label is on one Service per role.
+    let monitor = of_kind(&objects, "ServiceMonitor")[0];
+    let scrape = &monitor["spec"]["selector"]["matchLabels"]["txlab.dev/scrape"];
+    assert_eq!(scrape, "true");
+    let scraped: Vec<&str> = of_kind(&objects, "Service")
+        .into_iter()
+        .filter(|s| &s["metadata"]["labels"]["txlab.dev/scrape"] == scrape)
+        .map(|s| s["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        scraped,
+        [
+            "txlab-order",
+            "txlab-payment",
+            "txlab-inventory",
+            "txlab-shipping",
+            "txlab-notification"
+        ]
+    );
+    // Only the fault values set are passed on (an empty one would not parse).
+    let data = &of_kind(&objects, "ConfigMap")[0]["data"];
+    assert_eq!(
+        (&data["FAULT_MODE"], &data["FAULT_POINT"]),
+        (&json!("always"), &json!("before_db"))
+    );
+    assert!(
+        data.get("FAULT_PERCENT").is_none() && data.get("FAULT_ACTION").is_none(),
+        "{data}"
+    );
+    // The autoscaled role's pods have no index; the others do.
+    let has_index = |name: &str| {
+        let set = of_kind(&objects, "StatefulSet")
+            .into_iter()
+            .find(|s| s["metadata"]["name"] == name)
+            .unwrap();
+        set["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "REPLICA_INDEX")
+    };
+    assert!(!has_index("txlab-payment") && has_index("txlab-order"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn a_dry_run_of_a_profile_lists_each_deployment_and_chaos_object_once() {
     let plan = common::plan("chaos.yaml");
     let objects = RunObjects::of(&plan, &chart(&[]), "20261201-000000-chaos").unwrap();
@@ -922,9 +984,16 @@ fn the_in_cluster_runner_is_typed_hardened_and_allowed_what_a_run_does() {
                 && r["verbs"].as_array().unwrap().iter().any(|x| x == verb)
         })
     };
+    for verb in ["create", "patch", "delete"] {
+        assert!(allowed("secrets", verb), "{verb} secrets");
+    }
+    assert!(
+        !allowed("secrets", "get") && !allowed("secrets", "list"),
+        "secrets are never read"
+    );
+    assert!(allowed("pods", "list"), "restarts come from the pods' status");
     for resource in [
         "namespaces",
-        "secrets",
         "configmaps",
         "services",
         "statefulsets",

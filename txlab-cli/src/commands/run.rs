@@ -285,9 +285,14 @@ async fn k8s(args: RunArgs) -> anyhow::Result<ExitCode> {
                 return Err(e);
             }
         };
+    // Ctrl-C, or SIGTERM when the runner's Job is deleted or times out:
+    // either way the run's objects are deleted before txlab exits.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
     let outcome = tokio::select! {
         r = run_cells(&mut platform, &plan, &run) => Some(r),
         _ = tokio::signal::ctrl_c() => None,
+        _ = terminate.recv() => None,
     };
     close(platform, &plan, &run, started, &outcome).await?;
     exit_code(outcome, &run)
@@ -611,7 +616,8 @@ pub async fn measure_cell(
         .map(|(role, n)| {
             (
                 role.to_string(),
-                n - restarts_before.get(&role).copied().unwrap_or(0),
+                // A pod replaced during the cell (a kill) counts from zero again.
+                n.saturating_sub(restarts_before.get(&role).copied().unwrap_or(0)),
             )
         })
         .filter(|(_, n)| *n > 0)

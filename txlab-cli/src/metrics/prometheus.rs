@@ -155,7 +155,10 @@ impl Prometheus {
 
     /// CPU seconds, working-set memory and bytes sent and received per pod
     /// of `namespace` over `[from, to]`, from cAdvisor's container series
-    /// (the pod's own cgroup, not the pause container's).
+    /// (the pod's own cgroup, not the pause container's): counters read at
+    /// both ends, as for the events. Only pods with a sample inside the
+    /// window are reported: a cell shorter than the kubelet's scrape
+    /// interval has no figures rather than zeros.
     pub async fn pod_usage(
         &self,
         namespace: &str,
@@ -163,31 +166,42 @@ impl Prometheus {
         to: SystemTime,
     ) -> anyhow::Result<BTreeMap<String, PodUse>> {
         let ns = quoted(namespace);
-        let w = window(from, to);
         let containers = format!("namespace={ns},container!=\"\",container!=\"POD\"");
-        let mut out: BTreeMap<String, PodUse> = BTreeMap::new();
-        let queries: [(String, SetFigure); 4] = [
+        let cpu = format!("container_cpu_usage_seconds_total{{{containers}}}");
+        let sampled = self
+            .query(&format!("max by (pod) (timestamp({cpu}))"), Some(to))
+            .await?;
+        let mut out: BTreeMap<String, PodUse> = sampled
+            .into_iter()
+            .filter(|s| s.value > unix_s(from))
+            .filter_map(|s| s.labels.get("pod").cloned())
+            .map(|pod| (pod, PodUse::default()))
+            .collect();
+        // Network counters belong to the pod's sandbox, not a container.
+        let counters: [(String, SetFigure); 3] = [
+            (cpu, |u, v| u.cpu_s = v),
             (
-                format!("increase(container_cpu_usage_seconds_total{{{containers}}}[{w}])"),
-                |u, v| u.cpu_s = v,
-            ),
-            (
-                format!("container_memory_working_set_bytes{{{containers}}}"),
-                |u, v| u.memory_mib = v / (1024.0 * 1024.0),
-            ),
-            // Network counters belong to the pod's sandbox, not a container.
-            (
-                format!("increase(container_network_transmit_bytes_total{{namespace={ns}}}[{w}])"),
+                format!("container_network_transmit_bytes_total{{namespace={ns}}}"),
                 |u, v| u.transmit_bytes = v,
             ),
             (
-                format!("increase(container_network_receive_bytes_total{{namespace={ns}}}[{w}])"),
+                format!("container_network_receive_bytes_total{{namespace={ns}}}"),
                 |u, v| u.receive_bytes = v,
             ),
         ];
-        for (expr, set) in queries {
-            for (pod, v) in self.sum_by(&expr, "pod", Some(to)).await? {
-                set(out.entry(pod).or_default(), v);
+        for (expr, set) in counters {
+            let before = self.sum_by(&expr, "pod", Some(from)).await?;
+            let after = self.sum_by(&expr, "pod", Some(to)).await?;
+            for (pod, v) in super::delta(&before, &after) {
+                if let Some(u) = out.get_mut(&pod) {
+                    set(u, v);
+                }
+            }
+        }
+        let memory = format!("container_memory_working_set_bytes{{{containers}}}");
+        for (pod, bytes) in self.sum_by(&memory, "pod", Some(to)).await? {
+            if let Some(u) = out.get_mut(&pod) {
+                u.memory_mib = bytes / (1024.0 * 1024.0);
             }
         }
         Ok(out)
@@ -197,26 +211,12 @@ impl Prometheus {
 /// Puts one queried figure into a pod's use.
 type SetFigure = fn(&mut PodUse, f64);
 
-/// A range selector covering `[from, to]`, in whole seconds (at least 1).
-fn window(from: SystemTime, to: SystemTime) -> String {
-    let s = to
-        .duration_since(from)
-        .unwrap_or_default()
-        .as_secs_f64()
-        .ceil()
-        .max(1.0);
-    format!("{s:.0}s")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn windows_and_literals_are_valid_promql() {
-        let t = UNIX_EPOCH + Duration::from_secs(100);
-        assert_eq!(window(t, t + Duration::from_millis(10_200)), "11s");
-        assert_eq!(window(t, t), "1s");
+    fn label_values_are_valid_promql_literals() {
         assert_eq!(quoted("a\"b\\c"), "\"a\\\"b\\\\c\"");
     }
 }

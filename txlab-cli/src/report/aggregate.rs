@@ -107,7 +107,9 @@ const FIGURES: &[Figure] = &[
     Figure::new("notification_lag_p50_ms", Combine::Mean, |s| {
         s.notification_lag_p50_ms.map(|v| v as f64)
     }),
-    // Cores busy on average: services, database and broker.
+    // Cores busy on average: services, database and broker where the
+    // platform runs them (locally); a cluster's run namespace holds only the
+    // services.
     Figure::new("cpu_cores", Combine::Mean, |s| {
         Some(lab_use(s).map(|u| u.cores).sum())
     }),
@@ -393,8 +395,9 @@ pub fn rows(frame: &DataFrame) -> anyhow::Result<Vec<Row>> {
 /// A Markdown table of the groups, for a CI job summary.
 pub fn markdown(run_id: &str, rows: &[Row]) -> String {
     let bad: u64 = rows.iter().map(|r| r.violations).sum();
+    let repetitions: u64 = rows.iter().map(|r| r.repetitions).sum();
     let mut out = format!(
-        "### txlab run {run_id}\n\n{} cells, audit violations: **{bad}**\n\n\
+        "### txlab run {run_id}\n\n{} cells ({repetitions} runs of them), audit violations: **{bad}**\n\n\
          | method | scenario | chaos | replicas | rate/s | reps | committed/s | decided p50 / p99 ms | unexpected | failed | violations |\n\
          |---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         rows.len()

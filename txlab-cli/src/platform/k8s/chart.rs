@@ -14,6 +14,9 @@ use txlab_api::TxMode;
 /// The label every object of a run carries: what teardown deletes by.
 pub const RUN_LABEL: &str = "txlab.dev/run";
 
+/// The port every service listens on (the chart's `port`, set by txlab).
+pub const PORT: u16 = 8080;
+
 /// The Helm release name of the workload in a run's namespace.
 pub const RELEASE: &str = "txlab";
 
@@ -33,6 +36,8 @@ pub struct DeploymentValues {
     pub tx_mode: TxMode,
     pub replicas: u32,
     pub extra_labels: BTreeMap<String, String>,
+    /// The services' port: txlab's endpoints are built with it.
+    pub port: u16,
     /// The broker, when txlab knows it (a run); a dry run leaves the
     /// user's values in charge.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -50,6 +55,7 @@ impl DeploymentValues {
             tx_mode: method,
             replicas,
             extra_labels: [(RUN_LABEL.to_string(), label_value(run_id))].into(),
+            port: PORT,
             kafka: None,
         }
     }

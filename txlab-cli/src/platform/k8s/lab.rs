@@ -96,7 +96,7 @@ impl K8sPlatform {
     /// Where each service is reached inside the cluster.
     pub fn endpoints(&self, replicas: u32) -> Endpoints {
         let ns = &self.cluster.scope.namespace;
-        let port = 8080;
+        let port = super::chart::PORT;
         let service = |r: Role| format!("{}-{r}", super::chart::RELEASE);
         Endpoints {
             urls: Role::ALL
