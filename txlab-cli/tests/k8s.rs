@@ -205,7 +205,7 @@ fn scrapes_faults_and_autoscaling_render_as_the_services_need() {
 #[test]
 fn a_dry_run_of_a_profile_lists_each_deployment_and_chaos_object_once() {
     let plan = common::plan("chaos.yaml");
-    let objects = RunObjects::of(&plan, &chart(&[]), "20261201-000000-chaos").unwrap();
+    let objects = RunObjects::of(&plan, &chart(&[]), &RunScope::of("20261201-000000-chaos")).unwrap();
     assert_eq!(objects.deployments.len(), 10, "5 methods x replicas 1 and 3");
     assert_eq!(objects.deployments[0].cells.len(), 6, "one per chaos entry");
     let names: Vec<&str> = objects
@@ -453,6 +453,25 @@ async fn chaos_listed(api: &mut Handle, network: &[&str], pod: &[&str]) {
     expect(api, Method::GET, &podchaos, BY_RUN, 200, list("PodChaos", pod)).await;
 }
 
+#[test]
+fn chaos_aimed_at_the_database_selects_in_the_infrastructures_namespace() {
+    let fault = txlab_cli::chaos::mesh::load(&common::repo().join("chaos/bandwidth-1mbps.yaml")).unwrap();
+    let scope = RunScope {
+        infra_namespace: "data".into(),
+        ..RunScope::of("run-1")
+    };
+    let o = scope.chaos_object(&fault.source);
+    let (selector, target) = (&o["spec"]["selector"], &o["spec"]["target"]["selector"]);
+    let namespaces = |s: &Value| (s["labelSelectors"]["app"].clone(), s["namespaces"].clone());
+    assert_eq!(namespaces(selector).1, json!(["txlab-run-1"]), "{o}");
+    assert_eq!(namespaces(target), (json!("postgres"), json!(["data"])), "{o}");
+    assert_eq!(
+        checks::problems(&[o]),
+        Vec::<String>::new(),
+        "still a chaos object txlab reads"
+    );
+}
+
 #[tokio::test]
 async fn chaos_status_lists_the_runs_objects_of_both_kinds() {
     let (cluster, mut api) = cluster();
@@ -489,7 +508,11 @@ async fn chaos_goes_on_as_the_file_says_and_off_by_name_or_by_run() {
     )
     .await;
     finish(task).await.unwrap();
-    assert_eq!(body["spec"], source["spec"], "the spec as the chaos file has it");
+    // The spec as the chaos file has it, each selector in the run's namespace.
+    let mut spec = source["spec"].clone();
+    spec["selector"]["namespaces"] = json!(["txlab-run-1"]);
+    spec["target"]["selector"]["namespaces"] = json!(["txlab-run-1"]);
+    assert_eq!(body["spec"], spec);
     assert_eq!(body["metadata"]["labels"]["txlab.dev/run"], "run-1");
 
     let task = tokio::spawn(async move { cluster.chaos_off(Some("latency-10ms")).await });
@@ -676,6 +699,7 @@ async fn a_launch_applies_the_runner_waits_for_its_job_and_passes_on_its_exit_co
     let scope = RunScope {
         namespace: NAMESPACE.into(),
         run: "runner".into(),
+        infra_namespace: "txlab-infra".into(),
     };
     let cluster = Cluster::new(kube::Client::new(service, "default"), scope);
     let objects = objects(&job_spec(None, None)).unwrap();

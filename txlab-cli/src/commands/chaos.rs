@@ -29,6 +29,10 @@ pub struct ChaosArgs {
     /// The run whose namespace (`txlab-<run>`) the chaos goes to (k8s).
     #[arg(long, global = true)]
     pub run: Option<String>,
+    /// The namespace of PostgreSQL and the broker, where chaos aimed at
+    /// them selects (k8s).
+    #[arg(long, global = true, default_value = crate::platform::k8s::INFRA_NAMESPACE)]
+    pub infra_namespace: String,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -95,7 +99,10 @@ async fn on_cluster(args: ChaosArgs) -> anyhow::Result<ExitCode> {
         .run
         .as_deref()
         .context("--target k8s needs --run <run id>: the run whose namespace the chaos goes to")?;
-    let scope = crate::platform::k8s::RunScope::of(run);
+    let scope = crate::platform::k8s::RunScope {
+        infra_namespace: args.infra_namespace.clone(),
+        ..crate::platform::k8s::RunScope::of(run)
+    };
     let connect = || async {
         let client = crate::platform::k8s::cluster::connect().await?;
         anyhow::Ok(crate::platform::k8s::cluster::Cluster::new(client, scope.clone()))

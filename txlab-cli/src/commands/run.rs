@@ -78,6 +78,10 @@ pub struct RunArgs {
     /// network on the cluster (k8s target).
     #[arg(long, env = "TXLAB_PROMETHEUS_URL")]
     pub prometheus_url: Option<String>,
+    /// The namespace of PostgreSQL and the broker, where chaos aimed at
+    /// them (`app: postgres`, `app: kafka`) selects (k8s target).
+    #[arg(long, default_value = crate::platform::k8s::INFRA_NAMESPACE)]
+    pub infra_namespace: String,
     /// Run inside the cluster as a Job of this txlab image (the Dockerfile's
     /// cli target), for when txlab runs outside it (k8s target).
     #[arg(long, value_name = "IMAGE")]
@@ -225,7 +229,11 @@ async fn k8s(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     if args.dry_run {
         let run_id = RunDir::id_now(&plan.profile.name);
-        let objects = crate::platform::k8s::RunObjects::of(&plan, &chart, &run_id)?;
+        let scope = crate::platform::k8s::RunScope {
+            infra_namespace: args.infra_namespace.clone(),
+            ..crate::platform::k8s::RunScope::of(&run_id)
+        };
+        let objects = crate::platform::k8s::RunObjects::of(&plan, &chart, &scope)?;
         print!(
             "# txlab run --target k8s --dry-run: {} ({} cells) as run {run_id}\n{}",
             plan.profile_path.display(),
@@ -262,7 +270,10 @@ async fn k8s(args: RunArgs) -> anyhow::Result<ExitCode> {
         run.root.display()
     );
     let started = SystemTime::now();
-    let scope = crate::platform::k8s::RunScope::of(&run.id);
+    let scope = crate::platform::k8s::RunScope {
+        infra_namespace: args.infra_namespace.clone(),
+        ..crate::platform::k8s::RunScope::of(&run.id)
+    };
     let opts = lab::K8sOptions {
         chart,
         run_id: run.id.clone(),
@@ -337,6 +348,7 @@ async fn in_cluster(
     let scope = crate::platform::k8s::RunScope {
         namespace: runner::NAMESPACE.to_string(),
         run: "runner".to_string(),
+        infra_namespace: args.infra_namespace.clone(),
     };
     let cluster = cluster::Cluster::new(cluster::connect().await?, scope);
     cluster.apply(&objects).await?;

@@ -41,8 +41,7 @@ pub struct RunObjects {
 impl RunObjects {
     /// Renders and checks every object of `plan` for run `run_id`; the
     /// checks' problems are an error listing them all.
-    pub fn of(plan: &Plan, chart: &chart::Chart, run_id: &str) -> anyhow::Result<RunObjects> {
-        let scope = RunScope::of(run_id);
+    pub fn of(plan: &Plan, chart: &chart::Chart, scope: &RunScope) -> anyhow::Result<RunObjects> {
         let mut deployments: Vec<Deployment> = Vec::new();
         let mut chaos: Vec<(Value, Vec<String>)> = Vec::new();
         for cell in &plan.cells {
@@ -57,7 +56,7 @@ impl RunObjects {
                     cells: vec![cell.id.clone()],
                     objects: chart.render(
                         &scope.namespace,
-                        &chart::DeploymentValues::new(run_id, cell.method, cell.replicas),
+                        &chart::DeploymentValues::new(&scope.run, cell.method, cell.replicas),
                     )?,
                 }),
             }
@@ -136,13 +135,20 @@ impl RunObjects {
 pub struct RunScope {
     pub namespace: String,
     pub run: String,
+    /// Where PostgreSQL and the broker run (`app: postgres`, `app: kafka`),
+    /// for chaos aimed at them.
+    pub infra_namespace: String,
 }
+
+/// Where the kind cluster of deploy/kind/ runs PostgreSQL and Kafka.
+pub const INFRA_NAMESPACE: &str = "txlab-infra";
 
 impl RunScope {
     pub fn of(run_id: &str) -> RunScope {
         RunScope {
             namespace: chart::namespace_for(run_id),
             run: chart::label_value(run_id),
+            infra_namespace: INFRA_NAMESPACE.to_string(),
         }
     }
 
@@ -160,12 +166,26 @@ impl RunScope {
         })
     }
 
-    /// A chaos object as this run applies it: in the run's namespace (where
-    /// Chaos Mesh then selects its pods) and labelled with the run.
+    /// A chaos object as this run applies it: in the run's namespace and
+    /// labelled with the run; each selector names the namespace its pods
+    /// live in (Chaos Mesh would look in the object's own): the run's for
+    /// the services and the load, the infrastructure's for the database and
+    /// the broker.
     pub fn chaos_object(&self, source: &Value) -> Value {
         let mut o = source.clone();
         o["metadata"]["namespace"] = serde_json::json!(self.namespace);
         o["metadata"]["labels"][chart::RUN_LABEL] = serde_json::json!(self.run);
+        for selector in ["/spec/selector", "/spec/target/selector"] {
+            if let Some(s) = o.pointer_mut(selector).filter(|s| s.is_object()) {
+                let infra = matches!(s["labelSelectors"]["app"].as_str(), Some("postgres" | "kafka"));
+                let ns = if infra {
+                    &self.infra_namespace
+                } else {
+                    &self.namespace
+                };
+                s["namespaces"] = serde_json::json!([ns]);
+            }
+        }
         o
     }
 }
