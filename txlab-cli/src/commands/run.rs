@@ -339,12 +339,7 @@ async fn in_cluster(
     };
     runner::check(&spec)?;
     let objects = runner::objects(&spec)?;
-    let problems = crate::platform::k8s::checks::problems(&objects);
-    anyhow::ensure!(
-        problems.is_empty(),
-        "the runner's objects fail their checks:\n  {}",
-        problems.join("\n  ")
-    );
+    crate::platform::k8s::checks::ensure_fit(&objects, "the runner's objects")?;
     let scope = crate::platform::k8s::RunScope {
         namespace: runner::NAMESPACE.to_string(),
         run: "runner".to_string(),

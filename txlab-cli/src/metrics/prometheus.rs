@@ -29,7 +29,6 @@ pub struct PodUse {
     pub cpu_s: f64,
     pub memory_mib: f64,
     pub transmit_bytes: f64,
-    pub receive_bytes: f64,
 }
 
 #[derive(Deserialize)]
@@ -153,7 +152,7 @@ impl Prometheus {
         Ok(super::delta(&before, &after))
     }
 
-    /// CPU seconds, working-set memory and bytes sent and received per pod
+    /// CPU seconds, working-set memory and bytes sent per pod
     /// of `namespace` over `[from, to]`, from cAdvisor's container series
     /// (the pod's own cgroup, not the pause container's): counters read at
     /// both ends, as for the events. Only pods with a sample inside the
@@ -178,15 +177,11 @@ impl Prometheus {
             .map(|pod| (pod, PodUse::default()))
             .collect();
         // Network counters belong to the pod's sandbox, not a container.
-        let counters: [(String, SetFigure); 3] = [
+        let counters: [(String, SetFigure); 2] = [
             (cpu, |u, v| u.cpu_s = v),
             (
                 format!("container_network_transmit_bytes_total{{namespace={ns}}}"),
                 |u, v| u.transmit_bytes = v,
-            ),
-            (
-                format!("container_network_receive_bytes_total{{namespace={ns}}}"),
-                |u, v| u.receive_bytes = v,
             ),
         ];
         for (expr, set) in counters {

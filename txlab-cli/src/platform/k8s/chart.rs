@@ -3,7 +3,7 @@
 //! workload, txlab only adds the deployment's values on top of the user's.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 
 use anyhow::{bail, Context};
@@ -163,11 +163,6 @@ pub fn parse_documents(text: &str) -> anyhow::Result<Vec<Value>> {
         }
     }
     Ok(out)
-}
-
-/// The chart in this repository, for tests and the default of `--chart`.
-pub fn default_dir() -> &'static Path {
-    Path::new("charts/txlab")
 }
 
 #[cfg(test)]

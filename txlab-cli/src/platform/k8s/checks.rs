@@ -14,6 +14,17 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// Fails with every problem of `objects` listed, `what` naming them.
+pub fn ensure_fit(objects: &[Value], what: &str) -> anyhow::Result<()> {
+    let problems = problems(objects);
+    anyhow::ensure!(
+        problems.is_empty(),
+        "{what} fail their checks:\n  {}",
+        problems.join("\n  ")
+    );
+    Ok(())
+}
+
 /// The problems of `objects`, each naming the object; empty when all pass.
 pub fn problems(objects: &[Value]) -> Vec<String> {
     let mut out = Vec::new();
@@ -35,27 +46,19 @@ fn check(o: &Value) -> Vec<String> {
     let api = o["apiVersion"].as_str().unwrap_or_default();
     let kind = o["kind"].as_str().unwrap_or_default();
     match (api, kind) {
-        ("v1", "Namespace") => typed::<Namespace>(o).err().into_iter().collect(),
-        ("v1", "ConfigMap") => typed::<ConfigMap>(o).err().into_iter().collect(),
-        ("v1", "Secret") => typed::<Secret>(o).err().into_iter().collect(),
-        ("v1", "ServiceAccount") => typed::<ServiceAccount>(o).err().into_iter().collect(),
-        ("rbac.authorization.k8s.io/v1", "ClusterRole") => {
-            typed::<ClusterRole>(o).err().into_iter().collect()
-        }
-        ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
-            typed::<ClusterRoleBinding>(o).err().into_iter().collect()
-        }
-        ("v1", "Service") => typed::<Service>(o).err().into_iter().collect(),
-        ("networking.k8s.io/v1", "NetworkPolicy") => typed::<NetworkPolicy>(o).err().into_iter().collect(),
-        ("autoscaling/v2", "HorizontalPodAutoscaler") => {
-            typed::<HorizontalPodAutoscaler>(o).err().into_iter().collect()
-        }
+        ("v1", "Namespace") => fits::<Namespace>(o),
+        ("v1", "ConfigMap") => fits::<ConfigMap>(o),
+        ("v1", "Secret") => fits::<Secret>(o),
+        ("v1", "ServiceAccount") => fits::<ServiceAccount>(o),
+        ("rbac.authorization.k8s.io/v1", "ClusterRole") => fits::<ClusterRole>(o),
+        ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => fits::<ClusterRoleBinding>(o),
+        ("v1", "Service") => fits::<Service>(o),
+        ("networking.k8s.io/v1", "NetworkPolicy") => fits::<NetworkPolicy>(o),
+        ("autoscaling/v2", "HorizontalPodAutoscaler") => fits::<HorizontalPodAutoscaler>(o),
         ("apps/v1", "StatefulSet") => workload(typed::<StatefulSet>(o).map(|s| s.spec.map(|s| s.template))),
         ("apps/v1", "Deployment") => workload(typed::<Deployment>(o).map(|d| d.spec.map(|s| s.template))),
         ("batch/v1", "Job") => workload(typed::<Job>(o).map(|j| j.spec.map(|s| s.template))),
-        ("monitoring.coreos.com/v1", "ServiceMonitor") => {
-            typed::<ServiceMonitor>(o).err().into_iter().collect()
-        }
+        ("monitoring.coreos.com/v1", "ServiceMonitor") => fits::<ServiceMonitor>(o),
         (crate::chaos::mesh::API_VERSION, _) => {
             // txlab's reader of Chaos Mesh objects refuses any field it
             // does not enforce, as it does for the chaos/ files.
@@ -68,6 +71,11 @@ fn check(o: &Value) -> Vec<String> {
         }
         _ => vec![format!("{api} {kind} is not a kind txlab applies")],
     }
+}
+
+/// The problems of reading `o` as `T` (none, or the one [`typed`] names).
+fn fits<T: DeserializeOwned + Serialize>(o: &Value) -> Vec<String> {
+    typed::<T>(o).err().into_iter().collect()
 }
 
 /// `o` read as `T`; an error names the field that does not fit, or the

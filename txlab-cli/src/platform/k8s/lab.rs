@@ -128,12 +128,7 @@ impl Platform for K8sPlatform {
                 brokers: self.opts.brokers.clone(),
             });
             let objects = self.opts.chart.render(&self.cluster.scope.namespace, &values)?;
-            let problems = super::checks::problems(&objects);
-            anyhow::ensure!(
-                problems.is_empty(),
-                "the chart's objects fail their checks:\n  {}",
-                problems.join("\n  ")
-            );
+            super::checks::ensure_fit(&objects, "the chart's objects")?;
             self.cluster.apply(&objects).await?;
             self.deployed = Some((method, replicas));
         }
@@ -203,21 +198,22 @@ impl Platform for K8sPlatform {
 /// `txlab-order-1` is `order-1`, or `order` when it is the role's only pod.
 pub fn usage_by_component(pods: BTreeMap<String, PodUse>, window: Duration) -> Usage {
     let prefix = format!("{}-", super::chart::RELEASE);
-    let name = |pod: &str| -> String {
+    // `txlab-order-1` → (`order-1`, `order`).
+    let split = |pod: &str| -> (String, String) {
         let bare = pod.strip_prefix(&prefix).unwrap_or(pod);
         let role = bare.rsplit_once('-').map_or(bare, |(r, _)| r);
-        let replicas = pods
-            .keys()
-            .filter(|p| {
-                p.strip_prefix(&prefix)
-                    .and_then(|b| b.rsplit_once('-'))
-                    .is_some_and(|(r, _)| r == role)
-            })
-            .count();
-        if replicas == 1 {
-            role.to_string()
+        (bare.to_string(), role.to_string())
+    };
+    let mut pods_of: BTreeMap<String, usize> = BTreeMap::new();
+    for pod in pods.keys() {
+        *pods_of.entry(split(pod).1).or_default() += 1;
+    }
+    let name = |pod: &str| -> String {
+        let (bare, role) = split(pod);
+        if pods_of[&role] == 1 {
+            role
         } else {
-            bare.to_string()
+            bare
         }
     };
     let secs = window.as_secs_f64();
@@ -250,7 +246,6 @@ mod tests {
             cpu_s,
             memory_mib: 20.0,
             transmit_bytes: tx,
-            receive_bytes: 0.0,
         };
         let pods: BTreeMap<String, PodUse> = [
             ("txlab-order-0".to_string(), pod(2.0, 1000.0)),

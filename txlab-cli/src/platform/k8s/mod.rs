@@ -14,7 +14,6 @@ pub mod runner;
 
 use std::fmt::Write as _;
 
-use anyhow::bail;
 use serde_json::Value;
 use txlab_api::TxMode;
 
@@ -75,13 +74,7 @@ impl RunObjects {
             deployments,
             chaos,
         };
-        let problems = checks::problems(&objects.all());
-        if !problems.is_empty() {
-            bail!(
-                "the rendered objects fail their checks:\n  {}",
-                problems.join("\n  ")
-            );
-        }
+        checks::ensure_fit(&objects.all(), "the rendered objects")?;
         Ok(objects)
     }
 
