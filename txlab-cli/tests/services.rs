@@ -255,3 +255,83 @@ async fn an_in_flight_saga_resumes_after_the_order_service_is_killed() {
     platform.shutdown().await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// One outbox relay per database publishes, the holder of the relay lock;
+/// another takes over when the holder's session ends. Here the test takes
+/// the lock from the order service's relay (ending the relay's session, as
+/// a crash would): while the test holds it the order's first event stays
+/// in the outbox, and once the test lets go the service's relay takes the
+/// lock back and the order completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_relay_lock_holder_publishes_and_a_waiting_relay_takes_over() {
+    use txlab_api::event::OUTBOX_RELAY_LOCK;
+    let (platform, e, dir) = common::deployed_with("relay-lock", TxMode::SagaChor).await;
+    let plan = common::plan("smoke.yaml");
+    let client = common::client();
+    common::reset_and_seed(&client, &e, &plan.seed.seed).await;
+    let mut db = common::db(&e, Role::Order).await;
+    let holder = || {
+        sqlx::query_scalar::<_, i32>(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+             AND ((classid::bigint << 32) | objid::bigint) = $1",
+        )
+        .bind(OUTBOX_RELAY_LOCK)
+    };
+    let relay = holder()
+        .fetch_one(&mut db)
+        .await
+        .expect("the service's relay holds the lock");
+    let mut test_session = common::db(&e, Role::Order).await;
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(relay)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let take = sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(OUTBOX_RELAY_LOCK)
+        .execute(&mut test_session);
+    tokio::time::timeout(Duration::from_secs(10), take)
+        .await
+        .expect("the relay's lock is free once its session ended")
+        .unwrap();
+    // The relay notices at its next check of the lock's session (every
+    // 0.5 s); until then it would still publish.
+    let log = dir.join("logs/order.log");
+    let lost = "outbox relay lost its lock connection";
+    for _ in 0..100 {
+        if std::fs::read_to_string(&log).unwrap_or_default().contains(lost) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        std::fs::read_to_string(&log).unwrap().contains(lost),
+        "the relay says it lost the lock"
+    );
+
+    let order = json!({"customer": "c00003", "items": [{"sku": "sku-0003", "qty": 1, "unit_price": 300}], "slot": "slot-003"});
+    let id = common::create_order(&client, &e, &order, None).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let waiting = common::get_json(&client, &format!("{}/orders/{id}", e.url(Role::Order).unwrap())).await;
+    assert_eq!(
+        waiting["state"], "pending",
+        "nobody relays while the test holds the lock: {waiting}"
+    );
+    let unpublished: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_ms IS NULL")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(unpublished, 1, "the order's first event waits in the outbox");
+
+    sqlx::Connection::close(test_session).await.unwrap();
+    let decided = common::wait_decided(&client, e.url(Role::Order).unwrap(), &id).await;
+    assert_eq!(decided["state"], "confirmed", "{decided}");
+    let relay_again = holder()
+        .fetch_one(&mut db)
+        .await
+        .expect("a relay holds the lock again");
+    assert_ne!(relay_again, relay, "a new session of the service's relay");
+    platform.shutdown().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

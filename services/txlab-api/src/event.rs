@@ -15,6 +15,11 @@ pub const PRODUCER_SETTINGS: [(&str, &str); 4] = [
     ("message.timeout.ms", "30000"),
 ];
 
+/// The PostgreSQL advisory lock (in each service's own database) held by
+/// the one outbox relay that publishes; the service's other replicas wait
+/// for it.
+pub const OUTBOX_RELAY_LOCK: i64 = 0x7478_6c61_625f_6f62; // "txlab_ob"
+
 /// Partitions of every lab topic. Replicas of a consuming role split a
 /// topic's partitions among them, so this is also the most replicas a role
 /// may have.

@@ -39,7 +39,7 @@ use crate::http::Metrics;
 /// Workers per consumer: orders handled at once.
 const WORKERS: usize = 16;
 /// How often finished offsets are stored.
-const OFFSET_FLUSH: Duration = Duration::from_millis(50);
+const OFFSET_FLUSH: Duration = Duration::from_millis(200);
 /// Attempts at handling one message before it is dead-lettered. With the
 /// compensations' backoff (50 ms doubling, capped at 2 s) that is about
 /// 5 s: long enough to ride out a restarting database, short enough that

@@ -4,9 +4,6 @@
 //! row of the event that caused it and the outgoing event are one local
 //! transaction; a relay publishes the outgoing event afterwards.
 
-use std::time::Duration;
-
-use anyhow::Context;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use txlab_api::event::{CheckoutEvent, CheckoutKind, CHECKOUT_TOPIC, DEAD_LETTER_TOPIC};
@@ -29,12 +26,10 @@ pub async fn start<P: Participant>(
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     crate::roles::order::ensure_topics_with_retry(brokers).await?;
-    let relay = crate::messaging::outbox::Relay {
-        pool: state.pool.clone(),
-        producer: crate::messaging::kafka::producer(brokers).context("creating the Kafka producer")?,
-        batch_size: 100,
-        poll_every: Duration::from_millis(500),
-    };
+    let relay = crate::messaging::outbox::Relay::new(
+        state.pool.clone(),
+        crate::messaging::kafka::ready_producer(brokers, &[CHECKOUT_TOPIC, DEAD_LETTER_TOPIC]).await?,
+    );
     let relay_task = tokio::spawn(relay.run(crate::stopped(stop.clone())));
     let offsets = crate::messaging::consumer::Offsets {
         pool: state.pool.clone(),

@@ -80,12 +80,10 @@ pub async fn build(
 ) -> anyhow::Result<(Router, Vec<JoinHandle<()>>)> {
     let brokers = config.kafka_brokers.clone().unwrap_or_default();
     ensure_topics_with_retry(&brokers).await?;
-    let relay = crate::messaging::outbox::Relay {
-        pool: app.pool.clone(),
-        producer: crate::messaging::kafka::producer(&brokers).context("creating the Kafka producer")?,
-        batch_size: 100,
-        poll_every: Duration::from_millis(500),
-    };
+    let relay = crate::messaging::outbox::Relay::new(
+        app.pool.clone(),
+        crate::messaging::kafka::ready_producer(&brokers, &[CHECKOUT_TOPIC, ORDER_EVENTS_TOPIC]).await?,
+    );
     let relay_task = tokio::spawn(relay.run(crate::stopped(stop.clone())));
     let (driver, session) = drivers::register(&app.pool)
         .await
