@@ -61,3 +61,64 @@ fn a_saga_checkout_costs_its_commits_and_they_are_counted() {
     assert!(c["all_per_checkout"].as_f64().unwrap() > per, "{c}");
     assert!(report["startup"]["infrastructure_s"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn a_choreographed_checkout_is_split_into_its_hops() {
+    let report = bench(
+        "bench-hops",
+        &[
+            "--methods",
+            "saga_chor",
+            "--parts",
+            "commits",
+            "--commits-rate",
+            "50",
+        ],
+    );
+    let m = &report["methods"][0];
+    // Order with its event, three participants with theirs, the verdict,
+    // the notification: 6; the order's record of payment's and
+    // inventory's events: 2; relays' marks and consumers' offsets, stored
+    // every 200 ms, at most 0.9 at 50/s. A commit per relayed batch (as
+    // before the relay lock) made it 12.
+    let per = m["commits"]["per_checkout"].as_f64().unwrap();
+    assert!((8.0..10.0).contains(&per), "{per} commits per checkout: {m}");
+    let hops = m["hops"].as_array().unwrap();
+    let names: Vec<&str> = hops.iter().map(|h| h["stage"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "relay order",
+            "order → payment",
+            "handle payment",
+            "relay payment",
+            "payment → order",
+            "payment → inventory",
+            "handle inventory",
+            "relay inventory",
+            "inventory → order",
+            "inventory → shipping",
+            "handle shipping",
+            "relay shipping",
+            "shipping → order",
+            "verdict",
+            "checkout",
+        ]
+    );
+    // The orders after the 2 s warm-up, each through every hop.
+    let orders = hops.last().unwrap()["orders"].as_u64().unwrap();
+    assert!((290..=310).contains(&orders), "{orders}");
+    for h in hops {
+        assert_eq!(h["orders"].as_u64(), Some(orders), "{h}");
+        assert!(h["p50_ms"].as_f64().unwrap() >= 0.0, "{h}");
+    }
+    let p50 = |stage: &str| {
+        hops.iter().find(|h| h["stage"] == stage).unwrap()["p50_ms"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(
+        p50("checkout") >= p50("relay order") + p50("order → payment"),
+        "{hops:?}"
+    );
+}

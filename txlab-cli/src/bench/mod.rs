@@ -2,6 +2,7 @@
 //!
 //! - [`ceiling`]: the commit rate PostgreSQL itself sustains (pgbench).
 //! - [`commits`]: the durable commits (and all transactions) a checkout costs.
+//! - [`hops`]: where an event-driven checkout's time goes, hop by hop.
 //! - [`knee`]: the search for the highest rate a method sustains.
 //! - [`overload`]: what happens beyond it, and how fast latency recovers.
 //! - [`driver`]: how much load the driver itself can offer, next to wrk.
@@ -13,5 +14,6 @@
 pub mod ceiling;
 pub mod commits;
 pub mod driver;
+pub mod hops;
 pub mod knee;
 pub mod overload;

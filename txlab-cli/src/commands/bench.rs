@@ -17,7 +17,7 @@ use serde::Serialize;
 use txlab_api::{Role, TxMode};
 
 use crate::bench::driver;
-use crate::bench::{ceiling, commits, knee, overload};
+use crate::bench::{ceiling, commits, hops, knee, overload};
 use crate::commands::run::{admin_client, measure_cell, prepare_cell, print_cell_line, EXIT_INTERRUPTED};
 use crate::load::{drive, driver::Target};
 use crate::metrics::resources::Use;
@@ -114,6 +114,10 @@ struct MethodFigures {
     knee: Option<f64>,
     curve: Vec<Step>,
     overload: Option<OverloadFigures>,
+    /// Event-driven methods: each hop's share of the commits cell's
+    /// checkouts (after its warm-up).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    hops: Vec<hops::Stage>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -380,6 +384,11 @@ async fn on_platform(
                 .await?;
             m.ceiling = best_tps.map(|t| t / c.per_checkout);
             m.commits = Some(c);
+            if method.is_event_driven() {
+                // Read before the next cell's reset clears the tables.
+                let warmup_ms = (bench.plan.profile.load.warmup_s * 1000.0) as i64;
+                m.hops = hops::measure(&bench.platform.endpoints().databases, warmup_ms).await?;
+            }
         }
         if args.parts.contains(&Part::Knee) {
             let search = knee::Search {
@@ -670,6 +679,7 @@ fn print_report(r: &BenchReport) {
         }
         println!("{}", methods_table(&r.methods));
         print_footprint(&r.methods);
+        print_hops(&r.methods);
     }
     if let Some(s) = &r.stall {
         println!(
@@ -742,6 +752,30 @@ fn methods_table(methods: &[MethodFigures]) -> Table {
 }
 
 /// CPU per checkout and memory of each method at its knee.
+/// Per event-driven method: p50 / p99 of each hop of the commits cell.
+fn print_hops(methods: &[MethodFigures]) {
+    for m in methods.iter().filter(|m| !m.hops.is_empty()) {
+        let mut t = Table::new();
+        t.load_preset(UTF8_FULL_CONDENSED)
+            .set_content_arrangement(ContentArrangement::Dynamic);
+        t.set_header(vec![
+            format!("{}: where a checkout's time goes", m.method),
+            "p50 ms".into(),
+            "p90 ms".into(),
+            "p99 ms".into(),
+        ]);
+        for s in &m.hops {
+            t.add_row(vec![
+                s.stage.clone(),
+                format!("{:.0}", s.p50_ms),
+                format!("{:.0}", s.p90_ms),
+                format!("{:.0}", s.p99_ms),
+            ]);
+        }
+        println!("{t}");
+    }
+}
+
 fn print_footprint(methods: &[MethodFigures]) {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED)
