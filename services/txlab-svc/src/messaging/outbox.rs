@@ -123,12 +123,13 @@ impl Relay {
     async fn take_lock(&self) -> PgConnection {
         loop {
             let attempt = async {
-                let mut conn: PgConnection = self.pool.acquire().await?.detach();
+                let mut conn = self.pool.acquire().await?;
                 let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
                     .bind(OUTBOX_RELAY_LOCK)
-                    .fetch_one(&mut conn)
+                    .fetch_one(&mut *conn)
                     .await?;
-                Ok::<_, sqlx::Error>(held.then_some(conn))
+                // The lock's session leaves the pool; a refused one goes back.
+                Ok::<_, sqlx::Error>(held.then(|| conn.detach()))
             };
             match attempt.await {
                 Ok(Some(conn)) => return conn,
@@ -182,9 +183,10 @@ impl Relay {
                         }
                     }
                     Err(e) => {
-                        // Tried again at the next poll.
+                        // Tried again at the next wake-up or poll.
                         tracing::warn!(error = %e, "outbox relay cannot read the outbox; retrying");
                         read_now = false;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 }
                 continue;
@@ -192,7 +194,11 @@ impl Relay {
             let woken = async {
                 match listener.as_mut() {
                     Some(l) => {
-                        let _ = l.recv().await;
+                        // A lost connection fails at once on every try to
+                        // reconnect: pause rather than spin.
+                        if l.recv().await.is_err() {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
                         // Every commit that wrote rows notifies; one read
                         // takes all of them.
                         while l.next_buffered().is_some() {}
