@@ -66,6 +66,14 @@ pub async fn enqueue(
 /// How often acknowledged rows are marked published.
 pub const MARK_EVERY: Duration = Duration::from_millis(200);
 
+/// How long after a failed send the relay waits before reading again.
+const FAILURE_PAUSE: Duration = Duration::from_millis(500);
+
+/// How long the lock's session may take to answer its liveness check; a
+/// session that does not answer is treated as lost (the relay gives up
+/// publishing rather than hang on it).
+const LOCK_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Publishes unpublished outbox rows to Kafka.
 pub struct Relay {
     pub pool: PgPool,
@@ -168,12 +176,17 @@ impl Relay {
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Read at once on taking over: rows may be waiting.
         let mut read_now = true;
+        // After a send failed, rows are read again no sooner than
+        // FAILURE_PAUSE: a broker refusing at once must not make a loop of
+        // reads and refusals.
+        let mut failed_at: Option<std::time::Instant> = None;
         loop {
             // One batch at a time: rows written while a batch awaits its
             // acknowledgements go out together in the next. tansu takes
             // a few milliseconds per produce request whatever its size, so
             // a request per row as soon as it is written falls behind.
-            if read_now && sends.is_empty() {
+            let paused = failed_at.is_some_and(|t| t.elapsed() < FAILURE_PAUSE);
+            if read_now && sends.is_empty() && !paused {
                 match self.read_new(&state).await {
                     Ok(rows) => {
                         read_now = rows.len() as i64 == self.batch_size;
@@ -220,12 +233,19 @@ impl Relay {
                         tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), "outbox relay failed to publish; the row goes out again");
                         let RelayError::Publish { row, .. } = e;
                         state.sent.remove(&row);
+                        failed_at = Some(std::time::Instant::now());
                     }
                 },
                 _ = mark.tick(), if !state.acked.is_empty() => self.mark(&mut state).await,
                 _ = check.tick() => {
                     read_now = true; // the fallback poll
-                    if let Err(e) = sqlx::query("SELECT 1").execute(&mut lock).await {
+                    let check = sqlx::query("SELECT 1").execute(&mut lock);
+                    let alive = match tokio::time::timeout(LOCK_CHECK_TIMEOUT, check).await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err("no answer in time".to_string()),
+                    };
+                    if let Err(e) = alive {
                         tracing::warn!(error = %e, "outbox relay's lock connection failed");
                         self.mark(&mut state).await;
                         return false;
