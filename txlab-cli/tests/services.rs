@@ -296,7 +296,7 @@ async fn only_the_relay_lock_holder_publishes_and_a_waiting_relay_takes_over() {
     // The relay notices at its next check of the lock's session (every
     // 0.5 s); until then it would still publish.
     let log = dir.join("logs/order.log");
-    let lost = "outbox relay lost its lock connection";
+    let lost = "outbox relay's lock connection failed";
     for _ in 0..100 {
         if std::fs::read_to_string(&log).unwrap_or_default().contains(lost) {
             break;

@@ -29,16 +29,14 @@ use txlab_api::event::OUTBOX_RELAY_LOCK;
 /// The NOTIFY channel that wakes relays.
 pub const CHANNEL: &str = "txlab_outbox";
 
+/// The broker did not acknowledge an outbox row.
 #[derive(Debug, thiserror::Error)]
-pub enum RelayError {
-    /// The broker did not acknowledge the message.
-    #[error("publishing outbox row {} to {topic} failed", row.0)]
-    Publish {
-        row: (i64, i64),
-        topic: String,
-        #[source]
-        source: rdkafka::error::KafkaError,
-    },
+#[error("publishing outbox row {} to {topic} failed", row.0)]
+pub struct RelayError {
+    row: (i64, i64),
+    topic: String,
+    #[source]
+    source: rdkafka::error::KafkaError,
 }
 
 /// Writes an event with the caller's transaction and wakes the relays when
@@ -123,7 +121,7 @@ impl Relay {
             if self.publish_while_holding(lock, &mut shutdown).await {
                 return;
             }
-            tracing::warn!("outbox relay lost its lock connection; waiting for the lock again");
+            tracing::warn!("outbox relay stopped publishing; waiting for the relay lock again");
         }
     }
 
@@ -149,7 +147,7 @@ impl Relay {
     }
 
     /// Publishes until shutdown (returns true) or until the lock's
-    /// connection fails (false).
+    /// connection fails or a send task dies (false; the lock is let go).
     async fn publish_while_holding(
         &self,
         mut lock: PgConnection,
@@ -169,7 +167,10 @@ impl Relay {
             }
         };
         let mut state = InFlight::default();
-        let mut sends = futures_util::stream::FuturesUnordered::new();
+        // Each send is a task of its own, so its acknowledgement is timed
+        // when it arrives, not when this loop is next free (it waits on
+        // the database while it reads and marks).
+        let mut sends = tokio::task::JoinSet::new();
         let mut mark = tokio::time::interval(MARK_EVERY);
         mark.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut check = tokio::time::interval(self.poll_every);
@@ -192,7 +193,7 @@ impl Relay {
                         read_now = rows.len() as i64 == self.batch_size;
                         for (row, topic, key, payload) in rows {
                             state.sent.insert(row);
-                            sends.push(self.send(row, topic, key, payload));
+                            sends.spawn(self.send(row, topic, key, payload));
                         }
                     }
                     Err(e) => {
@@ -227,13 +228,19 @@ impl Relay {
                     return true;
                 }
                 _ = woken => read_now = true,
-                Some(sent) = futures_util::StreamExt::next(&mut sends) => match sent {
-                    Ok(row) => state.acked.push((row, txlab_tx::now_ms())),
-                    Err(e) => {
+                Some(sent) = sends.join_next() => match sent {
+                    Ok(Ok(acked)) => state.acked.push(acked),
+                    Ok(Err(e)) => {
                         tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), "outbox relay failed to publish; the row goes out again");
-                        let RelayError::Publish { row, .. } = e;
-                        state.sent.remove(&row);
+                        state.sent.remove(&e.row);
                         failed_at = Some(std::time::Instant::now());
+                    }
+                    // A send task that panicked leaves a row this relay
+                    // would never read again: start over from the table.
+                    Err(e) => {
+                        tracing::error!(error = %e, "outbox send task failed; the relay starts over");
+                        self.mark(&mut state).await;
+                        return false;
                     }
                 },
                 _ = mark.tick(), if !state.acked.is_empty() => self.mark(&mut state).await,
@@ -278,14 +285,15 @@ impl Relay {
             .collect())
     }
 
-    /// Hands one row to the producer; resolves when the broker acknowledged it.
+    /// Hands one row to the producer; resolves when the broker acknowledged
+    /// it, with the time it did.
     fn send(
         &self,
         row: RowId,
         topic: String,
         key: String,
         payload: serde_json::Value,
-    ) -> impl std::future::Future<Output = Result<RowId, RelayError>> + 'static {
+    ) -> impl std::future::Future<Output = Result<(RowId, i64), RelayError>> + Send + 'static {
         let body = payload.to_string();
         // Handed over now, in the order read: the idempotent producer keeps
         // each partition's order from here.
@@ -294,7 +302,7 @@ impl Relay {
             .send_result(FutureRecord::to(&topic).key(&key).payload(&body))
             .map_err(|(source, _)| source);
         async move {
-            let fail = |source| RelayError::Publish {
+            let fail = |source| RelayError {
                 row,
                 topic: topic.clone(),
                 source,
@@ -302,7 +310,7 @@ impl Relay {
             match delivery {
                 Err(source) => Err(fail(source)),
                 Ok(ack) => match ack.await {
-                    Ok(Ok(_)) => Ok(row),
+                    Ok(Ok(_)) => Ok((row, txlab_tx::now_ms())),
                     Ok(Err((source, _))) => Err(fail(source)),
                     Err(_cancelled) => Err(fail(rdkafka::error::KafkaError::Canceled)),
                 },
