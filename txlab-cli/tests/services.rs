@@ -332,3 +332,116 @@ async fn only_the_relay_lock_holder_publishes_and_a_waiting_relay_takes_over() {
     platform.shutdown().await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A consumer applies an event once and only in its own cell: a copy of
+/// an event already handled changes nothing, and an event stamped with an
+/// older cell's epoch is dropped, counted as stale. Both are published by
+/// the test to the real broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_drop_repeated_events_and_events_of_an_older_cell() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use txlab_api::event::CHECKOUT_TOPIC;
+    let (platform, e, dir) = common::deployed_with("inbox", TxMode::SagaChor).await;
+    let plan = common::plan("smoke.yaml");
+    let client = common::client();
+    common::reset_and_seed(&client, &e, &plan.seed.seed).await;
+    let order = json!({"customer": "c00004", "items": [{"sku": "sku-0004", "qty": 1, "unit_price": 400}], "slot": "slot-004"});
+    let id = common::create_order(&client, &e, &order, None).await;
+    let base = e.url(Role::Order).unwrap();
+    assert_eq!(
+        common::wait_decided(&client, base, &id).await["state"],
+        "confirmed"
+    );
+
+    // The order's own event, which made the payment service charge.
+    let mut order_db = common::db(&e, Role::Order).await;
+    let placed: Value = sqlx::query_scalar("SELECT payload FROM outbox WHERE key = $1 ORDER BY id LIMIT 1")
+        .bind(&id)
+        .fetch_one(&mut order_db)
+        .await
+        .unwrap();
+    let mut payment_db = common::db(&e, Role::Payment).await;
+    // The payment service's rows for an order: its record, ledger lines
+    // and the events it wrote (handling an event again would write one more).
+    async fn count(db: &mut sqlx::PgConnection, order: String) -> i64 {
+        sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM payments WHERE order_id::text = $1) \
+                  + (SELECT count(*) FROM ledger WHERE order_id::text = $1) \
+                  + (SELECT count(*) FROM outbox WHERE key = $1)",
+        )
+        .bind(order)
+        .fetch_one(db)
+        .await
+        .unwrap()
+    }
+    let before = count(&mut payment_db, id.clone()).await;
+    assert!(before > 0, "the payment service charged the order");
+
+    // A copy of that event, and one of an older cell for a new order.
+    let mut stale = placed.clone();
+    let other = uuid::Uuid::new_v4().to_string();
+    stale["event_id"] = json!(uuid::Uuid::new_v4());
+    stale["order_id"] = json!(other);
+    stale["epoch"] = json!("a-cell-reset-away");
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &e.brokers)
+        .create()
+        .unwrap();
+    let mut sent = Vec::new();
+    for (key, event) in [(&id, &placed), (&other, &stale)] {
+        let body = event.to_string();
+        let delivered = producer
+            .send(
+                FutureRecord::to(CHECKOUT_TOPIC).key(key.as_str()).payload(&body),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        sent.push((delivered.partition, delivered.offset));
+    }
+    // Wait until the payment service's consumer is past both.
+    for (partition, offset) in sent {
+        let mut past = false;
+        for _ in 0..100 {
+            let next: Option<i64> = sqlx::query_scalar(
+                "SELECT next_offset FROM consumer_offsets WHERE consumer = 'payment' AND topic = $1 AND partition = $2",
+            )
+            .bind(CHECKOUT_TOPIC)
+            .bind(partition)
+            .fetch_optional(&mut payment_db)
+            .await
+            .unwrap();
+            past = next.is_some_and(|n| n > offset);
+            if past {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            past,
+            "the payment service consumed partition {partition} past {offset}"
+        );
+    }
+    assert_eq!(
+        count(&mut payment_db, id.clone()).await,
+        before,
+        "a repeated event charged again"
+    );
+    assert_eq!(
+        count(&mut payment_db, other).await,
+        0,
+        "an event of an older cell took effect"
+    );
+    let metrics = common::metrics(&client, &e, Role::Payment).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.contains("stale_event") && l.contains("payment")),
+        "the payment service counted the stale event:\n{metrics}"
+    );
+    let view = common::get_json(&client, &format!("{base}/orders/{id}")).await;
+    assert_eq!(view["state"], "confirmed");
+
+    platform.shutdown().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,13 +1,8 @@
 //! The lab epoch: which cell the lab is in, set by every reset. Events and
 //! participant calls carry the epoch they were born in; work of another
 //! epoch is dropped or refused, so a cell cannot leak into the next.
-
-/// Whether an event of `epoch` belongs to the lab's current cell. Holds the
-/// epoch row (FOR SHARE) until the caller's transaction ends, so a reset
-/// cannot slip in between this check and the event's effect.
-pub async fn current_epoch(conn: &mut sqlx::PgConnection, epoch: &str) -> sqlx::Result<bool> {
-    Ok(self::epoch(conn).await? == epoch)
-}
+//! Consumers check an event's epoch together with their inbox, in one
+//! statement ([`crate::messaging::inbox::admit`]).
 
 /// The lab's current epoch, to stamp on a new event. Read it first in the
 /// transaction, before touching other tables: a reset takes the epoch row

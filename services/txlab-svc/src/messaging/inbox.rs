@@ -7,15 +7,36 @@
 
 use sqlx::PgConnection;
 
-/// Records `message_id`; returns false when it was seen before, in which case
-/// the caller must skip the effect.
-pub async fn first_delivery(conn: &mut PgConnection, message_id: &str) -> sqlx::Result<bool> {
-    let inserted =
-        sqlx::query("INSERT INTO inbox (message_id, received_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-            .bind(message_id)
-            .bind(txlab_tx::now_ms())
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-    Ok(inserted == 1)
+/// What a consumer may do with a delivered message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// From a cell the lab has reset away: drop it.
+    Stale,
+    /// Seen before: its effect is already stored.
+    Repeated,
+    /// New: apply it in this transaction (its id is now recorded).
+    First,
+}
+
+/// Checks the message's epoch and records its id, in one round trip:
+/// the epoch row is read first and held (FOR SHARE) until the caller's
+/// transaction ends — the order every epoch reader keeps, see
+/// [`crate::epoch`] — and the id is recorded only for a current epoch.
+pub async fn admit(conn: &mut PgConnection, epoch: &str, message_id: &str) -> sqlx::Result<Delivery> {
+    let (current, first): (bool, bool) = sqlx::query_as(
+        "WITH lab AS (SELECT epoch = $1 AS current FROM lab_epoch FOR SHARE), \
+              seen AS (INSERT INTO inbox (message_id, received_ms) SELECT $2, $3 FROM lab WHERE current \
+                       ON CONFLICT DO NOTHING RETURNING 1) \
+         SELECT current, EXISTS (SELECT 1 FROM seen) FROM lab",
+    )
+    .bind(epoch)
+    .bind(message_id)
+    .bind(txlab_tx::now_ms())
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(match (current, first) {
+        (false, _) => Delivery::Stale,
+        (true, false) => Delivery::Repeated,
+        (true, true) => Delivery::First,
+    })
 }

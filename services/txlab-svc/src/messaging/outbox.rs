@@ -47,17 +47,18 @@ pub async fn enqueue(
     key: &str,
     payload: &serde_json::Value,
 ) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO outbox (topic, key, payload, created_ms) VALUES ($1, $2, $3, $4)")
-        .bind(topic)
-        .bind(key)
-        .bind(payload)
-        .bind(txlab_tx::now_ms())
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(CHANNEL)
-        .execute(&mut *conn)
-        .await?;
+    // One statement, one round trip.
+    sqlx::query(
+        "WITH e AS (INSERT INTO outbox (topic, key, payload, created_ms) VALUES ($1, $2, $3, $4) RETURNING 1) \
+         SELECT pg_notify($5, '') FROM e",
+    )
+    .bind(topic)
+    .bind(key)
+    .bind(payload)
+    .bind(txlab_tx::now_ms())
+    .bind(CHANNEL)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 

@@ -16,6 +16,7 @@ use super::saga::{apply_in, compensate_in};
 use super::OpError;
 use super::Participant;
 use crate::faults::Faults;
+use crate::messaging::inbox::{self, Delivery};
 use crate::roles::AppState;
 
 /// Starts the participant's outbox relay and its checkout-event consumer.
@@ -74,12 +75,13 @@ async fn handle<P: Participant>(
     };
     fire_once(state, &event, FaultPoint::BeforeDb).await?;
     let mut tx = state.pool.begin().await?;
-    if !crate::epoch::current_epoch(&mut tx, &event.epoch).await? {
-        state.metrics.event("stale_event", P::ROLE.as_str());
-        return Ok(()); // from a cell the lab has reset away
-    }
-    if !crate::messaging::inbox::first_delivery(&mut tx, &event.event_id.to_string()).await? {
-        return Ok(()); // a redelivery: its effect is already stored
+    match inbox::admit(&mut tx, &event.epoch, &event.event_id.to_string()).await? {
+        Delivery::Stale => {
+            state.metrics.event("stale_event", P::ROLE.as_str());
+            return Ok(()); // from a cell the lab has reset away
+        }
+        Delivery::Repeated => return Ok(()), // its effect is already stored
+        Delivery::First => {}
     }
     let step = P::STEP;
     let kind = match reaction {

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::config::Config;
 use crate::http::ApiError;
+use crate::messaging::inbox::{self, Delivery};
 use crate::roles::AppState;
 
 pub async fn build(
@@ -53,10 +54,9 @@ pub async fn build(
 #[tracing::instrument(skip_all, fields(order_id = %event.order_id))]
 async fn apply(state: &AppState, event: &OrderOutcome) -> sqlx::Result<bool> {
     let mut tx = state.pool.begin().await?;
-    if !crate::epoch::current_epoch(&mut tx, &event.epoch).await? {
-        return Ok(false); // from a cell the lab has reset away
-    }
-    let first = crate::messaging::inbox::first_delivery(&mut tx, &event.event_id.to_string()).await?;
+    // A stale event (from a cell the lab has reset away) is dropped too.
+    let delivery = inbox::admit(&mut tx, &event.epoch, &event.event_id.to_string()).await?;
+    let first = delivery == Delivery::First;
     if first {
         sqlx::query("INSERT INTO notifications (order_id, kind, received_ms) VALUES ($1, $2, $3)")
             .bind(event.order_id)

@@ -73,17 +73,20 @@ async fn insert_step_rows(
     id: Uuid,
     now: i64,
 ) -> sqlx::Result<()> {
-    for step in Step::ALL {
-        sqlx::query(&format!("INSERT INTO {columns} VALUES ($1, $2, $3, $4, $5, $6)"))
-            .bind(id)
-            .bind(step.index() as i32)
-            .bind(step.as_str())
-            .bind(initial.0)
-            .bind(initial.1)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-    }
+    // All steps in one statement.
+    let steps: Vec<i32> = Step::ALL.iter().map(|s| s.index() as i32).collect();
+    let names: Vec<&str> = Step::ALL.iter().map(|s| s.as_str()).collect();
+    sqlx::query(&format!(
+        "INSERT INTO {columns} SELECT $1, s.step, s.name, $4, $5, $6 FROM UNNEST($2::int[], $3::text[]) AS s(step, name)"
+    ))
+    .bind(id)
+    .bind(&steps)
+    .bind(&names)
+    .bind(initial.0)
+    .bind(initial.1)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }
 

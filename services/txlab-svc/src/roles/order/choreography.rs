@@ -17,6 +17,7 @@ use uuid::Uuid;
 use super::outcome::{announce, decide_in, Decided};
 use super::store::{load_order, load_saga, mark, Mark, OrderRow};
 use super::Orders;
+use crate::messaging::inbox::{self, Delivery};
 
 /// Writes a checkout event with the caller's transaction. `epoch` must
 /// have been read first thing in that transaction (see [`crate::epoch::epoch`]).
@@ -75,11 +76,12 @@ async fn handle(orders: &Orders, event: CheckoutEvent) -> anyhow::Result<()> {
         CheckoutKind::OrderPlaced | CheckoutKind::CancelRequested => return Ok(()),
     };
     let mut tx = orders.app.pool.begin().await?;
-    if !crate::epoch::current_epoch(&mut tx, &event.epoch).await? {
+    let delivery = inbox::admit(&mut tx, &event.epoch, &event.event_id.to_string()).await?;
+    if delivery == Delivery::Stale {
         orders.app.metrics.event("stale_event", "order");
         return Ok(()); // from a cell the lab has reset away
     }
-    if crate::messaging::inbox::first_delivery(&mut tx, &event.event_id.to_string()).await? {
+    if delivery == Delivery::First {
         mark(
             &mut *tx,
             event.order_id,
