@@ -1,6 +1,7 @@
 //! `txlab bench` end to end, on its cheapest parts: the durable commits a
 //! saga_orch checkout costs, counted from PostgreSQL's write-ahead log, and
-//! the driver's figures against the stub next to wrk (when wrk is there).
+//! its statements, from pg_stat_statements; and the hops a choreographed
+//! checkout's time splits into.
 
 mod common;
 
@@ -58,7 +59,19 @@ fn a_saga_checkout_costs_its_commits_and_they_are_counted() {
         ["COMMIT"]
     );
     // Read-only transactions come on top, in every service's database.
-    assert!(c["all_per_checkout"].as_f64().unwrap() > per, "{c}");
+    let all = c["all_per_checkout"].as_f64().unwrap();
+    assert!(all > per, "{c}");
+    // Statements (round trips): at least one per transaction, in each
+    // service's database; about 72 at this commit (the driver's status
+    // reads included), so far more would mean round trips crept back in.
+    let statements = c["statements_per_checkout"]
+        .as_f64()
+        .expect("pg_stat_statements is loaded");
+    assert!(
+        (all..100.0).contains(&statements),
+        "{statements} statements per checkout: {c}"
+    );
+    assert_eq!(c["statements_per_database"].as_object().unwrap().len(), 5, "{c}");
     assert!(report["startup"]["infrastructure_s"].as_f64().unwrap() > 0.0);
 }
 

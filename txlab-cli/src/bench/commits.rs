@@ -6,7 +6,10 @@
 //! is what bounds a server's commit rate (and what pgbench's write
 //! transactions cost). Read-only transactions leave no commit record; they
 //! are counted, per database, from `pg_stat_database`, whose counters
-//! backends publish with a delay of up to [`STATS_DELAY`].
+//! backends publish with a delay of up to [`STATS_DELAY`]. Statements —
+//! each a round trip from a service (or the driver's status reads) to the
+//! database — are counted per database from pg_stat_statements when the
+//! server has it loaded.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -39,6 +42,8 @@ pub struct Mark {
     lsn: String,
     /// Committed + rolled back transactions per database.
     per_database: BTreeMap<String, i64>,
+    /// Statements run per database, if pg_stat_statements is loaded.
+    statements: Option<BTreeMap<String, i64>>,
 }
 
 /// Transactions between two marks.
@@ -48,6 +53,8 @@ pub struct Counted {
     pub flushed: BTreeMap<String, u64>,
     /// Every transaction, read-only ones too, per database.
     pub all_per_database: BTreeMap<String, i64>,
+    /// Statements per database (None without pg_stat_statements).
+    pub statements_per_database: Option<BTreeMap<String, i64>>,
 }
 
 impl Counted {
@@ -56,6 +63,9 @@ impl Counted {
     }
     pub fn all_total(&self) -> i64 {
         self.all_per_database.values().sum()
+    }
+    pub fn statements_total(&self) -> Option<i64> {
+        self.statements_per_database.as_ref().map(|s| s.values().sum())
     }
 }
 
@@ -80,6 +90,7 @@ impl Server {
         Ok(Mark {
             lsn,
             per_database: rows.into_iter().collect(),
+            statements: statements(conn).await,
         })
     }
 
@@ -98,9 +109,18 @@ impl Server {
             .iter()
             .map(|(db, n)| (db.clone(), n - before.per_database.get(db).copied().unwrap_or(0)))
             .collect();
+        let statements_per_database = before.statements.as_ref().zip(after.statements).map(|(b, a)| {
+            a.into_iter()
+                .map(|(db, n)| {
+                    let n = n - b.get(&db).copied().unwrap_or(0);
+                    (db, n)
+                })
+                .collect()
+        });
         Ok(Counted {
             flushed,
             all_per_database,
+            statements_per_database,
         })
     }
 
@@ -122,6 +142,23 @@ impl Server {
         }
         Ok(parse_record_stats(&String::from_utf8_lossy(&out.stdout)))
     }
+}
+
+/// Statements run so far per lab database; None where pg_stat_statements
+/// is not loaded (its view then fails).
+async fn statements(conn: &mut PgConnection) -> Option<BTreeMap<String, i64>> {
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .execute(&mut *conn)
+        .await
+        .ok()?;
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT d.datname, sum(s.calls)::bigint FROM pg_stat_statements s \
+         JOIN pg_database d ON d.oid = s.dbid WHERE d.datname LIKE 'txlab_%' GROUP BY 1",
+    )
+    .fetch_all(conn)
+    .await
+    .ok()?;
+    Some(rows.into_iter().collect())
 }
 
 /// The flushed transaction records in pg_waldump's `--stats=record` table.

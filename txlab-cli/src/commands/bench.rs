@@ -130,6 +130,10 @@ struct CommitFigures {
     /// Every transaction per checkout, read-only included, per database.
     all_per_database: BTreeMap<String, f64>,
     all_per_checkout: f64,
+    /// Statements (round trips to the database) per checkout, per database
+    /// and in all; left out where PostgreSQL lacks pg_stat_statements.
+    statements_per_database: BTreeMap<String, f64>,
+    statements_per_checkout: Option<f64>,
 }
 
 /// One rate of the knee search.
@@ -523,6 +527,13 @@ impl Bencher<'_> {
                 .map(|(k, v)| (k.clone(), per(*v as f64)))
                 .collect(),
             all_per_checkout: per(counted.all_total() as f64),
+            statements_per_database: counted
+                .statements_per_database
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), per(*v as f64)))
+                .collect(),
+            statements_per_checkout: counted.statements_total().map(|n| per(n as f64)),
         })
     }
 
@@ -707,6 +718,7 @@ fn methods_table(methods: &[MethodFigures]) -> Table {
         "method",
         "commits per\ncheckout",
         "all tx per\ncheckout",
+        "statements\nper checkout",
         "ceiling\norders/s",
         "knee\norders/s",
         "knee /\nceiling",
@@ -730,6 +742,7 @@ fn methods_table(methods: &[MethodFigures]) -> Table {
             m.method.clone(),
             num(m.commits.as_ref().map(|c| c.per_checkout), 1),
             num(m.commits.as_ref().map(|c| c.all_per_checkout), 1),
+            num(m.commits.as_ref().and_then(|c| c.statements_per_checkout), 1),
             num(m.ceiling, 0),
             num(m.knee, 0),
             num(m.knee.zip(m.ceiling).map(|(k, c)| k / c), 2),

@@ -535,7 +535,11 @@ impl Platform for LocalPlatform {
         json!({
             "name": "local",
             "postgres": if self.postgres.is_some() { "embedded".to_string() } else { crate::platform::databases::redact(&self.admin_url) },
-            "postgres_settings": postgres::SETTINGS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+            "postgres_settings": postgres::SETTINGS
+                .into_iter()
+                .chain(self.postgres.as_ref().filter(|p| p.statement_stats).map(|_| postgres::STATEMENT_STATS))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
             "kafka": if self.tansu.is_some() { "embedded tansu (memory engine)".to_string() } else { self.brokers.clone() },
             "kafka_producer": txlab_api::event::PRODUCER_SETTINGS.iter().copied().collect::<BTreeMap<_, _>>(),
             "proxy": if self.proxy.is_some() { "every link through txlab's proxy" } else { "direct" },

@@ -19,12 +19,32 @@ pub const SETTINGS: [(&str, &str); 4] = [
     ("log_min_messages", "warning"),
 ];
 
+/// Per-statement counters, loaded when the server has the module: the
+/// bench counts the statements (round trips) a checkout costs with them.
+/// Without it the lab runs the same and that count is left out.
+pub const STATEMENT_STATS: (&str, &str) = ("shared_preload_libraries", "pg_stat_statements");
+
+/// Whether the PostgreSQL in `bin` ships pg_stat_statements.
+async fn has_statement_stats(bin: &Path) -> bool {
+    let Ok(out) = tokio::process::Command::new(bin.join("pg_config"))
+        .arg("--pkglibdir")
+        .output()
+        .await
+    else {
+        return false;
+    };
+    let lib = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    out.status.success() && Path::new(&lib).join("pg_stat_statements.so").exists()
+}
+
 /// The data directory's name inside the scratch directory.
 pub const DATA_DIR: &str = "pgdata";
 
 pub struct Postgres {
     pub proc: Supervised,
     pub admin_url: String,
+    /// Whether [`STATEMENT_STATS`] is loaded.
+    pub statement_stats: bool,
 }
 
 async fn run_checked(what: &str, cmd: &mut tokio::process::Command) -> anyhow::Result<()> {
@@ -82,7 +102,9 @@ impl Postgres {
             "-c",
             "unix_socket_directories=",
         ]);
-        for (k, v) in SETTINGS {
+        let statement_stats = has_statement_stats(bin).await;
+        let (k, v) = STATEMENT_STATS;
+        for (k, v) in SETTINGS.into_iter().chain(statement_stats.then_some((k, v))) {
             cmd.arg("-c").arg(format!("{k}={v}"));
         }
         let (out, err) = log_sink(log)?;
@@ -112,6 +134,10 @@ impl Postgres {
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
-        Ok(Postgres { proc, admin_url })
+        Ok(Postgres {
+            proc,
+            admin_url,
+            statement_stats,
+        })
     }
 }
