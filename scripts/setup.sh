@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the local lab needs and is missing; safe to run again.
 #  - PostgreSQL 15 server binaries (Debian package `postgresql`), when root;
-#  - tansu 0.6.0, the Kafka-API broker, with its in-memory storage engine;
+#  - tansu 0.6.0, the Kafka-API broker, with its in-memory storage engine
+#    and txlab's patch to it (scripts/install-tansu.sh);
 #  - a TrueType font (Debian package `fonts-dejavu-core`) for the charts;
 #  - Prometheus (Debian package `prometheus`), which the tests of txlab's
 #    Prometheus client scrape the real services with;
@@ -52,10 +53,13 @@ if [ -z "${TXLAB_PROMETHEUS:-}" ] && ! command -v prometheus >/dev/null 2>&1; th
   fi
 fi
 
-tansu_bin="${TXLAB_TANSU:-$(command -v tansu || echo "${CARGO_HOME:-$HOME/.cargo}/bin/tansu")}"
-if [ ! -x "$tansu_bin" ]; then
-  echo "setup: installing tansu 0.6.0 (a Kafka-API broker; about 10 minutes on 2 cores, once)"
-  cargo install tansu --locked --version 0.6.0 --features dynostore --quiet
+# tansu with txlab's patch (see scripts/install-tansu.sh), unless the user
+# names a broker binary of their own.
+tansu_patched=tansu-0.6.0-txlab1
+if [ -z "${TXLAB_TANSU:-}" ] && ! command -v "$tansu_patched" >/dev/null 2>&1 \
+  && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/$tansu_patched" ]; then
+  echo "setup: building tansu 0.6.0 with txlab's patch (a Kafka-API broker; about 15 minutes on 2 cores, once)"
+  "$(dirname "$0")/install-tansu.sh"
 fi
 # The k8s target renders charts/txlab with `helm template`.
 helm_local="$(cd "$(dirname "$0")/.." && pwd)/.txlab/tools/bin/helm"

@@ -1,5 +1,6 @@
 //! A missing tool is reported in one paragraph that says what to do, and
-//! nothing is started or left behind.
+//! nothing is started or left behind; a tool that is there but second
+//! best is used with a warning.
 
 mod common;
 
@@ -39,10 +40,7 @@ fn a_missing_broker_says_how_to_install_it() {
         stderr.contains("tansu, the Kafka-API broker the local lab starts, was not found"),
         "{stderr}"
     );
-    assert!(
-        stderr.contains("cargo install tansu --locked --version 0.6.0 --features dynostore"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("scripts/install-tansu.sh"), "{stderr}");
     assert!(stderr.contains("--kafka-brokers"), "{stderr}");
 }
 
@@ -79,4 +77,35 @@ fn a_typo_in_the_profile_names_file_line_and_field() {
         stderr.contains("typo.yaml:6:3: load.rat: unknown field `rat`"),
         "{stderr}"
     );
+}
+
+/// The lab runs txlab's patched tansu when it is there, and otherwise a
+/// plain `tansu` with a warning that says what that costs. (Both stand-ins
+/// here fail at once, which the lab reports as a broker that would not
+/// start.)
+#[test]
+fn a_plain_tansu_is_run_with_a_warning_and_the_patched_one_without() {
+    let warning = "a tansu without txlab's patch";
+    for (file, warned) in [("tansu", true), ("tansu-0.6.0-txlab1", false)] {
+        let bin = common::temp_dir(&format!("fake-{file}"));
+        let fake = bin.join(file);
+        std::fs::write(&fake, "#!/bin/sh\necho 'tansu 0.0.0'\nexit 3\n").unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let path = format!("{}:/usr/bin:/bin", bin.display());
+        let (code, stderr) = txlab(
+            &format!("which-{file}"),
+            &[
+                ("PATH", &path),
+                ("HOME", "/nonexistent"),
+                ("CARGO_HOME", "/nonexistent"),
+            ],
+        );
+        std::fs::remove_dir_all(&bin).unwrap();
+        assert_eq!(code, Some(1), "{stderr}");
+        assert_eq!(stderr.contains(warning), warned, "{file}: {stderr}");
+        assert!(
+            stderr.contains("tansu exited during start-up"),
+            "{file}: {stderr}"
+        );
+    }
 }

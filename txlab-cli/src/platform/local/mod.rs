@@ -188,7 +188,11 @@ impl LocalPlatform {
             proxy.route(Component::Postgres, resolve(&self.admin_url).await?);
         }
         if let Some(bin) = tansu_bin {
-            self.versions.insert("tansu", tools::version_of(&bin).await);
+            // The file name tells txlab's patched build from a plain one.
+            let name = bin.file_name().map(|n| n.to_string_lossy().into_owned());
+            let version = tools::version_of(&bin).await;
+            self.versions
+                .insert("tansu", format!("{version} ({})", name.unwrap_or_default()));
             self.start_broker(&bin).await?;
         }
         Ok(())

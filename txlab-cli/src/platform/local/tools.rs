@@ -68,24 +68,40 @@ pub fn postgres_bin_dir() -> anyhow::Result<PathBuf> {
     }
 }
 
-/// The tansu broker: `TXLAB_TANSU`, then PATH, then cargo's bin directory.
+/// The tansu build the lab runs: 0.6.0 with txlab's fetch patch
+/// (scripts/install-tansu.sh), on PATH or in cargo's bin directory.
+pub const TANSU_PATCHED: &str = "tansu-0.6.0-txlab1";
+
+/// The tansu binary: `TXLAB_TANSU`, else the patched build, else a plain
+/// `tansu` (with a warning).
 pub fn tansu() -> anyhow::Result<PathBuf> {
     if let Some(p) = from_env("TXLAB_TANSU")? {
         return Ok(p);
     }
-    if let Some(p) = on_path("tansu") {
+    let cargo_bin = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
+        .map(|c| c.join("bin"));
+    let find = |name: &str| {
+        on_path(name).or_else(|| cargo_bin.as_ref().map(|d| d.join(name)).filter(|p| p.is_file()))
+    };
+    if let Some(p) = find(TANSU_PATCHED) {
         return Ok(p);
     }
-    let cargo_home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")));
-    if let Some(p) = cargo_home.map(|c| c.join("bin/tansu")).filter(|p| p.is_file()) {
+    if let Some(p) = find("tansu") {
+        eprintln!(
+            "txlab: using {}, a tansu without txlab's patch: its fetches slow down as the broker fills, \
+             and event-driven methods with them (docs/performance.md); scripts/install-tansu.sh builds \
+             {TANSU_PATCHED}",
+            p.display()
+        );
         return Ok(p);
     }
     bail!(
-        "tansu, the Kafka-API broker the local lab starts, was not found. Install it once with \
-         `cargo install tansu --locked --version 0.6.0 --features dynostore` (about 10 minutes on 2 cores; \
-         `make setup` does it), set TXLAB_TANSU to its path, or pass --kafka-brokers HOST:PORT to use a broker you run"
+        "tansu, the Kafka-API broker the local lab starts, was not found. Build it once with \
+         scripts/install-tansu.sh (tansu 0.6.0 with txlab's patch to its in-memory engine, installed as \
+         {TANSU_PATCHED}; about 15 minutes on 2 cores; `make setup` does it), set TXLAB_TANSU to a tansu \
+         binary, or pass --kafka-brokers HOST:PORT to use a broker you run"
     )
 }
 
