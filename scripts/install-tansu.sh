@@ -6,6 +6,9 @@
 # the lab looks for. About 15 minutes on 2 cores, once.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
+# The name says which patch it carries: raise txlab<N> with every change
+# to the patch (here, in setup.sh, tools.rs and the nightly workflow), so
+# that no older build is taken for it.
 name=tansu-0.6.0-txlab1
 cargo_home="${CARGO_HOME:-$HOME/.cargo}"
 work="$(mktemp -d)"
