@@ -30,7 +30,7 @@ tansu-storage = { version = "=0.6.0", default-features = false }
 EOF
 cargo fetch --quiet --manifest-path "$work/fetch/Cargo.toml"
 for crate in tansu-0.6.0 tansu-storage-0.6.0; do
-  archive="$(find "$cargo_home/registry/cache" -name "$crate.crate" | head -n 1)"
+  archive="$(find "$cargo_home/registry/cache" -name "$crate.crate" -print -quit)"
   [ -n "$archive" ] || { echo "install-tansu: cargo fetched no $crate.crate" >&2; exit 1; }
   tar -xzf "$archive" -C "$work"
 done
