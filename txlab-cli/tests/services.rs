@@ -265,10 +265,7 @@ async fn an_in_flight_saga_resumes_after_the_order_service_is_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_relay_lock_holder_publishes_and_a_waiting_relay_takes_over() {
     use txlab_api::event::OUTBOX_RELAY_LOCK;
-    let (platform, e, dir) = common::deployed_with("relay-lock", TxMode::SagaChor).await;
-    let plan = common::plan("smoke.yaml");
-    let client = common::client();
-    common::reset_and_seed(&client, &e, &plan.seed.seed).await;
+    let (platform, e, dir, client) = common::seeded_with("relay-lock", TxMode::SagaChor).await;
     let mut db = common::db(&e, Role::Order).await;
     let holder = || {
         sqlx::query_scalar::<_, i32>(
@@ -341,10 +338,7 @@ async fn only_the_relay_lock_holder_publishes_and_a_waiting_relay_takes_over() {
 async fn consumers_drop_repeated_events_and_events_of_an_older_cell() {
     use rdkafka::producer::{FutureProducer, FutureRecord};
     use txlab_api::event::CHECKOUT_TOPIC;
-    let (platform, e, dir) = common::deployed_with("inbox", TxMode::SagaChor).await;
-    let plan = common::plan("smoke.yaml");
-    let client = common::client();
-    common::reset_and_seed(&client, &e, &plan.seed.seed).await;
+    let (platform, e, dir, client) = common::seeded_with("inbox", TxMode::SagaChor).await;
     let order = json!({"customer": "c00004", "items": [{"sku": "sku-0004", "qty": 1, "unit_price": 400}], "slot": "slot-004"});
     let id = common::create_order(&client, &e, &order, None).await;
     let base = e.url(Role::Order).unwrap();

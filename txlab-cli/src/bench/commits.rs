@@ -75,6 +75,11 @@ impl Server {
     pub async fn mark(&self) -> anyhow::Result<Mark> {
         let mut conn = PgConnection::connect(&self.admin_url).await?;
         sqlx::query("CHECKPOINT").execute(&mut conn).await?;
+        // The statements' view, once; it answers only where the module is
+        // loaded, so a failure here just leaves that count out.
+        let _ = sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            .execute(&mut conn)
+            .await;
         self.read(&mut conn).await
     }
 
@@ -104,23 +109,14 @@ impl Server {
         tokio::time::sleep(STATS_DELAY).await;
         let after = self.read(&mut conn).await?;
         let flushed = self.flushed_between(&before.lsn, &lsn).await?;
-        let all_per_database = after
-            .per_database
-            .iter()
-            .map(|(db, n)| (db.clone(), n - before.per_database.get(db).copied().unwrap_or(0)))
-            .collect();
-        let statements_per_database = before.statements.as_ref().zip(after.statements).map(|(b, a)| {
-            a.into_iter()
-                .map(|(db, n)| {
-                    let n = n - b.get(&db).copied().unwrap_or(0);
-                    (db, n)
-                })
-                .collect()
-        });
         Ok(Counted {
             flushed,
-            all_per_database,
-            statements_per_database,
+            all_per_database: growth(&before.per_database, &after.per_database),
+            statements_per_database: before
+                .statements
+                .as_ref()
+                .zip(after.statements.as_ref())
+                .map(|(b, a)| growth(b, a)),
         })
     }
 
@@ -144,13 +140,17 @@ impl Server {
     }
 }
 
+/// How much each database's counter grew between two readings.
+fn growth(before: &BTreeMap<String, i64>, after: &BTreeMap<String, i64>) -> BTreeMap<String, i64> {
+    after
+        .iter()
+        .map(|(db, n)| (db.clone(), n - before.get(db).copied().unwrap_or(0)))
+        .collect()
+}
+
 /// Statements run so far per lab database; None where pg_stat_statements
 /// is not loaded (its view then fails).
 async fn statements(conn: &mut PgConnection) -> Option<BTreeMap<String, i64>> {
-    sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-        .execute(&mut *conn)
-        .await
-        .ok()?;
     let rows: Vec<(String, i64)> = sqlx::query_as(
         "SELECT d.datname, sum(s.calls)::bigint FROM pg_stat_statements s \
          JOIN pg_database d ON d.oid = s.dbid WHERE d.datname LIKE 'txlab_%' GROUP BY 1",

@@ -41,6 +41,18 @@ pub async fn deployed_with(name: &str, method: txlab_api::TxMode) -> (LocalPlatf
     (p, e, dir)
 }
 
+/// The platform deployed for `method`, reset and seeded with the smoke
+/// profile's data, and a client for it.
+pub async fn seeded_with(
+    name: &str,
+    method: txlab_api::TxMode,
+) -> (LocalPlatform, Endpoints, PathBuf, reqwest::Client) {
+    let (platform, e, dir) = deployed_with(name, method).await;
+    let client = client();
+    reset_and_seed(&client, &e, &plan("smoke.yaml").seed.seed).await;
+    (platform, e, dir, client)
+}
+
 /// Resets every service and seeds it with `seed`.
 pub async fn reset_and_seed(client: &reqwest::Client, e: &Endpoints, seed: &txlab_api::admin::Seed) {
     // One new epoch for all services: events carry it from one to the next.
