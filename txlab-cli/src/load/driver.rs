@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use hdrhistogram::Histogram;
+use http::{Method, StatusCode};
 use indicatif::ProgressBar;
 use rand::{rngs::SmallRng, SeedableRng};
 use serde::Serialize;
@@ -21,6 +23,7 @@ use txlab_api::fault::FAULT_HEADER;
 use txlab_api::order::{CreateOrder, OrderState, OrderView, IDEMPOTENCY_KEY_HEADER};
 use uuid::Uuid;
 
+use super::client::{Client, Failure, Reply};
 use super::{cell_seed, orders::make_order, schedule::arrivals};
 use crate::audit::ClientView;
 use crate::spec::{Cell, Plan};
@@ -215,11 +218,7 @@ pub async fn drive(
     let mut rng = SmallRng::seed_from_u64(cell_seed(plan.profile.seed, &cell.scenario.name, cell.repetition));
     let offsets = arrivals(spec.arrival, &cell.stages, &mut rng);
     let start = Instant::now() + Duration::from_millis(20);
-    let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(35))
-        .pool_max_idle_per_host(256)
-        .build()?;
+    let client = Client::new(target.base_url, Duration::from_secs(2), Duration::from_secs(35))?;
     let rec = Arc::new(Mutex::new(Recorder {
         report: LoadReport {
             target_rate: cell.offered_rate(),
@@ -255,7 +254,6 @@ pub async fn drive(
     let warmup = Duration::from_secs_f64(spec.warmup_s);
     let script = Arc::new(Script {
         client,
-        base: target.base_url.to_string(),
         key_prefix: format!("{}/{}", target.run_id, cell.id),
         fault: cell.scenario.fault.clone(),
         cancel_after_ms: cell.scenario.cancel_after_ms,
@@ -327,9 +325,8 @@ pub async fn drive(
 
 /// What every order of a cell is sent with.
 struct Script {
-    client: reqwest::Client,
-    /// The order service, e.g. `http://127.0.0.1:41234`.
-    base: String,
+    /// To the order service (or the proxy in front of it).
+    client: Client,
     /// Idempotency keys are `<prefix>/<arrival index>`: unique per run and cell.
     key_prefix: String,
     fault: Option<String>,
@@ -385,16 +382,17 @@ const CREATE_ATTEMPTS: u32 = 3;
 async fn create(script: &Script, j: &Journey) -> Result<Uuid, String> {
     let key = format!("{}/{}", script.key_prefix, j.index);
     let mut attempt = 1;
+    let order = Bytes::from(serde_json::to_vec(&j.order).map_err(|_| "order body".to_string())?);
+    let mut headers = vec![(IDEMPOTENCY_KEY_HEADER, key.as_str())];
+    if let Some(f) = &script.fault {
+        headers.push((FAULT_HEADER, f.as_str()));
+    }
     loop {
-        let mut post = script
+        let reply = script
             .client
-            .post(format!("{}/orders", script.base))
-            .header(IDEMPOTENCY_KEY_HEADER, &key)
-            .json(&j.order);
-        if let Some(f) = &script.fault {
-            post = post.header(FAULT_HEADER, f);
-        }
-        match send_json::<OrderView>(post).await {
+            .send(Method::POST, "/orders", &headers, Some(order.clone()))
+            .await;
+        match json_reply::<OrderView>(reply) {
             Err(kind) if kind == "transport" && attempt < CREATE_ATTEMPTS => {
                 tracing::debug!(key, attempt, "order POST broke off; sending it again");
                 attempt += 1;
@@ -409,16 +407,15 @@ async fn create(script: &Script, j: &Journey) -> Result<Uuid, String> {
 /// the order was already decided; the outcome check tells whether that was
 /// expected), or a short error kind.
 async fn cancel(script: &Script, id: Uuid) -> Result<bool, String> {
-    let resp = script
+    let reply = script
         .client
-        .post(format!("{}/orders/{id}/cancel", script.base))
-        .send()
+        .send(Method::POST, &format!("/orders/{id}/cancel"), &[], None)
         .await;
-    match resp {
-        Ok(r) if r.status().is_success() => Ok(true),
-        Ok(r) if r.status() == reqwest::StatusCode::CONFLICT => Ok(false),
-        Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
-        Err(e) => Err(transport_kind(&e).to_string()),
+    match reply {
+        Ok(r) if r.status.is_success() => Ok(true),
+        Ok(r) if r.status == StatusCode::CONFLICT => Ok(false),
+        Ok(r) => Err(format!("HTTP {}", r.status.as_u16())),
+        Err(failure) => Err(failure.as_str().to_string()),
     }
 }
 
@@ -439,13 +436,10 @@ async fn decision(
             s.is_terminal()
         }
     };
+    let path = format!("/orders/{id}?wait_ms=10000");
     loop {
-        let view: Result<OrderView, String> = send_json(
-            script
-                .client
-                .get(format!("{}/orders/{id}?wait_ms=10000", script.base)),
-        )
-        .await;
+        let view: Result<OrderView, String> =
+            json_reply(script.client.send(Method::GET, &path, &[], None).await);
         match view {
             Ok(v) if settled(v.state) => return Ok(Some(v)),
             Ok(_) if Instant::now() < deadline => continue,
@@ -459,27 +453,16 @@ async fn decision(
     }
 }
 
-fn transport_kind(e: &reqwest::Error) -> &'static str {
-    if e.is_timeout() {
-        "timeout"
-    } else if e.is_connect() {
-        "connect"
-    } else {
-        "transport"
-    }
-}
-
-/// Sends and decodes a JSON reply; the error is a short kind for counting.
-async fn send_json<T: serde::de::DeserializeOwned>(req: reqwest::RequestBuilder) -> Result<T, String> {
-    let resp = req.send().await.map_err(|e| transport_kind(&e).to_string())?;
-    let status = resp.status();
-    if !status.is_success() {
-        let body: Option<txlab_api::ErrorBody> = resp.json().await.ok();
+/// Decodes a JSON reply; the error is a short kind for counting.
+fn json_reply<T: serde::de::DeserializeOwned>(reply: Result<Reply, Failure>) -> Result<T, String> {
+    let reply = reply.map_err(|f| f.as_str().to_string())?;
+    if !reply.status.is_success() {
+        let body: Option<txlab_api::ErrorBody> = serde_json::from_slice(&reply.body).ok();
         return Err(format!(
             "HTTP {} {}",
-            status.as_u16(),
+            reply.status.as_u16(),
             body.map(|b| b.error).unwrap_or_default()
         ));
     }
-    resp.json().await.map_err(|_| "bad reply body".to_string())
+    serde_json::from_slice(&reply.body).map_err(|_| "bad reply body".to_string())
 }

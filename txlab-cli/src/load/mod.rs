@@ -5,7 +5,9 @@
 //! - [`schedule`]: arrival offsets (constant or Poisson).
 //! - [`orders`]: the order each arrival sends, from the scenario's template.
 //! - [`driver`]: sends, follows and records; HDR histograms and a per-second series.
+//! - [`client`]: the driver's lean keep-alive HTTP/1.1 client.
 
+pub mod client;
 pub mod driver;
 pub mod orders;
 pub mod schedule;

@@ -1,0 +1,248 @@
+//! The driver's HTTP/1.1 client: keep-alive connections to the one origin
+//! the load goes to, reused from a stack of idle ones, opened when none is
+//! idle.
+//!
+//! Why not reqwest, which the rest of the CLI uses: per request it parses
+//! the URL, checks a pool keyed by scheme and host, and wraps the request in
+//! layers the driver never needs; at thousands of arrivals per second that
+//! was most of the driver's CPU (docs/performance.md, "The load driver").
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HOST};
+use http::{HeaderValue, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+
+/// Idle connections kept for reuse; more are closed when they come back.
+const MAX_IDLE: usize = 256;
+
+/// Why a request got no reply, in the words the driver counts errors by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// No connection could be opened in time, or it was refused.
+    Connect,
+    /// No complete reply within the request timeout.
+    Timeout,
+    /// The connection broke while the request or its reply was on it.
+    Transport,
+}
+
+impl Failure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::Connect => "connect",
+            Failure::Timeout => "timeout",
+            Failure::Transport => "transport",
+        }
+    }
+}
+
+/// A reply read to its end.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Bytes,
+}
+
+/// Where requests go: `http://host[:port][/prefix]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Origin {
+    host: String,
+    port: u16,
+    /// The Host header: the URL's authority as written.
+    authority: String,
+    /// A path every request's path is appended to; empty or `/a/b`.
+    prefix: String,
+}
+
+impl Origin {
+    fn parse(base_url: &str) -> anyhow::Result<Origin> {
+        let Some(rest) = base_url.strip_prefix("http://") else {
+            bail!("the load driver speaks plain HTTP/1.1: {base_url:?} is not an http:// URL");
+        };
+        let (authority, prefix) = match rest.find('/') {
+            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+            None => (rest, ""),
+        };
+        let (host, port) = match authority.rsplit_once(':') {
+            // An IPv6 literal's own colons sit inside the brackets.
+            Some((h, p)) if !p.contains(']') => {
+                let port = p
+                    .parse()
+                    .with_context(|| format!("the port of {base_url:?} is not a number from 1 to 65535"))?;
+                (h, port)
+            }
+            _ => (authority, 80),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            bail!("{base_url:?} names no host");
+        }
+        Ok(Origin {
+            host: host.to_string(),
+            port,
+            authority: authority.to_string(),
+            prefix: prefix.to_string(),
+        })
+    }
+}
+
+pub struct Client {
+    origin: Origin,
+    host_header: HeaderValue,
+    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+    connect_timeout: Duration,
+    timeout: Duration,
+}
+
+impl Client {
+    /// A client for `base_url`; `timeout` bounds each request from taking a
+    /// connection to the reply's last byte.
+    pub fn new(base_url: &str, connect_timeout: Duration, timeout: Duration) -> anyhow::Result<Client> {
+        let origin = Origin::parse(base_url)?;
+        let host_header = HeaderValue::from_str(&origin.authority)
+            .with_context(|| format!("{base_url:?} cannot be a Host header"))?;
+        Ok(Client {
+            origin,
+            host_header,
+            idle: Mutex::new(Vec::new()),
+            connect_timeout,
+            timeout,
+        })
+    }
+
+    /// Sends one request and reads its reply. `path` starts with `/`;
+    /// a `body` is sent as JSON.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&'static str, &str)],
+        body: Option<Bytes>,
+    ) -> Result<Reply, Failure> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.origin.prefix))
+            .header(HOST, self.host_header.clone());
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        if body.is_some() {
+            req = req.header(CONTENT_TYPE, "application/json");
+        }
+        // A header value the caller made unsendable is the caller's bug,
+        // but it is still only one failed request.
+        let req = req
+            .body(Full::new(body.unwrap_or_default()))
+            .map_err(|_| Failure::Transport)?;
+        tokio::time::timeout(self.timeout, self.exchange(req))
+            .await
+            .unwrap_or(Err(Failure::Timeout))
+    }
+
+    async fn exchange(&self, req: Request<Full<Bytes>>) -> Result<Reply, Failure> {
+        let (mut sender, reused) = self.connection().await?;
+        let resp = match sender.try_send_request(req).await {
+            Ok(resp) => resp,
+            // hyper hands back a request it never wrote when the idle
+            // connection turned out closed: safe to send on a new one.
+            Err(mut e) if reused && e.error().is_canceled() => {
+                let req = e.take_message().ok_or(Failure::Transport)?;
+                sender = self.connect().await?;
+                sender.send_request(req).await.map_err(|_| Failure::Transport)?
+            }
+            Err(_) => return Err(Failure::Transport),
+        };
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|_| Failure::Transport)?
+            .to_bytes();
+        self.put_back(sender);
+        Ok(Reply { status, body })
+    }
+
+    /// An idle connection that is still open, or a new one; and whether it was reused.
+    async fn connection(&self) -> Result<(SendRequest<Full<Bytes>>, bool), Failure> {
+        loop {
+            let idle = self.idle.lock().expect("idle connections lock").pop();
+            let Some(mut sender) = idle else {
+                return Ok((self.connect().await?, false));
+            };
+            if !sender.is_closed() && sender.ready().await.is_ok() {
+                return Ok((sender, true));
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, Failure> {
+        let addr = (self.origin.host.as_str(), self.origin.port);
+        let stream = tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| Failure::Connect)?
+            .map_err(|_| Failure::Connect)?;
+        // Requests are small and each waits for its reply: Nagle would only add delay.
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|_| Failure::Connect)?;
+        // The connection's own task; it ends when the last sender is dropped
+        // or the peer closes.
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "load connection closed");
+            }
+        });
+        Ok(sender)
+    }
+
+    fn put_back(&self, sender: SendRequest<Full<Bytes>>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().expect("idle connections lock");
+        if idle.len() < MAX_IDLE {
+            idle.push(sender);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_are_read_from_base_urls() {
+        let o = Origin::parse("http://127.0.0.1:8080").unwrap();
+        assert_eq!(
+            (o.host.as_str(), o.port, o.authority.as_str(), o.prefix.as_str()),
+            ("127.0.0.1", 8080, "127.0.0.1:8080", "")
+        );
+        let o = Origin::parse("http://order.lab.svc/api/").unwrap();
+        assert_eq!(
+            (o.host.as_str(), o.port, o.prefix.as_str()),
+            ("order.lab.svc", 80, "/api")
+        );
+        let o = Origin::parse("http://[::1]:9000").unwrap();
+        assert_eq!((o.host.as_str(), o.port), ("::1", 9000));
+        let o = Origin::parse("http://[::1]").unwrap();
+        assert_eq!((o.host.as_str(), o.port), ("::1", 80));
+    }
+
+    #[test]
+    fn urls_the_driver_cannot_use_are_refused_with_a_reason() {
+        let e = Origin::parse("https://example.test").unwrap_err().to_string();
+        assert!(e.contains("plain HTTP/1.1"), "{e}");
+        let e = format!("{:#}", Origin::parse("http://h:http").unwrap_err());
+        assert!(e.contains("port"), "{e}");
+        let e = Origin::parse("http://:80").unwrap_err().to_string();
+        assert!(e.contains("names no host"), "{e}");
+    }
+}
