@@ -236,6 +236,102 @@ mod tests {
         assert_eq!((o.host.as_str(), o.port), ("::1", 80));
     }
 
+    /// A loopback server that answers every request on a connection with
+    /// `reply` and then does what `after` says; its address.
+    async fn server(reply: &'static str, after: After) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    // Every request here is a head without a body.
+                    while let Ok(n) = socket.read(&mut buf).await {
+                        if n == 0 {
+                            return;
+                        }
+                        match after {
+                            After::Silence => std::future::pending::<()>().await,
+                            After::Hangup => return,
+                            After::IdleTimeout | After::KeepAlive => {}
+                        }
+                        socket.write_all(reply.as_bytes()).await.unwrap();
+                        if after == After::IdleTimeout {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[derive(Clone, Copy, PartialEq)]
+    enum After {
+        /// Keeps the connection open for the next request.
+        KeepAlive,
+        /// Closes the connection 20 ms after its reply, without saying so
+        /// (as a server whose keep-alive timeout is short would).
+        IdleTimeout,
+        /// Closes the connection instead of replying.
+        Hangup,
+        /// Never replies.
+        Silence,
+    }
+
+    const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+    fn client(base: &str) -> Client {
+        Client::new(base, Duration::from_millis(500), Duration::from_millis(500)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn connections_are_kept_and_reused() {
+        let c = client(&server(OK, After::KeepAlive).await);
+        for _ in 0..5 {
+            let r = c.send(Method::GET, "/", &[], None).await.unwrap();
+            assert_eq!((r.status, &r.body[..]), (StatusCode::OK, &b"ok"[..]));
+        }
+        assert_eq!(
+            c.idle.lock().unwrap().len(),
+            1,
+            "one connection, back in the stack"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_the_server_closed_is_not_a_failed_request() {
+        // Each connection is closed by the server while it is idle in the
+        // stack: the next request must go out on a new one.
+        let c = client(&server(OK, After::IdleTimeout).await);
+        for i in 0..10 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let r = c.send(Method::GET, "/", &[], None).await;
+            assert_eq!(r.map(|r| r.status).ok(), Some(StatusCode::OK), "request {i}");
+        }
+    }
+
+    #[tokio::test]
+    async fn failures_are_told_apart() {
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        let get = |c: Client| async move { c.send(Method::GET, "/", &[], None).await.unwrap_err() };
+        assert_eq!(get(client(&closed)).await, Failure::Connect);
+        assert_eq!(
+            get(client(&server(OK, After::Hangup).await)).await,
+            Failure::Transport
+        );
+        assert_eq!(
+            get(client(&server(OK, After::Silence).await)).await,
+            Failure::Timeout
+        );
+    }
+
     #[test]
     fn urls_the_driver_cannot_use_are_refused_with_a_reason() {
         let e = Origin::parse("https://example.test").unwrap_err().to_string();
