@@ -244,7 +244,10 @@ fn on_wake_up(orders: &Arc<Orders>, payload: &str) {
     };
     let Ok(id) = id.parse::<Uuid>() else { return };
     match kind {
-        "d" => orders.decided.wake(id),
+        "d" => {
+            orders.admission.heard_decision();
+            orders.decided.wake(id)
+        }
         "l" => orders.clone().claim_and_drive(id),
         _ => tracing::warn!(payload, "unknown wake-up"),
     }
