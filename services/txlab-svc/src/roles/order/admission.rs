@@ -31,7 +31,7 @@ const RECOUNT: Duration = Duration::from_millis(200);
 /// Seconds of work at the recent decision rate that may wait open.
 const QUEUE_S: f64 = 2.0;
 /// The bound when decisions are few or unknown (a cold start, a stall).
-pub const FLOOR: u64 = 200;
+const FLOOR: u64 = 200;
 /// How far back the decision rate's peak is taken from.
 const PEAK_WINDOW: Duration = Duration::from_secs(10);
 /// The span each decision rate is measured over.
