@@ -61,33 +61,26 @@ struct Origin {
 }
 
 impl Origin {
+    /// Read once per cell with reqwest's URL parser, not per request.
     fn parse(base_url: &str) -> anyhow::Result<Origin> {
-        let Some(rest) = base_url.strip_prefix("http://") else {
+        let url = reqwest::Url::parse(base_url)
+            .with_context(|| format!("{base_url:?} is not a URL like http://host:port"))?;
+        if url.scheme() != "http" {
             bail!("the load driver speaks plain HTTP/1.1: {base_url:?} is not an http:// URL");
-        };
-        let (authority, prefix) = match rest.find('/') {
-            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
-            None => (rest, ""),
-        };
-        let (host, port) = match authority.rsplit_once(':') {
-            // An IPv6 literal's own colons sit inside the brackets.
-            Some((h, p)) if !p.contains(']') => {
-                let port = p
-                    .parse()
-                    .with_context(|| format!("the port of {base_url:?} is not a number from 1 to 65535"))?;
-                (h, port)
-            }
-            _ => (authority, 80),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            bail!("{base_url:?} names no host");
         }
+        let written = url
+            .host_str()
+            .with_context(|| format!("{base_url:?} names no host"))?;
+        let authority = match url.port() {
+            Some(port) => format!("{written}:{port}"),
+            None => written.to_string(),
+        };
         Ok(Origin {
-            host: host.to_string(),
-            port,
-            authority: authority.to_string(),
-            prefix: prefix.to_string(),
+            // An IPv6 literal is written in brackets but connected to without.
+            host: written.trim_start_matches('[').trim_end_matches(']').to_string(),
+            port: url.port_or_known_default().unwrap_or(80),
+            authority,
+            prefix: url.path().trim_end_matches('/').to_string(),
         })
     }
 }
@@ -338,7 +331,7 @@ mod tests {
         assert!(e.contains("plain HTTP/1.1"), "{e}");
         let e = format!("{:#}", Origin::parse("http://h:http").unwrap_err());
         assert!(e.contains("port"), "{e}");
-        let e = Origin::parse("http://:80").unwrap_err().to_string();
-        assert!(e.contains("names no host"), "{e}");
+        let e = format!("{:#}", Origin::parse("http://:80").unwrap_err());
+        assert!(e.contains("empty host"), "{e}");
     }
 }
