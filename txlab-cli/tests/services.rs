@@ -439,3 +439,111 @@ async fn consumers_drop_repeated_events_and_events_of_an_older_cell() {
     platform.shutdown().await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The event-driven order service holds a participant's result that
+/// cannot decide its order (payment's and inventory's in saga_chor) and
+/// writes it with the event that does; its consumer offset waits for that
+/// write. A result held for 2 s is written on its own. Killed while it
+/// holds results, the service hears them again after its restart, and the
+/// decided order's log has all three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_results_are_written_when_overdue_and_heard_again_after_a_crash() {
+    let (mut platform, e, dir, client) = common::seeded_with("held", TxMode::SagaChor).await;
+    let base = e.url(Role::Order).unwrap();
+    let mut order_db = common::db(&e, Role::Order).await;
+    let order = |n: u32| json!({"customer": format!("c0000{n}"), "items": [{"sku": format!("sku-000{n}"), "qty": 1, "unit_price": 300}], "slot": format!("slot-00{n}")});
+    let counted = |metrics: &str, detail: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| {
+                l.contains("events_total{")
+                    && l.contains("kind=\"result\"")
+                    && l.contains(&format!("detail=\"{detail}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let wait_held = async |n: u64| {
+        let mut held = 0;
+        for _ in 0..60 {
+            held = counted(&common::metrics(&client, &e, Role::Order).await, "held");
+            if held >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert_eq!(held, n, "payment's and inventory's results are held");
+    };
+    // The order's saga log while it is still pending (empty once decided).
+    async fn pending_log(db: &mut sqlx::PgConnection, id: &str) -> Vec<String> {
+        sqlx::query_scalar(
+            "SELECT s.forward FROM saga_steps s JOIN orders o ON o.id = s.order_id \
+             WHERE o.id::text = $1 AND o.state = 'pending' ORDER BY s.step",
+        )
+        .bind(id)
+        .fetch_all(db)
+        .await
+        .unwrap()
+    }
+
+    // Shipping waits 6 s before its write: the first two results wait for
+    // it in memory until they have waited 2 s, then they are written.
+    let first = common::create_order(&client, &e, &order(5), Some("shipping.before_db=delay:6000")).await;
+    wait_held(2).await;
+    let held_at = std::time::Instant::now();
+    let mut log = vec![];
+    for _ in 0..50 {
+        log = pending_log(&mut order_db, &first).await;
+        if log.first().is_some_and(|f| f == "done") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        log,
+        ["done", "done", "not_started"],
+        "written before shipping's result"
+    );
+    assert!(
+        held_at.elapsed() >= Duration::from_millis(1500),
+        "held for about 2 s first, written after {:?}",
+        held_at.elapsed()
+    );
+    let metrics = common::metrics(&client, &e, Role::Order).await;
+    assert_eq!(counted(&metrics, "held_overdue"), 1, "{metrics}");
+
+    // Shipping waits 4 s: the crash comes while the results are held.
+    let second = common::create_order(&client, &e, &order(6), Some("shipping.before_db=delay:4000")).await;
+    wait_held(4).await;
+    // Longer than the consumer takes to store the offsets of messages done
+    // (200 ms), shorter than a result may be held (2 s).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        pending_log(&mut order_db, &second).await,
+        ["not_started"; 3],
+        "nothing heard is written yet"
+    );
+    platform.crash(Role::Order).await.unwrap();
+
+    for id in [&first, &second] {
+        assert_eq!(
+            common::wait_decided(&client, base, id).await["state"],
+            "confirmed"
+        );
+        let flow = common::get_json(&client, &format!("{base}/orders/{id}/workflow")).await;
+        for step in flow["steps"].as_array().unwrap() {
+            assert_eq!(step["forward"], "done", "{flow:#}");
+            assert!(step["forward_ended_ms"].is_i64(), "{flow:#}");
+        }
+    }
+    let (_, unsettled, report) = common::settle_and_audit(
+        &e,
+        TxMode::SagaChor,
+        &common::plan("smoke.yaml").seed.seed,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!((unsettled, report.violations), (vec![], vec![]));
+    platform.shutdown().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -76,6 +76,21 @@ pub fn verdict(method: TxMode, h: &Heard) -> Option<OrderState> {
     }
 }
 
+/// Whether hearing that the steps in `applied` went through could decide
+/// an order of `method` on its own, with nothing else heard. When it cannot,
+/// the order service may hold the news back and write it with a later
+/// event's transaction (see the order service's held results).
+pub fn applied_may_decide(method: TxMode, applied: [bool; 3]) -> bool {
+    verdict(
+        method,
+        &Heard {
+            applied,
+            ..Heard::default()
+        },
+    )
+    .is_some()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +148,20 @@ mod tests {
             react(m, Inventory, &CheckoutKind::CancelRequested),
             Some(Reaction::Compensate)
         );
+    }
+
+    #[test]
+    fn only_the_last_forward_result_may_decide() {
+        let chor = TxMode::SagaChor;
+        assert!(!applied_may_decide(chor, [true, false, false]));
+        assert!(!applied_may_decide(chor, [true, true, false]));
+        assert!(
+            applied_may_decide(chor, [false, false, true]),
+            "shipping's confirms"
+        );
+        let outbox = TxMode::Outbox;
+        assert!(!applied_may_decide(outbox, [true, false, true]));
+        assert!(applied_may_decide(outbox, [true; 3]), "all three heard");
     }
 
     #[test]

@@ -21,6 +21,12 @@
 //! replica count), so with several replicas every partition has exactly one
 //! reader and its offsets one writer; a replica that is down holds up its
 //! partitions until it is back, as a StatefulSet's member would.
+//!
+//! A handler may also keep a message's [`Receipt`] and say it is done
+//! later ([`Ack::Later`]): the order service holds back results that decide
+//! nothing yet and writes them with a later transaction. Until then the
+//! partition's stored offset stays before the message, so a crash
+//! delivers it again.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -211,7 +217,53 @@ pub struct Assigned {
     starts: BTreeMap<i32, i64>,
 }
 
-/// Hands every decoded message to `handle` until `stop` is raised.
+/// When a handler's message counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// Now: its effect is stored.
+    Now,
+    /// When the handler calls [`Receipt::done`] on the receipt it kept.
+    Later,
+}
+
+/// A message's claim to be counted done, which a handler may keep (see [`Ack::Later`]).
+#[derive(Clone)]
+pub struct Receipt {
+    partition: i32,
+    offset: i64,
+    done: mpsc::UnboundedSender<(i32, i64)>,
+}
+
+impl std::fmt::Debug for Receipt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Receipt({}@{})", self.partition, self.offset)
+    }
+}
+
+impl Receipt {
+    /// The message's effect is stored: its offset may be committed once
+    /// everything before it is done too.
+    pub fn done(self) {
+        let _ = self.done.send((self.partition, self.offset));
+    }
+}
+
+#[cfg(test)]
+impl Receipt {
+    /// A receipt nobody listens to.
+    pub fn for_test() -> Receipt {
+        let (done, _) = mpsc::unbounded_channel();
+        Receipt {
+            partition: 0,
+            offset: 0,
+            done,
+        }
+    }
+}
+
+/// Hands every decoded message, with its [`Receipt`], to `handle` until
+/// `stop` is raised. A message is done when `handle` returns [`Ack::Now`],
+/// or when the receipt it kept says so.
 pub async fn consume<T, F, Fut>(
     assigned: Assigned,
     offsets: Offsets,
@@ -220,8 +272,8 @@ pub async fn consume<T, F, Fut>(
     handle: F,
 ) where
     T: DeserializeOwned + Send + 'static,
-    F: Fn(T) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    F: Fn(T, Receipt) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<Ack>> + Send + 'static,
 {
     let what = offsets.consumer;
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(i32, i64)>();
@@ -323,18 +375,24 @@ async fn work<T, F, Fut>(
     handle: F,
 ) where
     T: DeserializeOwned,
-    F: Fn(T) -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
+    F: Fn(T, Receipt) -> Fut,
+    Fut: Future<Output = anyhow::Result<Ack>>,
 {
     let what = offsets.consumer;
-    while let Some(msg) = rx.recv().await {
+    'messages: while let Some(msg) = rx.recv().await {
+        let receipt = Receipt {
+            partition: msg.partition(),
+            offset: msg.offset(),
+            done: done.clone(),
+        };
         match msg.payload().map(serde_json::from_slice::<T>) {
             Some(Ok(_)) => {
                 // Decoded afresh for each attempt: handlers take events by value.
                 let mut attempt = 0u32;
                 while let Some(Ok(event)) = msg.payload().map(serde_json::from_slice::<T>) {
-                    match handle(event).await {
-                        Ok(()) => break,
+                    match handle(event, receipt.clone()).await {
+                        Ok(Ack::Now) => break,
+                        Ok(Ack::Later) => continue 'messages,
                         Err(err) => {
                             attempt += 1;
                             if attempt >= MAX_EVENT_ATTEMPTS {
@@ -372,7 +430,7 @@ async fn work<T, F, Fut>(
             }
             None => tracing::warn!(offset = msg.offset(), what, "empty event skipped"),
         }
-        let _ = done.send((msg.partition(), msg.offset()));
+        receipt.done();
     }
 }
 

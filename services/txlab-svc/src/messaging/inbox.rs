@@ -23,6 +23,17 @@ pub enum Delivery {
 /// transaction ends — the order every epoch reader keeps, see
 /// [`crate::epoch`] — and the id is recorded only for a current epoch.
 pub async fn admit(conn: &mut PgConnection, epoch: &str, message_id: &str) -> sqlx::Result<Delivery> {
+    admit_heard_at(conn, epoch, message_id, txlab_tx::now_ms()).await
+}
+
+/// [`admit`] for a message heard at `received_ms` and written only now
+/// (a result the order service held back).
+pub async fn admit_heard_at(
+    conn: &mut PgConnection,
+    epoch: &str,
+    message_id: &str,
+    received_ms: i64,
+) -> sqlx::Result<Delivery> {
     let (current, first): (bool, bool) = sqlx::query_as(
         "WITH lab AS (SELECT epoch = $1 AS current FROM lab_epoch FOR SHARE), \
               seen AS (INSERT INTO inbox (message_id, received_ms) SELECT $2, $3 FROM lab WHERE current \
@@ -31,7 +42,7 @@ pub async fn admit(conn: &mut PgConnection, epoch: &str, message_id: &str) -> sq
     )
     .bind(epoch)
     .bind(message_id)
-    .bind(txlab_tx::now_ms())
+    .bind(received_ms)
     .fetch_one(&mut *conn)
     .await?;
     Ok(match (current, first) {

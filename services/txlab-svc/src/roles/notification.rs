@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::config::Config;
 use crate::http::ApiError;
+use crate::messaging::consumer::Ack;
 use crate::messaging::inbox::{self, Delivery};
 use crate::roles::AppState;
 
@@ -32,15 +33,21 @@ pub async fn build(
     let st = state.clone();
     let task = tokio::spawn(async move {
         let metrics = st.metrics.clone();
-        crate::messaging::consumer::consume(consumer, offsets, metrics, stop, move |event: OrderOutcome| {
-            let st = st.clone();
-            async move {
-                let first = apply(&st, &event).await?;
-                st.metrics
-                    .event("notification", if first { "sent" } else { "duplicate" });
-                Ok(())
-            }
-        })
+        crate::messaging::consumer::consume(
+            consumer,
+            offsets,
+            metrics,
+            stop,
+            move |event: OrderOutcome, _| {
+                let st = st.clone();
+                async move {
+                    let first = apply(&st, &event).await?;
+                    st.metrics
+                        .event("notification", if first { "sent" } else { "duplicate" });
+                    Ok(Ack::Now)
+                }
+            },
+        )
         .await
     });
     let router = Router::new()

@@ -10,13 +10,15 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use txlab_api::event::{CheckoutEvent, CheckoutKind, OrderSpec, CHECKOUT_TOPIC};
 use txlab_api::order::OrderState;
-use txlab_tx::choreography::{verdict, Heard};
+use txlab_tx::choreography::{applied_may_decide, verdict, Heard};
 use txlab_tx::saga::{Compensation, Forward};
 use uuid::Uuid;
 
+use super::held::{HeldResult, HOLD_LIMIT};
 use super::outcome::{announce, decide_in, Decided};
 use super::store::{load_order, load_saga, mark, Mark, OrderRow};
 use super::Orders;
+use crate::messaging::consumer::{Ack, Receipt};
 use crate::messaging::inbox::{self, Delivery};
 
 /// Writes a checkout event with the caller's transaction. `epoch` must
@@ -39,7 +41,8 @@ pub async fn emit(
     crate::messaging::outbox::enqueue(conn, CHECKOUT_TOPIC, &order_id.to_string(), &payload).await
 }
 
-/// Consumes the participants' checkout events.
+/// Consumes the participants' checkout events, and writes held results
+/// that waited too long.
 pub async fn start(
     orders: Arc<Orders>,
     brokers: &str,
@@ -53,16 +56,18 @@ pub async fn start(
     let consumer = crate::messaging::consumer::assigned(brokers, &offsets, orders.app.replica).await?;
     Ok(tokio::spawn(async move {
         let metrics = orders.app.metrics.clone();
-        crate::messaging::consumer::consume(consumer, offsets, metrics, stop, move |event: CheckoutEvent| {
+        let sweeping = tokio::spawn(sweep(orders.clone(), stop.clone()));
+        let handler = move |event: CheckoutEvent, receipt: Receipt| {
             let orders = orders.clone();
-            async move { handle(&orders, event).await }
-        })
-        .await
+            async move { handle(&orders, event, receipt).await }
+        };
+        crate::messaging::consumer::consume(consumer, offsets, metrics, stop, handler).await;
+        let _ = sweeping.await;
     }))
 }
 
 #[tracing::instrument(skip_all, fields(order_id = %event.order_id, event = ?event.kind))]
-async fn handle(orders: &Orders, event: CheckoutEvent) -> anyhow::Result<()> {
+async fn handle(orders: &Orders, event: CheckoutEvent, receipt: Receipt) -> anyhow::Result<Ack> {
     // The event-driven methods record what they hear in the saga log.
     let (step, heard, reason) = match &event.kind {
         CheckoutKind::Applied { step } => (*step, Mark::Forward(Forward::Done), None),
@@ -73,46 +78,110 @@ async fn handle(orders: &Orders, event: CheckoutEvent) -> anyhow::Result<()> {
         ),
         CheckoutKind::Compensated { step } => (*step, Mark::Compensation(Compensation::Done), None),
         // Our own events, read back from the shared topic.
-        CheckoutKind::OrderPlaced | CheckoutKind::CancelRequested => return Ok(()),
+        CheckoutKind::OrderPlaced | CheckoutKind::CancelRequested => return Ok(Ack::Now),
     };
-    let mut tx = orders.app.pool.begin().await?;
-    let delivery = inbox::admit(&mut tx, &event.epoch, &event.event_id.to_string()).await?;
-    if delivery == Delivery::Stale {
-        orders.app.metrics.event("stale_event", "order");
-        return Ok(()); // from a cell the lab has reset away
+    let mut this = HeldResult {
+        event_id: event.event_id,
+        epoch: event.epoch,
+        step,
+        heard_ms: txlab_tx::now_ms(),
+        receipt,
+    };
+    if matches!(heard, Mark::Forward(Forward::Done)) {
+        let method = orders.method;
+        match orders.held.hold(event.order_id, this, |applied| {
+            applied_may_decide(method, applied)
+        }) {
+            Ok(()) => {
+                orders.app.metrics.event("result", "held");
+                return Ok(Ack::Later);
+            }
+            Err(back) => this = back,
+        }
     }
-    if delivery == Delivery::First {
-        mark(
-            &mut *tx,
-            event.order_id,
-            step,
-            heard,
-            reason.as_deref(),
-            txlab_tx::now_ms(),
-        )
-        .await?;
+    write_heard(orders, event.order_id, Some((this, heard, reason))).await
+}
+
+/// Writes the order's held results and `this` (the event being handled,
+/// with its mark and reason) in one transaction, and judges the order there.
+/// Held results are done once it commits; on failure they are held again.
+async fn write_heard(
+    orders: &Orders,
+    id: Uuid,
+    this: Option<(HeldResult, Mark, Option<String>)>,
+) -> anyhow::Result<Ack> {
+    let earlier = orders.held.take(id);
+    match record(orders, id, &earlier, this.as_ref()).await {
+        Ok(decision) => {
+            for r in earlier {
+                r.receipt.done();
+            }
+            if let Some((order, state, decided)) = decision {
+                orders.held.forget(id);
+                announce(orders, &order, state, decided);
+            }
+            Ok(Ack::Now)
+        }
+        Err(e) => {
+            orders.held.restore(id, earlier);
+            Err(e)
+        }
+    }
+}
+
+async fn record(
+    orders: &Orders,
+    id: Uuid,
+    earlier: &[HeldResult],
+    this: Option<&(HeldResult, Mark, Option<String>)>,
+) -> anyhow::Result<Option<(OrderRow, OrderState, Decided)>> {
+    let done = Mark::Forward(Forward::Done);
+    let results = earlier
+        .iter()
+        .map(|r| (r, done, None))
+        .chain(this.map(|(r, mark, reason)| (r, *mark, reason.as_deref())));
+    let mut tx = orders.app.pool.begin().await?;
+    for (r, mark_made, reason) in results {
+        match inbox::admit_heard_at(&mut tx, &r.epoch, &r.event_id.to_string(), r.heard_ms).await? {
+            // From a cell the lab has reset away.
+            Delivery::Stale => orders.app.metrics.event("stale_event", "order"),
+            Delivery::Repeated => {}
+            Delivery::First => mark(&mut *tx, id, r.step, mark_made, reason, r.heard_ms).await?,
+        }
     }
     // Judged in the same transaction (also after a redelivery: a crash may
     // have come between hearing and judging), so the event that decides an
     // order commits with its outcome.
-    let decision = judge(&mut tx, event.order_id).await?;
+    let decision = judge(&mut tx, id).await?;
     tx.commit().await?;
-    if let Some((order, state, decided)) = decision {
-        announce(orders, &order, state, decided);
+    Ok(decision)
+}
+
+/// Writes results held longer than [`HOLD_LIMIT`] on their own, so an
+/// order whose next event is slow (or lost to a dead letter) still has its
+/// results recorded and its consumer's offsets move on.
+async fn sweep(orders: Arc<Orders>, stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(HOLD_LIMIT / 4);
+    let stopped = crate::stopped(stop);
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return,
+            _ = tick.tick() => {}
+        }
+        for id in orders.held.overdue(HOLD_LIMIT) {
+            orders.app.metrics.event("result", "held_overdue");
+            if let Err(e) = write_heard(&orders, id, None).await {
+                tracing::warn!(order_id = %id, error = format!("{e:#}"), "writing held results failed; retrying");
+            }
+        }
     }
-    Ok(())
 }
 
 /// Finishes the order if what has been heard decides it (after a cancel,
 /// and when a service resumes open orders).
 pub async fn evaluate(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
-    let mut tx = orders.app.pool.begin().await?;
-    let decision = judge(&mut tx, id).await?;
-    tx.commit().await?;
-    if let Some((order, state, decided)) = decision {
-        announce(orders, &order, state, decided);
-    }
-    Ok(())
+    write_heard(orders, id, None).await.map(drop)
 }
 
 /// Reads the order and what has been heard of it in `tx`; if that decides

@@ -20,6 +20,7 @@ mod api;
 mod calls;
 mod choreography;
 mod drivers;
+mod held;
 mod outcome;
 mod saga;
 mod store;
@@ -59,6 +60,8 @@ pub struct Orders {
     decided: waiters::Waiters,
     /// How many orders may be open at once (load shedding).
     admission: admission::Admission,
+    /// Event-driven methods: participants' results not written yet.
+    held: held::Held,
     /// 2PC transactions between their first prepare and the end of phase
     /// two, at most [`TWOPC_AT_ONCE`] (see there).
     twopc_at_once: tokio::sync::Semaphore,
@@ -102,6 +105,7 @@ pub async fn build(
         driver,
         decided: waiters::Waiters::default(),
         admission: admission::Admission::new(config.max_open_orders),
+        held: held::Held::default(),
         twopc_at_once: tokio::sync::Semaphore::new(TWOPC_AT_ONCE),
     });
     if config.tx_mode.is_event_driven() {
