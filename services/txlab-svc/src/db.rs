@@ -6,10 +6,29 @@ use anyhow::Context;
 use sqlx::{migrate::Migrator, postgres::PgPoolOptions, PgPool};
 use txlab_api::Role;
 
+/// A pooled connection used within this long is handed out without a
+/// liveness check first.
+const TRUSTED_WHILE_BUSY: Duration = Duration::from_millis(500);
+
 pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
     PgPoolOptions::new()
         .max_connections(16)
         .acquire_timeout(Duration::from_secs(5))
+        // sqlx checks every connection it hands out with a round trip to
+        // the server, a wake-up of a PostgreSQL backend for each of the
+        // dozen or so acquires a checkout makes. Under load connections
+        // come back within milliseconds; check only those idle a while (a
+        // server restart meanwhile then fails one use of each connection
+        // still open, which the callers' retries absorb).
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= TRUSTED_WHILE_BUSY {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect(url)
         .await
         .context("connecting to the service database (DATABASE_URL)")
