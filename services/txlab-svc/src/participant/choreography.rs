@@ -16,7 +16,7 @@ use super::saga::{apply_in, compensate_in};
 use super::OpError;
 use super::Participant;
 use crate::faults::Faults;
-use crate::messaging::consumer::Ack;
+use crate::messaging::consumer::{consume, Ack};
 use crate::messaging::inbox::{self, Delivery};
 use crate::roles::AppState;
 
@@ -39,20 +39,12 @@ pub async fn start<P: Participant>(
         topic: CHECKOUT_TOPIC,
     };
     let consumer = crate::messaging::consumer::assigned(brokers, &offsets, state.replica).await?;
-    let consumer_task = tokio::spawn(async move {
-        let metrics = state.metrics.clone();
-        crate::messaging::consumer::consume(
-            consumer,
-            offsets,
-            metrics,
-            stop,
-            move |event: CheckoutEvent, _| {
-                let state = state.clone();
-                async move { handle::<P>(&state, method, event).await.map(|()| Ack::Now) }
-            },
-        )
-        .await
-    });
+    let metrics = state.metrics.clone();
+    let handler = move |event: CheckoutEvent, _| {
+        let state = state.clone();
+        async move { handle::<P>(&state, method, event).await.map(|()| Ack::Now) }
+    };
+    let consumer_task = tokio::spawn(consume(consumer, offsets, metrics, stop, handler));
     Ok(vec![relay_task, consumer_task])
 }
 

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::config::Config;
 use crate::http::ApiError;
-use crate::messaging::consumer::Ack;
+use crate::messaging::consumer::{consume, Ack};
 use crate::messaging::inbox::{self, Delivery};
 use crate::roles::AppState;
 
@@ -31,25 +31,16 @@ pub async fn build(
     };
     let consumer = crate::messaging::consumer::assigned(&brokers, &offsets, state.replica).await?;
     let st = state.clone();
-    let task = tokio::spawn(async move {
-        let metrics = st.metrics.clone();
-        crate::messaging::consumer::consume(
-            consumer,
-            offsets,
-            metrics,
-            stop,
-            move |event: OrderOutcome, _| {
-                let st = st.clone();
-                async move {
-                    let first = apply(&st, &event).await?;
-                    st.metrics
-                        .event("notification", if first { "sent" } else { "duplicate" });
-                    Ok(Ack::Now)
-                }
-            },
-        )
-        .await
-    });
+    let handler = move |event: OrderOutcome, _| {
+        let st = st.clone();
+        async move {
+            let first = apply(&st, &event).await?;
+            st.metrics
+                .event("notification", if first { "sent" } else { "duplicate" });
+            Ok(Ack::Now)
+        }
+    };
+    let task = tokio::spawn(consume(consumer, offsets, state.metrics.clone(), stop, handler));
     let router = Router::new()
         .route("/notifications/{order_id}", get(list))
         .with_state(state);

@@ -49,6 +49,16 @@ struct Entry {
     since: Instant,
 }
 
+impl Entry {
+    fn new(written: bool) -> Entry {
+        Entry {
+            results: Vec::new(),
+            written,
+            since: Instant::now(),
+        }
+    }
+}
+
 /// The held results of every order, by order id.
 #[derive(Debug, Default)]
 pub struct Held {
@@ -71,51 +81,32 @@ impl Held {
         may_decide: impl FnOnce([bool; 3]) -> bool,
     ) -> Result<(), HeldResult> {
         let mut orders = self.lock();
-        let full = orders.len() >= MAX_ORDERS;
-        match orders.get_mut(&order) {
-            Some(entry) if entry.written => Err(result),
-            Some(entry) => {
-                if entry.results.iter().any(|r| r.event_id == result.event_id) {
-                    return Err(result);
-                }
-                let mut applied = [false; 3];
-                for r in entry.results.iter().chain([&result]) {
-                    applied[r.step.index()] = true;
-                }
-                if may_decide(applied) {
-                    return Err(result);
-                }
-                entry.results.push(result);
-                Ok(())
-            }
-            None => {
-                let mut applied = [false; 3];
-                applied[result.step.index()] = true;
-                if full || may_decide(applied) {
-                    return Err(result);
-                }
-                orders.insert(
-                    order,
-                    Entry {
-                        results: vec![result],
-                        written: false,
-                        since: Instant::now(),
-                    },
-                );
-                Ok(())
-            }
+        let entry = orders.get(&order);
+        let held = entry.map_or(&[][..], |e| &e.results[..]);
+        let must_write = match entry {
+            Some(entry) => entry.written || held.iter().any(|r| r.event_id == result.event_id),
+            None => orders.len() >= MAX_ORDERS,
+        };
+        let mut applied = [false; 3];
+        for r in held.iter().chain([&result]) {
+            applied[r.step.index()] = true;
         }
+        if must_write || may_decide(applied) {
+            return Err(result);
+        }
+        orders
+            .entry(order)
+            .or_insert_with(|| Entry::new(false))
+            .results
+            .push(result);
+        Ok(())
     }
 
     /// Takes the order's held results to write them; its later results are
     /// written as they come.
     pub fn take(&self, order: Uuid) -> Vec<HeldResult> {
         let mut orders = self.lock();
-        let entry = orders.entry(order).or_insert_with(|| Entry {
-            results: Vec::new(),
-            written: true,
-            since: Instant::now(),
-        });
+        let entry = orders.entry(order).or_insert_with(|| Entry::new(true));
         entry.written = true;
         entry.since = Instant::now();
         std::mem::take(&mut entry.results)
@@ -128,11 +119,7 @@ impl Held {
             return;
         }
         let mut orders = self.lock();
-        let entry = orders.entry(order).or_insert_with(|| Entry {
-            results: Vec::new(),
-            written: false,
-            since: Instant::now(),
-        });
+        let entry = orders.entry(order).or_insert_with(|| Entry::new(false));
         results.append(&mut entry.results);
         entry.results = results;
     }
