@@ -280,9 +280,12 @@ async fn only_the_relay_lock_holder_publishes_and_a_waiting_relay_takes_over() {
         .await
         .expect("the service's relay holds the lock");
     let mut test_session = common::db(&e, Role::Order).await;
-    // One statement: the relay's session ends (waited for), and the test's
-    // takes the lock before the relay can ask for it again.
-    let take = sqlx::query("SELECT pg_terminate_backend($1, 5000), pg_advisory_lock($2)")
+    // One statement: the relay's session is told to end, and the test's
+    // queues for the lock while that session still holds it, so the lock
+    // passes to the test when the session exits. (Waiting for the exit
+    // before asking left a gap in which the relay, reconnected, could take
+    // the lock back first.)
+    let take = sqlx::query("SELECT pg_terminate_backend($1), pg_advisory_lock($2)")
         .bind(relay)
         .bind(OUTBOX_RELAY_LOCK)
         .execute(&mut test_session);
