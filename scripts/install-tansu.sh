@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Builds tansu 0.6.0, the Kafka-API broker of the local lab, with txlab's
-# patch to its in-memory engine (scripts/tansu/fetch-by-offset.patch: a
-# fetch walks from its offset instead of listing everything the partition
-# holds) and installs it as $CARGO_HOME/bin/tansu-0.6.0-txlab1, the name
-# the lab looks for. About 15 minutes on 2 cores, once.
+# patches to its storage crate (scripts/tansu/*.patch, each explained at
+# its top: fetch-by-offset.patch, a fetch walks from its offset instead of
+# listing everything the partition holds; fetch-answers-when-found.patch,
+# a fetch that found records answers at once instead of waiting out its
+# max_wait) and installs it as $CARGO_HOME/bin/tansu-0.6.0-txlab2, the
+# name the lab looks for. About 15 minutes on 2 cores, once.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # The name says which patch it carries: raise txlab<N> with every change
-# to the patch (here, in setup.sh, tools.rs and the nightly workflow), so
+# to the patches (here, in setup.sh, tools.rs and the nightly workflow), so
 # that no older build is taken for it.
-name=tansu-0.6.0-txlab1
+name=tansu-0.6.0-txlab2
 cargo_home="${CARGO_HOME:-$HOME/.cargo}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -35,9 +37,11 @@ for crate in tansu-0.6.0 tansu-storage-0.6.0; do
   tar -xzf "$archive" -C "$work"
 done
 
-# The patch, and tansu built against the patched storage crate; every
+# The patches, and tansu built against the patched storage crate; every
 # other dependency stays at the version tansu's own lock file names.
-(cd "$work/tansu-storage-0.6.0" && git apply -p1 "$here/tansu/fetch-by-offset.patch")
+for patch in "$here"/tansu/*.patch; do
+  (cd "$work/tansu-storage-0.6.0" && git apply -p1 "$patch")
+done
 cat >>"$work/tansu-0.6.0/Cargo.toml" <<'EOF'
 
 [patch.crates-io]

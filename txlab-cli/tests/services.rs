@@ -550,3 +550,75 @@ async fn held_results_are_written_when_overdue_and_heard_again_after_a_crash() {
     platform.shutdown().await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The lab's broker answers a fetch that finds records at once rather
+/// than after the consumer's whole fetch wait (txlab's tansu patch
+/// scripts/tansu/fetch-answers-when-found.patch): unpatched, every
+/// delivery of an event-driven checkout waited out `fetch.wait.max.ms`.
+/// The wait here is 8 s and the record is there before the first fetch;
+/// unpatched, tansu sleeps out half of a long wait (all of a short one)
+/// before it answers, so an answer within a quarter of the wait can only
+/// come from a broker that answers when it finds records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_answers_a_fetch_that_finds_records_at_once() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    const TOPIC: &str = "fetch-probe";
+    const FETCH_WAIT: Duration = Duration::from_secs(8);
+
+    let (platform, e, dir) = common::deployed("broker-fetch").await;
+    let admin: AdminClient<_> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &e.brokers)
+        .create()
+        .unwrap();
+    for created in admin
+        .create_topics(
+            &[NewTopic::new(TOPIC, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap()
+    {
+        created.expect("the probe topic is created");
+    }
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &e.brokers)
+        .create()
+        .unwrap();
+    let delivered = producer
+        .send(
+            FutureRecord::to(TOPIC).key("k").payload("probe"),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("the record is acknowledged");
+
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &e.brokers)
+        .set("group.id", "fetch-probe")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", FETCH_WAIT.as_millis().to_string())
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(TOPIC, delivered.partition, Offset::Offset(delivered.offset))
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let started = std::time::Instant::now();
+    let message = tokio::time::timeout(2 * FETCH_WAIT, consumer.recv())
+        .await
+        .expect("the record is delivered")
+        .unwrap();
+    let took = started.elapsed();
+    eprintln!("the fetch answered after {took:?}");
+    assert_eq!(message.payload(), Some(&b"probe"[..]));
+    assert!(
+        took < FETCH_WAIT / 4,
+        "a fetch with a record waited {took:?} of its {FETCH_WAIT:?}: is the lab's tansu built with scripts/tansu/*.patch?"
+    );
+    platform.shutdown().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

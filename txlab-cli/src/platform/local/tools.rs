@@ -68,9 +68,9 @@ pub fn postgres_bin_dir() -> anyhow::Result<PathBuf> {
     }
 }
 
-/// The tansu build the lab runs: 0.6.0 with txlab's fetch patch
+/// The tansu build the lab runs: 0.6.0 with txlab's fetch patches
 /// (scripts/install-tansu.sh), on PATH or in cargo's bin directory.
-pub const TANSU_PATCHED: &str = "tansu-0.6.0-txlab1";
+pub const TANSU_PATCHED: &str = "tansu-0.6.0-txlab2";
 
 /// The tansu binary: `TXLAB_TANSU`, else the patched build, else a plain
 /// `tansu` (with a warning).
