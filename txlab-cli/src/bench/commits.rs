@@ -8,8 +8,9 @@
 //! are counted, per database, from `pg_stat_database`, whose counters
 //! backends publish with a delay of up to [`STATS_DELAY`]. Statements —
 //! each a round trip from a service (or the driver's status reads) to the
-//! database — are counted per database from pg_stat_statements when the
-//! server has it loaded.
+//! database — are counted per database and per statement from
+//! pg_stat_statements when the server has it loaded, with the time the
+//! server spent executing each.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -42,8 +43,22 @@ pub struct Mark {
     lsn: String,
     /// Committed + rolled back transactions per database.
     per_database: BTreeMap<String, i64>,
-    /// Statements run per database, if pg_stat_statements is loaded.
-    statements: Option<BTreeMap<String, i64>>,
+    /// Each statement's use so far, if pg_stat_statements is loaded.
+    statements: Option<BTreeMap<StatementKey, StatementUse>>,
+}
+
+/// A statement as pg_stat_statements tells them apart: its database and
+/// the id of its normalised text.
+type StatementKey = (String, i64);
+
+/// What one statement (normalised: constants replaced by `$n`) cost.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StatementUse {
+    pub database: String,
+    pub query: String,
+    pub calls: i64,
+    /// Time the server spent executing it, in ms (planning not included).
+    pub exec_ms: f64,
 }
 
 /// Transactions between two marks.
@@ -55,6 +70,9 @@ pub struct Counted {
     pub all_per_database: BTreeMap<String, i64>,
     /// Statements per database (None without pg_stat_statements).
     pub statements_per_database: Option<BTreeMap<String, i64>>,
+    /// Every statement run at least once, most calls first (empty without
+    /// pg_stat_statements).
+    pub statements: Vec<StatementUse>,
 }
 
 impl Counted {
@@ -109,14 +127,15 @@ impl Server {
         tokio::time::sleep(STATS_DELAY).await;
         let after = self.read(&mut conn).await?;
         let flushed = self.flushed_between(&before.lsn, &lsn).await?;
+        let statements = match (&before.statements, &after.statements) {
+            (Some(b), Some(a)) => Some(statements_between(b, a)),
+            _ => None,
+        };
         Ok(Counted {
             flushed,
             all_per_database: growth(&before.per_database, &after.per_database),
-            statements_per_database: before
-                .statements
-                .as_ref()
-                .zip(after.statements.as_ref())
-                .map(|(b, a)| growth(b, a)),
+            statements_per_database: statements.as_ref().map(|s| per_database(s)),
+            statements: statements.unwrap_or_default(),
         })
     }
 
@@ -148,17 +167,65 @@ fn growth(before: &BTreeMap<String, i64>, after: &BTreeMap<String, i64>) -> BTre
         .collect()
 }
 
-/// Statements run so far per lab database; None where pg_stat_statements
-/// is not loaded (its view then fails).
-async fn statements(conn: &mut PgConnection) -> Option<BTreeMap<String, i64>> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT d.datname, sum(s.calls)::bigint FROM pg_stat_statements s \
-         JOIN pg_database d ON d.oid = s.dbid WHERE d.datname LIKE 'txlab_%' GROUP BY 1",
+/// Each statement's use so far in the lab's databases; None where
+/// pg_stat_statements is not loaded (its view then fails).
+async fn statements(conn: &mut PgConnection) -> Option<BTreeMap<StatementKey, StatementUse>> {
+    let rows: Vec<(String, i64, String, i64, f64)> = sqlx::query_as(
+        "SELECT d.datname, coalesce(s.queryid, 0), min(s.query), sum(s.calls)::bigint, \
+                sum(s.total_exec_time) \
+         FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid \
+         WHERE d.datname LIKE 'txlab_%' GROUP BY 1, 2",
     )
     .fetch_all(conn)
     .await
     .ok()?;
-    Some(rows.into_iter().collect())
+    Some(
+        rows.into_iter()
+            .map(|(database, id, query, calls, exec_ms)| {
+                let key = (database.clone(), id);
+                (
+                    key,
+                    StatementUse {
+                        database,
+                        query,
+                        calls,
+                        exec_ms,
+                    },
+                )
+            })
+            .collect(),
+    )
+}
+
+/// What each statement cost between two readings, most calls first.
+/// A statement the view evicted in between (it keeps the most used few
+/// thousand) counts from zero.
+fn statements_between(
+    before: &BTreeMap<StatementKey, StatementUse>,
+    after: &BTreeMap<StatementKey, StatementUse>,
+) -> Vec<StatementUse> {
+    let mut grown: Vec<StatementUse> = after
+        .iter()
+        .filter_map(|(key, a)| {
+            let (calls, exec_ms) = before.get(key).map_or((0, 0.0), |b| (b.calls, b.exec_ms));
+            (a.calls > calls).then(|| StatementUse {
+                calls: a.calls - calls,
+                exec_ms: a.exec_ms - exec_ms,
+                ..a.clone()
+            })
+        })
+        .collect();
+    grown.sort_by(|a, b| b.calls.cmp(&a.calls).then(b.exec_ms.total_cmp(&a.exec_ms)));
+    grown
+}
+
+/// Statements per database.
+fn per_database(statements: &[StatementUse]) -> BTreeMap<String, i64> {
+    let mut sums = BTreeMap::new();
+    for s in statements {
+        *sums.entry(s.database.clone()).or_insert(0) += s.calls;
+    }
+    sums
 }
 
 /// The flushed transaction records in pg_waldump's `--stats=record` table.
@@ -181,6 +248,40 @@ pub fn wal_dir(data_dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statements_count_what_grew_between_readings() {
+        let usage = |db: &str, id: i64, calls: i64, exec_ms: f64| {
+            let u = StatementUse {
+                database: db.into(),
+                query: format!("q{id}"),
+                calls,
+                exec_ms,
+            };
+            ((db.to_string(), id), u)
+        };
+        let before: BTreeMap<_, _> =
+            [usage("txlab_order", 1, 10, 5.0), usage("txlab_order", 2, 4, 1.0)].into();
+        let after: BTreeMap<_, _> = [
+            usage("txlab_order", 1, 30, 9.0),
+            usage("txlab_order", 2, 4, 1.0),
+            usage("txlab_payment", 1, 7, 2.0),
+        ]
+        .into();
+        let grown = statements_between(&before, &after);
+        let seen: Vec<(&str, &str, i64)> = grown
+            .iter()
+            .map(|s| (s.database.as_str(), s.query.as_str(), s.calls))
+            .collect();
+        // Most calls first; an unchanged statement is left out; one new
+        // since the first reading counts from zero.
+        assert_eq!(seen, [("txlab_order", "q1", 20), ("txlab_payment", "q1", 7)]);
+        assert_eq!(grown[0].exec_ms, 4.0);
+        assert_eq!(
+            per_database(&grown),
+            [("txlab_order".to_string(), 20), ("txlab_payment".to_string(), 7)].into()
+        );
+    }
 
     #[test]
     fn only_flushed_transaction_records_are_counted() {

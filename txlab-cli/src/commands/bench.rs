@@ -134,7 +134,25 @@ struct CommitFigures {
     /// and in all; left out where PostgreSQL lacks pg_stat_statements.
     statements_per_database: BTreeMap<String, f64>,
     statements_per_checkout: Option<f64>,
+    /// The statements run most often, per checkout: where the round trips
+    /// go, and the server's execution time for each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    top_statements: Vec<StatementFigures>,
 }
+
+/// One statement's share of a checkout.
+#[derive(Debug, Clone, Serialize)]
+struct StatementFigures {
+    database: String,
+    /// pg_stat_statements' normalised text, on one line.
+    statement: String,
+    calls_per_checkout: f64,
+    exec_ms_per_checkout: f64,
+}
+
+/// How many statements bench.json keeps per method, and the terminal shows.
+const TOP_STATEMENTS_KEPT: usize = 30;
+const TOP_STATEMENTS_SHOWN: usize = 12;
 
 /// One rate of the knee search.
 #[derive(Debug, Clone, Serialize)]
@@ -534,6 +552,17 @@ impl Bencher<'_> {
                 .map(|(k, v)| (k.clone(), per(*v as f64)))
                 .collect(),
             statements_per_checkout: counted.statements_total().map(|n| per(n as f64)),
+            top_statements: counted
+                .statements
+                .iter()
+                .take(TOP_STATEMENTS_KEPT)
+                .map(|st| StatementFigures {
+                    database: st.database.clone(),
+                    statement: st.query.split_whitespace().collect::<Vec<_>>().join(" "),
+                    calls_per_checkout: per(st.calls as f64),
+                    exec_ms_per_checkout: per(st.exec_ms),
+                })
+                .collect(),
         })
     }
 
@@ -691,6 +720,7 @@ fn print_report(r: &BenchReport) {
         println!("{}", methods_table(&r.methods));
         print_footprint(&r.methods);
         print_hops(&r.methods);
+        print_statements(&r.methods);
     }
     if let Some(s) = &r.stall {
         println!(
@@ -786,6 +816,41 @@ fn print_hops(methods: &[MethodFigures]) {
             ]);
         }
         println!("{t}");
+    }
+}
+
+/// Per method: the statements it runs most often per checkout.
+fn print_statements(methods: &[MethodFigures]) {
+    for m in methods {
+        let Some(c) = m.commits.as_ref().filter(|c| !c.top_statements.is_empty()) else {
+            continue;
+        };
+        let mut t = Table::new();
+        t.load_preset(UTF8_FULL_CONDENSED)
+            .set_content_arrangement(ContentArrangement::Dynamic);
+        t.set_header(vec![
+            format!("{}: statements run most per checkout", m.method),
+            "database".into(),
+            "calls".into(),
+            "exec ms".into(),
+        ]);
+        for st in c.top_statements.iter().take(TOP_STATEMENTS_SHOWN) {
+            t.add_row(vec![
+                shortened(&st.statement, 80),
+                st.database.trim_start_matches("txlab_").to_string(),
+                format!("{:.2}", st.calls_per_checkout),
+                format!("{:.3}", st.exec_ms_per_checkout),
+            ]);
+        }
+        println!("{t}");
+    }
+}
+
+/// `text` cut to at most `max` characters, marked where cut.
+fn shortened(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
     }
 }
 
