@@ -622,3 +622,78 @@ async fn the_broker_answers_a_fetch_that_finds_records_at_once() {
     platform.shutdown().await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A forward call that is refused moves nothing, even when it is refused
+/// partway — a basket whose second SKU is out of stock, after the first
+/// was taken, rolled back to a savepoint — under a saga step's take and a
+/// TCC try's hold alike. An accepted saga step takes the stock in one
+/// update per SKU, and its ledger still shows the hold and the capture the
+/// audit counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_basket_moves_nothing_and_a_taken_one_is_ledgered_in_full() {
+    let (platform, e, dir, client) = common::seeded_with("take", TxMode::SagaOrch).await;
+    let inventory = e.url(Role::Inventory).unwrap();
+    let mut db = common::db(&e, Role::Inventory).await;
+    for (sku, available) in [("sku-0001", 10_i64), ("sku-0002", 0)] {
+        let set = sqlx::query("UPDATE stock SET available = $2, reserved = 0 WHERE sku = $1")
+            .bind(sku)
+            .bind(available)
+            .execute(&mut db)
+            .await
+            .unwrap();
+        assert_eq!(set.rows_affected(), 1, "{sku} is seeded");
+    }
+    async fn first_sku(db: &mut sqlx::PgConnection) -> (i64, i64) {
+        sqlx::query_as("SELECT available, reserved FROM stock WHERE sku = 'sku-0001'")
+            .fetch_one(db)
+            .await
+            .unwrap()
+    }
+    async fn ledger(db: &mut sqlx::PgConnection, order: uuid::Uuid) -> Vec<(String, String, i64)> {
+        sqlx::query_as("SELECT op, item, qty FROM ledger WHERE order_id = $1 ORDER BY op, item")
+            .bind(order)
+            .fetch_all(db)
+            .await
+            .unwrap()
+    }
+
+    let basket = json!({"lines": [{"sku": "sku-0001", "qty": 3}, {"sku": "sku-0002", "qty": 1}]});
+    for op in ["reservations/{id}/reserve", "tcc/reservations/{id}/try"] {
+        let id = uuid::Uuid::new_v4();
+        let url = format!("{inventory}/{}", op.replace("{id}", &id.to_string()));
+        let r = client.post(url).json(&basket).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 422, "{op}");
+        assert_eq!(r.json::<Value>().await.unwrap()["error"], "out_of_stock", "{op}");
+        assert_eq!(
+            first_sku(&mut db).await,
+            (10, 0),
+            "{op}: the first SKU is as it was"
+        );
+        assert_eq!(ledger(&mut db, id).await, [], "{op}");
+        let state: String = sqlx::query_scalar("SELECT state FROM reservations WHERE order_id = $1")
+            .bind(id)
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+        assert_eq!(state, "rejected", "{op}: the refusal is recorded");
+    }
+
+    let id = uuid::Uuid::new_v4();
+    let r = client
+        .post(format!("{inventory}/reservations/{id}/reserve"))
+        .json(&json!({"lines": [{"sku": "sku-0001", "qty": 3}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(first_sku(&mut db).await, (7, 0), "taken, not left held");
+    assert_eq!(
+        ledger(&mut db, id).await,
+        [
+            ("capture".to_string(), "sku-0001".to_string(), 3),
+            ("hold".to_string(), "sku-0001".to_string(), 3)
+        ]
+    );
+    platform.shutdown().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

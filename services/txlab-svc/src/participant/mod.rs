@@ -110,9 +110,9 @@ pub struct BusinessTable {
 }
 
 /// A participant's business operations. Methods compose them: a saga step
-/// or 2PC branch is `hold` + `capture` in one transaction, a TCC try is
-/// `hold`, its confirm `capture`, its cancel `release`; `restore` gives back
-/// what was captured (a refund).
+/// or 2PC branch is `take` (what `hold` + `capture` would do, in one
+/// transaction), a TCC try is `hold`, its confirm `capture`, its cancel
+/// `release`; `restore` gives back what was captured (a refund).
 pub trait Participant: Send + Sync + 'static {
     const ROLE: Role;
     /// Place in the checkout.
@@ -141,13 +141,25 @@ pub trait Participant: Send + Sync + 'static {
     /// What the request moves, as (item, quantity): the ledger's lines.
     fn items(req: &Self::Request) -> Vec<(String, i64)>;
 
-    /// Holds the resources, or refuses. A refusal may leave partial changes:
-    /// callers run this inside a savepoint. Call it (and the three below)
-    /// through [`ledger`], which records what moved.
+    /// Holds the resources, or refuses. A refusal may leave partial changes
+    /// (see [`Participant::may_refuse_partway`]). Call it (and the four
+    /// below) through [`ledger`], which records what moved.
     fn hold(
         conn: &mut PgConnection,
         req: &Self::Request,
     ) -> impl Future<Output = sqlx::Result<Result<(), Refusal>>> + Send;
+    /// Leaves what `hold` then `capture` would, or refuses as `hold` would,
+    /// with fewer round trips.
+    fn take(
+        conn: &mut PgConnection,
+        req: &Self::Request,
+    ) -> impl Future<Output = sqlx::Result<Result<(), Refusal>>> + Send;
+    /// Whether `hold` or `take` may refuse after changing part of what the
+    /// request moves (a basket whose second SKU is out of stock): callers
+    /// then run it inside a savepoint.
+    fn may_refuse_partway(_req: &Self::Request) -> bool {
+        false
+    }
     /// Takes held resources for good.
     fn capture(conn: &mut PgConnection, req: &Self::Request)
         -> impl Future<Output = sqlx::Result<()>> + Send;
@@ -288,16 +300,22 @@ pub fn refused_by_record(order_id: Uuid, record: &Record) -> OpError {
     )
 }
 
-/// Holds resources inside a savepoint; on refusal the savepoint is rolled
-/// back (dropping partial changes) and the refusal returned.
-pub async fn hold_in_savepoint<P: Participant>(
+/// Holds or takes resources where a refusal must leave nothing behind
+/// while the caller's transaction goes on (to record the refusal): inside
+/// a savepoint, rolled back on refusal, when the request could be refused
+/// partway; as it is otherwise, a savepoint's two round trips saved.
+pub async fn forward_refusable<P: Participant>(
     conn: &mut PgConnection,
     order_id: Uuid,
     req: &P::Request,
+    how: ledger::Forward,
 ) -> sqlx::Result<Result<(), Refusal>> {
     use sqlx::Acquire;
+    if !P::may_refuse_partway(req) {
+        return ledger::forward::<P>(conn, order_id, req, how).await;
+    }
     let mut sp = conn.begin().await?;
-    match ledger::hold::<P>(&mut sp, order_id, req).await? {
+    match ledger::forward::<P>(&mut sp, order_id, req, how).await? {
         Ok(()) => {
             sp.commit().await?;
             Ok(Ok(()))

@@ -25,9 +25,8 @@ pub async fn apply_in<P: Participant>(
         };
     }
     let request = stored_request::<P>(req)?;
-    match hold_in_savepoint::<P>(conn, order_id, req).await? {
+    match forward_refusable::<P>(conn, order_id, req, ledger::Forward::Take).await? {
         Ok(()) => {
-            ledger::capture::<P>(conn, order_id, req).await?;
             insert_record::<P>(conn, order_id, P::APPLIED, None, &request).await?;
             Ok(reply(order_id, P::APPLIED, false))
         }

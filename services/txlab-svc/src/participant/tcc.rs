@@ -41,7 +41,7 @@ pub async fn try_once<P: Participant>(
         };
     }
     let request = stored_request::<P>(req)?;
-    match hold_in_savepoint::<P>(&mut tx, order_id, req).await? {
+    match forward_refusable::<P>(&mut tx, order_id, req, ledger::Forward::Hold).await? {
         Ok(()) => {
             insert_record::<P>(&mut tx, order_id, RecordState::Tried, None, &request).await?;
             faults.fire(FaultPoint::DuringTry).await.map_err(OpError::Fault)?;

@@ -60,10 +60,10 @@ async fn prepare_in<P: Participant>(
         .execute(&mut *conn)
         .await?;
     fence.check(conn).await?;
-    if let Err(refusal) = ledger::hold::<P>(conn, order_id, req).await? {
+    // A refusal rolls the whole branch back, partial changes included.
+    if let Err(refusal) = ledger::forward::<P>(conn, order_id, req, ledger::Forward::Take).await? {
         return Err(OpError::refused(refusal.code, refusal.message));
     }
-    ledger::capture::<P>(conn, order_id, req).await?;
     let request = stored_request::<P>(req)?;
     insert_record::<P>(conn, order_id, P::APPLIED, None, &request).await?;
     faults

@@ -60,33 +60,17 @@ impl Participant for Inventory {
     }
 
     async fn hold(conn: &mut PgConnection, req: &ReserveRequest) -> sqlx::Result<Result<(), Refusal>> {
-        for (sku, qty) in per_sku(&req.lines) {
-            let taken = sqlx::query(
-                "UPDATE stock SET available = available - $2, reserved = reserved + $2 WHERE sku = $1 AND available >= $2",
-            )
-            .bind(sku)
-            .bind(qty)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-            if taken == 0 {
-                let exists: Option<(i64,)> = sqlx::query_as("SELECT available FROM stock WHERE sku = $1")
-                    .bind(sku)
-                    .fetch_optional(&mut *conn)
-                    .await?;
-                return Ok(Err(match exists {
-                    None => Refusal {
-                        code: reasons::UNKNOWN_SKU,
-                        message: format!("no such SKU {sku}"),
-                    },
-                    Some((available,)) => Refusal {
-                        code: reasons::OUT_OF_STOCK,
-                        message: format!("SKU {sku} has {available} available, needs {qty}"),
-                    },
-                }));
-            }
-        }
-        Ok(Ok(()))
+        take_stock(conn, "available = available - $2, reserved = reserved + $2", req).await
+    }
+
+    async fn take(conn: &mut PgConnection, req: &ReserveRequest) -> sqlx::Result<Result<(), Refusal>> {
+        take_stock(conn, "available = available - $2", req).await
+    }
+
+    /// SKU by SKU: the second of two may be out of stock after the first
+    /// was taken.
+    fn may_refuse_partway(req: &ReserveRequest) -> bool {
+        per_sku(&req.lines).len() > 1
     }
 
     async fn capture(conn: &mut PgConnection, req: &ReserveRequest) -> sqlx::Result<()> {
@@ -100,6 +84,42 @@ impl Participant for Inventory {
     async fn restore(conn: &mut PgConnection, req: &ReserveRequest) -> sqlx::Result<()> {
         stock_update(conn, "available = available + $2", req).await
     }
+}
+
+/// Moves each SKU's quantity out of what is available as `set` says, or
+/// says which SKU cannot give it (leaving the SKUs before it changed).
+async fn take_stock(
+    conn: &mut PgConnection,
+    set: &str,
+    req: &ReserveRequest,
+) -> sqlx::Result<Result<(), Refusal>> {
+    for (sku, qty) in per_sku(&req.lines) {
+        let taken = sqlx::query(&format!(
+            "UPDATE stock SET {set} WHERE sku = $1 AND available >= $2"
+        ))
+        .bind(sku)
+        .bind(qty)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if taken == 0 {
+            let exists: Option<(i64,)> = sqlx::query_as("SELECT available FROM stock WHERE sku = $1")
+                .bind(sku)
+                .fetch_optional(&mut *conn)
+                .await?;
+            return Ok(Err(match exists {
+                None => Refusal {
+                    code: reasons::UNKNOWN_SKU,
+                    message: format!("no such SKU {sku}"),
+                },
+                Some((available,)) => Refusal {
+                    code: reasons::OUT_OF_STOCK,
+                    message: format!("SKU {sku} has {available} available, needs {qty}"),
+                },
+            }));
+        }
+    }
+    Ok(Ok(()))
 }
 
 async fn stock_update(conn: &mut PgConnection, set: &str, req: &ReserveRequest) -> sqlx::Result<()> {

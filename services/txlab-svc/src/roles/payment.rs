@@ -45,31 +45,11 @@ impl Participant for Payment {
     }
 
     async fn hold(conn: &mut PgConnection, req: &ChargeRequest) -> sqlx::Result<Result<(), Refusal>> {
-        let held = sqlx::query(
-            "UPDATE wallets SET balance = balance - $2, reserved = reserved + $2 WHERE customer = $1 AND balance >= $2",
-        )
-        .bind(&req.customer)
-        .bind(req.amount)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-        if held == 1 {
-            return Ok(Ok(()));
-        }
-        let exists: Option<(i64,)> = sqlx::query_as("SELECT balance FROM wallets WHERE customer = $1")
-            .bind(&req.customer)
-            .fetch_optional(&mut *conn)
-            .await?;
-        Ok(Err(match exists {
-            None => Refusal {
-                code: reasons::UNKNOWN_CUSTOMER,
-                message: format!("no wallet for customer {}", req.customer),
-            },
-            Some((balance,)) => Refusal {
-                code: reasons::INSUFFICIENT_FUNDS,
-                message: format!("customer {} has {balance}, needs {}", req.customer, req.amount),
-            },
-        }))
+        debit(conn, "balance = balance - $2, reserved = reserved + $2", req).await
+    }
+
+    async fn take(conn: &mut PgConnection, req: &ChargeRequest) -> sqlx::Result<Result<(), Refusal>> {
+        debit(conn, "balance = balance - $2", req).await
     }
 
     async fn capture(conn: &mut PgConnection, req: &ChargeRequest) -> sqlx::Result<()> {
@@ -83,6 +63,36 @@ impl Participant for Payment {
     async fn restore(conn: &mut PgConnection, req: &ChargeRequest) -> sqlx::Result<()> {
         wallet_update(conn, "balance = balance + $2", req).await
     }
+}
+
+/// Moves the amount out of the balance as `set` says, if the balance
+/// covers it; otherwise says why not.
+async fn debit(conn: &mut PgConnection, set: &str, req: &ChargeRequest) -> sqlx::Result<Result<(), Refusal>> {
+    let debited = sqlx::query(&format!(
+        "UPDATE wallets SET {set} WHERE customer = $1 AND balance >= $2"
+    ))
+    .bind(&req.customer)
+    .bind(req.amount)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if debited == 1 {
+        return Ok(Ok(()));
+    }
+    let exists: Option<(i64,)> = sqlx::query_as("SELECT balance FROM wallets WHERE customer = $1")
+        .bind(&req.customer)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(Err(match exists {
+        None => Refusal {
+            code: reasons::UNKNOWN_CUSTOMER,
+            message: format!("no wallet for customer {}", req.customer),
+        },
+        Some((balance,)) => Refusal {
+            code: reasons::INSUFFICIENT_FUNDS,
+            message: format!("customer {} has {balance}, needs {}", req.customer, req.amount),
+        },
+    }))
 }
 
 async fn wallet_update(conn: &mut PgConnection, set: &str, req: &ChargeRequest) -> sqlx::Result<()> {

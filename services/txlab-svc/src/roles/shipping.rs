@@ -69,6 +69,11 @@ impl Participant for Shipping {
         }))
     }
 
+    /// A held booking is the booking.
+    async fn take(conn: &mut PgConnection, req: &BookRequest) -> sqlx::Result<Result<(), Refusal>> {
+        Self::hold(conn, req).await
+    }
+
     /// Nothing more to take: the held booking is the booking.
     async fn capture(_conn: &mut PgConnection, _req: &BookRequest) -> sqlx::Result<()> {
         Ok(())
