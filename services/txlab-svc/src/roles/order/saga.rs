@@ -59,9 +59,14 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
                     saga.record_forward(i, Forward::Started);
                     unwritten.push(Unwritten::now(step, Mark::Forward(Forward::Started), None));
                 }
-                let mut tx = orders.app.pool.begin().await?;
-                orders.write_marks(&mut tx, id, &mut unwritten).await?;
-                tx.commit().await?;
+                // The first call's intent was written with the order: no
+                // transaction to open for it (the call is idempotent, and
+                // its result's write checks that this replica still drives).
+                if !unwritten.is_empty() {
+                    let mut tx = orders.app.pool.begin().await?;
+                    orders.write_marks(&mut tx, id, &mut unwritten).await?;
+                    tx.commit().await?;
+                }
                 let (forward, reason) = match ask(orders, &order, step, Op::Apply).await {
                     Ok(()) => (Forward::Done, None),
                     Err(CallError::Refused(code)) => {
