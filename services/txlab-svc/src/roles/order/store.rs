@@ -193,8 +193,26 @@ impl Mark {
     }
 }
 
-/// Records `mark`, made at `at_ms`, on the row of `step`, keeping the first
-/// reason given and counting an attempt when the mark announces a call.
+/// The statement that records a mark of `mark`'s kind: the new value,
+/// the first reason given kept, the time, and an attempt counted when the
+/// mark announces a call. `values` are the SQL for the value, reason and
+/// time, `step` that of the row's step; `from` names where they come from.
+fn mark_statement(mark: Mark, values: [&str; 3], from: &str, step: &str) -> String {
+    let (table, column) = mark.table_and_column();
+    let when = mark.time_column();
+    let [value, reason, at] = values;
+    let bump = if mark.is_call() {
+        ", attempts = t.attempts + 1"
+    } else {
+        ""
+    };
+    format!(
+        "UPDATE {table} AS t SET {column} = {value}, reason = COALESCE({reason}, t.reason), \
+         updated_ms = {at}, {when} = {at}{bump} {from} WHERE t.order_id = $1 AND t.step = {step}"
+    )
+}
+
+/// Records `mark`, made at `at_ms`, on the row of `step`.
 pub async fn mark<'c>(
     conn: impl sqlx::PgExecutor<'c>,
     id: Uuid,
@@ -203,22 +221,36 @@ pub async fn mark<'c>(
     reason: Option<&str>,
     at_ms: i64,
 ) -> sqlx::Result<()> {
-    let (table, column) = mark.table_and_column();
-    let when = mark.time_column();
-    let bump = if mark.is_call() {
-        ", attempts = attempts + 1"
-    } else {
-        ""
-    };
-    sqlx::query(&format!(
-        "UPDATE {table} SET {column} = $3, reason = COALESCE($4, reason), updated_ms = $5, {when} = $5{bump} \
-         WHERE order_id = $1 AND step = $2"
+    sqlx::query(&mark_statement(mark, ["$3", "$4", "$5"], "", "$2"))
+        .bind(id)
+        .bind(step.index() as i32)
+        .bind(mark.value())
+        .bind(reason)
+        .bind(at_ms)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// Records marks of one kind on distinct steps in one statement.
+async fn marks_of_a_kind(conn: &mut PgConnection, id: Uuid, batch: &[Unwritten]) -> sqlx::Result<()> {
+    let steps: Vec<i32> = batch.iter().map(|u| u.step.index() as i32).collect();
+    let values: Vec<&str> = batch.iter().map(|u| u.mark.value()).collect();
+    let reasons: Vec<Option<&str>> = batch.iter().map(|u| u.reason.as_deref()).collect();
+    let times: Vec<i64> = batch.iter().map(|u| u.at_ms).collect();
+    let from =
+        "FROM UNNEST($2::int[], $3::text[], $4::text[], $5::bigint[]) AS m (step, value, reason, at_ms)";
+    sqlx::query(&mark_statement(
+        batch[0].mark,
+        ["m.value", "m.reason", "m.at_ms"],
+        from,
+        "m.step",
     ))
     .bind(id)
-    .bind(step.index() as i32)
-    .bind(mark.value())
-    .bind(reason)
-    .bind(at_ms)
+    .bind(&steps)
+    .bind(&values)
+    .bind(&reasons)
+    .bind(&times)
     .execute(conn)
     .await
     .map(drop)
@@ -251,16 +283,50 @@ impl Unwritten {
 }
 
 /// Writes the marks in `unwritten` (in order) on `conn` and empties it.
+/// A run of marks of one kind on different steps (the three votes, the
+/// three ends of phase two) is one statement.
 pub async fn write_marks(
     conn: &mut PgConnection,
     id: Uuid,
     unwritten: &mut Vec<Unwritten>,
 ) -> sqlx::Result<()> {
-    for u in unwritten.iter() {
-        mark(&mut *conn, id, u.step, u.mark, u.reason.as_deref(), u.at_ms).await?;
+    let mut rest = &unwritten[..];
+    while let Some(first) = rest.first() {
+        let run = of_a_kind(rest);
+        if run == 1 {
+            mark(
+                &mut *conn,
+                id,
+                first.step,
+                first.mark,
+                first.reason.as_deref(),
+                first.at_ms,
+            )
+            .await?;
+        } else {
+            marks_of_a_kind(conn, id, &rest[..run]).await?;
+        }
+        rest = &rest[run..];
     }
     unwritten.clear();
     Ok(())
+}
+
+/// How many marks from the first of `marks` on are of its kind (the same
+/// statement) and on steps not yet in the run: one statement updates a
+/// row once, so a second mark on a step starts a new run.
+fn of_a_kind(marks: &[Unwritten]) -> usize {
+    let kind = |u: &Unwritten| mark_statement(u.mark, ["", "", ""], "", "");
+    let first = kind(&marks[0]);
+    let mut steps = vec![];
+    marks
+        .iter()
+        .take_while(|u| {
+            let fits = kind(u) == first && !steps.contains(&u.step);
+            steps.push(u.step);
+            fits
+        })
+        .count()
 }
 
 /// Orders whose saga has work left (a cancel of a confirmed order turns it
@@ -270,4 +336,51 @@ pub async fn open_orders(pool: &PgPool) -> sqlx::Result<Vec<Uuid>> {
         .bind(OrderState::texts(&OrderState::OPEN))
         .fetch_all(pool)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_lengths(marks: &[(Step, Mark)]) -> Vec<usize> {
+        let unwritten: Vec<Unwritten> = marks
+            .iter()
+            .map(|&(step, mark)| Unwritten::now(step, mark, None))
+            .collect();
+        let mut rest = &unwritten[..];
+        let mut runs = vec![];
+        while !rest.is_empty() {
+            let n = of_a_kind(rest);
+            runs.push(n);
+            rest = &rest[n..];
+        }
+        runs
+    }
+
+    #[test]
+    fn marks_of_one_kind_on_distinct_steps_share_a_statement() {
+        let [p, i, s] = Step::ALL;
+        // The votes of three branches, then the decision's phase two.
+        let votes = [
+            (p, Mark::Vote(Vote::Yes)),
+            (i, Mark::Vote(Vote::Yes)),
+            (s, Mark::Vote(Vote::No)),
+            (p, Mark::Phase2(Phase2::Done)),
+        ];
+        assert_eq!(run_lengths(&votes), [3, 1]);
+        // A step's result and the next step's start are different kinds
+        // (a start counts an attempt and keeps another time).
+        let saga = [
+            (p, Mark::Forward(Forward::Done)),
+            (i, Mark::Forward(Forward::Started)),
+        ];
+        assert_eq!(run_lengths(&saga), [1, 1]);
+        // One statement updates a row once: a second mark on a step waits.
+        let again = [
+            (p, Mark::Forward(Forward::Done)),
+            (p, Mark::Forward(Forward::Done)),
+            (i, Mark::Forward(Forward::Done)),
+        ];
+        assert_eq!(run_lengths(&again), [1, 2]);
+    }
 }
