@@ -181,6 +181,13 @@ impl Mark {
         }
     }
 
+    /// What decides the statement that writes the mark: its table and
+    /// column, its time column, and whether it counts an attempt.
+    fn kind(self) -> (&'static str, &'static str, &'static str, bool) {
+        let (table, column) = self.table_and_column();
+        (table, column, self.time_column(), self.is_call())
+    }
+
     /// Whether the mark says a call is about to be made (an attempt).
     fn is_call(self) -> bool {
         matches!(
@@ -316,17 +323,15 @@ pub async fn write_marks(
 /// statement) and on steps not yet in the run: one statement updates a
 /// row once, so a second mark on a step starts a new run.
 fn of_a_kind(marks: &[Unwritten]) -> usize {
-    let kind = |u: &Unwritten| mark_statement(u.mark, ["", "", ""], "", "");
-    let first = kind(&marks[0]);
-    let mut steps = vec![];
-    marks
-        .iter()
-        .take_while(|u| {
-            let fits = kind(u) == first && !steps.contains(&u.step);
-            steps.push(u.step);
-            fits
-        })
-        .count()
+    let kind = marks[0].mark.kind();
+    let mut steps = Vec::with_capacity(marks.len());
+    for u in marks {
+        if u.mark.kind() != kind || steps.contains(&u.step) {
+            break;
+        }
+        steps.push(u.step);
+    }
+    steps.len()
 }
 
 /// Orders whose saga has work left (a cancel of a confirmed order turns it
