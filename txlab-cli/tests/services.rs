@@ -203,6 +203,26 @@ async fn the_api_answers_bad_input_with_json_reasons_and_honours_idempotency_key
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Waits for saga_orch order `id` to be confirmed, then for the lab to
+/// settle, and asserts the audit finds nothing wrong; the audit's snapshots.
+async fn confirmed_and_clean(
+    client: &reqwest::Client,
+    e: &txlab_cli::platform::Endpoints,
+    plan: &txlab_cli::spec::Plan,
+    id: &str,
+) -> txlab_cli::audit::Snapshots {
+    let after = common::get_json(
+        client,
+        &format!("{}/orders/{id}?wait_ms=20000", e.url(Role::Order).unwrap()),
+    )
+    .await;
+    assert_eq!(after["state"], "confirmed", "{after}");
+    let (snaps, unsettled, report) =
+        common::settle_and_audit(e, TxMode::SagaOrch, &plan.seed.seed, Duration::from_secs(20)).await;
+    assert_eq!((unsettled, report.violations), (vec![], vec![]));
+    snaps
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_in_flight_saga_resumes_after_the_order_service_is_killed() {
     let (mut platform, e, dir) = common::deployed("resume").await;
@@ -220,15 +240,7 @@ async fn an_in_flight_saga_resumes_after_the_order_service_is_killed() {
         "the supervisor restarted it once"
     );
 
-    let after = common::get_json(
-        &client,
-        &format!("{}/orders/{id}?wait_ms=20000", e.url(Role::Order).unwrap()),
-    )
-    .await;
-    assert_eq!(after["state"], "confirmed", "{after}");
-    let (snaps, unsettled, report) =
-        common::settle_and_audit(&e, TxMode::SagaOrch, &plan.seed.seed, Duration::from_secs(20)).await;
-    assert_eq!((unsettled, report.violations), (vec![], vec![]));
+    let snaps = confirmed_and_clean(&client, &e, &plan, &id).await;
     let payment = snaps
         .payment
         .records
@@ -252,6 +264,80 @@ async fn an_in_flight_saga_resumes_after_the_order_service_is_killed() {
         order_log.contains("taking over an order whose driver is gone"),
         "the restarted service says it took over its predecessor's saga"
     );
+    platform.shutdown().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// An engine whose order another live replica has taken over writes
+/// nothing more: its next write (a step's result with the next step's
+/// intent, one statement that also checks the driver) is refused whole.
+/// Here the test plays the other replica: it holds a driver lock of its
+/// own and names itself the order's driver while the orchestrator waits on
+/// the inventory call. Once the test lets go, the service takes the order
+/// back (its driver is gone), repeats the call, and finishes it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_whose_order_was_taken_over_writes_nothing_more() {
+    use sqlx::Connection;
+    let (platform, e, dir) = common::deployed("fence").await;
+    let plan = common::plan("smoke.yaml");
+    let client = common::client();
+    common::reset_and_seed(&client, &e, &plan.seed.seed).await;
+    // The order service's class of driver locks (services' db::locks); a
+    // key its sequence will not reach in this test (and positive: the
+    // services find live drivers by the lock's unsigned object id).
+    const ORDER_DRIVERS: i32 = 0x7478_0001;
+    let mut other = common::db(&e, Role::Order).await;
+    sqlx::query("SELECT pg_advisory_lock($1, 999999)")
+        .bind(ORDER_DRIVERS)
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let order = json!({"customer": "c00003", "items": [{"sku": "sku-0003", "qty": 1, "unit_price": 500}], "slot": "slot-003"});
+    let id = common::create_order(&client, &e, &order, Some("inventory.before_db=delay:1500")).await;
+    let uuid: uuid::Uuid = id.parse().unwrap();
+    async fn log(conn: &mut sqlx::PgConnection, id: uuid::Uuid) -> Vec<(String, String)> {
+        sqlx::query_as("SELECT name, forward FROM saga_steps WHERE order_id = $1 ORDER BY step")
+            .bind(id)
+            .fetch_all(conn)
+            .await
+            .unwrap()
+    }
+    // Payment done and the inventory call under way.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while log(&mut other, uuid).await[1].1 != "started" {
+        assert!(std::time::Instant::now() < deadline, "the saga reached inventory");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sqlx::query("UPDATE orders SET driver = 999999 WHERE id = $1")
+        .bind(uuid)
+        .execute(&mut other)
+        .await
+        .unwrap();
+    // The call ends after 1.5 s; its result must not be written.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let held = log(&mut other, uuid).await;
+    assert_eq!(
+        held.iter().map(|(_, f)| f.as_str()).collect::<Vec<_>>(),
+        ["done", "started", "not_started"],
+        "the stale engine wrote nothing after the takeover: {held:?}"
+    );
+    let lost = common::metrics(&client, &e, Role::Order).await;
+    assert!(
+        lost.lines()
+            .any(|l| l.starts_with("txlab_events_total{") && l.contains("driver_lost") && l.ends_with(" 1")),
+        "the engine said it lost the order:\n{lost}"
+    );
+    // The other replica dies: its lock goes, and the service takes the order back.
+    other.close().await.unwrap();
+    let snaps = confirmed_and_clean(&client, &e, &plan, &id).await;
+    let moved: Vec<&str> = snaps
+        .inventory
+        .ledger
+        .iter()
+        .filter(|l| l.order_id == uuid)
+        .map(|l| l.op.as_str())
+        .collect();
+    assert_eq!(moved, ["hold", "capture"], "stock taken exactly once");
     platform.shutdown().await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }

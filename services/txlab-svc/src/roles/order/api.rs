@@ -8,12 +8,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use txlab_api::order::{CreateOrder, GetOrderQuery, OrderState, OrderView, IDEMPOTENCY_KEY_HEADER};
-use txlab_api::{Step, TxMode};
-use txlab_tx::saga::{Compensation, Forward};
-use txlab_tx::two_phase::{Phase2, Vote};
+use txlab_api::TxMode;
+use txlab_tx::saga::Forward;
 use uuid::Uuid;
 
-use super::store::{load_order, Mark};
+use super::store::{self, load_order, Mark, OrderRow};
 use super::Orders;
 use crate::faults::Faults;
 use crate::http::ApiError;
@@ -64,32 +63,6 @@ async fn replay(
     }
 }
 
-/// One row per checkout step in an engine's log table, in its initial state
-/// (`columns` names the table and columns, `initial` the two state values).
-async fn insert_step_rows(
-    tx: &mut sqlx::PgConnection,
-    columns: &str,
-    initial: (&str, &str),
-    id: Uuid,
-    now: i64,
-) -> sqlx::Result<()> {
-    // All steps in one statement.
-    let steps: Vec<i32> = Step::ALL.iter().map(|s| s.index() as i32).collect();
-    let names: Vec<&str> = Step::ALL.iter().map(|s| s.as_str()).collect();
-    sqlx::query(&format!(
-        "INSERT INTO {columns} SELECT $1, s.step, s.name, $4, $5, $6 FROM UNNEST($2::int[], $3::text[]) AS s(step, name)"
-    ))
-    .bind(id)
-    .bind(&steps)
-    .bind(&names)
-    .bind(initial.0)
-    .bind(initial.1)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
-
 pub async fn create(
     State(orders): State<Arc<Orders>>,
     headers: HeaderMap,
@@ -127,7 +100,7 @@ pub async fn create(
     let mut tx = orders.app.pool.begin().await?;
     // This replica drives the orders it takes (methods with an engine).
     let driver = (!order.method.is_event_driven()).then(|| orders.driver.key());
-    insert_order(&mut tx, &order, faults.raw.as_deref(), driver).await?;
+    let epoch = insert_order(&mut tx, &order, faults.raw.as_deref(), driver).await?;
     if let Some(key) = &key {
         if !claim_key(&mut tx, key, &request, &order).await? {
             // A concurrent request with the same key won: answer with its order.
@@ -144,7 +117,8 @@ pub async fn create(
     // Without a coordinator the order's own event (in the outbox) starts
     // the checkout; an engine run now could only find nothing heard yet.
     if !order.method.is_event_driven() {
-        orders.clone().drive(order.id);
+        let row = OrderRow::written(&order, faults.raw, epoch);
+        orders.clone().drive_new(row);
     }
     Ok((StatusCode::ACCEPTED, Json(order)))
 }
@@ -152,13 +126,14 @@ pub async fn create(
 /// Writes a new order with the caller's transaction: the order row (with
 /// the lab epoch, read first as every epoch reader does), the step log its
 /// method's engine keeps, and, without a coordinator, the event that
-/// places it. `driver` is the replica whose engine will run it.
+/// places it. `driver` is the replica whose engine will run it. Returns
+/// the epoch the order was born in.
 async fn insert_order(
     tx: &mut sqlx::PgConnection,
     order: &OrderView,
     fault: Option<&str>,
     driver: Option<i32>,
-) -> sqlx::Result<()> {
+) -> sqlx::Result<String> {
     let epoch = crate::epoch::epoch(&mut *tx).await?;
     let (id, now) = (order.id, order.created_ms);
     sqlx::query(
@@ -178,31 +153,12 @@ async fn insert_order(
     .bind(driver)
     .execute(&mut *tx)
     .await?;
-    let saga_log = "saga_steps (order_id, step, name, forward, compensation, updated_ms)";
-    insert_step_rows(
-        tx,
-        saga_log,
-        (Forward::NotStarted.as_str(), Compensation::NotStarted.as_str()),
-        id,
-        now,
-    )
-    .await?;
-    if order.method == TxMode::SagaOrch {
-        // The intent of the first call, logged with the order itself: the
-        // orchestrator starts by calling, with no write of its own first.
-        let first = Mark::Forward(Forward::Started);
-        super::store::mark(&mut *tx, id, Step::ALL[0], first, None, now).await?;
-    }
+    // The saga orchestrator's first call goes out with no write of its
+    // own: its intent is logged with the order.
+    let first = (order.method == TxMode::SagaOrch).then_some(Mark::Forward(Forward::Started));
+    store::insert_saga_log(tx, id, now, first).await?;
     if matches!(order.method, TxMode::Twopc | TxMode::Tcc) {
-        let branches = "tx_branches (order_id, step, name, vote, phase2, updated_ms)";
-        insert_step_rows(
-            tx,
-            branches,
-            (Vote::NotAsked.as_str(), Phase2::Pending.as_str()),
-            id,
-            now,
-        )
-        .await?;
+        store::insert_two_phase_log(tx, id, now).await?;
     }
     if order.method.is_event_driven() {
         let spec = txlab_api::event::OrderSpec {
@@ -212,9 +168,16 @@ async fn insert_order(
             slot: order.slot.clone(),
             fault: fault.map(str::to_string),
         };
-        super::choreography::emit(tx, id, spec, txlab_api::event::CheckoutKind::OrderPlaced, epoch).await?;
+        super::choreography::emit(
+            tx,
+            id,
+            spec,
+            txlab_api::event::CheckoutKind::OrderPlaced,
+            epoch.clone(),
+        )
+        .await?;
     }
-    Ok(())
+    Ok(epoch)
 }
 
 /// Records the idempotency key of a new order with the caller's
@@ -267,9 +230,11 @@ pub async fn get(
             return Ok(Json(order.view()));
         }
         // Another replica may decide the order, so re-read now and then even
-        // without a local wake-up.
+        // without a local wake-up. A decision made here comes with the order.
         let recheck = (deadline - now).min(RECHECK);
-        let _ = tokio::time::timeout(recheck, decided).await;
+        if let Ok(Ok(Some(view))) = tokio::time::timeout(recheck, decided).await {
+            return Ok(Json(view));
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::held::{HeldResult, HOLD_LIMIT};
 use super::outcome::{announce, decide_in, Decided};
-use super::store::{load_order, load_saga, mark, Mark, OrderRow};
+use super::store::{load_order, load_saga, write_marks, Mark, OrderRow, Unwritten};
 use super::Orders;
 use crate::messaging::consumer::{Ack, Receipt};
 use crate::messaging::inbox::{self, Delivery};
@@ -141,14 +141,22 @@ async fn record(
         .map(|r| (r, done, None))
         .chain(this.map(|(r, mark, reason)| (r, *mark, reason.as_deref())));
     let mut tx = orders.app.pool.begin().await?;
-    for (r, mark_made, reason) in results {
+    let mut first_heard = Vec::new();
+    for (r, mark, reason) in results {
         match inbox::admit_heard_at(&mut tx, &r.epoch, &r.event_id.to_string(), r.heard_ms).await? {
             // From a cell the lab has reset away.
             Delivery::Stale => orders.app.metrics.event("stale_event", "order"),
             Delivery::Repeated => {}
-            Delivery::First => mark(&mut *tx, id, r.step, mark_made, reason, r.heard_ms).await?,
+            Delivery::First => first_heard.push(Unwritten {
+                step: r.step,
+                mark,
+                reason: reason.map(str::to_string),
+                at_ms: r.heard_ms,
+            }),
         }
     }
+    // Results of different steps share a statement.
+    write_marks(&mut tx, id, &mut first_heard).await?;
     // Judged in the same transaction (also after a redelivery: a crash may
     // have come between hearing and judging), so the event that decides an
     // order commits with its outcome.

@@ -16,10 +16,12 @@
 //!   session ends with its process, and the lock with it — and drives them.
 //!   It also drives its own open orders that no engine runs here (a
 //!   cancel whose wake-up was lost, an engine stopped by an error).
-//! - Fencing: every engine write first locks the order row and checks that
-//!   its driver is still this replica ([`fence`]), so a replica that lost
-//!   its session, and with it its orders, stops their engines at their
-//!   next write instead of racing the replica that took them over.
+//! - Fencing: every engine write locks the order row and checks that its
+//!   driver is still this replica, in the statement that writes the marks
+//!   (`store::write_marks_fenced`) or, with nothing to write, on its own
+//!   ([`fence`]), so a replica that lost its session, and with it its
+//!   orders, stops their engines at their next write instead of racing the
+//!   replica that took them over.
 //! - Wake-ups: the same session LISTENs on [`CHANNEL`]: `d:<id>` (an order
 //!   was decided somewhere: wake the long-polls waiting here) and `l:<id>`
 //!   (a cancel: the order's driver looks at it again).
@@ -246,7 +248,7 @@ fn on_wake_up(orders: &Arc<Orders>, payload: &str) {
     match kind {
         "d" => {
             orders.admission.heard_decision();
-            orders.decided.wake(id)
+            orders.decided.wake(id, None)
         }
         "l" => orders.clone().claim_and_drive(id),
         _ => tracing::warn!(payload, "unknown wake-up"),

@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use txlab_api::event::{OrderOutcome, ORDER_EVENTS_TOPIC};
-use txlab_api::order::OrderState;
+use txlab_api::order::{OrderState, OrderView};
 use txlab_tx::saga::{Forward, Outcome};
 use txlab_tx::two_phase::Vote;
 use uuid::Uuid;
@@ -60,10 +60,11 @@ pub async fn finish_with(
 }
 
 /// What [`decide_in`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decided {
-    /// This transaction records the outcome (once it commits).
-    Now,
+    /// This transaction records the outcome (once it commits): the order
+    /// as it then reads.
+    Now(OrderView),
     /// Reset away, or decided before: nothing to do.
     Already,
     /// Still open: a cancel overtook the confirmation; the engine goes on.
@@ -79,7 +80,6 @@ pub async fn decide_in(
     state: OrderState,
 ) -> anyhow::Result<Decided> {
     let now = txlab_tx::now_ms();
-    let epoch = crate::epoch::epoch(&mut *tx).await?;
     let reason: Option<String> = match state {
         OrderState::Cancelled => Some("cancelled on request".into()),
         // The first refusal (or give-up) recorded by whichever engine ran.
@@ -123,13 +123,16 @@ pub async fn decide_in(
             Some(_) => Decided::Reopened,
         });
     }
+    // The order's own epoch is the lab's: a reset deletes the orders of the
+    // epoch it ends (the update above then finds nothing), so no read of
+    // the epoch row is needed here.
     let event = OrderOutcome {
         event_id: Uuid::new_v4(),
         order_id: order.id,
         state,
         customer: order.customer.clone(),
         decided_ms: now,
-        epoch,
+        epoch: order.epoch.clone(),
     };
     let payload = serde_json::to_value(&event).context("encoding the outcome event")?;
     crate::messaging::outbox::enqueue(&mut *tx, ORDER_EVENTS_TOPIC, &order.id.to_string(), &payload).await?;
@@ -140,7 +143,11 @@ pub async fn decide_in(
         reason = reason.as_deref().unwrap_or(""),
         "order decided"
     );
-    Ok(Decided::Now)
+    let mut view = order.view();
+    view.state = state;
+    view.reason = reason;
+    view.decided_ms = Some(now);
+    Ok(Decided::Now(view))
 }
 
 /// After the commit of a [`decide_in`]: counts the outcome and wakes
@@ -148,9 +155,9 @@ pub async fn decide_in(
 /// cancel reopened it and the engine must go on).
 pub fn announce(orders: &Orders, order: &OrderRow, state: OrderState, decided: Decided) -> bool {
     match decided {
-        Decided::Now => {
+        Decided::Now(view) => {
             orders.app.metrics.event("outcome", state.as_str());
-            orders.decided.wake(order.id);
+            orders.decided.wake(order.id, Some(&view));
             true
         }
         Decided::Already => true,

@@ -32,18 +32,25 @@ async fn load(orders: &Orders, id: Uuid) -> anyhow::Result<Option<(OrderRow, Sag
 /// cancel). Each step's result is written in one transaction with the
 /// next step's start (or with the outcome), so a step costs one commit
 /// here besides the participant's own.
-pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
+///
+/// `born` is the order as its creation wrote it, when this process created
+/// it: its log then holds the first call's intent and nothing else.
+pub async fn run(orders: &Orders, id: Uuid, born: Option<OrderRow>) -> anyhow::Result<()> {
     let mut unwritten: Vec<Unwritten> = Vec::new();
-    let Some((mut order, mut saga)) = load(orders, id).await? else {
+    let loaded = match born {
+        Some(order) => {
+            let mut saga = Saga::new(Step::ALL.len());
+            saga.record_forward(0, Forward::Started);
+            Some((order, saga))
+        }
+        None => load(orders, id).await?,
+    };
+    let Some((mut order, mut saga)) = loaded else {
         return Ok(());
     };
     loop {
         if orders.take_rerun(id) {
-            if !unwritten.is_empty() {
-                let mut tx = orders.app.pool.begin().await?;
-                orders.write_marks(&mut tx, id, &mut unwritten).await?;
-                tx.commit().await?;
-            }
+            orders.commit_marks(id, &mut unwritten).await?;
             let Some(fresh) = load(orders, id).await? else {
                 return Ok(());
             };
@@ -62,11 +69,7 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
                 // The first call's intent was written with the order: no
                 // transaction to open for it (the call is idempotent, and
                 // its result's write checks that this replica still drives).
-                if !unwritten.is_empty() {
-                    let mut tx = orders.app.pool.begin().await?;
-                    orders.write_marks(&mut tx, id, &mut unwritten).await?;
-                    tx.commit().await?;
-                }
+                orders.commit_marks(id, &mut unwritten).await?;
                 let (forward, reason) = match ask(orders, &order, step, Op::Apply).await {
                     Ok(()) => (Forward::Done, None),
                     Err(CallError::Refused(code)) => {

@@ -29,6 +29,25 @@ pub struct OrderRow {
 }
 
 impl OrderRow {
+    /// The row a new order's insert writes (see `api::insert_order`).
+    pub fn written(order: &OrderView, fault: Option<String>, epoch: String) -> OrderRow {
+        OrderRow {
+            id: order.id,
+            customer: order.customer.clone(),
+            items: sqlx::types::Json(order.items.clone()),
+            amount: order.amount,
+            slot: order.slot.clone(),
+            method: order.method,
+            state: order.state,
+            reason: order.reason.clone(),
+            fault,
+            cancel_requested: false,
+            created_ms: order.created_ms,
+            decided_ms: order.decided_ms,
+            epoch,
+        }
+    }
+
     /// What participants need of the order, as checkout events carry it.
     pub fn spec(&self) -> OrderSpec {
         OrderSpec {
@@ -137,9 +156,35 @@ pub async fn log_decision(
     Ok(load_decision(conn, id).await?.unwrap_or(decision))
 }
 
-/// A new value for one column of a step's row in an engine's log: the
-/// saga log (`saga_steps`, also what the event-driven methods have heard)
-/// or the two-phase log (`tx_branches`).
+/// An engine's log table: the two state columns a mark may set and the
+/// columns that keep when each kind of mark was made.
+#[derive(Debug, PartialEq, Eq)]
+struct Log {
+    table: &'static str,
+    states: [&'static str; 2],
+    times: [&'static str; 4],
+}
+
+/// The saga log (`saga_steps`), also what the event-driven methods have heard.
+const SAGA_LOG: Log = Log {
+    table: "saga_steps",
+    states: ["forward", "compensation"],
+    times: [
+        "forward_started_ms",
+        "forward_ended_ms",
+        "compensation_started_ms",
+        "compensation_ended_ms",
+    ],
+};
+
+/// The two-phase log (`tx_branches`).
+const TWO_PHASE_LOG: Log = Log {
+    table: "tx_branches",
+    states: ["vote", "phase2"],
+    times: ["asked_ms", "voted_ms", "phase2_started_ms", "phase2_ended_ms"],
+};
+
+/// A new value for one state column of a step's row in an engine's log.
 #[derive(Debug, Clone, Copy)]
 pub enum Mark {
     Forward(Forward),
@@ -149,26 +194,30 @@ pub enum Mark {
 }
 
 impl Mark {
-    fn table_and_column(self) -> (&'static str, &'static str) {
+    fn log(self) -> &'static Log {
         match self {
-            Mark::Forward(_) => ("saga_steps", "forward"),
-            Mark::Compensation(_) => ("saga_steps", "compensation"),
-            Mark::Vote(_) => ("tx_branches", "vote"),
-            Mark::Phase2(_) => ("tx_branches", "phase2"),
+            Mark::Forward(_) | Mark::Compensation(_) => &SAGA_LOG,
+            Mark::Vote(_) | Mark::Phase2(_) => &TWO_PHASE_LOG,
         }
     }
 
-    /// The column that keeps when this kind of mark was made.
-    fn time_column(self) -> &'static str {
+    /// The state column the mark sets.
+    fn column(self) -> &'static str {
+        let states = self.log().states;
         match self {
-            Mark::Forward(Forward::Started) => "forward_started_ms",
-            Mark::Forward(_) => "forward_ended_ms",
-            Mark::Compensation(Compensation::Started) => "compensation_started_ms",
-            Mark::Compensation(_) => "compensation_ended_ms",
-            Mark::Vote(Vote::Asked) => "asked_ms",
-            Mark::Vote(_) => "voted_ms",
-            Mark::Phase2(Phase2::Started) => "phase2_started_ms",
-            Mark::Phase2(_) => "phase2_ended_ms",
+            Mark::Forward(_) | Mark::Vote(_) => states[0],
+            Mark::Compensation(_) | Mark::Phase2(_) => states[1],
+        }
+    }
+
+    /// The column that keeps when this kind of mark was made: a state
+    /// column's start, or its end.
+    fn time_column(self) -> &'static str {
+        let times = self.log().times;
+        let started = self.is_call();
+        match self {
+            Mark::Forward(_) | Mark::Vote(_) => times[usize::from(!started)],
+            Mark::Compensation(_) | Mark::Phase2(_) => times[2 + usize::from(!started)],
         }
     }
 
@@ -179,13 +228,6 @@ impl Mark {
             Mark::Vote(v) => v.as_str(),
             Mark::Phase2(v) => v.as_str(),
         }
-    }
-
-    /// What decides the statement that writes the mark: its table and
-    /// column, its time column, and whether it counts an attempt.
-    fn kind(self) -> (&'static str, &'static str, &'static str, bool) {
-        let (table, column) = self.table_and_column();
-        (table, column, self.time_column(), self.is_call())
     }
 
     /// Whether the mark says a call is about to be made (an attempt).
@@ -200,67 +242,141 @@ impl Mark {
     }
 }
 
-/// The statement that records a mark of `mark`'s kind: the new value,
-/// the first reason given kept, the time, and an attempt counted when the
-/// mark announces a call. `values` are the SQL for the value, reason and
-/// time, `step` that of the row's step; `from` names where they come from.
-fn mark_statement(mark: Mark, values: [&str; 3], from: &str, step: &str) -> String {
-    let (table, column) = mark.table_and_column();
-    let when = mark.time_column();
-    let [value, reason, at] = values;
-    let bump = if mark.is_call() {
-        ", attempts = t.attempts + 1"
-    } else {
-        ""
-    };
+/// The statement that records a run of marks on distinct steps of `log`,
+/// one row of arrays each: the step, the state column and its value, the
+/// reason (the first one given is kept), the time column and the time, and
+/// the attempts it counts. Any mix of kinds shares it.
+///
+/// With `fenced`, it first locks the order row and writes nothing unless
+/// the order's driver is `$9` (see [`super::drivers`]); it returns the
+/// driver it found, and no row when the order is gone.
+fn marks_statement(log: &Log, fenced: bool) -> String {
+    let states = log
+        .states
+        .iter()
+        .map(|c| format!("{c} = CASE m.state WHEN '{c}' THEN m.value ELSE t.{c} END"));
+    let times = log
+        .times
+        .iter()
+        .map(|c| format!("{c} = CASE m.time WHEN '{c}' THEN m.at_ms ELSE t.{c} END"));
+    let set: Vec<String> = states.chain(times).collect();
+    let update = format!(
+        "UPDATE {table} AS t SET {set}, reason = COALESCE(m.reason, t.reason), updated_ms = m.at_ms, \
+         attempts = t.attempts + m.calls \
+         FROM UNNEST($2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::int[]) \
+         AS m (step, state, value, reason, time, at_ms, calls) \
+         WHERE t.order_id = $1 AND t.step = m.step",
+        table = log.table,
+        set = set.join(", "),
+    );
+    if !fenced {
+        return update;
+    }
     format!(
-        "UPDATE {table} AS t SET {column} = {value}, reason = COALESCE({reason}, t.reason), \
-         updated_ms = {at}, {when} = {at}{bump} {from} WHERE t.order_id = $1 AND t.step = {step}"
+        "WITH fence AS (SELECT driver FROM orders WHERE id = $1 FOR NO KEY UPDATE), \
+         marked AS ({update} AND NOT EXISTS (SELECT FROM fence WHERE driver IS DISTINCT FROM $9)) \
+         SELECT driver FROM fence"
     )
 }
 
-/// Records `mark`, made at `at_ms`, on the row of `step`.
-pub async fn mark<'c>(
-    conn: impl sqlx::PgExecutor<'c>,
+/// Writes a run of marks (one log, distinct steps) in one statement. With
+/// `fence`, only if this replica (`fence`) drives the order: false when
+/// another one does, and nothing was written.
+async fn write_run(
+    conn: &mut PgConnection,
     id: Uuid,
-    step: Step,
-    mark: Mark,
-    reason: Option<&str>,
-    at_ms: i64,
-) -> sqlx::Result<()> {
-    sqlx::query(&mark_statement(mark, ["$3", "$4", "$5"], "", "$2"))
+    run: &[Unwritten],
+    fence: Option<i32>,
+) -> sqlx::Result<bool> {
+    let steps: Vec<i32> = run.iter().map(|u| u.step.index() as i32).collect();
+    let states: Vec<&str> = run.iter().map(|u| u.mark.column()).collect();
+    let values: Vec<&str> = run.iter().map(|u| u.mark.value()).collect();
+    let reasons: Vec<Option<&str>> = run.iter().map(|u| u.reason.as_deref()).collect();
+    let times: Vec<&str> = run.iter().map(|u| u.mark.time_column()).collect();
+    let at: Vec<i64> = run.iter().map(|u| u.at_ms).collect();
+    let calls: Vec<i32> = run.iter().map(|u| i32::from(u.mark.is_call())).collect();
+    let sql = marks_statement(run[0].mark.log(), fence.is_some());
+    let query = sqlx::query_scalar::<_, Option<i32>>(&sql)
         .bind(id)
-        .bind(step.index() as i32)
-        .bind(mark.value())
-        .bind(reason)
-        .bind(at_ms)
-        .execute(conn)
-        .await
-        .map(drop)
+        .bind(&steps)
+        .bind(&states)
+        .bind(&values)
+        .bind(&reasons)
+        .bind(&times)
+        .bind(&at)
+        .bind(&calls);
+    match fence {
+        None => query.fetch_optional(conn).await.map(|_| true),
+        Some(key) => {
+            let found = query.bind(key).fetch_optional(conn).await?;
+            // An order reset away passes: there was nothing to write.
+            Ok(found.is_none_or(|driver| driver == Some(key)))
+        }
+    }
 }
 
-/// Records marks of one kind on distinct steps in one statement.
-async fn marks_of_a_kind(conn: &mut PgConnection, id: Uuid, batch: &[Unwritten]) -> sqlx::Result<()> {
-    let steps: Vec<i32> = batch.iter().map(|u| u.step.index() as i32).collect();
-    let values: Vec<&str> = batch.iter().map(|u| u.mark.value()).collect();
-    let reasons: Vec<Option<&str>> = batch.iter().map(|u| u.reason.as_deref()).collect();
-    let times: Vec<i64> = batch.iter().map(|u| u.at_ms).collect();
-    let from =
-        "FROM UNNEST($2::int[], $3::text[], $4::text[], $5::bigint[]) AS m (step, value, reason, at_ms)";
-    sqlx::query(&mark_statement(
-        batch[0].mark,
-        ["m.value", "m.reason", "m.at_ms"],
-        from,
-        "m.step",
+/// Writes a new order's rows in `log`, one per checkout step in the
+/// `initial` states, with `first` already made on the first step: a call
+/// whose intent is logged with the order itself.
+async fn insert_log(
+    tx: &mut PgConnection,
+    log: &Log,
+    initial: [&str; 2],
+    id: Uuid,
+    now: i64,
+    first: Option<Mark>,
+) -> sqlx::Result<()> {
+    let steps: Vec<i32> = Step::ALL.iter().map(|s| s.index() as i32).collect();
+    let names: Vec<&str> = Step::ALL.iter().map(|s| s.as_str()).collect();
+    let mut states = [vec![initial[0]; steps.len()], vec![initial[1]; steps.len()]];
+    let mut attempts = vec![0i32; steps.len()];
+    let mut at: Vec<Option<i64>> = vec![None; steps.len()];
+    let time = match first {
+        Some(mark) => {
+            let column = usize::from(mark.column() != log.states[0]);
+            states[column][0] = mark.value();
+            attempts[0] = i32::from(mark.is_call());
+            at[0] = Some(now);
+            mark.time_column()
+        }
+        None => log.times[0],
+    };
+    let [s0, s1] = log.states;
+    sqlx::query(&format!(
+        "INSERT INTO {table} (order_id, step, name, {s0}, {s1}, attempts, {time}, updated_ms) \
+         SELECT $1, s.*, $8 FROM UNNEST($2::int[], $3::text[], $4::text[], $5::text[], $6::int[], $7::bigint[]) \
+         AS s (step, name, s0, s1, attempts, at_ms)",
+        table = log.table
     ))
     .bind(id)
     .bind(&steps)
-    .bind(&values)
-    .bind(&reasons)
-    .bind(&times)
-    .execute(conn)
+    .bind(&names)
+    .bind(&states[0])
+    .bind(&states[1])
+    .bind(&attempts)
+    .bind(&at)
+    .bind(now)
+    .execute(tx)
     .await
     .map(drop)
+}
+
+/// A new order's saga log (every method keeps one: the event-driven ones
+/// record there what they hear), with `first` made on its first step.
+pub async fn insert_saga_log(
+    tx: &mut PgConnection,
+    id: Uuid,
+    now: i64,
+    first: Option<Mark>,
+) -> sqlx::Result<()> {
+    let initial = [Forward::NotStarted.as_str(), Compensation::NotStarted.as_str()];
+    insert_log(tx, &SAGA_LOG, initial, id, now, first).await
+}
+
+/// A new order's two-phase log: nothing asked yet.
+pub async fn insert_two_phase_log(tx: &mut PgConnection, id: Uuid, now: i64) -> sqlx::Result<()> {
+    let initial = [Vote::NotAsked.as_str(), Phase2::Pending.as_str()];
+    insert_log(tx, &TWO_PHASE_LOG, initial, id, now, None).await
 }
 
 /// A mark the engine has decided in memory; it is written together with
@@ -289,44 +405,53 @@ impl Unwritten {
     }
 }
 
-/// Writes the marks in `unwritten` (in order) on `conn` and empties it.
-/// A run of marks of one kind on different steps (the three votes, the
-/// three ends of phase two) is one statement.
+/// Writes the marks in `unwritten` (in order) on `conn` and empties it. A
+/// run of marks on different steps of one log (a step's result with the
+/// next step's start, the three votes) is one statement.
 pub async fn write_marks(
     conn: &mut PgConnection,
     id: Uuid,
     unwritten: &mut Vec<Unwritten>,
 ) -> sqlx::Result<()> {
     let mut rest = &unwritten[..];
-    while let Some(first) = rest.first() {
-        let run = of_a_kind(rest);
-        if run == 1 {
-            mark(
-                &mut *conn,
-                id,
-                first.step,
-                first.mark,
-                first.reason.as_deref(),
-                first.at_ms,
-            )
-            .await?;
-        } else {
-            marks_of_a_kind(conn, id, &rest[..run]).await?;
-        }
+    while !rest.is_empty() {
+        let run = one_statement(rest);
+        write_run(conn, id, &rest[..run], None).await?;
         rest = &rest[run..];
     }
     unwritten.clear();
     Ok(())
 }
 
-/// How many marks from the first of `marks` on are of its kind (the same
-/// statement) and on steps not yet in the run: one statement updates a
-/// row once, so a second mark on a step starts a new run.
-fn of_a_kind(marks: &[Unwritten]) -> usize {
-    let kind = marks[0].mark.kind();
+/// As [`write_marks`], but only while this replica (`driver`) drives the
+/// order: the first statement locks the order row and checks its driver
+/// (so a takeover waits for this write, then sees it). False when another
+/// replica drives it now; then nothing is written and `unwritten` is kept.
+/// `unwritten` must not be empty.
+pub async fn write_marks_fenced(
+    conn: &mut PgConnection,
+    id: Uuid,
+    unwritten: &mut Vec<Unwritten>,
+    driver: i32,
+) -> sqlx::Result<bool> {
+    let first = one_statement(unwritten);
+    if !write_run(conn, id, &unwritten[..first], Some(driver)).await? {
+        return Ok(false);
+    }
+    let mut rest: Vec<Unwritten> = unwritten.drain(first..).collect();
+    unwritten.clear();
+    write_marks(conn, id, &mut rest).await?;
+    Ok(true)
+}
+
+/// How many marks from the first of `marks` on one statement writes: those
+/// of the first one's log, on steps not yet in the run (one statement
+/// updates a row once, so a second mark on a step starts a new run).
+pub fn one_statement(marks: &[Unwritten]) -> usize {
+    let log = marks[0].mark.log();
     let mut steps = Vec::with_capacity(marks.len());
     for u in marks {
-        if u.mark.kind() != kind || steps.contains(&u.step) {
+        if u.mark.log() != log || steps.contains(&u.step) {
             break;
         }
         steps.push(u.step);
@@ -355,7 +480,7 @@ mod tests {
         let mut rest = &unwritten[..];
         let mut runs = vec![];
         while !rest.is_empty() {
-            let n = of_a_kind(rest);
+            let n = one_statement(rest);
             runs.push(n);
             rest = &rest[n..];
         }
@@ -363,9 +488,10 @@ mod tests {
     }
 
     #[test]
-    fn marks_of_one_kind_on_distinct_steps_share_a_statement() {
+    fn marks_on_distinct_steps_of_one_log_share_a_statement() {
         let [p, i, s] = Step::ALL;
-        // The votes of three branches, then the decision's phase two.
+        // The votes of three branches, then the decision's phase two on a
+        // step already in the run.
         let votes = [
             (p, Mark::Vote(Vote::Yes)),
             (i, Mark::Vote(Vote::Yes)),
@@ -373,13 +499,12 @@ mod tests {
             (p, Mark::Phase2(Phase2::Done)),
         ];
         assert_eq!(run_lengths(&votes), [3, 1]);
-        // A step's result and the next step's start are different kinds
-        // (a start counts an attempt and keeps another time).
+        // A step's result and the next step's start: one statement.
         let saga = [
             (p, Mark::Forward(Forward::Done)),
             (i, Mark::Forward(Forward::Started)),
         ];
-        assert_eq!(run_lengths(&saga), [1, 1]);
+        assert_eq!(run_lengths(&saga), [2]);
         // One statement updates a row once: a second mark on a step waits.
         let again = [
             (p, Mark::Forward(Forward::Done)),
@@ -387,5 +512,43 @@ mod tests {
             (i, Mark::Forward(Forward::Done)),
         ];
         assert_eq!(run_lengths(&again), [1, 2]);
+        // Another log is another table, another statement.
+        let both = [
+            (p, Mark::Phase2(Phase2::Done)),
+            (i, Mark::Phase2(Phase2::Done)),
+            (s, Mark::Forward(Forward::Done)),
+        ];
+        assert_eq!(run_lengths(&both), [2, 1]);
+    }
+
+    #[test]
+    fn each_mark_sets_its_own_columns() {
+        let cols = |m: Mark| (m.log().table, m.column(), m.time_column(), m.is_call());
+        let cases = [
+            (
+                Mark::Forward(Forward::Started),
+                ("saga_steps", "forward", "forward_started_ms", true),
+            ),
+            (
+                Mark::Forward(Forward::Rejected),
+                ("saga_steps", "forward", "forward_ended_ms", false),
+            ),
+            (
+                Mark::Compensation(Compensation::Done),
+                ("saga_steps", "compensation", "compensation_ended_ms", false),
+            ),
+            (Mark::Vote(Vote::Asked), ("tx_branches", "vote", "asked_ms", true)),
+            (
+                Mark::Phase2(Phase2::Started),
+                ("tx_branches", "phase2", "phase2_started_ms", true),
+            ),
+            (
+                Mark::Phase2(Phase2::Done),
+                ("tx_branches", "phase2", "phase2_ended_ms", false),
+            ),
+        ];
+        for (mark, columns) in cases {
+            assert_eq!(cols(mark), columns, "{mark:?}");
+        }
     }
 }

@@ -62,9 +62,19 @@ async fn load(orders: &Orders, id: Uuid) -> anyhow::Result<Option<(OrderRow, Two
 /// of phase two with the outcome. What must be durable before a call is:
 /// that votes were asked (so a restarted coordinator knows branches may
 /// exist) and the decision (the commit point).
-pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
+///
+/// `born` is the order as its creation wrote it, when this process created
+/// it: nothing asked, nothing decided yet.
+pub async fn run(orders: &Orders, id: Uuid, born: Option<OrderRow>) -> anyhow::Result<()> {
     let mut unwritten: Vec<Unwritten> = Vec::new();
-    let Some((mut order, mut tp)) = load(orders, id).await? else {
+    let loaded = match born {
+        Some(order) => {
+            let tp = TwoPhase::new(Step::ALL.len(), order.method == TxMode::Tcc);
+            Some((order, tp))
+        }
+        None => load(orders, id).await?,
+    };
+    let Some((mut order, mut tp)) = loaded else {
         return Ok(());
     };
     let _turn = if order.method == TxMode::Twopc {
@@ -74,11 +84,7 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
     };
     loop {
         if orders.take_rerun(id) {
-            if !unwritten.is_empty() {
-                let mut tx = orders.app.pool.begin().await?;
-                orders.write_marks(&mut tx, id, &mut unwritten).await?;
-                tx.commit().await?;
-            }
+            orders.commit_marks(id, &mut unwritten).await?;
             let Some(fresh) = load(orders, id).await? else {
                 return Ok(());
             };
@@ -101,9 +107,7 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
                     unwritten.push(Unwritten::now(Step::ALL[i], Mark::Vote(Vote::Asked), None));
                 }
                 if !intents.is_empty() {
-                    let mut tx = orders.app.pool.begin().await?;
-                    orders.write_marks(&mut tx, id, &mut unwritten).await?;
-                    tx.commit().await?;
+                    orders.commit_marks(id, &mut unwritten).await?;
                 }
                 let votes =
                     join_all(asked.iter().map(|&i| vote(orders, &order, Step::ALL[i], vote_op))).await;
@@ -155,10 +159,8 @@ pub async fn run(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
                             .map(|&step| Unwritten::now(step, Mark::Forward(Forward::Done), None)),
                     );
                     if order.cancel_requested {
-                        let mut tx = orders.app.pool.begin().await?;
-                        orders.write_marks(&mut tx, id, &mut unwritten).await?;
-                        tx.commit().await?;
-                        return super::saga::run(orders, id).await;
+                        orders.commit_marks(id, &mut unwritten).await?;
+                        return super::saga::run(orders, id, None).await;
                     }
                 }
                 if finish_with(orders, &order, state_of(outcome), &mut unwritten).await? {
