@@ -111,14 +111,24 @@ pub async fn create(
             };
         }
     }
-    tx.commit().await?;
+    // The engine starts from the row as written. It is left for the
+    // engine before the commit, when nothing can have run the order yet,
+    // so whichever run comes first (this request's, or a reconcile that
+    // found the committed order first) starts from it, and no later one.
+    let engine = !order.method.is_event_driven();
+    if engine {
+        orders.leave_for_engine(OrderRow::written(&order, faults.raw, epoch));
+    }
+    if let Err(e) = tx.commit().await {
+        orders.take_born(order.id);
+        return Err(e.into());
+    }
     tracing::info!(order_id = %order.id, amount, "order accepted");
     orders.app.metrics.event("order", "accepted");
     // Without a coordinator the order's own event (in the outbox) starts
     // the checkout; an engine run now could only find nothing heard yet.
-    if !order.method.is_event_driven() {
-        let row = OrderRow::written(&order, faults.raw, epoch);
-        orders.clone().drive_new(row);
+    if engine {
+        orders.clone().drive_new(order.id);
     }
     Ok((StatusCode::ACCEPTED, Json(order)))
 }

@@ -175,7 +175,7 @@ impl Orders {
     /// Runs the engine of the order's method.
     #[tracing::instrument(skip(self), fields(order_id = %id))]
     async fn run_engine(&self, id: Uuid) -> anyhow::Result<()> {
-        let born = self.born.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        let born = self.take_born(id);
         let method = match &born {
             Some(order) => Some(order.method.as_str().to_string()),
             None => {
@@ -264,15 +264,34 @@ impl Orders {
         });
     }
 
-    /// Starts the engine of an order this replica has just created (and
-    /// drives): it begins from `order` as written, without reading it back.
-    pub fn drive_new(self: Arc<Self>, order: store::OrderRow) {
-        let id = order.id;
+    /// Leaves the row of an order being created here for the first run of
+    /// its engine, which then need not read back what was just written.
+    /// Call before the order's commit, so no run can come first.
+    pub fn leave_for_engine(&self, order: store::OrderRow) {
         self.born
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, order);
-        self.drive(id);
+            .insert(order.id, order);
+    }
+
+    /// The row left for `id`'s engine, taken (by its first run, or back
+    /// when the order's creation failed).
+    pub fn take_born(&self, id: Uuid) -> Option<store::OrderRow> {
+        self.born.lock().unwrap_or_else(|p| p.into_inner()).remove(&id)
+    }
+
+    /// Starts the engine of an order this replica has just created (and
+    /// drives), unless a run has already taken its row: reconciling may
+    /// have found the committed order first.
+    pub fn drive_new(self: Arc<Self>, id: Uuid) {
+        let left = self
+            .born
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&id);
+        if left {
+            self.drive(id);
+        }
     }
 
     /// Runs (or re-runs) the engine of `id` in the background, at most once
