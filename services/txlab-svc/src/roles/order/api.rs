@@ -116,12 +116,10 @@ pub async fn create(
     // so whichever run comes first (this request's, or a reconcile that
     // found the committed order first) starts from it, and no later one.
     let engine = !order.method.is_event_driven();
-    if engine {
-        orders.leave_for_engine(OrderRow::written(&order, faults.raw, epoch));
-    }
-    if let Err(e) = tx.commit().await {
-        orders.take_born(order.id);
-        return Err(e.into());
+    let left = engine.then(|| orders.leave_for_engine(OrderRow::written(&order, faults.raw, epoch)));
+    tx.commit().await?;
+    if let Some(left) = left {
+        left.keep();
     }
     tracing::info!(order_id = %order.id, amount, "order accepted");
     orders.app.metrics.event("order", "accepted");

@@ -165,6 +165,30 @@ pub async fn ensure_topics_with_retry(brokers: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A new order's row left for its engine (see [`Orders::leave_for_engine`]).
+pub struct LeftForEngine<'a> {
+    orders: &'a Orders,
+    id: Uuid,
+    kept: bool,
+}
+
+impl LeftForEngine<'_> {
+    /// The order is committed: the row stays for its engine's first run.
+    pub fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for LeftForEngine<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            // Not committed (or not known to be): a run reads the order
+            // itself, if reconciling finds it committed after all.
+            self.orders.take_born(self.id);
+        }
+    }
+}
+
 impl HasFaults for Arc<Orders> {
     fn fault_switch(&self) -> Arc<FaultSwitch> {
         self.app.faults.clone()
@@ -266,17 +290,25 @@ impl Orders {
 
     /// Leaves the row of an order being created here for the first run of
     /// its engine, which then need not read back what was just written.
-    /// Call before the order's commit, so no run can come first.
-    pub fn leave_for_engine(&self, order: store::OrderRow) {
+    /// Call before the order's commit, so no run can come first; keep the
+    /// returned guard once the commit is through (dropped before that, on
+    /// an error or a request given up mid-way, it takes the row back).
+    pub fn leave_for_engine(&self, order: store::OrderRow) -> LeftForEngine<'_> {
+        let id = order.id;
         self.born
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(order.id, order);
+            .insert(id, order);
+        LeftForEngine {
+            orders: self,
+            id,
+            kept: false,
+        }
     }
 
     /// The row left for `id`'s engine, taken (by its first run, or back
-    /// when the order's creation failed).
-    pub fn take_born(&self, id: Uuid) -> Option<store::OrderRow> {
+    /// when the order's creation did not get through its commit).
+    fn take_born(&self, id: Uuid) -> Option<store::OrderRow> {
         self.born.lock().unwrap_or_else(|p| p.into_inner()).remove(&id)
     }
 
