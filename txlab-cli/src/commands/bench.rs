@@ -11,8 +11,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use comfy_table::presets::UTF8_FULL_CONDENSED;
-use comfy_table::{ContentArrangement, Table};
+use comfy_table::Table;
 use serde::Serialize;
 use txlab_api::{Role, TxMode};
 
@@ -741,10 +740,7 @@ fn print_report(r: &BenchReport) {
 
 /// One row per method: commits, ceiling, knee, latency and CPU at the knee, overload.
 fn methods_table(methods: &[MethodFigures]) -> Table {
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Dynamic);
-    t.set_header(vec![
+    let mut t = crate::report::terminal_table(vec![
         "method",
         "commits per\ncheckout",
         "all tx per\ncheckout",
@@ -794,14 +790,10 @@ fn methods_table(methods: &[MethodFigures]) -> Table {
     t
 }
 
-/// CPU per checkout and memory of each method at its knee.
 /// Per event-driven method: p50 / p99 of each hop of the commits cell.
 fn print_hops(methods: &[MethodFigures]) {
     for m in methods.iter().filter(|m| !m.hops.is_empty()) {
-        let mut t = Table::new();
-        t.load_preset(UTF8_FULL_CONDENSED)
-            .set_content_arrangement(ContentArrangement::Dynamic);
-        t.set_header(vec![
+        let mut t = crate::report::terminal_table(vec![
             format!("{}: where a checkout's time goes", m.method),
             "p50 ms".into(),
             "p90 ms".into(),
@@ -825,10 +817,7 @@ fn print_statements(methods: &[MethodFigures]) {
         let Some(c) = m.commits.as_ref().filter(|c| !c.top_statements.is_empty()) else {
             continue;
         };
-        let mut t = Table::new();
-        t.load_preset(UTF8_FULL_CONDENSED)
-            .set_content_arrangement(ContentArrangement::Dynamic);
-        t.set_header(vec![
+        let mut t = crate::report::terminal_table(vec![
             format!("{}: statements run most per checkout", m.method),
             "database".into(),
             "calls".into(),
@@ -854,11 +843,9 @@ fn shortened(text: &str, max: usize) -> String {
     }
 }
 
+/// CPU per checkout and memory of each method at its knee.
 fn print_footprint(methods: &[MethodFigures]) {
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Dynamic);
-    t.set_header(vec![
+    let mut t = crate::report::terminal_table(vec![
         "at the knee",
         "CPU ms per\ncheckout (all)",
         "largest service\nRSS MiB",

@@ -23,12 +23,18 @@ fn outcome(s: &CellSummary, state: OrderState) -> u64 {
     s.outcomes.get(state.as_str()).copied().unwrap_or(0)
 }
 
-/// One row per cell: throughput, outcomes, latency, audit.
-pub fn table(summaries: &[CellSummary]) -> Table {
+/// A table in the style of every terminal table txlab prints, with `header`.
+pub fn terminal_table(header: impl Into<comfy_table::Row>) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Dynamic);
-    t.set_header(vec![
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(header);
+    t
+}
+
+/// One row per cell: throughput, outcomes, latency, audit.
+pub fn table(summaries: &[CellSummary]) -> Table {
+    let mut t = terminal_table(vec![
         "method",
         "scenario",
         "rate/s\ntarget→got",

@@ -201,15 +201,14 @@ impl Orders {
     async fn run_engine(&self, id: Uuid) -> anyhow::Result<()> {
         let born = self.take_born(id);
         let method = match &born {
-            Some(order) => Some(order.method.as_str().to_string()),
-            None => {
-                sqlx::query_scalar("SELECT method FROM orders WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(&self.app.pool)
-                    .await?
-            }
+            Some(order) => Some(Ok(order.method)),
+            None => sqlx::query_scalar::<_, String>("SELECT method FROM orders WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.app.pool)
+                .await?
+                .map(|m| m.parse::<TxMode>()),
         };
-        match method.as_deref().map(str::parse::<TxMode>) {
+        match method {
             None => Ok(()), // reset away between cells
             Some(Ok(TxMode::SagaOrch)) => saga::run(self, id, born).await,
             Some(Ok(TxMode::Twopc | TxMode::Tcc)) => two_phase::run(self, id, born).await,

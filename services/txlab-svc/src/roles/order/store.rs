@@ -413,12 +413,7 @@ pub async fn write_marks(
     id: Uuid,
     unwritten: &mut Vec<Unwritten>,
 ) -> sqlx::Result<()> {
-    let mut rest = &unwritten[..];
-    while !rest.is_empty() {
-        let run = one_statement(rest);
-        write_run(conn, id, &rest[..run], None).await?;
-        rest = &rest[run..];
-    }
+    write_runs(conn, id, unwritten, None).await?;
     unwritten.clear();
     Ok(())
 }
@@ -427,20 +422,35 @@ pub async fn write_marks(
 /// order: the first statement locks the order row and checks its driver
 /// (so a takeover waits for this write, then sees it). False when another
 /// replica drives it now; then nothing is written and `unwritten` is kept.
-/// `unwritten` must not be empty.
 pub async fn write_marks_fenced(
     conn: &mut PgConnection,
     id: Uuid,
     unwritten: &mut Vec<Unwritten>,
     driver: i32,
 ) -> sqlx::Result<bool> {
-    let first = one_statement(unwritten);
-    if !write_run(conn, id, &unwritten[..first], Some(driver)).await? {
-        return Ok(false);
+    let ours = write_runs(conn, id, unwritten, Some(driver)).await?;
+    if ours {
+        unwritten.clear();
     }
-    let mut rest: Vec<Unwritten> = unwritten.drain(first..).collect();
-    unwritten.clear();
-    write_marks(conn, id, &mut rest).await?;
+    Ok(ours)
+}
+
+/// Writes `marks` a run at a time, the first run fenced by `fence` (see
+/// [`write_run`]); stops, false, if the fence refuses it.
+async fn write_runs(
+    conn: &mut PgConnection,
+    id: Uuid,
+    marks: &[Unwritten],
+    mut fence: Option<i32>,
+) -> sqlx::Result<bool> {
+    let mut rest = marks;
+    while !rest.is_empty() {
+        let run = one_statement(rest);
+        if !write_run(conn, id, &rest[..run], fence.take()).await? {
+            return Ok(false);
+        }
+        rest = &rest[run..];
+    }
     Ok(true)
 }
 
