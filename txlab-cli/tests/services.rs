@@ -783,3 +783,119 @@ async fn a_refused_basket_moves_nothing_and_a_taken_one_is_ledgered_in_full() {
     platform.shutdown().await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A one-item forward call is one statement (epoch, record, change, ledger
+/// lines, record insert); it must still refuse a stale epoch and write
+/// nothing, answer a repeat from the record, refuse a step whose
+/// compensation came first, and record a refusal with its reason — as the
+/// step-by-step path did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_statement_step_keeps_the_fence_and_the_record_rules() {
+    use txlab_api::admin::EPOCH_HEADER;
+    let (platform, e, dir, client) = common::seeded_with("at-once", TxMode::SagaOrch).await;
+    let inventory = e.url(Role::Inventory).unwrap();
+    let mut db = common::db(&e, Role::Inventory).await;
+    sqlx::query("UPDATE stock SET available = 10, reserved = 0 WHERE sku = 'sku-0001'")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let epoch: String = sqlx::query_scalar("SELECT epoch FROM lab_epoch")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    async fn stock(db: &mut sqlx::PgConnection) -> (i64, i64) {
+        sqlx::query_as("SELECT available, reserved FROM stock WHERE sku = 'sku-0001'")
+            .fetch_one(db)
+            .await
+            .unwrap()
+    }
+    async fn written(db: &mut sqlx::PgConnection, order: uuid::Uuid) -> (Option<String>, Vec<String>) {
+        let record = sqlx::query_scalar("SELECT state FROM reservations WHERE order_id = $1")
+            .bind(order)
+            .fetch_optional(&mut *db)
+            .await
+            .unwrap();
+        let ops = sqlx::query_scalar("SELECT op FROM ledger WHERE order_id = $1 ORDER BY id")
+            .bind(order)
+            .fetch_all(db)
+            .await
+            .unwrap();
+        (record, ops)
+    }
+    let call = |op: &str, id: uuid::Uuid, qty: u32, epoch: &str| {
+        client
+            .post(format!("{inventory}/{}", op.replace("{id}", &id.to_string())))
+            .header(EPOCH_HEADER, epoch)
+            .json(&json!({"lines": [{"sku": "sku-0001", "qty": qty}]}))
+            .send()
+    };
+    async fn answer(r: reqwest::Response) -> (u16, Value) {
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+
+    // A call from a cell the lab has reset away writes nothing.
+    let stale = uuid::Uuid::new_v4();
+    let (status, body) = answer(
+        call("reservations/{id}/reserve", stale, 3, "an-older-epoch")
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("stale_epoch")),
+        "{body}"
+    );
+    assert_eq!(written(&mut db, stale).await, (None, vec![]));
+    assert_eq!(stock(&mut db).await, (10, 0));
+
+    // Taken once; the repeat is answered from the record and moves nothing.
+    let id = uuid::Uuid::new_v4();
+    for repeated in [false, true] {
+        let (status, body) = answer(call("reservations/{id}/reserve", id, 3, &epoch).await.unwrap()).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            (body["state"].as_str(), body["repeated"].as_bool()),
+            (Some("reserved"), Some(repeated))
+        );
+    }
+    assert_eq!(stock(&mut db).await, (7, 0));
+    assert_eq!(
+        written(&mut db, id).await,
+        (Some("reserved".into()), vec!["hold".into(), "capture".into()])
+    );
+
+    // A compensation that came first leaves a voided record: the late step is refused.
+    let late = uuid::Uuid::new_v4();
+    let (status, body) = answer(call("reservations/{id}/release", late, 3, &epoch).await.unwrap()).await;
+    assert_eq!((status, body["state"].as_str()), (200, Some("voided")), "{body}");
+    let (status, body) = answer(call("reservations/{id}/reserve", late, 3, &epoch).await.unwrap()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (422, Some("already_compensated")),
+        "{body}"
+    );
+    assert_eq!(written(&mut db, late).await, (Some("voided".into()), vec![]));
+
+    // More than is there: refused with its reason, recorded, nothing moved.
+    let short = uuid::Uuid::new_v4();
+    let (status, body) = answer(call("reservations/{id}/reserve", short, 8, &epoch).await.unwrap()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (422, Some("out_of_stock")),
+        "{body}"
+    );
+    assert_eq!(written(&mut db, short).await, (Some("rejected".into()), vec![]));
+
+    // A TCC try holds in one statement too.
+    let tried = uuid::Uuid::new_v4();
+    let (status, body) = answer(call("tcc/reservations/{id}/try", tried, 2, &epoch).await.unwrap()).await;
+    assert_eq!((status, body["state"].as_str()), (200, Some("tried")), "{body}");
+    assert_eq!(stock(&mut db).await, (5, 2));
+    assert_eq!(
+        written(&mut db, tried).await,
+        (Some("tried".into()), vec!["hold".into()])
+    );
+    platform.shutdown().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

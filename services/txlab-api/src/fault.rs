@@ -156,6 +156,16 @@ impl StandingFault {
     }
 
     /// Whether this fault hits `point` now; `draw` is uniform in [0, 100).
+    /// Whether [`StandingFault::hits`] can ever fire at `point`.
+    pub fn may_hit(&self, point: FaultPoint) -> bool {
+        self.point == Some(point)
+            && match self.mode {
+                FaultMode::None => false,
+                FaultMode::Always => true,
+                FaultMode::Percent => self.percent > 0.0,
+            }
+    }
+
     pub fn hits(&self, point: FaultPoint, draw: f64) -> Option<FaultAction> {
         if self.point != Some(point) {
             return None;

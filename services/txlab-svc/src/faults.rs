@@ -63,6 +63,13 @@ impl Faults {
         })
     }
 
+    /// Whether [`Faults::fire`] may do anything at `point`: work that a
+    /// fault there could interrupt is then done the slower way that leaves
+    /// room for it.
+    pub fn may_fire(&self, point: FaultPoint) -> bool {
+        self.spec.action_at(self.switch.role, point).is_some() || self.switch.get().may_hit(point)
+    }
+
     /// Applies the fault planned here: a delay returns after sleeping, an
     /// error returns 503, a crash ends the process.
     pub async fn fire(&self, point: FaultPoint) -> Result<(), ApiError> {

@@ -46,15 +46,25 @@ impl Fence {
         Self::compare(theirs, crate::epoch::epoch_unlocked(conn).await?)
     }
 
+    /// The caller's epoch, if it sent one.
+    pub fn epoch(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+
     fn compare(theirs: &str, ours: String) -> Result<(), OpError> {
         if ours == theirs {
             return Ok(());
         }
-        Err(OpError::Conflict {
+        Err(Self::stale(theirs, &ours))
+    }
+
+    /// The refusal of a call of epoch `theirs` in a lab now in `ours`.
+    pub fn stale(theirs: &str, ours: &str) -> OpError {
+        OpError::Conflict {
             code: STALE_EPOCH,
             message: format!(
                 "the call belongs to lab epoch `{theirs}`, but this service is in `{ours}` (reset since)"
             ),
-        })
+        }
     }
 }

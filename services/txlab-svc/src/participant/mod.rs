@@ -109,10 +109,22 @@ pub struct BusinessTable {
     pub held: &'static str,
 }
 
-/// A participant's business operations. Methods compose them: a saga step
-/// or 2PC branch is `take` (what `hold` + `capture` would do, in one
-/// transaction), a TCC try is `hold`, its confirm `capture`, its cancel
-/// `release`; `restore` gives back what was captured (a refund).
+/// How a forward operation changes the row of one item, as SQL over the
+/// row's columns and `req.qty` (the quantity the request moves of that
+/// item): `set` is the SET list, `only_if` what the row must satisfy first
+/// (a refusal otherwise).
+#[derive(Debug, Clone, Copy)]
+pub struct GuardedChange {
+    pub set: &'static str,
+    pub only_if: &'static str,
+}
+
+/// A participant's business operations, as changes to its business rows
+/// (run by [`ledger`], which also records what moved). Methods compose
+/// them: a saga step or 2PC branch is `TAKE` (what `HOLD` + `CAPTURE`
+/// would do, in one change), a TCC try is `HOLD`, its confirm `CAPTURE`,
+/// its cancel `RELEASE`; `RESTORE` gives back what was captured (a
+/// refund). The SET lists read `req.qty` as [`GuardedChange`] does.
 pub trait Participant: Send + Sync + 'static {
     const ROLE: Role;
     /// Place in the checkout.
@@ -130,6 +142,17 @@ pub trait Participant: Send + Sync + 'static {
     const FORWARD_OP: &'static str;
     const UNDO_OP: &'static str;
 
+    /// Holds the resources, or refuses.
+    const HOLD: GuardedChange;
+    /// Leaves what `HOLD` then `CAPTURE` would, or refuses as `HOLD` would.
+    const TAKE: GuardedChange;
+    /// Takes held resources for good (`None`: holding them was taking them).
+    const CAPTURE: Option<&'static str>;
+    /// Lets held resources go.
+    const RELEASE: &'static str;
+    /// Gives captured resources back.
+    const RESTORE: &'static str;
+
     type Request: Serialize + DeserializeOwned + Clone + Send + Sync + 'static;
 
     /// Checks the request's shape before any database work.
@@ -138,37 +161,21 @@ pub trait Participant: Send + Sync + 'static {
     /// This participant's part of an order, as carried by checkout events.
     fn request_for(order: &txlab_api::event::OrderSpec) -> Self::Request;
 
-    /// What the request moves, as (item, quantity): the ledger's lines.
+    /// What the request moves, as (item, quantity), one entry per item, in
+    /// the order rows are locked in: the business rows changed, and the
+    /// ledger's lines.
     fn items(req: &Self::Request) -> Vec<(String, i64)>;
 
-    /// Holds the resources, or refuses. A refusal may leave partial changes
-    /// (see [`Participant::may_refuse_partway`]). Call it (and the four
-    /// below) through [`ledger`], which records what moved.
-    fn hold(
-        conn: &mut PgConnection,
-        req: &Self::Request,
-    ) -> impl Future<Output = sqlx::Result<Result<(), Refusal>>> + Send;
-    /// Leaves what `hold` then `capture` would, or refuses as `hold` would,
-    /// with fewer round trips.
-    fn take(
-        conn: &mut PgConnection,
-        req: &Self::Request,
-    ) -> impl Future<Output = sqlx::Result<Result<(), Refusal>>> + Send;
-    /// Whether `hold` or `take` may refuse after changing part of what the
-    /// request moves (a basket whose second SKU is out of stock): callers
-    /// then run it inside a savepoint.
-    fn may_refuse_partway(_req: &Self::Request) -> bool {
-        false
-    }
-    /// Takes held resources for good.
-    fn capture(conn: &mut PgConnection, req: &Self::Request)
-        -> impl Future<Output = sqlx::Result<()>> + Send;
-    /// Lets held resources go.
-    fn release(conn: &mut PgConnection, req: &Self::Request)
-        -> impl Future<Output = sqlx::Result<()>> + Send;
-    /// Gives captured resources back.
-    fn restore(conn: &mut PgConnection, req: &Self::Request)
-        -> impl Future<Output = sqlx::Result<()>> + Send;
+    /// Why `item`'s row refused to give `qty`, given its
+    /// [`BusinessTable::amount`] (`None`: there is no such row).
+    fn refusal(item: &str, qty: i64, amount: Option<i64>) -> Refusal;
+}
+
+/// Whether a forward operation may be refused after changing part of what
+/// the request moves (a basket whose second SKU is out of stock): callers
+/// then run it inside a savepoint.
+pub fn may_refuse_partway<P: Participant>(req: &P::Request) -> bool {
+    P::items(req).len() > 1
 }
 
 /// A racing duplicate insert is retried this many times before giving up.
@@ -311,7 +318,7 @@ pub async fn forward_refusable<P: Participant>(
     how: ledger::Forward,
 ) -> sqlx::Result<Result<(), Refusal>> {
     use sqlx::Acquire;
-    if !P::may_refuse_partway(req) {
+    if !may_refuse_partway::<P>(req) {
         return ledger::forward::<P>(conn, order_id, req, how).await;
     }
     let mut sp = conn.begin().await?;
@@ -324,6 +331,25 @@ pub async fn forward_refusable<P: Participant>(
             sp.rollback().await?;
             Ok(Err(refusal))
         }
+    }
+}
+
+/// A forward call in one statement ([`ledger::forward_at_once`]) behind
+/// the caller's fence: whether it did the whole call; `false` means it
+/// wrote nothing and the step-by-step path must answer.
+pub async fn forward_at_once<P: Participant>(
+    conn: &mut PgConnection,
+    fence: &Fence,
+    order_id: Uuid,
+    req: &P::Request,
+    how: ledger::Forward,
+    state: RecordState,
+) -> Result<bool, OpError> {
+    let request = stored_request::<P>(req)?;
+    match ledger::forward_at_once::<P>(conn, fence.epoch(), order_id, req, how, state, &request).await? {
+        ledger::AtOnce::Done => Ok(true),
+        ledger::AtOnce::StepByStep => Ok(false),
+        ledger::AtOnce::Stale(ours) => Err(Fence::stale(fence.epoch().unwrap_or_default(), &ours)),
     }
 }
 

@@ -4,7 +4,7 @@
 
 use axum::routing::post;
 use axum::Router;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Acquire, PgConnection, PgPool};
 use txlab_api::participant::StepReply;
 use uuid::Uuid;
 
@@ -14,6 +14,28 @@ use super::*;
 /// an event's together with its inbox and outbox rows). A refusal is
 /// recorded too and returned as `Err`, so the caller must still commit.
 pub async fn apply_in<P: Participant>(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    req: &P::Request,
+) -> Result<StepReply, OpError> {
+    if forward_at_once::<P>(
+        conn,
+        &Fence::default(),
+        order_id,
+        req,
+        ledger::Forward::Take,
+        P::APPLIED,
+    )
+    .await?
+    {
+        return Ok(reply(order_id, P::APPLIED, false));
+    }
+    apply_step_by_step::<P>(conn, order_id, req).await
+}
+
+/// [`apply_in`] statement by statement: answers from the order's record
+/// when it has one, records a refusal.
+async fn apply_step_by_step<P: Participant>(
     conn: &mut PgConnection,
     order_id: Uuid,
     req: &P::Request,
@@ -66,15 +88,21 @@ pub async fn compensate_in<P: Participant>(
     })
 }
 
+/// The common case in one statement, outside any transaction; anything
+/// else (a record already there, a refusal, a basket) step by step.
 async fn apply_once<P: Participant>(
     pool: &PgPool,
     fence: &Fence,
     order_id: Uuid,
     req: &P::Request,
 ) -> Result<StepReply, OpError> {
-    let mut tx = pool.begin().await?;
+    let mut conn = pool.acquire().await?;
+    if forward_at_once::<P>(&mut conn, fence, order_id, req, ledger::Forward::Take, P::APPLIED).await? {
+        return Ok(reply(order_id, P::APPLIED, false));
+    }
+    let mut tx = conn.begin().await?;
     fence.check(&mut tx).await?;
-    let out = apply_in::<P>(&mut tx, order_id, req).await;
+    let out = apply_step_by_step::<P>(&mut tx, order_id, req).await;
     // A refusal is an answer too: its `rejected` record must stick.
     if matches!(out, Ok(_) | Err(OpError::Refused { .. })) {
         tx.commit().await?;

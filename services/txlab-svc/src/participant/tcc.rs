@@ -6,7 +6,7 @@
 
 use axum::routing::post;
 use axum::Router;
-use sqlx::PgPool;
+use sqlx::{Acquire, PgPool};
 use txlab_api::fault::FaultPoint;
 use txlab_api::participant::StepReply;
 use uuid::Uuid;
@@ -32,7 +32,23 @@ pub async fn try_once<P: Participant>(
     order_id: Uuid,
     req: &P::Request,
 ) -> Result<StepReply, OpError> {
-    let mut tx = pool.begin().await?;
+    let mut conn = pool.acquire().await?;
+    // A fault during the try fires inside its transaction, between the
+    // hold and the commit: only the step-by-step path has that moment.
+    if !faults.may_fire(FaultPoint::DuringTry)
+        && forward_at_once::<P>(
+            &mut conn,
+            fence,
+            order_id,
+            req,
+            ledger::Forward::Hold,
+            RecordState::Tried,
+        )
+        .await?
+    {
+        return Ok(reply(order_id, RecordState::Tried, false));
+    }
+    let mut tx = conn.begin().await?;
     fence.check(&mut tx).await?;
     if let Some(record) = lock_record::<P>(&mut tx, order_id).await? {
         return match record.state {

@@ -37,14 +37,6 @@ fn is_unknown_gid(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("42704"))
 }
 
-async fn is_prepared(conn: &mut PgConnection, gid: &str) -> sqlx::Result<bool> {
-    let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_prepared_xacts WHERE gid = $1")
-        .bind(gid)
-        .fetch_optional(conn)
-        .await?;
-    Ok(found.is_some())
-}
-
 /// The branch's work inside an explicit BEGIN, ending in PREPARE TRANSACTION.
 /// sqlx's own transactions cannot be used: they would roll back on drop.
 /// The fence's share lock on the epoch row is held by the prepared branch
@@ -56,16 +48,15 @@ async fn prepare_in<P: Participant>(
     order_id: Uuid,
     req: &P::Request,
 ) -> Result<StepReply, OpError> {
-    sqlx::query(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
-        .execute(&mut *conn)
-        .await?;
-    fence.check(conn).await?;
-    // A refusal rolls the whole branch back, partial changes included.
-    if let Err(refusal) = ledger::forward::<P>(conn, order_id, req, ledger::Forward::Take).await? {
-        return Err(OpError::refused(refusal.code, refusal.message));
+    if !forward_at_once::<P>(conn, fence, order_id, req, ledger::Forward::Take, P::APPLIED).await? {
+        fence.check(conn).await?;
+        // A refusal rolls the whole branch back, partial changes included.
+        if let Err(refusal) = ledger::forward::<P>(conn, order_id, req, ledger::Forward::Take).await? {
+            return Err(OpError::refused(refusal.code, refusal.message));
+        }
+        let request = stored_request::<P>(req)?;
+        insert_record::<P>(conn, order_id, P::APPLIED, None, &request).await?;
     }
-    let request = stored_request::<P>(req)?;
-    insert_record::<P>(conn, order_id, P::APPLIED, None, &request).await?;
     faults
         .fire(FaultPoint::DuringPrepare)
         .await
@@ -110,14 +101,17 @@ async fn prepare_to_end<P: Participant>(
     req: &P::Request,
 ) -> Result<StepReply, OpError> {
     let mut conn = pool.acquire().await?;
-    let existing: Option<(String, Option<String>)> = sqlx::query_as(&format!(
-        "SELECT state, reason FROM {} WHERE order_id = $1",
+    // The order's record here, and whether its branch is prepared, in one read.
+    let (state, reason, prepared): (Option<String>, Option<String>, bool) = sqlx::query_as(&format!(
+        "SELECT r.state, r.reason, EXISTS (SELECT FROM pg_prepared_xacts WHERE gid = $2) \
+         FROM (SELECT) AS one LEFT JOIN {} AS r ON r.order_id = $1",
         P::RECORDS
     ))
     .bind(order_id)
-    .fetch_optional(&mut *conn)
+    .bind(gid(P::ROLE, order_id))
+    .fetch_one(&mut *conn)
     .await?;
-    if let Some((state, reason)) = existing {
+    if let Some(state) = state {
         // Committed already (a repeated prepare), or compensated first.
         let state = record_state(&state)?;
         if state == P::APPLIED {
@@ -132,10 +126,12 @@ async fn prepare_to_end<P: Participant>(
             },
         ));
     }
-    if is_prepared(&mut conn, &gid(P::ROLE, order_id)).await? {
+    if prepared {
         return Ok(reply(order_id, RecordState::Prepared, true));
     }
-    sqlx::query("BEGIN").execute(&mut *conn).await?;
+    // A prepare waits this long at most for a row an in-doubt branch holds.
+    let begin = format!("BEGIN; SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'");
+    sqlx::Executor::execute(&mut *conn, begin.as_str()).await?;
     match prepare_in::<P>(&mut conn, faults, fence, order_id, req).await {
         Ok(r) => Ok(r),
         Err(e) => {

@@ -7,7 +7,7 @@ use txlab_api::admin::StockLevel;
 use txlab_api::participant::{reasons, RecordState, ReserveLine, ReserveRequest};
 use txlab_api::{Role, Step};
 
-use crate::participant::{BusinessTable, Participant, Refusal};
+use crate::participant::{BusinessTable, GuardedChange, Participant, Refusal};
 
 pub struct Inventory;
 
@@ -36,6 +36,18 @@ impl Participant for Inventory {
     const COLLECTION: &'static str = "reservations";
     const FORWARD_OP: &'static str = "reserve";
     const UNDO_OP: &'static str = "release";
+    const HOLD: GuardedChange = GuardedChange {
+        set: "available = available - req.qty, reserved = reserved + req.qty",
+        only_if: "available >= req.qty",
+    };
+    const TAKE: GuardedChange = GuardedChange {
+        set: "available = available - req.qty",
+        only_if: "available >= req.qty",
+    };
+    const CAPTURE: Option<&'static str> = Some("reserved = reserved - req.qty");
+    const RELEASE: &'static str = "available = available + req.qty, reserved = reserved - req.qty";
+    const RESTORE: &'static str = "available = available + req.qty";
+
     type Request = ReserveRequest;
 
     fn validate(req: &ReserveRequest) -> Result<(), String> {
@@ -59,78 +71,18 @@ impl Participant for Inventory {
             .collect()
     }
 
-    async fn hold(conn: &mut PgConnection, req: &ReserveRequest) -> sqlx::Result<Result<(), Refusal>> {
-        take_stock(conn, "available = available - $2, reserved = reserved + $2", req).await
-    }
-
-    async fn take(conn: &mut PgConnection, req: &ReserveRequest) -> sqlx::Result<Result<(), Refusal>> {
-        take_stock(conn, "available = available - $2", req).await
-    }
-
-    /// SKU by SKU: the second of two may be out of stock after the first
-    /// was taken.
-    fn may_refuse_partway(req: &ReserveRequest) -> bool {
-        per_sku(&req.lines).len() > 1
-    }
-
-    async fn capture(conn: &mut PgConnection, req: &ReserveRequest) -> sqlx::Result<()> {
-        stock_update(conn, "reserved = reserved - $2", req).await
-    }
-
-    async fn release(conn: &mut PgConnection, req: &ReserveRequest) -> sqlx::Result<()> {
-        stock_update(conn, "available = available + $2, reserved = reserved - $2", req).await
-    }
-
-    async fn restore(conn: &mut PgConnection, req: &ReserveRequest) -> sqlx::Result<()> {
-        stock_update(conn, "available = available + $2", req).await
-    }
-}
-
-/// Moves each SKU's quantity out of what is available as `set` says, or
-/// says which SKU cannot give it (leaving the SKUs before it changed).
-async fn take_stock(
-    conn: &mut PgConnection,
-    set: &str,
-    req: &ReserveRequest,
-) -> sqlx::Result<Result<(), Refusal>> {
-    for (sku, qty) in per_sku(&req.lines) {
-        let taken = sqlx::query(&format!(
-            "UPDATE stock SET {set} WHERE sku = $1 AND available >= $2"
-        ))
-        .bind(sku)
-        .bind(qty)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-        if taken == 0 {
-            let exists: Option<(i64,)> = sqlx::query_as("SELECT available FROM stock WHERE sku = $1")
-                .bind(sku)
-                .fetch_optional(&mut *conn)
-                .await?;
-            return Ok(Err(match exists {
-                None => Refusal {
-                    code: reasons::UNKNOWN_SKU,
-                    message: format!("no such SKU {sku}"),
-                },
-                Some((available,)) => Refusal {
-                    code: reasons::OUT_OF_STOCK,
-                    message: format!("SKU {sku} has {available} available, needs {qty}"),
-                },
-            }));
+    fn refusal(sku: &str, qty: i64, available: Option<i64>) -> Refusal {
+        match available {
+            None => Refusal {
+                code: reasons::UNKNOWN_SKU,
+                message: format!("no such SKU {sku}"),
+            },
+            Some(available) => Refusal {
+                code: reasons::OUT_OF_STOCK,
+                message: format!("SKU {sku} has {available} available, needs {qty}"),
+            },
         }
     }
-    Ok(Ok(()))
-}
-
-async fn stock_update(conn: &mut PgConnection, set: &str, req: &ReserveRequest) -> sqlx::Result<()> {
-    for (sku, qty) in per_sku(&req.lines) {
-        sqlx::query(&format!("UPDATE stock SET {set} WHERE sku = $1"))
-            .bind(sku)
-            .bind(qty)
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(())
 }
 
 pub async fn seed(conn: &mut PgConnection, stock: &[StockLevel]) -> sqlx::Result<usize> {

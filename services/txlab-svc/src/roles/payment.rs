@@ -5,7 +5,7 @@ use txlab_api::admin::Wallet;
 use txlab_api::participant::{reasons, ChargeRequest, RecordState};
 use txlab_api::{Role, Step};
 
-use crate::participant::{BusinessTable, Participant, Refusal};
+use crate::participant::{BusinessTable, GuardedChange, Participant, Refusal};
 
 pub struct Payment;
 
@@ -24,6 +24,18 @@ impl Participant for Payment {
     const COLLECTION: &'static str = "payments";
     const FORWARD_OP: &'static str = "charge";
     const UNDO_OP: &'static str = "refund";
+    const HOLD: GuardedChange = GuardedChange {
+        set: "balance = balance - req.qty, reserved = reserved + req.qty",
+        only_if: "balance >= req.qty",
+    };
+    const TAKE: GuardedChange = GuardedChange {
+        set: "balance = balance - req.qty",
+        only_if: "balance >= req.qty",
+    };
+    const CAPTURE: Option<&'static str> = Some("reserved = reserved - req.qty");
+    const RELEASE: &'static str = "balance = balance + req.qty, reserved = reserved - req.qty";
+    const RESTORE: &'static str = "balance = balance + req.qty";
+
     type Request = ChargeRequest;
 
     fn validate(req: &ChargeRequest) -> Result<(), String> {
@@ -44,64 +56,18 @@ impl Participant for Payment {
         vec![(req.customer.clone(), req.amount)]
     }
 
-    async fn hold(conn: &mut PgConnection, req: &ChargeRequest) -> sqlx::Result<Result<(), Refusal>> {
-        debit(conn, "balance = balance - $2, reserved = reserved + $2", req).await
+    fn refusal(customer: &str, amount: i64, balance: Option<i64>) -> Refusal {
+        match balance {
+            None => Refusal {
+                code: reasons::UNKNOWN_CUSTOMER,
+                message: format!("no wallet for customer {customer}"),
+            },
+            Some(balance) => Refusal {
+                code: reasons::INSUFFICIENT_FUNDS,
+                message: format!("customer {customer} has {balance}, needs {amount}"),
+            },
+        }
     }
-
-    async fn take(conn: &mut PgConnection, req: &ChargeRequest) -> sqlx::Result<Result<(), Refusal>> {
-        debit(conn, "balance = balance - $2", req).await
-    }
-
-    async fn capture(conn: &mut PgConnection, req: &ChargeRequest) -> sqlx::Result<()> {
-        wallet_update(conn, "reserved = reserved - $2", req).await
-    }
-
-    async fn release(conn: &mut PgConnection, req: &ChargeRequest) -> sqlx::Result<()> {
-        wallet_update(conn, "balance = balance + $2, reserved = reserved - $2", req).await
-    }
-
-    async fn restore(conn: &mut PgConnection, req: &ChargeRequest) -> sqlx::Result<()> {
-        wallet_update(conn, "balance = balance + $2", req).await
-    }
-}
-
-/// Moves the amount out of the balance as `set` says, if the balance
-/// covers it; otherwise says why not.
-async fn debit(conn: &mut PgConnection, set: &str, req: &ChargeRequest) -> sqlx::Result<Result<(), Refusal>> {
-    let debited = sqlx::query(&format!(
-        "UPDATE wallets SET {set} WHERE customer = $1 AND balance >= $2"
-    ))
-    .bind(&req.customer)
-    .bind(req.amount)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if debited == 1 {
-        return Ok(Ok(()));
-    }
-    let exists: Option<(i64,)> = sqlx::query_as("SELECT balance FROM wallets WHERE customer = $1")
-        .bind(&req.customer)
-        .fetch_optional(&mut *conn)
-        .await?;
-    Ok(Err(match exists {
-        None => Refusal {
-            code: reasons::UNKNOWN_CUSTOMER,
-            message: format!("no wallet for customer {}", req.customer),
-        },
-        Some((balance,)) => Refusal {
-            code: reasons::INSUFFICIENT_FUNDS,
-            message: format!("customer {} has {balance}, needs {}", req.customer, req.amount),
-        },
-    }))
-}
-
-async fn wallet_update(conn: &mut PgConnection, set: &str, req: &ChargeRequest) -> sqlx::Result<()> {
-    sqlx::query(&format!("UPDATE wallets SET {set} WHERE customer = $1"))
-        .bind(&req.customer)
-        .bind(req.amount)
-        .execute(conn)
-        .await
-        .map(drop)
 }
 
 pub async fn seed(conn: &mut PgConnection, wallets: &[Wallet]) -> sqlx::Result<usize> {

@@ -5,7 +5,7 @@ use txlab_api::admin::Slot;
 use txlab_api::participant::{reasons, BookRequest, RecordState};
 use txlab_api::{Role, Step};
 
-use crate::participant::{BusinessTable, Participant, Refusal};
+use crate::participant::{BusinessTable, GuardedChange, Participant, Refusal};
 
 pub struct Shipping;
 
@@ -24,6 +24,17 @@ impl Participant for Shipping {
     const COLLECTION: &'static str = "shipments";
     const FORWARD_OP: &'static str = "book";
     const UNDO_OP: &'static str = "cancel";
+    /// A held booking already occupies the slot: capacity is what is
+    /// promised, and a held booking is the booking.
+    const HOLD: GuardedChange = GuardedChange {
+        set: "booked = booked + req.qty",
+        only_if: "booked + req.qty <= capacity",
+    };
+    const TAKE: GuardedChange = Self::HOLD;
+    const CAPTURE: Option<&'static str> = None;
+    const RELEASE: &'static str = "booked = booked - req.qty";
+    const RESTORE: &'static str = "booked = booked - req.qty";
+
     type Request = BookRequest;
 
     fn validate(req: &BookRequest) -> Result<(), String> {
@@ -42,58 +53,18 @@ impl Participant for Shipping {
         vec![(req.slot.clone(), 1)]
     }
 
-    /// A held booking already occupies the slot: capacity is what is promised.
-    async fn hold(conn: &mut PgConnection, req: &BookRequest) -> sqlx::Result<Result<(), Refusal>> {
-        let booked =
-            sqlx::query("UPDATE slots SET booked = booked + 1 WHERE slot = $1 AND booked < capacity")
-                .bind(&req.slot)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
-        if booked == 1 {
-            return Ok(Ok(()));
-        }
-        let exists: Option<(i64,)> = sqlx::query_as("SELECT capacity FROM slots WHERE slot = $1")
-            .bind(&req.slot)
-            .fetch_optional(&mut *conn)
-            .await?;
-        Ok(Err(match exists {
+    fn refusal(slot: &str, _: i64, capacity: Option<i64>) -> Refusal {
+        match capacity {
             None => Refusal {
                 code: reasons::UNKNOWN_SLOT,
-                message: format!("no courier slot {}", req.slot),
+                message: format!("no courier slot {slot}"),
             },
-            Some((capacity,)) => Refusal {
+            Some(capacity) => Refusal {
                 code: reasons::NO_SLOT,
-                message: format!("courier slot {} is full ({capacity} booked)", req.slot),
+                message: format!("courier slot {slot} is full ({capacity} booked)"),
             },
-        }))
+        }
     }
-
-    /// A held booking is the booking.
-    async fn take(conn: &mut PgConnection, req: &BookRequest) -> sqlx::Result<Result<(), Refusal>> {
-        Self::hold(conn, req).await
-    }
-
-    /// Nothing more to take: the held booking is the booking.
-    async fn capture(_conn: &mut PgConnection, _req: &BookRequest) -> sqlx::Result<()> {
-        Ok(())
-    }
-
-    async fn release(conn: &mut PgConnection, req: &BookRequest) -> sqlx::Result<()> {
-        unbook(conn, req).await
-    }
-
-    async fn restore(conn: &mut PgConnection, req: &BookRequest) -> sqlx::Result<()> {
-        unbook(conn, req).await
-    }
-}
-
-async fn unbook(conn: &mut PgConnection, req: &BookRequest) -> sqlx::Result<()> {
-    sqlx::query("UPDATE slots SET booked = booked - 1 WHERE slot = $1")
-        .bind(&req.slot)
-        .execute(conn)
-        .await
-        .map(drop)
 }
 
 pub async fn seed(conn: &mut PgConnection, slots: &[Slot]) -> sqlx::Result<usize> {
