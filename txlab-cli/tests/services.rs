@@ -784,11 +784,14 @@ async fn a_refused_basket_moves_nothing_and_a_taken_one_is_ledgered_in_full() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// A one-item forward call is one statement (epoch, record, change, ledger
-/// lines, record insert); it must still refuse a stale epoch and write
-/// nothing, answer a repeat from the record, refuse a step whose
-/// compensation came first, and record a refusal with its reason — as the
-/// step-by-step path did.
+/// A forward call is one statement (epoch, record, change, ledger lines,
+/// record insert), and so is a TCC confirm; they must still refuse a stale
+/// epoch and write nothing, answer a repeat from the record, refuse a step
+/// whose compensation came first, record a refusal with its reason — as
+/// the step-by-step path did — and move a basket's SKUs all or none while
+/// many baskets contend for the same rows. To see it fail: drop the epoch
+/// comparison from `go` in `ledger::forward_at_once` or
+/// `ledger::capture_at_once` (the stale calls then write).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_statement_step_keeps_the_fence_and_the_record_rules() {
     use txlab_api::admin::EPOCH_HEADER;
@@ -822,12 +825,15 @@ async fn a_one_statement_step_keeps_the_fence_and_the_record_rules() {
             .unwrap();
         (record, ops)
     }
-    let call = |op: &str, id: uuid::Uuid, qty: u32, epoch: &str| {
+    let basket = |op: &str, id: uuid::Uuid, lines: Value, epoch: &str| {
         client
             .post(format!("{inventory}/{}", op.replace("{id}", &id.to_string())))
             .header(EPOCH_HEADER, epoch)
-            .json(&json!({"lines": [{"sku": "sku-0001", "qty": qty}]}))
+            .json(&json!({ "lines": lines }))
             .send()
+    };
+    let call = |op: &str, id: uuid::Uuid, qty: u32, epoch: &str| {
+        basket(op, id, json!([{"sku": "sku-0001", "qty": qty}]), epoch)
     };
     async fn answer(r: reqwest::Response) -> (u16, Value) {
         (r.status().as_u16(), r.json().await.unwrap())
@@ -896,6 +902,93 @@ async fn a_one_statement_step_keeps_the_fence_and_the_record_rules() {
         written(&mut db, tried).await,
         (Some("tried".into()), vec!["hold".into()])
     );
+
+    // Its confirm captures what the try held, in one statement too, behind
+    // the same fence; a repeat is answered from the record.
+    let confirm = |id: uuid::Uuid, epoch: &str| {
+        client
+            .post(format!("{inventory}/tcc/reservations/{id}/confirm"))
+            .header(EPOCH_HEADER, epoch)
+            .send()
+    };
+    let (status, body) = answer(confirm(tried, "an-older-epoch").await.unwrap()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("stale_epoch")),
+        "{body}"
+    );
+    assert_eq!(stock(&mut db).await, (5, 2));
+    for repeated in [false, true] {
+        let (status, body) = answer(confirm(tried, &epoch).await.unwrap()).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            (body["state"].as_str(), body["repeated"].as_bool()),
+            (Some("reserved"), Some(repeated))
+        );
+    }
+    assert_eq!(stock(&mut db).await, (5, 0));
+    assert_eq!(
+        written(&mut db, tried).await,
+        (Some("reserved".into()), vec!["hold".into(), "capture".into()])
+    );
+    // Nothing tried, or tried and let go: nothing to confirm.
+    let (status, body) = answer(confirm(uuid::Uuid::new_v4(), &epoch).await.unwrap()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("wrong_state")),
+        "{body}"
+    );
+    let (status, body) = answer(confirm(late, &epoch).await.unwrap()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("wrong_state")),
+        "{body}"
+    );
+    assert_eq!(written(&mut db, late).await, (Some("voided".into()), vec![]));
+
+    // Baskets of several SKUs, many at once on the same two rows: each
+    // moves all its SKUs or none (refused while sku-0001 lasts), and none
+    // deadlocks on another, so the rows end where the records say.
+    sqlx::query("UPDATE stock SET available = CASE sku WHEN 'sku-0001' THEN 6 ELSE 40 END, reserved = 0 WHERE sku IN ('sku-0001', 'sku-0002')")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let lines = json!([{"sku": "sku-0002", "qty": 2}, {"sku": "sku-0001", "qty": 1}]);
+    let orders: Vec<uuid::Uuid> = (0..16).map(|_| uuid::Uuid::new_v4()).collect();
+    let calls: Vec<_> = orders
+        .iter()
+        .map(|id| {
+            let sent = basket("reservations/{id}/reserve", *id, lines.clone(), &epoch);
+            tokio::spawn(async move { answer(sent.await.unwrap()).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for call in calls {
+        answers.push(call.await.unwrap());
+    }
+    let mut taken = 0;
+    for (id, (status, body)) in orders.iter().zip(&answers) {
+        let (record, ops) = written(&mut db, *id).await;
+        match status {
+            200 => {
+                taken += 1;
+                assert_eq!((record.as_deref(), ops.len()), (Some("reserved"), 4), "{body}");
+            }
+            422 => {
+                assert_eq!(body["error"].as_str(), Some("out_of_stock"), "{body}");
+                assert_eq!((record.as_deref(), ops.len()), (Some("rejected"), 0));
+            }
+            _ => panic!("basket {id}: {status} {body}"),
+        }
+    }
+    assert_eq!(taken, 6, "{answers:?}");
+    let rows: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT available, reserved FROM stock WHERE sku IN ('sku-0001', 'sku-0002') ORDER BY sku",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(rows, vec![(0, 0), (40 - 2 * 6, 0)]);
     platform.shutdown().await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -169,19 +169,27 @@ pub enum AtOnce {
     Done,
     /// Nothing was written: the caller's epoch is not the lab's, which is this one.
     Stale(String),
-    /// Nothing was written: the order has a record here already, the row
-    /// refused, or the request moves more than one item. The step-by-step
-    /// path answers (from the record, with the refusal's reason, inside a
-    /// savepoint).
+    /// Nothing was written: the order has a record here already, or a row
+    /// cannot give its quantity. The step-by-step path answers (from the
+    /// record, or with the refusal's reason, inside a savepoint).
     StepByStep,
 }
 
-/// A forward call that moves one item, in one statement: checks the
-/// caller's `epoch` (`None`: not fenced) holding the lab's epoch row as
-/// [`super::Fence::check`] does, finds no record of the order, changes the
-/// item's row if it can give the quantity, appends the ledger lines and
-/// inserts the record in `state`. Outside a transaction it is one durable
-/// commit; inside one it saves the step-by-step path's round trips.
+/// A forward call in one statement: checks the caller's `epoch` (`None`:
+/// not fenced) holding the lab's epoch row as [`super::Fence::check`]
+/// does, finds no record of the order, locks the rows of all its items in
+/// byte order of their keys (the step-by-step path's: [`Participant::items`]
+/// sorts them so), and only if
+/// every row can give its quantity changes them all, appends the ledger
+/// lines and inserts the record in `state`. Outside a transaction it is
+/// one durable commit; inside one it saves the step-by-step path's round
+/// trips.
+///
+/// The rows are changed by what `locked` checked, not by `only_if` again:
+/// the update sees the rows as the statement's snapshot had them, and a
+/// row another order changed since could fail (or pass) the guard there
+/// while its locked, current version passes (or fails) it; re-checked,
+/// a basket could move some of its items and not others.
 ///
 /// The record is not locked: a call for the same order that inserts its
 /// record meanwhile makes this statement fail on the records' primary key,
@@ -195,35 +203,36 @@ pub async fn forward_at_once<P: Participant>(
     state: RecordState,
     request: &serde_json::Value,
 ) -> sqlx::Result<AtOnce> {
-    let items = P::items(req);
-    let [(item, qty)] = items.as_slice() else {
-        return Ok(AtOnce::StepByStep);
-    };
+    let (items, qty): (Vec<String>, Vec<i64>) = P::items(req).into_iter().unzip();
     let BusinessTable { table, key, .. } = P::BUSINESS;
     let GuardedChange { set, only_if } = how.change::<P>();
     let records = P::RECORDS;
-    // `go` is read by the update before it changes a row, so the epoch row
-    // is held (and a reset under way waited for) before anything is written.
+    // `go` counts every locked row before anything is written, so the
+    // epoch row is held (a reset under way waited for) and all the items'
+    // rows are locked, in key order, before the first change.
     let sql = format!(
         "WITH lab AS (SELECT epoch FROM lab_epoch WHERE $3::text IS NOT NULL FOR SHARE), \
               prior AS (SELECT FROM {records} WHERE order_id = $4), \
-              go AS (SELECT WHERE NOT EXISTS (SELECT FROM prior) \
-                     AND ($3::text IS NULL OR $3::text = (SELECT epoch FROM lab))), \
-              moved AS (UPDATE {table} SET {set} \
-                        FROM (SELECT $1::text AS item, $2::bigint AS qty) AS req \
-                        WHERE {table}.{key} = req.item AND ({only_if}) \
-                          AND EXISTS (SELECT FROM go) \
-                        RETURNING 1), \
+              req AS (SELECT * FROM UNNEST($1::text[], $2::bigint[]) AS req (item, qty)), \
+              locked AS (SELECT ({only_if}) AS can FROM {table} JOIN req ON {table}.{key} = req.item \
+                         WHERE NOT EXISTS (SELECT FROM prior) \
+                           AND ($3::text IS NULL OR $3::text = (SELECT epoch FROM lab)) \
+                         ORDER BY {table}.{key} COLLATE \"C\" FOR UPDATE OF {table}), \
+              go AS (SELECT WHERE (SELECT count(*) FILTER (WHERE can) FROM locked) = cardinality($1::text[])), \
+              moved AS (UPDATE {table} SET {set} FROM req \
+                        WHERE {table}.{key} = req.item AND EXISTS (SELECT FROM go)), \
               lines AS (INSERT INTO ledger (order_id, op, item, qty, at_ms) \
-                        SELECT $4, o.op, $1, $2, $5 FROM UNNEST($6::text[]) WITH ORDINALITY AS o (op, n) \
-                        WHERE EXISTS (SELECT FROM moved) ORDER BY o.n), \
+                        SELECT $4, o.op, l.item, l.qty, $5 \
+                        FROM UNNEST($6::text[]) WITH ORDINALITY AS o (op, n) \
+                        CROSS JOIN UNNEST($1::text[], $2::bigint[]) WITH ORDINALITY AS l (item, qty, n) \
+                        WHERE EXISTS (SELECT FROM go) ORDER BY o.n, l.n), \
               record AS (INSERT INTO {records} (order_id, state, request, updated_ms) \
-                        SELECT $4, $7, $8, $5 WHERE EXISTS (SELECT FROM moved)) \
-         SELECT (SELECT epoch FROM lab), EXISTS (SELECT FROM moved)"
+                        SELECT $4, $7, $8, $5 WHERE EXISTS (SELECT FROM go)) \
+         SELECT (SELECT epoch FROM lab), EXISTS (SELECT FROM go)"
     );
     let (lab, moved): (Option<String>, bool) = sqlx::query_as(&sql)
-        .bind(item)
-        .bind(qty)
+        .bind(&items)
+        .bind(&qty)
         .bind(epoch)
         .bind(order_id)
         .bind(txlab_tx::now_ms())
@@ -237,4 +246,77 @@ pub async fn forward_at_once<P: Participant>(
         _ if moved => AtOnce::Done,
         _ => AtOnce::StepByStep,
     })
+}
+
+/// What [`capture_at_once`] found, having done what the record allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Captured {
+    /// Nothing was written: the caller's epoch is not the lab's, which is this one.
+    Stale(String),
+    /// The order's record as it was when locked (`None`: there is none).
+    /// Only a `tried` one was captured: its items taken, their ledger
+    /// lines written and the record moved to [`Participant::APPLIED`].
+    Record(Option<RecordState>),
+}
+
+/// A TCC confirm in one statement: checks the caller's `epoch` as
+/// [`forward_at_once`] does, locks the order's record and, when it is
+/// `tried`, captures what the order's hold lines in the ledger say was
+/// held (what its try moved: a try writes them with the record), locking
+/// those rows in key order first as the step-by-step path does, then
+/// advances the record. One durable commit, as the seven round trips of
+/// the step-by-step path were.
+pub async fn capture_at_once<P: Participant>(
+    conn: &mut PgConnection,
+    epoch: Option<&str>,
+    order_id: Uuid,
+) -> sqlx::Result<Captured> {
+    let BusinessTable { table, key, .. } = P::BUSINESS;
+    let records = P::RECORDS;
+    // A participant whose hold already took the resources (`CAPTURE` is
+    // `None`) only writes the capture lines and the record.
+    let take = match P::CAPTURE {
+        Some(set) => format!(
+            "locked AS (SELECT FROM {table} JOIN req ON {table}.{key} = req.item \
+                        ORDER BY {table}.{key} COLLATE \"C\" FOR UPDATE OF {table}), \
+             moved AS (UPDATE {table} SET {set} FROM req \
+                       WHERE {table}.{key} = req.item AND (SELECT count(*) FROM locked) > 0), "
+        ),
+        None => String::new(),
+    };
+    // The main query reads `lab` then `rec`, which takes the epoch row's
+    // share lock before the record's lock, as the fence check does; the
+    // writes run after, behind `go`.
+    let sql = format!(
+        "WITH lab AS (SELECT epoch FROM lab_epoch WHERE $2::text IS NOT NULL FOR SHARE), \
+              rec AS (SELECT state FROM {records} WHERE order_id = $1 FOR UPDATE), \
+              go AS (SELECT WHERE (SELECT state FROM rec) = $3 \
+                     AND ($2::text IS NULL OR $2::text = (SELECT epoch FROM lab))), \
+              req AS (SELECT item, qty FROM ledger \
+                      WHERE order_id = $1 AND op = $4 AND EXISTS (SELECT FROM go)), \
+              {take}\
+              lines AS (INSERT INTO ledger (order_id, op, item, qty, at_ms) \
+                        SELECT $1, $5, item, qty, $6 FROM req ORDER BY item), \
+              advanced AS (UPDATE {records} SET state = $7, updated_ms = $6 \
+                           WHERE order_id = $1 AND EXISTS (SELECT FROM go)) \
+         SELECT (SELECT epoch FROM lab), (SELECT state FROM rec)"
+    );
+    let (lab, before): (Option<String>, Option<String>) = sqlx::query_as(&sql)
+        .bind(order_id)
+        .bind(epoch)
+        .bind(RecordState::Tried.as_str())
+        .bind(LedgerOp::Hold.as_str())
+        .bind(LedgerOp::Capture.as_str())
+        .bind(txlab_tx::now_ms())
+        .bind(P::APPLIED.as_str())
+        .fetch_one(conn)
+        .await?;
+    if let (Some(theirs), Some(ours)) = (epoch, lab) {
+        if theirs != ours {
+            return Ok(Captured::Stale(ours));
+        }
+    }
+    Ok(Captured::Record(
+        before.as_deref().map(super::record_state).transpose()?,
+    ))
 }

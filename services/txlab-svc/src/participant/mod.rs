@@ -162,8 +162,10 @@ pub trait Participant: Send + Sync + 'static {
     fn request_for(order: &txlab_api::event::OrderSpec) -> Self::Request;
 
     /// What the request moves, as (item, quantity), one entry per item, in
-    /// the order rows are locked in: the business rows changed, and the
-    /// ledger's lines.
+    /// the order rows are locked in — ascending byte order of the items,
+    /// the order the one-statement path locks them in, so that two
+    /// baskets never wait for each other's rows: the business rows
+    /// changed, and the ledger's lines.
     fn items(req: &Self::Request) -> Vec<(String, i64)>;
 
     /// Why `item`'s row refused to give `qty`, given its

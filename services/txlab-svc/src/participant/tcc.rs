@@ -85,24 +85,41 @@ pub async fn confirm_once<P: Participant>(
     fence: &Fence,
     order_id: Uuid,
 ) -> Result<StepReply, OpError> {
+    // A fault during the confirm fires between the capture and the commit:
+    // only the step-by-step path has that moment.
+    if !faults.may_fire(FaultPoint::DuringConfirm) {
+        let mut conn = pool.acquire().await?;
+        return match ledger::capture_at_once::<P>(&mut conn, fence.epoch(), order_id).await? {
+            ledger::Captured::Stale(ours) => Err(Fence::stale(fence.epoch().unwrap_or_default(), &ours)),
+            ledger::Captured::Record(before) => confirmed::<P>(order_id, before),
+        };
+    }
     let mut tx = pool.begin().await?;
     fence.check(&mut tx).await?;
-    let out = match lock_record::<P>(&mut tx, order_id).await? {
-        None => return Err(conflict(order_id, &"missing (no try)", "confirm")),
-        Some(r) if r.state == RecordState::Tried => {
-            ledger::capture::<P>(&mut tx, order_id, &r.request::<P>()?).await?;
-            advance_record::<P>(&mut tx, order_id, P::APPLIED).await?;
-            faults
-                .fire(FaultPoint::DuringConfirm)
-                .await
-                .map_err(OpError::Fault)?;
-            reply(order_id, P::APPLIED, false)
-        }
-        Some(r) if r.state == P::APPLIED => reply(order_id, r.state, true),
-        Some(r) => return Err(conflict(order_id, &r.state, "confirm")),
-    };
+    let record = lock_record::<P>(&mut tx, order_id).await?;
+    let before = record.as_ref().map(|r| r.state);
+    if let Some(r) = record.filter(|r| r.state == RecordState::Tried) {
+        ledger::capture::<P>(&mut tx, order_id, &r.request::<P>()?).await?;
+        advance_record::<P>(&mut tx, order_id, P::APPLIED).await?;
+        faults
+            .fire(FaultPoint::DuringConfirm)
+            .await
+            .map_err(OpError::Fault)?;
+    }
+    let out = confirmed::<P>(order_id, before)?;
     tx.commit().await?;
     Ok(out)
+}
+
+/// A confirm's answer, from the record as it found it: a `tried` record
+/// it has just captured, a captured one a repeat; anything else refuses.
+fn confirmed<P: Participant>(order_id: Uuid, before: Option<RecordState>) -> Result<StepReply, OpError> {
+    match before {
+        None => Err(conflict(order_id, &"missing (no try)", "confirm")),
+        Some(RecordState::Tried) => Ok(reply(order_id, P::APPLIED, false)),
+        Some(s) if s == P::APPLIED => Ok(reply(order_id, s, true)),
+        Some(s) => Err(conflict(order_id, &s, "confirm")),
+    }
 }
 
 pub async fn cancel_once<P: Participant>(
