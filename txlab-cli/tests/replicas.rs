@@ -54,21 +54,6 @@ fn assert_every_order_decided_cleanly(s: &CellSummary) {
     assert_eq!(s.unexpected, 0, "{}: {:?}", s.cell, s.unexpected_examples);
 }
 
-/// The business events one process counted (`txlab_events_total`) of
-/// the kinds `kind` accepts.
-fn events(metrics_text: &str, kind: impl Fn(&str) -> bool) -> f64 {
-    metrics_text
-        .lines()
-        .filter(|l| l.starts_with("txlab_events_total{"))
-        .filter(|l| {
-            l.split(['{', ',', '}'])
-                .find_map(|label| label.strip_prefix("kind=\""))
-                .is_some_and(|k| kind(k.trim_end_matches('"')))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 async fn metrics_text(url: &str) -> String {
     common::client()
         .get(format!("{url}/metrics"))
@@ -125,11 +110,28 @@ async fn three_replicas_of_every_service_share_the_work_under_every_method() {
         // Each process did business work: the proxy spread the callers'
         // connections, and the consumers split the topics' partitions.
         let e = platform.endpoints();
+        if method.is_event_driven() {
+            // The order's relay may run in any of its replicas: its
+            // writers wake it by NOTIFY, not in memory.
+            let mut woken = (0.0, 0.0);
+            for url in e.replica_urls(Role::Order) {
+                let text = metrics_text(url).await;
+                let count = |how: &'static str| {
+                    common::events_counted(&text, move |kind, detail| kind == "relay_wakeup" && detail == how)
+                };
+                woken = (woken.0 + count("notify"), woken.1 + count("memory"));
+            }
+            assert!(
+                woken.0 > 0.0 && woken.1 == 0.0,
+                "{method}: order relay wake-ups (notify, memory) {woken:?}"
+            );
+        }
         for role in Role::ALL {
             let urls = e.replica_urls(role);
             assert_eq!(urls.len(), 3, "{method}: {role} replicas {urls:?}");
             for (i, url) in urls.iter().enumerate() {
-                let work = events(&metrics_text(url).await, |_| true);
+                // Business events; a relay's wake-ups are not work.
+                let work = common::events_counted(&metrics_text(url).await, |kind, _| kind != "relay_wakeup");
                 assert!(work > 0.0, "{method}: {role}-{i} did no work");
                 assert!(
                     s.resources.contains_key(&format!("{role}-{i}")),
@@ -161,7 +163,7 @@ async fn a_killed_order_replica_s_transactions_are_taken_over_and_finish() {
         // after 4 s, is a new process with counters of its own).
         let mut taken = 0.0;
         for url in &platform.endpoints().replica_urls(Role::Order)[1..] {
-            taken += events(&metrics_text(url).await, |k| k == "taken_over");
+            taken += common::events_counted(&metrics_text(url).await, |k, _| k == "taken_over");
         }
         assert!(
             taken >= 1.0,

@@ -419,6 +419,44 @@ async fn only_the_relay_lock_holder_publishes_and_a_waiting_relay_takes_over() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// With one replica per service, whoever writes an outbox row runs the
+/// relay that publishes it: the writers wake it in memory after their
+/// commit and send no NOTIFY (each would serialize its commit with every
+/// other notifying commit of the cluster). The test listens on the
+/// relays' channel in the order's and the payment's databases while a
+/// choreographed order goes through: nothing is heard, and both services
+/// count wake-ups from memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_replica_wakes_its_relay_in_memory_without_a_notify() {
+    let (platform, e, dir, client) = common::seeded_with("relay-wake", TxMode::SagaChor).await;
+    let mut listeners = Vec::new();
+    for role in [Role::Order, Role::Payment] {
+        let mut l = sqlx::postgres::PgListener::connect(e.database(role).unwrap())
+            .await
+            .unwrap();
+        l.listen("txlab_outbox").await.unwrap();
+        listeners.push((role, l));
+    }
+    let order = json!({"customer": "c00005", "items": [{"sku": "sku-0005", "qty": 1, "unit_price": 500}], "slot": "slot-005"});
+    let id = common::create_order(&client, &e, &order, None).await;
+    let decided = common::wait_decided(&client, e.url(Role::Order).unwrap(), &id).await;
+    assert_eq!(decided["state"], "confirmed", "{decided}");
+    for (role, mut l) in listeners {
+        // A NOTIFY is delivered at its commit, long before the decision.
+        let heard = tokio::time::timeout(Duration::from_millis(500), l.try_recv()).await;
+        assert!(
+            matches!(heard, Err(_) | Ok(Ok(None))),
+            "{role}: a writer notified: {heard:?}"
+        );
+        let text = common::metrics(&client, &e, role).await;
+        let memory =
+            common::events_counted(&text, |kind, detail| kind == "relay_wakeup" && detail == "memory");
+        assert!(memory >= 1.0, "{role}: no relay wake-up from memory:\n{text}");
+    }
+    platform.shutdown().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A consumer applies an event once and only in its own cell: a copy of
 /// an event already handled changes nothing, and an event stamped with an
 /// older cell's epoch is dropped, counted as stale. Both are published by

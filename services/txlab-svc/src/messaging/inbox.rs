@@ -34,20 +34,31 @@ pub async fn admit_heard_at(
     message_id: &str,
     received_ms: i64,
 ) -> sqlx::Result<Delivery> {
-    let (current, first): (bool, bool) = sqlx::query_as(
-        "WITH lab AS (SELECT epoch = $1 AS current FROM lab_epoch FOR SHARE), \
-              seen AS (INSERT INTO inbox (message_id, received_ms) SELECT $2, $3 FROM lab WHERE current \
-                       ON CONFLICT DO NOTHING RETURNING 1) \
-         SELECT current, EXISTS (SELECT 1 FROM seen) FROM lab",
-    )
+    let (current, first): (bool, bool) = sqlx::query_as(&format!(
+        "WITH {ADMIT_CTES} SELECT current, EXISTS (SELECT FROM seen) FROM lab"
+    ))
     .bind(epoch)
     .bind(message_id)
     .bind(received_ms)
     .fetch_one(&mut *conn)
     .await?;
-    Ok(match (current, first) {
+    Ok(delivery(current, first))
+}
+
+/// The common table expressions of [`admit`], for a statement that writes
+/// a message's effect with its inbox row: `lab` (`current`: whether the
+/// message's epoch `$1` is the lab's, whose row it holds FOR SHARE) and
+/// `seen` (one row when the message id `$2` was recorded now, received
+/// at `$3`: its first delivery). The statement's effect reads `seen`.
+pub const ADMIT_CTES: &str = "lab AS (SELECT epoch = $1 AS current FROM lab_epoch FOR SHARE), \
+     seen AS (INSERT INTO inbox (message_id, received_ms) SELECT $2, $3 FROM lab WHERE current \
+              ON CONFLICT DO NOTHING RETURNING 1)";
+
+/// What `lab`'s `current` and whether `seen` has a row say.
+pub fn delivery(current: bool, first: bool) -> Delivery {
+    match (current, first) {
         (false, _) => Delivery::Stale,
         (true, false) => Delivery::Repeated,
         (true, true) => Delivery::First,
-    })
+    }
 }

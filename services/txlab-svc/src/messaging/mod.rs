@@ -1,8 +1,9 @@
 //! Messaging with once-only effects, the IO half of the event-driven
 //! methods (their rules are in `txlab_tx::choreography`).
 //!
-//! - [`outbox`]: write an event in the caller's transaction; a relay
-//!   publishes it (`FOR UPDATE SKIP LOCKED`, woken by LISTEN/NOTIFY).
+//! - [`outbox`]: write an event in the caller's transaction; one relay per
+//!   database (the holder of an advisory lock) publishes it, woken in
+//!   memory by its own process's writers, by NOTIFY from other replicas'.
 //! - [`inbox`]: deduplicate consumed messages in the same transaction as
 //!   their effect.
 //! - [`kafka`]: producer, consumer and topic set-up with the settings the lab

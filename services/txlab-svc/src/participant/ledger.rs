@@ -9,7 +9,9 @@
 //! epoch check, record check, change, ledger lines, record — in one
 //! statement, the common case's one round trip.
 
-use sqlx::PgConnection;
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::query::QueryAs;
+use sqlx::{FromRow, PgConnection, Postgres};
 use txlab_api::participant::{LedgerOp, RecordState};
 use uuid::Uuid;
 
@@ -175,6 +177,67 @@ pub enum AtOnce {
     StepByStep,
 }
 
+/// The CTEs of a forward call in one statement, after a `lab` CTE the
+/// caller defines: `prior` (the order's record, if any), `req` (the
+/// items), `locked` (every item's row, locked in key byte order, with
+/// whether it can give its quantity; nothing is locked unless `gate`
+/// holds and there is no record), `go` (one row when every item's row
+/// can), and the writes behind `go`: `moved`, `lines`, `record`.
+/// Parameters: `$1` items, `$2` quantities, `$4` order, `$5` now (ms),
+/// `$6` ledger ops, `$7` record state, `$8` stored request.
+///
+/// `go` counts every locked row before anything is written, so the
+/// epoch row `gate` reads is held (a reset under way waited for) and
+/// all the items' rows are locked, in key order, before the first change.
+pub fn forward_ctes<P: Participant>(how: Forward, gate: &str) -> String {
+    let BusinessTable { table, key, .. } = P::BUSINESS;
+    let GuardedChange { set, only_if } = how.change::<P>();
+    let records = P::RECORDS;
+    format!(
+        "prior AS (SELECT FROM {records} WHERE order_id = $4), \
+         req AS (SELECT * FROM UNNEST($1::text[], $2::bigint[]) AS req (item, qty)), \
+         locked AS (SELECT ({only_if}) AS can FROM {table} JOIN req ON {table}.{key} = req.item \
+                    WHERE NOT EXISTS (SELECT FROM prior) AND {gate} \
+                    ORDER BY {table}.{key} COLLATE \"C\" FOR UPDATE OF {table}), \
+         go AS (SELECT WHERE (SELECT count(*) FILTER (WHERE can) FROM locked) = cardinality($1::text[])), \
+         moved AS (UPDATE {table} SET {set} FROM req \
+                   WHERE {table}.{key} = req.item AND EXISTS (SELECT FROM go)), \
+         lines AS (INSERT INTO ledger (order_id, op, item, qty, at_ms) \
+                   SELECT $4, o.op, l.item, l.qty, $5 \
+                   FROM UNNEST($6::text[]) WITH ORDINALITY AS o (op, n) \
+                   CROSS JOIN UNNEST($1::text[], $2::bigint[]) WITH ORDINALITY AS l (item, qty, n) \
+                   WHERE EXISTS (SELECT FROM go) ORDER BY o.n, l.n), \
+         record AS (INSERT INTO {records} (order_id, state, request, updated_ms) \
+                    SELECT $4, $7, $8, $5 WHERE EXISTS (SELECT FROM go))"
+    )
+}
+
+/// A statement built on [`forward_ctes`] with its parameters `$1` to `$8`
+/// bound (`$3` is `epoch`); the caller binds any after them.
+pub fn forward_query<'q, P: Participant, O>(
+    sql: &'q str,
+    epoch: Option<&'q str>,
+    order_id: Uuid,
+    req: &P::Request,
+    how: Forward,
+    state: RecordState,
+    request: &'q serde_json::Value,
+) -> QueryAs<'q, Postgres, O, PgArguments>
+where
+    O: for<'r> FromRow<'r, PgRow>,
+{
+    let (items, qty): (Vec<String>, Vec<i64>) = P::items(req).into_iter().unzip();
+    sqlx::query_as(sql)
+        .bind(items)
+        .bind(qty)
+        .bind(epoch)
+        .bind(order_id)
+        .bind(txlab_tx::now_ms())
+        .bind(op_names(how.ops()))
+        .bind(state.as_str())
+        .bind(request)
+}
+
 /// A forward call in one statement: checks the caller's `epoch` (`None`:
 /// not fenced) holding the lab's epoch row as [`super::Fence::check`]
 /// does, finds no record of the order, locks the rows of all its items in
@@ -203,44 +266,15 @@ pub async fn forward_at_once<P: Participant>(
     state: RecordState,
     request: &serde_json::Value,
 ) -> sqlx::Result<AtOnce> {
-    let (items, qty): (Vec<String>, Vec<i64>) = P::items(req).into_iter().unzip();
-    let BusinessTable { table, key, .. } = P::BUSINESS;
-    let GuardedChange { set, only_if } = how.change::<P>();
-    let records = P::RECORDS;
-    // `go` counts every locked row before anything is written, so the
-    // epoch row is held (a reset under way waited for) and all the items'
-    // rows are locked, in key order, before the first change.
     let sql = format!(
-        "WITH lab AS (SELECT epoch FROM lab_epoch WHERE $3::text IS NOT NULL FOR SHARE), \
-              prior AS (SELECT FROM {records} WHERE order_id = $4), \
-              req AS (SELECT * FROM UNNEST($1::text[], $2::bigint[]) AS req (item, qty)), \
-              locked AS (SELECT ({only_if}) AS can FROM {table} JOIN req ON {table}.{key} = req.item \
-                         WHERE NOT EXISTS (SELECT FROM prior) \
-                           AND ($3::text IS NULL OR $3::text = (SELECT epoch FROM lab)) \
-                         ORDER BY {table}.{key} COLLATE \"C\" FOR UPDATE OF {table}), \
-              go AS (SELECT WHERE (SELECT count(*) FILTER (WHERE can) FROM locked) = cardinality($1::text[])), \
-              moved AS (UPDATE {table} SET {set} FROM req \
-                        WHERE {table}.{key} = req.item AND EXISTS (SELECT FROM go)), \
-              lines AS (INSERT INTO ledger (order_id, op, item, qty, at_ms) \
-                        SELECT $4, o.op, l.item, l.qty, $5 \
-                        FROM UNNEST($6::text[]) WITH ORDINALITY AS o (op, n) \
-                        CROSS JOIN UNNEST($1::text[], $2::bigint[]) WITH ORDINALITY AS l (item, qty, n) \
-                        WHERE EXISTS (SELECT FROM go) ORDER BY o.n, l.n), \
-              record AS (INSERT INTO {records} (order_id, state, request, updated_ms) \
-                        SELECT $4, $7, $8, $5 WHERE EXISTS (SELECT FROM go)) \
-         SELECT (SELECT epoch FROM lab), EXISTS (SELECT FROM go)"
+        "WITH lab AS (SELECT epoch FROM lab_epoch WHERE $3::text IS NOT NULL FOR SHARE), {} \
+         SELECT (SELECT epoch FROM lab), EXISTS (SELECT FROM go)",
+        forward_ctes::<P>(how, "($3::text IS NULL OR $3::text = (SELECT epoch FROM lab))")
     );
-    let (lab, moved): (Option<String>, bool) = sqlx::query_as(&sql)
-        .bind(&items)
-        .bind(&qty)
-        .bind(epoch)
-        .bind(order_id)
-        .bind(txlab_tx::now_ms())
-        .bind(op_names(how.ops()))
-        .bind(state.as_str())
-        .bind(request)
-        .fetch_one(conn)
-        .await?;
+    let (lab, moved): (Option<String>, bool) =
+        forward_query::<P, _>(&sql, epoch, order_id, req, how, state, request)
+            .fetch_one(conn)
+            .await?;
     Ok(match (epoch, lab) {
         (Some(theirs), Some(ours)) if theirs != ours => AtOnce::Stale(ours),
         _ if moved => AtOnce::Done,

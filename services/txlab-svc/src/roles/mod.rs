@@ -32,6 +32,8 @@ pub struct AppState {
     pub faults: Arc<FaultSwitch>,
     /// Which of the role's processes this is.
     pub replica: crate::config::Replica,
+    /// How this process's writers of outbox rows wake the relay.
+    pub relay: crate::messaging::outbox::RelayWake,
 }
 
 impl HasFaults for AppState {
@@ -60,6 +62,7 @@ pub async fn build(config: &Config, pool: PgPool, stop: watch::Receiver<bool>) -
         metrics: metrics.clone(),
         faults,
         replica: config.replica,
+        relay: crate::messaging::outbox::RelayWake::for_replicas(config.replica.count),
     };
     let admin = admin_routes(config.role).with_state(state.clone());
     let (routes, background) = match config.role {

@@ -47,24 +47,29 @@ pub async fn build(
     Ok((router, vec![task]))
 }
 
-/// Stores one notification unless the inbox has seen the event; returns
-/// whether it was the first delivery.
+/// Stores one notification unless the inbox has seen the event (or it is
+/// from a cell the lab has reset away); returns whether it was the first
+/// delivery. The inbox row and the notification are one statement: one
+/// round trip and one commit.
 #[tracing::instrument(skip_all, fields(order_id = %event.order_id))]
 async fn apply(state: &AppState, event: &OrderOutcome) -> sqlx::Result<bool> {
-    let mut tx = state.pool.begin().await?;
-    // A stale event (from a cell the lab has reset away) is dropped too.
-    let delivery = inbox::admit(&mut tx, &event.epoch, &event.event_id.to_string()).await?;
-    let first = delivery == Delivery::First;
+    let (current, first): (bool, bool) = sqlx::query_as(&format!(
+        "WITH {}, \
+              noted AS (INSERT INTO notifications (order_id, kind, received_ms) SELECT $4, $5, $3 FROM seen) \
+         SELECT current, EXISTS (SELECT FROM seen) FROM lab",
+        inbox::ADMIT_CTES
+    ))
+    .bind(&event.epoch)
+    .bind(event.event_id.to_string())
+    .bind(txlab_tx::now_ms())
+    .bind(event.order_id)
+    .bind(event.state.as_str())
+    .fetch_one(&state.pool)
+    .await?;
+    let first = inbox::delivery(current, first) == Delivery::First;
     if first {
-        sqlx::query("INSERT INTO notifications (order_id, kind, received_ms) VALUES ($1, $2, $3)")
-            .bind(event.order_id)
-            .bind(event.state.as_str())
-            .bind(txlab_tx::now_ms())
-            .execute(&mut *tx)
-            .await?;
         tracing::info!(kind = event.state.as_str(), "notified");
     }
-    tx.commit().await?;
     Ok(first)
 }
 

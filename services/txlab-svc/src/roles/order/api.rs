@@ -100,7 +100,7 @@ pub async fn create(
     let mut tx = orders.app.pool.begin().await?;
     // This replica drives the orders it takes (methods with an engine).
     let driver = (!order.method.is_event_driven()).then(|| orders.driver.key());
-    let epoch = insert_order(&mut tx, &order, faults.raw.as_deref(), driver).await?;
+    let epoch = insert_order(&mut tx, &orders.app.relay, &order, faults.raw.as_deref(), driver).await?;
     if let Some(key) = &key {
         if !claim_key(&mut tx, key, &request, &order).await? {
             // A concurrent request with the same key won: answer with its order.
@@ -118,8 +118,12 @@ pub async fn create(
     let engine = !order.method.is_event_driven();
     let left = engine.then(|| orders.leave_for_engine(OrderRow::written(&order, faults.raw, epoch)));
     tx.commit().await?;
-    if let Some(left) = left {
-        left.keep();
+    if engine {
+        if let Some(left) = left {
+            left.keep();
+        }
+    } else {
+        orders.app.relay.committed(); // the order's event
     }
     tracing::info!(order_id = %order.id, amount, "order accepted");
     orders.app.metrics.event("order", "accepted");
@@ -138,6 +142,7 @@ pub async fn create(
 /// the epoch the order was born in.
 async fn insert_order(
     tx: &mut sqlx::PgConnection,
+    relay: &crate::messaging::outbox::RelayWake,
     order: &OrderView,
     fault: Option<&str>,
     driver: Option<i32>,
@@ -178,6 +183,7 @@ async fn insert_order(
         };
         super::choreography::emit(
             tx,
+            relay,
             id,
             spec,
             txlab_api::event::CheckoutKind::OrderPlaced,
@@ -290,6 +296,7 @@ pub async fn cancel(
     if order.method.is_event_driven() {
         super::choreography::emit(
             &mut tx,
+            &orders.app.relay,
             id,
             order.spec(),
             txlab_api::event::CheckoutKind::CancelRequested,
@@ -301,6 +308,7 @@ pub async fn cancel(
         super::drivers::wake_up(&mut tx, 'l', id).await?;
     }
     tx.commit().await?;
+    orders.app.relay.committed();
     tracing::info!(order_id = %id, stage = %order.state, "cancel requested");
     orders.app.metrics.event("order", "cancel_requested");
     if order.method.is_event_driven() {

@@ -20,11 +20,14 @@ use super::store::{load_order, load_saga, write_marks, Mark, OrderRow, Unwritten
 use super::Orders;
 use crate::messaging::consumer::{Ack, Receipt};
 use crate::messaging::inbox::{self, Delivery};
+use crate::messaging::outbox::RelayWake;
 
 /// Writes a checkout event with the caller's transaction. `epoch` must
 /// have been read first thing in that transaction (see [`crate::epoch::epoch`]).
+/// The caller wakes the relay after its commit ([`RelayWake::committed`]).
 pub async fn emit(
     conn: &mut sqlx::PgConnection,
+    relay: &RelayWake,
     order_id: Uuid,
     spec: OrderSpec,
     kind: CheckoutKind,
@@ -38,7 +41,7 @@ pub async fn emit(
         epoch,
     };
     let payload = serde_json::to_value(&event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    crate::messaging::outbox::enqueue(conn, CHECKOUT_TOPIC, &order_id.to_string(), &payload).await
+    crate::messaging::outbox::enqueue(conn, relay, CHECKOUT_TOPIC, &order_id.to_string(), &payload).await
 }
 
 /// Consumes the participants' checkout events, and writes held results
@@ -160,7 +163,7 @@ async fn record(
     // Judged in the same transaction (also after a redelivery: a crash may
     // have come between hearing and judging), so the event that decides an
     // order commits with its outcome.
-    let decision = judge(&mut tx, id).await?;
+    let decision = judge(&mut tx, &orders.app, id).await?;
     tx.commit().await?;
     Ok(decision)
 }
@@ -196,6 +199,7 @@ pub async fn evaluate(orders: &Orders, id: Uuid) -> anyhow::Result<()> {
 /// it, records the outcome there too.
 async fn judge(
     tx: &mut sqlx::PgConnection,
+    app: &crate::roles::AppState,
     id: Uuid,
 ) -> anyhow::Result<Option<(OrderRow, OrderState, Decided)>> {
     let Some(order) = load_order(&mut *tx, id).await? else {
@@ -218,6 +222,6 @@ async fn judge(
     let Some(state) = verdict(order.method, &heard) else {
         return Ok(None);
     };
-    let decided = decide_in(&mut *tx, &order, state).await?;
+    let decided = decide_in(&mut *tx, app, &order, state).await?;
     Ok(Some((order, state, decided)))
 }

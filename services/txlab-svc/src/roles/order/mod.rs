@@ -89,6 +89,8 @@ pub async fn build(
     let relay = crate::messaging::outbox::Relay::new(
         app.pool.clone(),
         crate::messaging::kafka::ready_producer(&brokers, &[CHECKOUT_TOPIC, ORDER_EVENTS_TOPIC]).await?,
+        app.relay.clone(),
+        app.metrics.clone(),
     );
     let relay_task = tokio::spawn(relay.run(crate::stopped(stop.clone())));
     let (driver, session) = drivers::register(&app.pool)

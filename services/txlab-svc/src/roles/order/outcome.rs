@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::store::{OrderRow, Unwritten};
 use super::Orders;
+use crate::roles::AppState;
 
 /// Marks a running order as compensating. Only a pending order moves here;
 /// a confirmed one is moved by the cancel itself, and a terminal one never.
@@ -54,7 +55,7 @@ pub async fn finish_with(
 ) -> anyhow::Result<bool> {
     let mut tx = orders.app.pool.begin().await?;
     orders.write_marks(&mut tx, order.id, unwritten).await?;
-    let decided = decide_in(&mut tx, order, state).await?;
+    let decided = decide_in(&mut tx, &orders.app, order, state).await?;
     tx.commit().await?;
     Ok(announce(orders, order, state, decided))
 }
@@ -76,6 +77,7 @@ pub enum Decided {
 /// Call [`announce`] after the commit.
 pub async fn decide_in(
     tx: &mut sqlx::PgConnection,
+    app: &AppState,
     order: &OrderRow,
     state: OrderState,
 ) -> anyhow::Result<Decided> {
@@ -135,9 +137,21 @@ pub async fn decide_in(
         epoch: order.epoch.clone(),
     };
     let payload = serde_json::to_value(&event).context("encoding the outcome event")?;
-    crate::messaging::outbox::enqueue(&mut *tx, ORDER_EVENTS_TOPIC, &order.id.to_string(), &payload).await?;
-    // Long-polls of this order may wait on another replica.
-    super::drivers::wake_up(&mut *tx, 'd', order.id).await?;
+    crate::messaging::outbox::enqueue(
+        &mut *tx,
+        &app.relay,
+        ORDER_EVENTS_TOPIC,
+        &order.id.to_string(),
+        &payload,
+    )
+    .await?;
+    // Long-polls of this order may wait on another replica. A lone
+    // replica needs no NOTIFY (`messaging::outbox::RelayWake` says what one
+    // costs):
+    // [`announce`] wakes its readers.
+    if app.replica.count > 1 {
+        super::drivers::wake_up(&mut *tx, 'd', order.id).await?;
+    }
     tracing::info!(
         outcome = state.as_str(),
         reason = reason.as_deref().unwrap_or(""),
@@ -156,6 +170,11 @@ pub async fn decide_in(
 pub fn announce(orders: &Orders, order: &OrderRow, state: OrderState, decided: Decided) -> bool {
     match decided {
         Decided::Now(view) => {
+            orders.app.relay.committed(); // the outcome event
+            if orders.app.replica.count == 1 {
+                // Otherwise heard with the other replicas' decisions, from the NOTIFY.
+                orders.admission.heard_decision();
+            }
             orders.app.metrics.event("outcome", state.as_str());
             orders.decided.wake(order.id, Some(&view));
             true
