@@ -116,8 +116,9 @@ async fn three_replicas_of_every_service_share_the_work_under_every_method() {
             let mut woken = (0.0, 0.0);
             for url in e.replica_urls(Role::Order) {
                 let text = metrics_text(url).await;
-                let count = |how: &'static str| {
-                    common::events_counted(&text, move |kind, detail| kind == "relay_wakeup" && detail == how)
+                let count = |cause: &str| {
+                    let cause = format!("cause=\"{cause}\"");
+                    common::counter_sum(&text, "txlab_relay_wakeups_total", |l| l.contains(&cause))
                 };
                 woken = (woken.0 + count("notify"), woken.1 + count("memory"));
             }
@@ -130,8 +131,7 @@ async fn three_replicas_of_every_service_share_the_work_under_every_method() {
             let urls = e.replica_urls(role);
             assert_eq!(urls.len(), 3, "{method}: {role} replicas {urls:?}");
             for (i, url) in urls.iter().enumerate() {
-                // Business events; a relay's wake-ups are not work.
-                let work = common::events_counted(&metrics_text(url).await, |kind, _| kind != "relay_wakeup");
+                let work = common::counter_sum(&metrics_text(url).await, "txlab_events_total", |_| true);
                 assert!(work > 0.0, "{method}: {role}-{i} did no work");
                 assert!(
                     s.resources.contains_key(&format!("{role}-{i}")),
@@ -163,7 +163,9 @@ async fn a_killed_order_replica_s_transactions_are_taken_over_and_finish() {
         // after 4 s, is a new process with counters of its own).
         let mut taken = 0.0;
         for url in &platform.endpoints().replica_urls(Role::Order)[1..] {
-            taken += common::events_counted(&metrics_text(url).await, |k, _| k == "taken_over");
+            taken += common::counter_sum(&metrics_text(url).await, "txlab_events_total", |l| {
+                l.contains("kind=\"taken_over\"")
+            });
         }
         assert!(
             taken >= 1.0,

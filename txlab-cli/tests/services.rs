@@ -449,8 +449,9 @@ async fn a_lone_replica_wakes_its_relay_in_memory_without_a_notify() {
             "{role}: a writer notified: {heard:?}"
         );
         let text = common::metrics(&client, &e, role).await;
-        let memory =
-            common::events_counted(&text, |kind, detail| kind == "relay_wakeup" && detail == "memory");
+        let memory = common::counter_sum(&text, "txlab_relay_wakeups_total", |l| {
+            l.contains("cause=\"memory\"")
+        });
         assert!(memory >= 1.0, "{role}: no relay wake-up from memory:\n{text}");
     }
     platform.shutdown().await.unwrap();

@@ -137,6 +137,9 @@ pub struct Metrics {
     latency: HistogramVec,
     /// Business events: saga steps, retries, compensations, relayed events.
     pub events: IntCounterVec,
+    /// What woke the outbox relay (`cause`: `memory`, `notify`, `poll`);
+    /// apart from the business events, as idle polls count here too.
+    relay_wakeups: IntCounterVec,
 }
 
 impl Metrics {
@@ -163,10 +166,16 @@ impl Metrics {
             &["kind", "detail"],
         )
         .expect("static metric definition");
+        let relay_wakeups = IntCounterVec::new(
+            Opts::new("relay_wakeups_total", "Outbox relay wake-ups by cause"),
+            &["cause"],
+        )
+        .expect("static metric definition");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
             Box::new(events.clone()),
+            Box::new(relay_wakeups.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -175,11 +184,16 @@ impl Metrics {
             requests,
             latency,
             events,
+            relay_wakeups,
         }
     }
 
     pub fn event(&self, kind: &str, detail: &str) {
         self.events.with_label_values(&[kind, detail]).inc();
+    }
+
+    pub fn relay_woken(&self, cause: &str) {
+        self.relay_wakeups.with_label_values(&[cause]).inc();
     }
 
     fn render(&self) -> String {

@@ -225,20 +225,15 @@ pub async fn metrics(client: &reqwest::Client, e: &Endpoints, role: txlab_api::R
     client.get(url).send().await.unwrap().text().await.unwrap()
 }
 
-/// The sum of a service's `txlab_events_total` counters whose `kind`
-/// and `detail` labels pass `wanted`, from its /metrics text.
-pub fn events_counted(metrics_text: &str, wanted: impl Fn(&str, &str) -> bool) -> f64 {
-    let label = |line: &str, name: &str| -> String {
-        line.split(['{', ',', '}'])
-            .find_map(|l| l.strip_prefix(&format!("{name}=\"")))
-            .map(|v| v.trim_end_matches('"').to_string())
-            .unwrap_or_default()
-    };
+/// The sum of a service's counters named `metric` whose labels (the text
+/// between the braces) pass `wanted`, from its /metrics text.
+pub fn counter_sum(metrics_text: &str, metric: &str, wanted: impl Fn(&str) -> bool) -> f64 {
     metrics_text
         .lines()
-        .filter(|l| l.starts_with("txlab_events_total{"))
-        .filter(|l| wanted(&label(l, "kind"), &label(l, "detail")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .filter_map(|l| {
+            let (labels, value) = l.strip_prefix(metric)?.strip_prefix('{')?.split_once("} ")?;
+            wanted(labels).then(|| value.trim().parse::<f64>().ok())?
+        })
         .sum()
 }
 

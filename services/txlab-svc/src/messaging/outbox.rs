@@ -147,9 +147,9 @@ pub struct Relay {
     pub poll_every: Duration,
     /// How this process's writers wake it, besides a NOTIFY.
     pub wake: RelayWake,
-    /// Counts the relay's wake-ups by what woke it (`relay_wakeup`:
-    /// `memory`, `notify`, `poll`): rows found only by the poll waited
-    /// up to [`Relay::poll_every`] for it.
+    /// Counts the relay's wake-ups by what woke it
+    /// (`txlab_relay_wakeups_total{cause}`: `memory`, `notify`, `poll`):
+    /// rows found only by the poll waited up to [`Relay::poll_every`] for it.
     pub metrics: Arc<Metrics>,
 }
 
@@ -305,11 +305,11 @@ impl Relay {
                     return true;
                 }
                 _ = woken => {
-                    self.metrics.event("relay_wakeup", "notify");
+                    self.metrics.relay_woken("notify");
                     read_now = true;
                 }
                 _ = in_process => {
-                    self.metrics.event("relay_wakeup", "memory");
+                    self.metrics.relay_woken("memory");
                     read_now = true;
                 }
                 Some(sent) = sends.join_next() => match sent {
@@ -329,7 +329,7 @@ impl Relay {
                 },
                 _ = mark.tick(), if !state.acked.is_empty() => self.mark(&mut state).await,
                 _ = check.tick() => {
-                    self.metrics.event("relay_wakeup", "poll");
+                    self.metrics.relay_woken("poll");
                     read_now = true; // the fallback poll
                     let check = sqlx::query("SELECT 1").execute(&mut lock);
                     let alive = match tokio::time::timeout(LOCK_CHECK_TIMEOUT, check).await {

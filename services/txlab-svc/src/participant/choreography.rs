@@ -185,13 +185,14 @@ async fn apply_at_once<P: Participant>(
         ),
         state.relay.wake_sql()
     );
-    let request = stored_request::<P>(&P::request_for(&event.order))?;
+    let req = P::request_for(&event.order);
+    let request = stored_request::<P>(&req)?;
     let payload = serde_json::to_value(out)?;
     let applied: sqlx::Result<Option<(bool,)>> = ledger::forward_query::<P, _>(
         &sql,
         Some(&event.epoch),
         event.order_id,
-        &P::request_for(&event.order),
+        &req,
         Forward::Take,
         P::APPLIED,
         &request,
