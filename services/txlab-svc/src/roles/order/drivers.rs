@@ -23,8 +23,9 @@
 //!   orders, stops their engines at their next write instead of racing the
 //!   replica that took them over.
 //! - Wake-ups: the same session LISTENs on [`CHANNEL`]: `d:<id>` (an order
-//!   was decided somewhere: wake the long-polls waiting here) and `l:<id>`
-//!   (a cancel: the order's driver looks at it again).
+//!   was decided somewhere: wake the long-polls waiting here; sent only
+//!   when the service runs several replicas) and `l:<id>` (a cancel: the
+//!   order's driver looks at it again).
 
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;

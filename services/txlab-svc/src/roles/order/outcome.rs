@@ -146,9 +146,8 @@ pub async fn decide_in(
     )
     .await?;
     // Long-polls of this order may wait on another replica. A lone
-    // replica needs no NOTIFY (`messaging::outbox::RelayWake` says what one
-    // costs):
-    // [`announce`] wakes its readers.
+    // replica sends no NOTIFY (`messaging::outbox::RelayWake` says what
+    // one costs): `announce` wakes its readers.
     if app.replica.count > 1 {
         super::drivers::wake_up(&mut *tx, 'd', order.id).await?;
     }
