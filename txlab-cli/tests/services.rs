@@ -444,10 +444,7 @@ async fn a_lone_replica_wakes_its_relay_in_memory_without_a_notify() {
     for (role, mut l) in listeners {
         // A NOTIFY is delivered at its commit, long before the decision.
         let heard = tokio::time::timeout(Duration::from_millis(500), l.try_recv()).await;
-        assert!(
-            matches!(heard, Err(_) | Ok(Ok(None))),
-            "{role}: a writer notified: {heard:?}"
-        );
+        assert!(heard.is_err(), "{role}: a writer notified: {heard:?}");
         let text = common::metrics(&client, &e, role).await;
         let memory = common::counter_sum(&text, "txlab_relay_wakeups_total", |l| {
             l.contains("cause=\"memory\"")

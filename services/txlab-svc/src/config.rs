@@ -49,6 +49,12 @@ impl Default for Replica {
 }
 
 impl Replica {
+    /// Whether this is its role's only process: then whatever another
+    /// replica would have to be told (by NOTIFY) stays in this process.
+    pub fn is_lone(&self) -> bool {
+        self.count <= 1
+    }
+
     /// Whether this replica reads `partition` (of a topic every replica reads).
     pub fn reads(&self, partition: i32) -> bool {
         partition.rem_euclid(self.count as i32) == self.index as i32

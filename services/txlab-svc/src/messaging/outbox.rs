@@ -65,9 +65,9 @@ pub enum RelayWake {
 }
 
 impl RelayWake {
-    /// For a role of `replicas` processes.
-    pub fn for_replicas(replicas: u32) -> RelayWake {
-        if replicas <= 1 {
+    /// For `replica` of its role.
+    pub fn for_replica(replica: &crate::config::Replica) -> RelayWake {
+        if replica.is_lone() {
             RelayWake::InProcess(Arc::default())
         } else {
             RelayWake::Notify

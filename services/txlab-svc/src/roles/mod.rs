@@ -62,7 +62,7 @@ pub async fn build(config: &Config, pool: PgPool, stop: watch::Receiver<bool>) -
         metrics: metrics.clone(),
         faults,
         replica: config.replica,
-        relay: crate::messaging::outbox::RelayWake::for_replicas(config.replica.count),
+        relay: crate::messaging::outbox::RelayWake::for_replica(&config.replica),
     };
     let admin = admin_routes(config.role).with_state(state.clone());
     let (routes, background) = match config.role {

@@ -118,12 +118,9 @@ pub async fn create(
     let engine = !order.method.is_event_driven();
     let left = engine.then(|| orders.leave_for_engine(OrderRow::written(&order, faults.raw, epoch)));
     tx.commit().await?;
-    if engine {
-        if let Some(left) = left {
-            left.keep();
-        }
-    } else {
-        orders.app.relay.committed(); // the order's event
+    match left {
+        Some(left) => left.keep(),
+        None => orders.app.relay.committed(), // the order's event
     }
     tracing::info!(order_id = %order.id, amount, "order accepted");
     orders.app.metrics.event("order", "accepted");
@@ -308,10 +305,10 @@ pub async fn cancel(
         super::drivers::wake_up(&mut tx, 'l', id).await?;
     }
     tx.commit().await?;
-    orders.app.relay.committed();
     tracing::info!(order_id = %id, stage = %order.state, "cancel requested");
     orders.app.metrics.event("order", "cancel_requested");
     if order.method.is_event_driven() {
+        orders.app.relay.committed(); // the cancel's event
         orders.clone().drive(id);
     }
     Ok((StatusCode::ACCEPTED, Json(order.view())))

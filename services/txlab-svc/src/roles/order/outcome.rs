@@ -148,7 +148,7 @@ pub async fn decide_in(
     // Long-polls of this order may wait on another replica. A lone
     // replica sends no NOTIFY (`messaging::outbox::RelayWake` says what
     // one costs): `announce` wakes its readers.
-    if app.replica.count > 1 {
+    if !app.replica.is_lone() {
         super::drivers::wake_up(&mut *tx, 'd', order.id).await?;
     }
     tracing::info!(
@@ -170,7 +170,7 @@ pub fn announce(orders: &Orders, order: &OrderRow, state: OrderState, decided: D
     match decided {
         Decided::Now(view) => {
             orders.app.relay.committed(); // the outcome event
-            if orders.app.replica.count == 1 {
+            if orders.app.replica.is_lone() {
                 // Otherwise heard with the other replicas' decisions, from the NOTIFY.
                 orders.admission.heard_decision();
             }
