@@ -17,8 +17,10 @@ use txlab_api::order::{OrderState, OrderView};
 use txlab_api::TxMode;
 use uuid::Uuid;
 
+use crate::metrics::resources::{self, Component};
+
 /// What the stub answers for any order: decided, confirmed.
-fn decided(id: Uuid) -> OrderView {
+pub(crate) fn decided(id: Uuid) -> OrderView {
     OrderView {
         id,
         state: OrderState::Confirmed,
@@ -87,6 +89,19 @@ impl Stub {
         format!("{}/orders/{}", self.base_url, Uuid::nil())
     }
 
+    /// CPU seconds spent so far by this process (with the children it has
+    /// waited for, wrk among them) and by the stub.
+    pub fn cpu_seconds(&self) -> (f64, f64) {
+        let stub = Component {
+            name: "stub".into(),
+            pid: self.child.id().unwrap_or(0),
+            with_children: false,
+        };
+        let now = resources::sample(&[resources::driver(), stub]);
+        let of = |name: &str| now.get(name).map_or(0.0, |s| s.cpu_s);
+        (of("driver"), of("stub"))
+    }
+
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
@@ -133,6 +148,19 @@ pub struct Figures {
     pub driver_requests_per_s: Option<f64>,
     /// Driver requests per second over wrk's.
     pub ratio: Option<f64>,
+    /// CPU per request, µs: wrk's, and the stub's while wrk drove it.
+    pub wrk_cpu_us: f64,
+    pub stub_cpu_us_under_wrk: f64,
+    /// CPU per request, µs, at the driver's highest rate on schedule:
+    /// the driver's, and the stub's while the driver drove it.
+    pub driver_cpu_us: Option<f64>,
+    pub stub_cpu_us_under_driver: Option<f64>,
+}
+
+/// CPU µs per request between two readings of [`Stub::cpu_seconds`].
+pub fn cpu_us_per_request(before: (f64, f64), after: (f64, f64), requests: f64) -> (f64, f64) {
+    let per = |a: f64, b: f64| (a - b).max(0.0) * 1e6 / requests.max(1.0);
+    (per(after.0, before.0), per(after.1, before.1))
 }
 
 #[cfg(test)]

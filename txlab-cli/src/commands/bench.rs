@@ -87,6 +87,11 @@ pub struct BenchArgs {
     /// Rate at which commits per checkout are counted (over 400 orders).
     #[arg(long, default_value_t = 100.0)]
     pub commits_rate: f64,
+    /// Run the driver part at this one arrival rate instead of searching
+    /// for the highest it keeps: CPU per request at a fixed rate is what
+    /// compares two builds of the driver on a machine whose speed varies.
+    #[arg(long)]
+    pub driver_rate: Option<f64>,
     /// Seconds pgbench runs at each client count.
     #[arg(long, default_value_t = 10)]
     pub pgbench_s: u32,
@@ -239,6 +244,12 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<ExitCode> {
     {
         bail!("--commits-rate, --stall-rate, --p99-ms, --step-s and --overload-s must be above 0");
     }
+    if args
+        .driver_rate
+        .is_some_and(|r| !(1.0..=1_000_000.0).contains(&r))
+    {
+        bail!("--driver-rate must be between 1 and 1000000 arrivals/s");
+    }
     if args.parts.contains(&Part::Driver) && crate::platform::local::on_path("wrk").is_none() {
         bail!(
             "the driver part compares txlab's driver with wrk, which is not on PATH: \
@@ -284,7 +295,7 @@ async fn bench(
     report: &mut BenchReport,
 ) -> anyhow::Result<()> {
     if args.parts.contains(&Part::Driver) {
-        report.driver = Some(driver_bench(plan, run).await?);
+        report.driver = Some(driver_bench(plan, run, args.driver_rate).await?);
     }
     if args.parts.iter().all(|p| *p == Part::Driver) {
         return Ok(());
@@ -314,19 +325,29 @@ async fn bench(
 }
 
 /// The driver's knee against the stub, and wrk's rate on the same stub.
-async fn driver_bench(plan: &Plan, run: &RunDir) -> anyhow::Result<driver::Figures> {
+async fn driver_bench(plan: &Plan, run: &RunDir, fixed_rate: Option<f64>) -> anyhow::Result<driver::Figures> {
     let stub = driver::Stub::start().await?;
-    let result = driver_against(&stub, plan, run).await;
+    let result = driver_against(&stub, plan, run, fixed_rate).await;
     stub.stop().await;
     result
 }
 
-async fn driver_against(stub: &driver::Stub, plan: &Plan, run: &RunDir) -> anyhow::Result<driver::Figures> {
+async fn driver_against(
+    stub: &driver::Stub,
+    plan: &Plan,
+    run: &RunDir,
+    fixed_rate: Option<f64>,
+) -> anyhow::Result<driver::Figures> {
     eprintln!("txlab: wrk -t2 -c64 -d10s against the stub endpoint");
+    let before = stub.cpu_seconds();
     let wrk = driver::wrk(&stub.order_url(), 64, 10).await?;
+    let (wrk_cpu_us, stub_cpu_us_under_wrk) =
+        driver::cpu_us_per_request(before, stub.cpu_seconds(), wrk * 10.0);
+    let mut cpu_at_pass = None;
+    // A fixed rate is a search that starts and ends at it.
     let search = knee::Search {
-        start: 1000.0,
-        max: 40_000.0,
+        start: fixed_rate.unwrap_or(1000.0),
+        max: fixed_rate.unwrap_or(40_000.0),
         floor: 50.0,
         resolution: 0.05,
     };
@@ -342,20 +363,33 @@ async fn driver_against(stub: &driver::Stub, plan: &Plan, run: &RunDir) -> anyho
             base_url: &stub.base_url,
             run_id: &run.id,
         };
+        let before = stub.cpu_seconds();
         let load = drive(target, plan, &cell, &indicatif::ProgressBar::hidden()).await?;
+        // Each arrival sent is a POST and a GET.
+        let cpu = driver::cpu_us_per_request(before, stub.cpu_seconds(), 2.0 * load.sent as f64);
         let kept_up = load.achieved_rate >= 0.97 * rate
             && load.errors == 0
             && load.dropped == 0
             && load.late * 100 <= load.sent;
         eprintln!(
-            "txlab: driver at {rate}/s: sent {:.0}/s, {} late, {} errors, {} dropped{}",
+            "txlab: driver at {rate}/s: sent {:.0}/s, decided p50 / p99 {:.1} / {:.1} ms, CPU per request: driver {:.1} µs, stub {:.1} µs, {} late, {} errors, {} dropped{}",
             load.achieved_rate,
+            load.decided_us.value_at_quantile(0.5) as f64 / 1000.0,
+            load.decided_us.value_at_quantile(0.99) as f64 / 1000.0,
+            cpu.0,
+            cpu.1,
             load.late,
             load.errors,
             load.dropped,
             if kept_up { "" } else { " — fell behind" }
         );
         seen.record(rate, kept_up);
+        if kept_up && seen.pass == Some(rate) {
+            cpu_at_pass = Some(cpu);
+        }
+        if fixed_rate.is_some() {
+            break;
+        }
     }
     let requests = seen.pass.map(|a| 2.0 * a);
     Ok(driver::Figures {
@@ -363,6 +397,10 @@ async fn driver_against(stub: &driver::Stub, plan: &Plan, run: &RunDir) -> anyho
         driver_arrivals_per_s: seen.pass,
         driver_requests_per_s: requests,
         ratio: requests.map(|r| r / wrk),
+        wrk_cpu_us,
+        stub_cpu_us_under_wrk,
+        driver_cpu_us: cpu_at_pass.map(|c| c.0),
+        stub_cpu_us_under_driver: cpu_at_pass.map(|c| c.1),
     })
 }
 
@@ -734,6 +772,13 @@ fn print_report(r: &BenchReport) {
             d.driver_arrivals_per_s.map_or("–".into(), |a| format!("{a:.0}")),
             d.driver_requests_per_s.map_or("–".into(), |a| format!("{a:.0}")),
             d.ratio.map_or("–".into(), |a| format!("{a:.2}")),
+        );
+        println!(
+            "driver: CPU per request: wrk {:.1} µs, the stub {:.1} µs under wrk; txlab's driver {} µs, the stub {} µs under it",
+            d.wrk_cpu_us,
+            d.stub_cpu_us_under_wrk,
+            d.driver_cpu_us.map_or("–".into(), |a| format!("{a:.1}")),
+            d.stub_cpu_us_under_driver.map_or("–".into(), |a| format!("{a:.1}")),
         );
     }
 }

@@ -466,3 +466,108 @@ fn json_reply<T: serde::de::DeserializeOwned>(reply: Result<Reply, Failure>) -> 
     }
     serde_json::from_slice(&reply.body).map_err(|_| "bad reply body".to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::atomic::AtomicU64;
+
+    use axum::routing::{get, post};
+    use axum::Router;
+
+    use super::*;
+    use crate::bench::driver::decided;
+
+    /// A loopback order API that decides every order at once and counts
+    /// the orders posted to it; its base URL.
+    async fn counting_stub(posted: Arc<AtomicU64>) -> String {
+        let app =
+            Router::new()
+                .route(
+                    "/orders",
+                    post(move || async move {
+                        posted.fetch_add(1, Ordering::Relaxed);
+                        (StatusCode::ACCEPTED, axum::Json(decided(Uuid::new_v4())))
+                    }),
+                )
+                .route(
+                    "/orders/{id}",
+                    get(|axum::extract::Path(id): axum::extract::Path<Uuid>| async move {
+                        axum::Json(decided(id))
+                    }),
+                );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    /// The bench profile's happy path at a constant `rate` for
+    /// `duration_s`, a counting stub to send it to, and the stub's count.
+    async fn setup(rate: f64, duration_s: f64) -> (Plan, String, Arc<AtomicU64>) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut plan = Plan::load(&root.join("profiles/bench.yaml"), &root.join("scenarios")).unwrap();
+        plan.set_constant_load(rate, duration_s);
+        let posted = Arc::new(AtomicU64::new(0));
+        let base = counting_stub(posted.clone()).await;
+        (plan, base, posted)
+    }
+
+    #[tokio::test]
+    async fn every_arrival_is_recorded_once() {
+        let (plan, base, posted) = setup(300.0, 1.0).await;
+        let target = Target {
+            base_url: &base,
+            run_id: "test",
+        };
+        let load = drive(target, &plan, &plan.cells[0], &ProgressBar::hidden())
+            .await
+            .unwrap();
+        assert_eq!(load.scheduled, 300);
+        assert_eq!(
+            (load.sent, load.accepted, load.decided, load.measured),
+            (300, 300, 300, 300)
+        );
+        assert_eq!(posted.load(Ordering::Relaxed), 300, "each arrival posted once");
+        assert_eq!(load.client.orders.len(), 300, "every order in the client view");
+        assert!(load
+            .client
+            .orders
+            .values()
+            .all(|s| *s == Some(OrderState::Confirmed)));
+        assert_eq!(load.decided_us.len(), 300);
+        assert_eq!(load.decided_orders.len(), 300);
+        assert_eq!(load.completions.iter().sum::<u64>(), 300);
+        assert_eq!(load.outcomes.get("confirmed"), Some(&300));
+        let per_second: u64 = load.seconds.iter().map(|s| s.sent).sum();
+        assert_eq!(per_second, 300, "{:?}", load.seconds);
+        assert!(load
+            .seconds
+            .iter()
+            .all(|s| s.decided == s.sent && s.decided_p99_ms > 0.0));
+    }
+
+    #[tokio::test]
+    async fn dropping_the_load_stops_sending() {
+        // 200 orders/s for a minute, given 300 ms.
+        let (plan, base, posted) = setup(200.0, 60.0).await;
+        let target = Target {
+            base_url: &base,
+            run_id: "test",
+        };
+        let progress = ProgressBar::hidden();
+        let load = drive(target, &plan, &plan.cells[0], &progress);
+        assert!(tokio::time::timeout(Duration::from_millis(300), load)
+            .await
+            .is_err());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let at_stop = posted.load(Ordering::Relaxed);
+        assert!(at_stop > 0 && at_stop < 200, "{at_stop} orders in 300 ms");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            posted.load(Ordering::Relaxed),
+            at_stop,
+            "the driver went on sending"
+        );
+    }
+}
