@@ -338,11 +338,13 @@ async fn driver_against(
     run: &RunDir,
     fixed_rate: Option<f64>,
 ) -> anyhow::Result<driver::Figures> {
-    eprintln!("txlab: wrk -t2 -c64 -d10s against the stub endpoint");
+    const WRK_CONNECTIONS: u32 = 64;
+    const WRK_S: u32 = 10;
+    eprintln!("txlab: wrk -t2 -c{WRK_CONNECTIONS} -d{WRK_S}s against the stub endpoint");
     let before = stub.cpu_seconds();
-    let wrk = driver::wrk(&stub.order_url(), 64, 10).await?;
+    let wrk = driver::wrk(&stub.order_url(), WRK_CONNECTIONS, WRK_S).await?;
     let (wrk_cpu_us, stub_cpu_us_under_wrk) =
-        driver::cpu_us_per_request(before, stub.cpu_seconds(), wrk * 10.0);
+        driver::cpu_us_per_request(before, stub.cpu_seconds(), wrk * f64::from(WRK_S));
     let mut cpu_at_pass = None;
     // A fixed rate is a search that starts and ends at it.
     let search = knee::Search {
