@@ -19,7 +19,7 @@ use crate::bench::driver;
 use crate::bench::{ceiling, commits, hops, knee, overload};
 use crate::commands::run::{admin_client, measure_cell, prepare_cell, print_cell_line, EXIT_INTERRUPTED};
 use crate::load::{drive, driver::Target};
-use crate::metrics::resources::Use;
+use crate::metrics::resources::{self, Use};
 use crate::platform::local::{LocalOptions, LocalPlatform};
 use crate::platform::Platform;
 use crate::results::{CellSummary, RunDir};
@@ -172,6 +172,9 @@ struct Step {
     /// CPU of every component together, per order sent.
     cpu_ms_per_checkout: f64,
     resources: BTreeMap<String, Use>,
+    /// Share of the machine's CPU time stolen by the hypervisor while the
+    /// step ran, % (a failed step with more is run again).
+    steal_pct: Option<f64>,
     cell: String,
 }
 
@@ -613,18 +616,36 @@ impl Bencher<'_> {
     ) -> anyhow::Result<(Option<f64>, Vec<Step>)> {
         let mut seen = knee::Progress::default();
         let mut curve = Vec::new();
+        let mut attempt = 1;
         while let Some(rate) = search.next(&seen) {
+            let name = match attempt {
+                1 => format!("{rate}ps"),
+                n => format!("{rate}ps-run{n}"),
+            };
             let cell = self.cell(
                 method,
-                &format!("{rate}ps"),
+                &name,
                 vec![Stage {
                     rate,
                     duration_s: args.step_s,
                 }],
             );
+            let host_before = resources::host_cpu();
             let (s, load, _) = self.measure(&cell, None, None).await?;
+            let steal = host_before
+                .zip(resources::host_cpu())
+                .and_then(|(b, a)| resources::steal_share(b, a));
             let verdict = knee::judge(&s, args.p99_ms);
-            seen.record(rate, verdict.passed);
+            if knee::run_again(verdict.passed, steal, attempt) {
+                eprintln!(
+                    "txlab: the host stole {:.0} % of the CPU during {rate}/s; running it again",
+                    100.0 * steal.unwrap_or_default()
+                );
+                attempt += 1;
+            } else {
+                seen.record(rate, verdict.passed);
+                attempt = 1;
+            }
             let expected: u64 = load.completions.iter().sum();
             curve.push(Step {
                 offered: rate,
@@ -637,6 +658,7 @@ impl Bencher<'_> {
                 cpu_ms_per_checkout: 1000.0 * s.resources.values().map(|u| u.cpu_s).sum::<f64>()
                     / s.sent.max(1) as f64,
                 resources: s.resources.clone(),
+                steal_pct: steal.map(|s| 100.0 * s),
                 cell: cell.id.clone(),
             });
         }
@@ -713,6 +735,7 @@ fn knee_csv(methods: &[MethodFigures]) -> anyhow::Result<Vec<u8>> {
         decided_p99_ms: f64,
         passed: bool,
         cores_total: f64,
+        steal_pct: Option<f64>,
         cell: &'a str,
     }
     let mut w = csv::Writer::from_writer(Vec::new());
@@ -727,6 +750,7 @@ fn knee_csv(methods: &[MethodFigures]) -> anyhow::Result<Vec<u8>> {
                 decided_p99_ms: s.decided_p99_ms,
                 passed: s.passed,
                 cores_total: s.resources.values().map(|u| u.cores).sum(),
+                steal_pct: s.steal_pct,
                 cell: &s.cell,
             })?;
         }
@@ -801,7 +825,7 @@ fn methods_table(methods: &[MethodFigures]) -> Table {
     ]);
     let num = |v: Option<f64>, prec: usize| v.map_or("–".to_string(), |v| format!("{v:.prec$}"));
     for m in methods {
-        let at_knee = m.curve.iter().find(|s| Some(s.offered) == m.knee);
+        let at_knee = m.curve.iter().find(|s| Some(s.offered) == m.knee && s.passed);
         let busiest = at_knee.map_or("–".to_string(), |s| {
             let mut v: Vec<(&String, &Use)> = s.resources.iter().collect();
             v.sort_by(|a, b| b.1.cores.total_cmp(&a.1.cores));
@@ -899,7 +923,7 @@ fn print_footprint(methods: &[MethodFigures]) {
         "RSS MiB per component",
     ]);
     for m in methods {
-        let Some(s) = m.curve.iter().find(|s| Some(s.offered) == m.knee) else {
+        let Some(s) = m.curve.iter().find(|s| Some(s.offered) == m.knee && s.passed) else {
             continue;
         };
         let services = s

@@ -193,6 +193,42 @@ pub fn between(
         .collect()
 }
 
+/// The whole machine's CPU time so far, from the first line of /proc/stat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostCpu {
+    /// Every state's ticks: user, nice, system, idle, iowait, irq, softirq, steal.
+    pub total: u64,
+    /// Ticks the hypervisor ran something else while this machine's CPUs
+    /// had work: time the lab lost without any process being charged for it.
+    pub steal: u64,
+}
+
+/// Reads [`HostCpu`] now; None where /proc/stat is not there or says less.
+pub fn host_cpu() -> Option<HostCpu> {
+    parse_host_cpu(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+fn parse_host_cpu(stat: &str) -> Option<HostCpu> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    (ticks.len() == 8).then(|| HostCpu {
+        total: ticks.iter().sum(),
+        steal: ticks[7],
+    })
+}
+
+/// The share of the machine's CPU time stolen between two readings, 0 to 1.
+pub fn steal_share(before: HostCpu, after: HostCpu) -> Option<f64> {
+    let total = after.total.checked_sub(before.total)?;
+    let steal = after.steal.checked_sub(before.steal)?;
+    (total > 0).then(|| steal as f64 / total as f64)
+}
+
 /// txlab's own process: the driver.
 pub fn driver() -> Component {
     Component {
@@ -205,6 +241,22 @@ pub fn driver() -> Component {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stolen_time_is_read_from_the_machine_line() {
+        // A real /proc/stat head: user nice system idle iowait irq softirq steal guest guest_nice.
+        let before = "cpu  1000 0 500 8000 100 0 50 350 0 0\ncpu0 500 0 250 4000 50 0 25 175 0 0\n";
+        let after = "cpu  1100 0 550 8300 100 0 50 400 0 0\ncpu0 550 0 275 4150 50 0 25 200 0 0\n";
+        let (b, a) = (parse_host_cpu(before).unwrap(), parse_host_cpu(after).unwrap());
+        assert_eq!((b.total, b.steal), (10_000, 350));
+        assert_eq!(steal_share(b, a), Some(50.0 / 500.0));
+        assert_eq!(steal_share(a, b), None, "readings out of order");
+        assert_eq!(parse_host_cpu("cpu  1 2 3\n"), None, "too few fields");
+        assert!(
+            host_cpu().is_some_and(|c| c.total > 0),
+            "this machine's /proc/stat"
+        );
+    }
 
     #[test]
     fn a_command_name_with_spaces_and_parentheses_is_skipped_over() {

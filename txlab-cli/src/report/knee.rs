@@ -54,6 +54,18 @@ pub fn read(run: &Path) -> anyhow::Result<Option<BenchFile>> {
 
 pub const HEIGHT: u32 = 760;
 
+/// The steps of a curve by offered rate, one per rate: a rate run again
+/// (its failure came with time stolen by the host) counts by its last run,
+/// which the stable sort keeps last.
+fn counted_steps(curve: &[CurveStep]) -> Vec<&CurveStep> {
+    let mut steps: Vec<&CurveStep> = curve.iter().collect();
+    steps.sort_by(|a, b| a.offered.total_cmp(&b.offered));
+    steps.reverse();
+    steps.dedup_by(|a, b| a.offered == b.offered);
+    steps.reverse();
+    steps
+}
+
 /// Goodput (top) and decided p99 (bottom, log scale) against the offered
 /// rate, a line per method, its knee as a ring.
 pub fn draw(bench: &BenchFile, path: &Path) -> anyhow::Result<()> {
@@ -75,11 +87,7 @@ pub fn draw(bench: &BenchFile, path: &Path) -> anyhow::Result<()> {
     let curves: Vec<(&MethodCurve, Vec<&CurveStep>)> = bench
         .methods
         .iter()
-        .map(|m| {
-            let mut steps: Vec<&CurveStep> = m.curve.iter().collect();
-            steps.sort_by(|a, b| a.offered.total_cmp(&b.offered));
-            (m, steps)
-        })
+        .map(|m| (m, counted_steps(&m.curve)))
         .filter(|(_, s)| !s.is_empty())
         .collect();
     let x_max = curves
@@ -198,5 +206,26 @@ mod tests {
         let drawn = crate::report::charts::tests::count_rgb(&path, [c.0, c.1, c.2]);
         assert!(drawn > 500, "saga_orch's curves drawn: {drawn} pixels");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_rate_run_again_is_drawn_once_by_its_last_run() {
+        let step = |offered, decided_p99_ms| CurveStep {
+            offered,
+            goodput: offered,
+            decided_p99_ms,
+        };
+        // As bench.json keeps them: by rate, the runs of a rate in order.
+        let curve = [
+            step(50.0, 20.0),
+            step(100.0, 2100.0),
+            step(100.0, 30.0),
+            step(200.0, 900.0),
+        ];
+        let drawn: Vec<(f64, f64)> = counted_steps(&curve)
+            .iter()
+            .map(|s| (s.offered, s.decided_p99_ms))
+            .collect();
+        assert_eq!(drawn, [(50.0, 20.0), (100.0, 30.0), (200.0, 900.0)]);
     }
 }
