@@ -8,6 +8,7 @@
 
 use serde::Serialize;
 
+use crate::metrics::resources::Steal;
 use crate::results::CellSummary;
 
 /// Bounds and precision of one search.
@@ -64,19 +65,22 @@ impl Progress {
     }
 }
 
-/// Share of the machine's CPU time the hypervisor may steal during a step
-/// before a failure there says more about the host than about the lab.
-pub const STEAL_DISTURBS: f64 = 0.05;
+/// Share of the machine's CPU time the hypervisor may steal in a step's
+/// worst second before a failure there says more about the host than
+/// about the lab. A saturated lab itself sees up to about 18 % in its
+/// worst second on this kind of VM; the bursts that fail a step at a rate
+/// the lab holds reach 30-50 %.
+pub const STEAL_DISTURBS: f64 = 0.25;
 /// Runs of one rate at most, when its failures come with stolen time.
 pub const ATTEMPTS: u32 = 3;
 
-/// Whether a failed step should be run again: the host stole more than
-/// [`STEAL_DISTURBS`] of the CPU time while it ran (on a shared VM, seconds
-/// of 30-50 % steal stall every component at once, which shows as a p99
-/// of seconds at rates the lab otherwise holds with a few ms), and it has
-/// not yet been run [`ATTEMPTS`] times.
-pub fn run_again(passed: bool, steal: Option<f64>, attempt: u32) -> bool {
-    !passed && attempt < ATTEMPTS && steal.is_some_and(|s| s > STEAL_DISTURBS)
+/// Whether a failed step should be run again: in its worst second the host
+/// stole more than [`STEAL_DISTURBS`] of the CPU time (a burst that stalls
+/// every component at once and shows as a p99 of seconds at rates the lab
+/// otherwise holds with a few ms), and the rate has not yet been run
+/// [`ATTEMPTS`] times.
+pub fn run_again(passed: bool, steal: Option<Steal>, attempt: u32) -> bool {
+    !passed && attempt < ATTEMPTS && steal.is_some_and(|s| s.peak > STEAL_DISTURBS)
 }
 
 /// Whether a cell sustained its offered rate, and if not, why.
@@ -144,14 +148,22 @@ mod tests {
     };
 
     #[test]
-    fn only_a_failure_with_stolen_time_is_run_again_and_not_forever() {
-        assert!(run_again(false, Some(0.2), 1));
-        assert!(run_again(false, Some(0.2), ATTEMPTS - 1));
-        assert!(!run_again(false, Some(0.2), ATTEMPTS), "attempts are bounded");
-        assert!(!run_again(true, Some(0.2), 1), "a pass stands");
+    fn only_a_failure_with_a_burst_of_stolen_time_is_run_again_and_not_forever() {
+        let burst = Some(Steal {
+            mean: 0.06,
+            peak: 0.45,
+        });
+        assert!(run_again(false, burst, 1));
+        assert!(run_again(false, burst, ATTEMPTS - 1));
+        assert!(!run_again(false, burst, ATTEMPTS), "runs are bounded");
+        assert!(!run_again(true, burst, 1), "a pass stands");
+        let saturated = Some(Steal {
+            mean: 0.09,
+            peak: 0.18,
+        });
         assert!(
-            !run_again(false, Some(0.01), 1),
-            "a failure on a quiet host stands"
+            !run_again(false, saturated, 1),
+            "a steady few percent is the lab's own load"
         );
         assert!(!run_again(false, None, 1), "no reading, no second run");
     }

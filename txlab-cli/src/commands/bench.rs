@@ -173,8 +173,10 @@ struct Step {
     cpu_ms_per_checkout: f64,
     resources: BTreeMap<String, Use>,
     /// Share of the machine's CPU time stolen by the hypervisor while the
-    /// step ran, % (a failed step with more is run again).
+    /// step ran, %: over the step and in its worst second (a failed step
+    /// with a burst is run again).
     steal_pct: Option<f64>,
+    steal_peak_pct: Option<f64>,
     cell: String,
 }
 
@@ -630,16 +632,13 @@ impl Bencher<'_> {
                     duration_s: args.step_s,
                 }],
             );
-            let host_before = resources::host_cpu();
-            let (s, load, _) = self.measure(&cell, None, None).await?;
-            let steal = host_before
-                .zip(resources::host_cpu())
-                .and_then(|(b, a)| resources::steal_share(b, a));
+            let (measured, steal) = resources::watch_steal(self.measure(&cell, None, None)).await;
+            let (s, load, _) = measured?;
             let verdict = knee::judge(&s, args.p99_ms);
-            if knee::run_again(verdict.passed, steal, attempt) {
+            if let (true, Some(st)) = (knee::run_again(verdict.passed, steal, attempt), steal) {
                 eprintln!(
-                    "txlab: the host stole {:.0} % of the CPU during {rate}/s; running it again",
-                    100.0 * steal.unwrap_or_default()
+                    "txlab: the host stole {:.0} % of the CPU in the worst second of {rate}/s; running it again",
+                    100.0 * st.peak
                 );
                 attempt += 1;
             } else {
@@ -658,7 +657,8 @@ impl Bencher<'_> {
                 cpu_ms_per_checkout: 1000.0 * s.resources.values().map(|u| u.cpu_s).sum::<f64>()
                     / s.sent.max(1) as f64,
                 resources: s.resources.clone(),
-                steal_pct: steal.map(|s| 100.0 * s),
+                steal_pct: steal.map(|s| 100.0 * s.mean),
+                steal_peak_pct: steal.map(|s| 100.0 * s.peak),
                 cell: cell.id.clone(),
             });
         }
@@ -736,6 +736,7 @@ fn knee_csv(methods: &[MethodFigures]) -> anyhow::Result<Vec<u8>> {
         passed: bool,
         cores_total: f64,
         steal_pct: Option<f64>,
+        steal_peak_pct: Option<f64>,
         cell: &'a str,
     }
     let mut w = csv::Writer::from_writer(Vec::new());
@@ -751,6 +752,7 @@ fn knee_csv(methods: &[MethodFigures]) -> anyhow::Result<Vec<u8>> {
                 passed: s.passed,
                 cores_total: s.resources.values().map(|u| u.cores).sum(),
                 steal_pct: s.steal_pct,
+                steal_peak_pct: s.steal_peak_pct,
                 cell: &s.cell,
             })?;
         }

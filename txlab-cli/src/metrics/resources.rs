@@ -229,6 +229,47 @@ pub fn steal_share(before: HostCpu, after: HostCpu) -> Option<f64> {
     (total > 0).then(|| steal as f64 / total as f64)
 }
 
+/// CPU time the host stole while something ran.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Steal {
+    /// Share of the machine's CPU time over the whole run, 0 to 1.
+    pub mean: f64,
+    /// The same in its worst second: steal comes in bursts (seconds at
+    /// 30-50 % on a shared VM) that a mean over a cell thins out, while a
+    /// saturated machine sees a steady few percent.
+    pub peak: f64,
+}
+
+/// Runs `work`, reading the machine's steal every second meanwhile;
+/// None for the steal where /proc/stat cannot be read.
+pub async fn watch_steal<F: std::future::Future>(work: F) -> (F::Output, Option<Steal>) {
+    let first = host_cpu();
+    let (mut previous, mut peak) = (first, None::<f64>);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.tick().await; // the first tick is now
+    tokio::pin!(work);
+    let out = loop {
+        tokio::select! {
+            out = &mut work => break out,
+            _ = tick.tick() => {
+                let now = host_cpu();
+                if let Some(s) = previous.zip(now).and_then(|(b, a)| steal_share(b, a)) {
+                    peak = Some(peak.map_or(s, |p| p.max(s)));
+                }
+                previous = now;
+            }
+        }
+    };
+    let mean = first.zip(host_cpu()).and_then(|(b, a)| steal_share(b, a));
+    (
+        out,
+        mean.map(|mean| Steal {
+            mean,
+            peak: peak.unwrap_or(mean).max(mean),
+        }),
+    )
+}
+
 /// txlab's own process: the driver.
 pub fn driver() -> Component {
     Component {
@@ -255,6 +296,21 @@ mod tests {
         assert!(
             host_cpu().is_some_and(|c| c.total > 0),
             "this machine's /proc/stat"
+        );
+    }
+
+    #[tokio::test]
+    async fn steal_is_watched_while_the_work_runs() {
+        let (out, steal) = watch_steal(async {
+            tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+            7
+        })
+        .await;
+        assert_eq!(out, 7);
+        let s = steal.expect("this machine has /proc/stat");
+        assert!(
+            (0.0..=1.0).contains(&s.mean) && (s.mean..=1.0).contains(&s.peak),
+            "{s:?}"
         );
     }
 
