@@ -502,6 +502,13 @@ mod tests {
         format!("http://{addr}")
     }
 
+    fn target(base: &str) -> Target<'_> {
+        Target {
+            base_url: base,
+            run_id: "test",
+        }
+    }
+
     /// The bench profile's happy path at a constant `rate` for
     /// `duration_s`, a counting stub to send it to, and the stub's count.
     async fn setup(rate: f64, duration_s: f64) -> (Plan, String, Arc<AtomicU64>) {
@@ -516,11 +523,7 @@ mod tests {
     #[tokio::test]
     async fn every_arrival_is_recorded_once() {
         let (plan, base, posted) = setup(300.0, 1.0).await;
-        let target = Target {
-            base_url: &base,
-            run_id: "test",
-        };
-        let load = drive(target, &plan, &plan.cells[0], &ProgressBar::hidden())
+        let load = drive(target(&base), &plan, &plan.cells[0], &ProgressBar::hidden())
             .await
             .unwrap();
         assert_eq!(load.scheduled, 300);
@@ -551,12 +554,8 @@ mod tests {
     async fn dropping_the_load_stops_sending() {
         // 200 orders/s for a minute, given 300 ms.
         let (plan, base, posted) = setup(200.0, 60.0).await;
-        let target = Target {
-            base_url: &base,
-            run_id: "test",
-        };
         let progress = ProgressBar::hidden();
-        let load = drive(target, &plan, &plan.cells[0], &progress);
+        let load = drive(target(&base), &plan, &plan.cells[0], &progress);
         assert!(tokio::time::timeout(Duration::from_millis(300), load)
             .await
             .is_err());

@@ -195,16 +195,16 @@ pub fn between(
 
 /// The whole machine's CPU time so far, from the first line of /proc/stat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HostCpu {
+struct HostCpu {
     /// Every state's ticks: user, nice, system, idle, iowait, irq, softirq, steal.
-    pub total: u64,
+    total: u64,
     /// Ticks the hypervisor ran something else while this machine's CPUs
     /// had work: time the lab lost without any process being charged for it.
-    pub steal: u64,
+    steal: u64,
 }
 
 /// Reads [`HostCpu`] now; None where /proc/stat is not there or says less.
-pub fn host_cpu() -> Option<HostCpu> {
+fn host_cpu() -> Option<HostCpu> {
     parse_host_cpu(&std::fs::read_to_string("/proc/stat").ok()?)
 }
 
@@ -223,7 +223,7 @@ fn parse_host_cpu(stat: &str) -> Option<HostCpu> {
 }
 
 /// The share of the machine's CPU time stolen between two readings, 0 to 1.
-pub fn steal_share(before: HostCpu, after: HostCpu) -> Option<f64> {
+fn steal_share(before: HostCpu, after: HostCpu) -> Option<f64> {
     let total = after.total.checked_sub(before.total)?;
     let steal = after.steal.checked_sub(before.steal)?;
     (total > 0).then(|| steal as f64 / total as f64)
