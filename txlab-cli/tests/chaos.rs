@@ -50,10 +50,20 @@ fn plan(cells: &[(TxMode, CellChaos)], rate: f64, secs: f64) -> Plan {
 }
 
 async fn run(platform: &mut LocalPlatform, plan: &Plan, dir: &std::path::Path) -> Vec<CellSummary> {
+    run_kept(platform, plan, dir).await.1
+}
+
+/// [`run`], and the run's directory for the cells' files.
+async fn run_kept(
+    platform: &mut LocalPlatform,
+    plan: &Plan,
+    dir: &std::path::Path,
+) -> (RunDir, Vec<CellSummary>) {
     let run = RunDir::create(&dir.join("results"), &plan.profile.name).unwrap();
-    txlab_cli::commands::run::run_cells(platform, plan, &run)
+    let summaries = txlab_cli::commands::run::run_cells(platform, plan, &run)
         .await
-        .unwrap()
+        .unwrap();
+    (run, summaries)
 }
 
 fn assert_clean(s: &CellSummary) {
@@ -79,27 +89,32 @@ async fn latency_on_one_link_slows_its_calls_by_twice_the_delay_and_goes_away() 
         faults: vec![mesh::parse(&path, &text).unwrap()],
     };
     let cells = [(m, chaos(&[])), (m, slow), (m, chaos(&[]))];
-    let s = run(&mut platform, &plan(&cells, 4.0, 6.0), &dir).await;
+    let (run, s) = run_kept(&mut platform, &plan(&cells, 4.0, 6.0), &dir).await;
     platform.shutdown().await.unwrap();
     for c in &s {
         assert_clean(c);
         assert_eq!(c.unexpected, 0, "{}", c.cell);
     }
-    let p50 = |i: usize| s[i].decided_ms.p50;
-    eprintln!("decided p50: {:.1} / {:.1} / {:.1} ms", p50(0), p50(1), p50(2));
-    // saga_orch's happy path calls payment once: 50 ms each way.
-    let slower = p50(1) - p50(0);
+    // Judged by each cell's fastest order: a delay is a floor under every
+    // order, while medians on a busy host (CI, stolen time) were seen to
+    // move by as much as the delay itself (p50 120 -> 314 ms).
+    let fastest = |i: usize| {
+        let h = txlab_cli::results::read_histogram(&run.cell_dir(&s[i].cell).join("decided.hdr")).unwrap();
+        h.min() as f64 / 1000.0
+    };
+    let (before, during, after) = (fastest(0), fastest(1), fastest(2));
+    eprintln!(
+        "fastest decided: {before:.1} / {during:.1} / {after:.1} ms; p50 {:.1} / {:.1} / {:.1} ms",
+        s[0].decided_ms.p50, s[1].decided_ms.p50, s[2].decided_ms.p50
+    );
+    // saga_orch's happy path calls payment once: 50 ms each way, once.
     assert!(
-        (70.0..135.0).contains(&slower),
-        "50 ms both ways on order↔payment: p50 {:.1} → {:.1} ms",
-        p50(0),
-        p50(1)
+        during >= 100.0 && during - before < 170.0,
+        "50 ms both ways on order↔payment: the fastest order {before:.1} → {during:.1} ms"
     );
     assert!(
-        p50(2) < p50(0) + 25.0,
-        "switched off after its cell: p50 {:.1} then {:.1} ms",
-        p50(0),
-        p50(2)
+        after < before + 50.0,
+        "switched off after its cell: the fastest order {before:.1} then {after:.1} ms"
     );
     assert!(s[1].chaos_notes.is_empty(), "{:?}", s[1].chaos_notes);
     // On from the first arrival (no warm-up) until the load's end.
