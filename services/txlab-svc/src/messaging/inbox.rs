@@ -26,9 +26,8 @@ pub async fn admit(conn: &mut PgConnection, epoch: &str, message_id: &str) -> sq
     admit_heard_at(conn, epoch, message_id, txlab_tx::now_ms()).await
 }
 
-/// [`admit`] for a message heard at `received_ms` and written only now
-/// (a result the order service held back).
-pub async fn admit_heard_at(
+/// [`admit`] for a message heard at `received_ms` and written only now.
+async fn admit_heard_at(
     conn: &mut PgConnection,
     epoch: &str,
     message_id: &str,
@@ -43,6 +42,66 @@ pub async fn admit_heard_at(
     .fetch_one(&mut *conn)
     .await?;
     Ok(delivery(current, first))
+}
+
+/// One message for [`admit_all`].
+pub struct Received<'a> {
+    pub epoch: &'a str,
+    pub message_id: String,
+    /// When the consumer heard it (it is written only now).
+    pub received_ms: i64,
+}
+
+/// [`admit`] for several messages in one round trip (results the order
+/// service held back, written together): their deliveries in the order
+/// given. An id given twice is [`Delivery::Repeated`] the second time.
+pub async fn admit_all(conn: &mut PgConnection, messages: &[Received<'_>]) -> sqlx::Result<Vec<Delivery>> {
+    match messages {
+        [] => return Ok(Vec::new()),
+        [one] => {
+            return Ok(vec![
+                admit_heard_at(conn, one.epoch, &one.message_id, one.received_ms).await?,
+            ])
+        }
+        _ => {}
+    }
+    let epochs: Vec<&str> = messages.iter().map(|m| m.epoch).collect();
+    let ids: Vec<&str> = messages.iter().map(|m| m.message_id.as_str()).collect();
+    let received: Vec<i64> = messages.iter().map(|m| m.received_ms).collect();
+    let rows: Vec<(bool, bool)> = sqlx::query_as(
+        "WITH lab AS (SELECT epoch FROM lab_epoch FOR SHARE), \
+              m AS (SELECT * FROM unnest($1::text[], $2::text[], $3::int8[]) \
+                    WITH ORDINALITY AS m (epoch, message_id, received_ms, n)), \
+              seen AS (INSERT INTO inbox (message_id, received_ms) \
+                       SELECT m.message_id, m.received_ms FROM m JOIN lab ON m.epoch = lab.epoch \
+                       ON CONFLICT DO NOTHING RETURNING message_id) \
+         SELECT m.epoch = lab.epoch, EXISTS (SELECT FROM seen WHERE seen.message_id = m.message_id) \
+         FROM m, lab ORDER BY m.n",
+    )
+    .bind(&epochs)
+    .bind(&ids)
+    .bind(&received)
+    .fetch_all(&mut *conn)
+    .await?;
+    if rows.len() != messages.len() {
+        return Err(sqlx::Error::RowNotFound); // no lab_epoch row: as `admit` fails
+    }
+    let mut deliveries: Vec<Delivery> = rows
+        .into_iter()
+        .map(|(current, first)| delivery(current, first))
+        .collect();
+    first_copy_only(&ids, &mut deliveries);
+    Ok(deliveries)
+}
+
+/// Both copies of an id given twice read the one row it inserted: the
+/// later copy is a repeat.
+fn first_copy_only(ids: &[&str], deliveries: &mut [Delivery]) {
+    for i in 1..ids.len() {
+        if deliveries[i] == Delivery::First && ids[..i].contains(&ids[i]) {
+            deliveries[i] = Delivery::Repeated;
+        }
+    }
 }
 
 /// The common table expressions of [`admit`], for a statement that writes
@@ -60,5 +119,18 @@ pub fn delivery(current: bool, first: bool) -> Delivery {
         (false, _) => Delivery::Stale,
         (true, false) => Delivery::Repeated,
         (true, true) => Delivery::First,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_given_twice_is_first_once() {
+        use Delivery::*;
+        let mut d = [First, First, Stale, First, Repeated];
+        first_copy_only(&["a", "b", "c", "a", "b"], &mut d);
+        assert_eq!(d, [First, First, Stale, Repeated, Repeated]);
     }
 }

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::held::{HeldResult, HOLD_LIMIT};
 use super::outcome::{announce, decide_in, Decided};
-use super::store::{load_order, load_saga, write_marks, Mark, OrderRow, Unwritten};
+use super::store::{load_order_and_saga, write_marks, Mark, OrderRow, Unwritten};
 use super::Orders;
 use crate::messaging::consumer::{Ack, Receipt};
 use crate::messaging::inbox::{self, Delivery};
@@ -139,14 +139,25 @@ async fn record(
     this: Option<&(HeldResult, Mark, Option<String>)>,
 ) -> anyhow::Result<Option<(OrderRow, OrderState, Decided)>> {
     let done = Mark::Forward(Forward::Done);
-    let results = earlier
+    let results: Vec<_> = earlier
         .iter()
         .map(|r| (r, done, None))
-        .chain(this.map(|(r, mark, reason)| (r, *mark, reason.as_deref())));
+        .chain(this.map(|(r, mark, reason)| (r, *mark, reason.as_deref())))
+        .collect();
+    let heard: Vec<inbox::Received> = results
+        .iter()
+        .map(|(r, ..)| inbox::Received {
+            epoch: &r.epoch,
+            message_id: r.event_id.to_string(),
+            received_ms: r.heard_ms,
+        })
+        .collect();
     let mut tx = orders.app.pool.begin().await?;
+    // One statement for all of them.
+    let deliveries = inbox::admit_all(&mut tx, &heard).await?;
     let mut first_heard = Vec::new();
-    for (r, mark, reason) in results {
-        match inbox::admit_heard_at(&mut tx, &r.epoch, &r.event_id.to_string(), r.heard_ms).await? {
+    for ((r, mark, reason), delivery) in results.into_iter().zip(deliveries) {
+        match delivery {
             // From a cell the lab has reset away.
             Delivery::Stale => orders.app.metrics.event("stale_event", "order"),
             Delivery::Repeated => {}
@@ -202,14 +213,13 @@ async fn judge(
     app: &crate::roles::AppState,
     id: Uuid,
 ) -> anyhow::Result<Option<(OrderRow, OrderState, Decided)>> {
-    let Some(order) = load_order(&mut *tx, id).await? else {
+    // The event-driven methods record what they hear in the saga log.
+    let Some((order, log)) = load_order_and_saga(&mut *tx, id).await? else {
         return Ok(None);
     };
     if order.state.is_terminal() {
         return Ok(None); // decided; a cancel moves it back to compensating first
     }
-    // The event-driven methods record what they hear in the saga log.
-    let log = load_saga(&mut *tx, &order).await?;
     let mut heard = Heard {
         cancel_requested: order.cancel_requested,
         ..Heard::default()

@@ -12,17 +12,13 @@ use uuid::Uuid;
 
 use super::calls::{ask, insist, CallError, Op};
 use super::outcome::{finish_with, set_compensating, state_of};
-use super::store::{load_order, load_saga, Mark, OrderRow, Unwritten};
+use super::store::{load_order_and_saga, Mark, OrderRow, Unwritten};
 use super::Orders;
 
 /// The order and its saga log as the engine last read them.
 async fn load(orders: &Orders, id: Uuid) -> anyhow::Result<Option<(OrderRow, Saga)>> {
-    let mut conn = orders.app.pool.acquire().await?;
-    let Some(order) = load_order(&mut conn, id).await? else {
-        return Ok(None); // reset away between cells
-    };
-    let saga = load_saga(&mut conn, &order).await?;
-    Ok(Some((order, saga)))
+    // None: reset away between cells.
+    Ok(load_order_and_saga(&mut *orders.app.pool.acquire().await?, id).await?)
 }
 
 /// Runs the saga of `id` until it finishes (or the order is gone).

@@ -85,16 +85,41 @@ pub async fn load_order(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Optio
         .await
 }
 
-/// The saga's persisted records, as the pure state machine sees them.
-pub async fn load_saga(conn: &mut PgConnection, order: &OrderRow) -> sqlx::Result<Saga> {
-    let rows: Vec<(i32, String, String)> = sqlx::query_as(
-        "SELECT step, forward, compensation FROM saga_steps WHERE order_id = $1 ORDER BY step",
-    )
-    .bind(order.id)
+/// The order and its saga log, as the pure state machine sees them, in one
+/// round trip: a row per logged step with the order's columns beside it
+/// (one row with no step when nothing is logged yet).
+pub async fn load_order_and_saga(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> sqlx::Result<Option<(OrderRow, Saga)>> {
+    use sqlx::{FromRow, Row};
+    static COLUMNS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        // saga_steps has a `reason` too: the order's columns are named by table.
+        ORDER_COLUMNS
+            .split(", ")
+            .map(|c| format!("o.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    });
+    let rows = sqlx::query(&format!(
+        "SELECT {}, s.step, s.forward, s.compensation \
+         FROM orders o LEFT JOIN saga_steps s ON s.order_id = o.id WHERE o.id = $1 ORDER BY s.step",
+        *COLUMNS
+    ))
+    .bind(id)
     .fetch_all(conn)
     .await?;
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let order = OrderRow::from_row(first)?;
     let mut saga = Saga::new(Step::ALL.len());
-    for (step, fwd, comp) in rows {
+    for row in &rows {
+        let Some(step) = row.try_get::<Option<i32>, _>("step")? else {
+            continue; // the one row of an order with nothing logged
+        };
+        let fwd: String = row.try_get("forward")?;
+        let comp: String = row.try_get("compensation")?;
         let record = StepRecord {
             forward: Forward::parse(&fwd)
                 .ok_or_else(|| sqlx::Error::Decode(format!("bad forward state {fwd}").into()))?,
@@ -106,7 +131,7 @@ pub async fn load_saga(conn: &mut PgConnection, order: &OrderRow) -> sqlx::Resul
         }
     }
     saga.cancel_requested = order.cancel_requested;
-    Ok(saga)
+    Ok(Some((order, saga)))
 }
 
 /// The two-phase log of an order, as the pure state machine sees it.
