@@ -681,8 +681,12 @@ async fn held_results_are_written_when_overdue_and_heard_again_after_a_crash() {
 /// unpatched, tansu sleeps out half of a long wait (all of a short one)
 /// before it answers, so an answer within a quarter of the wait can only
 /// come from a broker that answers when it finds records.
+///
+/// Then a record produced while the consumer's fetch waits with nothing
+/// found (fetch-wakes-on-produce.patch): without the wake-up it is read
+/// when that sleep ends, 4 s into the wait; with it, at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_broker_answers_a_fetch_that_finds_records_at_once() {
+async fn the_broker_answers_a_fetch_as_soon_as_it_has_records() {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -709,14 +713,18 @@ async fn the_broker_answers_a_fetch_that_finds_records_at_once() {
         .set("bootstrap.servers", &e.brokers)
         .create()
         .unwrap();
-    let delivered = producer
-        .send(
-            FutureRecord::to(TOPIC).key("k").payload("probe"),
+    let produce = |payload: &'static str| {
+        let send = producer.send(
+            FutureRecord::to(TOPIC).key("k").payload(payload),
             Duration::from_secs(10),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .expect("the record is acknowledged");
+        );
+        async move {
+            send.await
+                .map_err(|(e, _)| e)
+                .expect("the record is acknowledged")
+        }
+    };
+    let delivered = produce("probe").await;
 
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &e.brokers)
@@ -729,18 +737,35 @@ async fn the_broker_answers_a_fetch_that_finds_records_at_once() {
     tpl.add_partition_offset(TOPIC, delivered.partition, Offset::Offset(delivered.offset))
         .unwrap();
     consumer.assign(&tpl).unwrap();
-    let started = std::time::Instant::now();
-    let message = tokio::time::timeout(2 * FETCH_WAIT, consumer.recv())
-        .await
-        .expect("the record is delivered")
-        .unwrap();
-    let took = started.elapsed();
-    eprintln!("the fetch answered after {took:?}");
-    assert_eq!(message.payload(), Some(&b"probe"[..]));
-    assert!(
-        took < FETCH_WAIT / 4,
-        "a fetch with a record waited {took:?} of its {FETCH_WAIT:?}: is the lab's tansu built with scripts/tansu/*.patch?"
-    );
+    /// Reads the next record, which must be `payload` and come within a
+    /// quarter of the fetch wait after `since`.
+    async fn read_soon(consumer: &StreamConsumer, since: std::time::Instant, payload: &str, what: &str) {
+        let message = tokio::time::timeout(2 * FETCH_WAIT, consumer.recv())
+            .await
+            .expect("the record is delivered")
+            .unwrap();
+        let took = since.elapsed();
+        eprintln!("{what}: answered after {took:?}");
+        assert_eq!(message.payload(), Some(payload.as_bytes()));
+        assert!(
+            took < FETCH_WAIT / 4,
+            "{what}: answered after {took:?} of a {FETCH_WAIT:?} wait: is the lab's tansu built with scripts/tansu/*.patch?"
+        );
+    }
+    read_soon(
+        &consumer,
+        std::time::Instant::now(),
+        "probe",
+        "a fetch with a record there",
+    )
+    .await;
+
+    // The consumer's next fetch finds nothing and waits; a second into
+    // that wait, a record arrives (fetch-wakes-on-produce.patch).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let produced = std::time::Instant::now();
+    produce("second").await;
+    read_soon(&consumer, produced, "second", "a waiting fetch, from the produce").await;
     platform.shutdown().await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
