@@ -46,9 +46,15 @@ pub async fn serve_stub(port: u16) -> anyhow::Result<()> {
             "/orders/{id}",
             get(|Path(id): Path<Uuid>| async move { Json(decided(id)) }),
         );
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket
+        .bind(([127, 0, 0, 1], port).into())
         .with_context(|| format!("binding 127.0.0.1:{port}"))?;
+    // A backlog of 4,096 (the kernel's usual cap) rather than tokio's 1,024:
+    // when the driver falls behind it opens connections by the thousand,
+    // and SYNs dropped from a full backlog come back only after 1 s,
+    // which read as the driver's own 1 s stalls.
+    let listener = socket.listen(4096)?;
     axum::serve(listener, app).await?;
     Ok(())
 }
