@@ -5,15 +5,16 @@
 # listing everything the partition holds; fetch-answers-when-found.patch,
 # a fetch that found records answers at once instead of waiting out its
 # max_wait; fetch-wakes-on-produce.patch, a fetch that found nothing is
-# woken by the next produce instead of sleeping out its max_wait) and
-# installs it as $CARGO_HOME/bin/tansu-0.6.0-txlab3, the
+# woken by the next produce to one of its topics instead of sleeping out
+# its max_wait) and
+# installs it as $CARGO_HOME/bin/tansu-0.6.0-txlab4, the
 # name the lab looks for. About 15 minutes on 2 cores, once.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # The name says which patch it carries: raise txlab<N> with every change
 # to the patches (here, in setup.sh, tools.rs and the nightly workflow), so
 # that no older build is taken for it.
-name=tansu-0.6.0-txlab3
+name=tansu-0.6.0-txlab4
 cargo_home="${CARGO_HOME:-$HOME/.cargo}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT

@@ -55,7 +55,7 @@ fi
 
 # tansu with txlab's patch (see scripts/install-tansu.sh), unless the user
 # names a broker binary of their own.
-tansu_patched=tansu-0.6.0-txlab3
+tansu_patched=tansu-0.6.0-txlab4
 if [ -z "${TXLAB_TANSU:-}" ] && ! command -v "$tansu_patched" >/dev/null 2>&1 \
   && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/$tansu_patched" ]; then
   echo "setup: building tansu 0.6.0 with txlab's patch (a Kafka-API broker; about 15 minutes on 2 cores, once)"
