@@ -21,7 +21,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Idle connections kept for reuse; more are closed when they come back.
-const MAX_IDLE: usize = 256;
+/// As many as the driver ever holds (`max_in_flight` is 2,000 by default):
+/// a driver that fell behind and then caught up would otherwise close
+/// what it opened and open it again at the next burst.
+const MAX_IDLE: usize = 4096;
 
 /// Most bytes of a reply's head (status line and headers) read.
 const MAX_HEAD: usize = 16 * 1024;
