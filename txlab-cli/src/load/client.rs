@@ -20,12 +20,6 @@ use http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Idle connections kept for reuse; more are closed when they come back.
-/// As many as the driver ever holds (`max_in_flight` is 2,000 by default):
-/// a driver that fell behind and then caught up would otherwise close
-/// what it opened and open it again at the next burst.
-const MAX_IDLE: usize = 4096;
-
 /// Most bytes of a reply's head (status line and headers) read.
 const MAX_HEAD: usize = 16 * 1024;
 
@@ -97,14 +91,24 @@ impl Origin {
 pub struct Client {
     origin: Origin,
     idle: Mutex<Vec<Conn>>,
+    /// Idle connections kept for reuse; more are closed when they come back.
+    max_idle: usize,
     connect_timeout: Duration,
     timeout: Duration,
 }
 
 impl Client {
     /// A client for `base_url`; `timeout` bounds each request from taking a
-    /// connection to the reply's last byte.
-    pub fn new(base_url: &str, connect_timeout: Duration, timeout: Duration) -> anyhow::Result<Client> {
+    /// connection to the reply's last byte. Up to `max_idle` connections are
+    /// kept for reuse: the driver keeps as many as it may hold at once, or
+    /// one that fell behind and caught up would close what it opened and
+    /// open it again at the next burst.
+    pub fn new(
+        base_url: &str,
+        connect_timeout: Duration,
+        timeout: Duration,
+        max_idle: usize,
+    ) -> anyhow::Result<Client> {
         let origin = Origin::parse(base_url)?;
         if origin
             .authority
@@ -116,6 +120,7 @@ impl Client {
         Ok(Client {
             origin,
             idle: Mutex::new(Vec::new()),
+            max_idle,
             connect_timeout,
             timeout,
         })
@@ -231,7 +236,7 @@ impl Client {
 
     fn put_back(&self, conn: Conn) {
         let mut idle = self.idle.lock().expect("idle connections lock");
-        if idle.len() < MAX_IDLE {
+        if idle.len() < self.max_idle {
             idle.push(conn);
         }
     }
@@ -481,7 +486,7 @@ mod tests {
     const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 
     fn client(base: &str) -> Client {
-        Client::new(base, Duration::from_millis(500), Duration::from_millis(500)).unwrap()
+        Client::new(base, Duration::from_millis(500), Duration::from_millis(500), 8).unwrap()
     }
 
     #[tokio::test]
@@ -562,6 +567,7 @@ mod tests {
             "http://127.0.0.1:8080/api",
             Duration::from_secs(1),
             Duration::from_secs(1),
+            8,
         )
         .unwrap();
         let req = c

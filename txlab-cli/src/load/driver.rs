@@ -218,7 +218,12 @@ pub async fn drive(
     let mut rng = SmallRng::seed_from_u64(cell_seed(plan.profile.seed, &cell.scenario.name, cell.repetition));
     let offsets = arrivals(spec.arrival, &cell.stages, &mut rng);
     let start = Instant::now() + Duration::from_millis(20);
-    let client = Client::new(target.base_url, Duration::from_secs(2), Duration::from_secs(35))?;
+    let client = Client::new(
+        target.base_url,
+        Duration::from_secs(2),
+        Duration::from_secs(35),
+        spec.max_in_flight,
+    )?;
     let rec = Arc::new(Mutex::new(Recorder {
         report: LoadReport {
             target_rate: cell.offered_rate(),
