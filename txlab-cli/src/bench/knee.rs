@@ -83,6 +83,14 @@ pub fn run_again(passed: bool, steal: Option<Steal>, attempt: u32) -> bool {
     !passed && attempt < ATTEMPTS && steal.is_some_and(|s| s.peak > STEAL_DISTURBS)
 }
 
+/// What is told when a step at `rate` is run again for `steal`.
+pub fn rerun_note(rate: f64, steal: Steal) -> String {
+    format!(
+        "the host stole {:.0} % of the CPU in the worst second of {rate}/s; running it again",
+        100.0 * steal.peak
+    )
+}
+
 /// Whether a cell sustained its offered rate, and if not, why.
 #[derive(Debug, Clone, Serialize)]
 pub struct Verdict {
