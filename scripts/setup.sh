@@ -2,7 +2,7 @@
 # Installs what the local lab needs and is missing; safe to run again.
 #  - PostgreSQL 15 server binaries (Debian package `postgresql`), when root;
 #  - tansu 0.6.0, the Kafka-API broker, with its in-memory storage engine
-#    and txlab's patch to it (scripts/install-tansu.sh);
+#    and txlab's patches to it (scripts/install-tansu.sh);
 #  - a TrueType font (Debian package `fonts-dejavu-core`) for the charts;
 #  - Prometheus (Debian package `prometheus`), which the tests of txlab's
 #    Prometheus client scrape the real services with;
@@ -53,12 +53,12 @@ if [ -z "${TXLAB_PROMETHEUS:-}" ] && ! command -v prometheus >/dev/null 2>&1; th
   fi
 fi
 
-# tansu with txlab's patch (see scripts/install-tansu.sh), unless the user
+# tansu with txlab's patches (see scripts/install-tansu.sh), unless the user
 # names a broker binary of their own.
-tansu_patched=tansu-0.6.0-txlab4
+tansu_patched=tansu-0.6.0-txlab5
 if [ -z "${TXLAB_TANSU:-}" ] && ! command -v "$tansu_patched" >/dev/null 2>&1 \
   && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/$tansu_patched" ]; then
-  echo "setup: building tansu 0.6.0 with txlab's patch (a Kafka-API broker; about 15 minutes on 2 cores, once)"
+  echo "setup: building tansu 0.6.0 with txlab's patches (a Kafka-API broker; about 15 minutes on 2 cores, once)"
   "$(dirname "$0")/install-tansu.sh"
 fi
 # The k8s target renders charts/txlab with `helm template`.
