@@ -151,8 +151,6 @@ pub struct Figures {
     /// Highest arrival rate the driver sent on schedule (each arrival is a
     /// POST and a GET that finds it decided).
     pub driver_arrivals_per_s: Option<f64>,
-    /// The search passed its highest rate: the driver may go further.
-    pub at_search_max: bool,
     pub driver_requests_per_s: Option<f64>,
     /// Driver requests per second over wrk's.
     pub ratio: Option<f64>,
