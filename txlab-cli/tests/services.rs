@@ -462,7 +462,7 @@ async fn a_lone_replica_wakes_its_relay_in_memory_without_a_notify() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumers_drop_repeated_events_and_events_of_an_older_cell() {
     use rdkafka::producer::{FutureProducer, FutureRecord};
-    use txlab_api::event::CHECKOUT_TOPIC;
+    let payment_topic = txlab_api::event::checkout_topic(Role::Payment).unwrap();
     let (platform, e, dir, client) = common::seeded_with("inbox", TxMode::SagaChor).await;
     let order = json!({"customer": "c00004", "items": [{"sku": "sku-0004", "qty": 1, "unit_price": 400}], "slot": "slot-004"});
     let id = common::create_order(&client, &e, &order, None).await;
@@ -511,7 +511,7 @@ async fn consumers_drop_repeated_events_and_events_of_an_older_cell() {
         let body = event.to_string();
         let delivered = producer
             .send(
-                FutureRecord::to(CHECKOUT_TOPIC).key(key.as_str()).payload(&body),
+                FutureRecord::to(payment_topic).key(key.as_str()).payload(&body),
                 Duration::from_secs(10),
             )
             .await
@@ -525,7 +525,7 @@ async fn consumers_drop_repeated_events_and_events_of_an_older_cell() {
             let next: Option<i64> = sqlx::query_scalar(
                 "SELECT next_offset FROM consumer_offsets WHERE consumer = 'payment' AND topic = $1 AND partition = $2",
             )
-            .bind(CHECKOUT_TOPIC)
+            .bind(payment_topic)
             .bind(partition)
             .fetch_optional(&mut payment_db)
             .await

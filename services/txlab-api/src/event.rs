@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::order::{OrderItem, OrderState};
+use crate::Role;
 
 /// Producer settings every service uses, recorded with each run.
 /// `linger.ms=0`: the 5 ms default would dominate a sub-ms round trip to a
@@ -44,13 +45,45 @@ pub struct OrderOutcome {
     pub epoch: String,
 }
 
-/// Topic of [`CheckoutEvent`]s: the event-driven methods (`saga_chor`,
-/// `outbox`) coordinate through it. One topic keyed by order id keeps every
-/// event of an order in one partition, in order.
-pub const CHECKOUT_TOPIC: &str = "txlab.checkout";
+/// Topics of [`CheckoutEvent`]s, through which the event-driven methods
+/// (`saga_chor`, `outbox`) coordinate: one per service that reads them,
+/// and an event goes only to the services that act on it
+/// (`txlab_tx::choreography::audience`). On one shared topic every
+/// reader fetched, decoded and skipped every other service's events: four
+/// fetches per event where one or two were wanted, the broker's largest
+/// cost per checkout. Keyed by order id, so each reader gets an order's
+/// events in one partition, in the order they were produced.
+pub const CHECKOUT_TOPICS: [(Role, &str); 4] = [
+    (Role::Order, "txlab.checkout.order"),
+    (Role::Payment, "txlab.checkout.payment"),
+    (Role::Inventory, "txlab.checkout.inventory"),
+    (Role::Shipping, "txlab.checkout.shipping"),
+];
+
+/// The topic of the checkout events `reader` acts on (none for the
+/// notification service, which hears only outcomes).
+pub fn checkout_topic(reader: Role) -> Option<&'static str> {
+    CHECKOUT_TOPICS
+        .iter()
+        .find(|(r, _)| *r == reader)
+        .map(|(_, t)| *t)
+}
 
 /// Dead-letter topic: business failures under `outbox`, for people to handle.
 pub const DEAD_LETTER_TOPIC: &str = "txlab.checkout.dead-letter";
+
+/// The checkout events' topics, in [`CHECKOUT_TOPICS`]' order.
+pub fn checkout_topics() -> impl Iterator<Item = &'static str> {
+    CHECKOUT_TOPICS.into_iter().map(|(_, topic)| topic)
+}
+
+/// Every topic the services create and use.
+pub fn lab_topics() -> impl Iterator<Item = &'static str> {
+    [ORDER_EVENTS_TOPIC]
+        .into_iter()
+        .chain(checkout_topics())
+        .chain([DEAD_LETTER_TOPIC])
+}
 
 /// What an order needs from each participant, carried by every event so a
 /// participant can act on it alone.

@@ -198,6 +198,15 @@ impl Step {
     pub fn next(self) -> Option<Step> {
         Step::at(self.index() + 1)
     }
+
+    /// The service that carries out this step.
+    pub fn role(self) -> Role {
+        match self {
+            Step::Payment => Role::Payment,
+            Step::Inventory => Role::Inventory,
+            Step::Shipping => Role::Shipping,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -221,6 +230,7 @@ mod tests {
         );
         for s in Step::ALL {
             assert_eq!(Step::at(s.index()), Some(s));
+            assert_eq!(s.role().as_str(), s.as_str(), "a step is named after its service");
         }
         assert_eq!(
             (Step::Payment.next(), Step::Shipping.next()),

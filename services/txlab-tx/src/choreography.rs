@@ -4,9 +4,9 @@
 //! before it, failures flow back as compensations); `outbox` lets every
 //! participant apply on its own, with no compensation for a failure.
 
-use txlab_api::event::CheckoutKind;
+use txlab_api::event::{checkout_topic, CheckoutKind};
 use txlab_api::order::OrderState;
-use txlab_api::{Step, TxMode};
+use txlab_api::{Role, Step, TxMode};
 
 /// What a participant does about an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +33,21 @@ pub fn react(method: TxMode, step: Step, kind: &CheckoutKind) -> Option<Reaction
         ) if step.next() == Some(*s) => Some(Reaction::Compensate),
         _ => None,
     }
+}
+
+/// The topics an event of `kind` goes to under `method`: the topic of
+/// every participant that reacts to it, and the order service's for a
+/// participant's result (the order's own events, placed and cancelled,
+/// it writes rather than hears). Derived from [`react`], so a participant
+/// is sent exactly what it acts on.
+pub fn audience(method: TxMode, kind: &CheckoutKind) -> Vec<&'static str> {
+    let heard_by_order = !matches!(kind, CheckoutKind::OrderPlaced | CheckoutKind::CancelRequested);
+    let readers = Step::ALL
+        .into_iter()
+        .filter(|step| react(method, *step, kind).is_some())
+        .map(Step::role)
+        .chain(heard_by_order.then_some(Role::Order));
+    readers.filter_map(checkout_topic).collect()
 }
 
 /// What the order service has heard from each participant.
@@ -148,6 +163,61 @@ mod tests {
             react(m, Inventory, &CheckoutKind::CancelRequested),
             Some(Reaction::Compensate)
         );
+    }
+
+    #[test]
+    fn each_event_goes_to_the_services_that_act_on_it() {
+        let topic = |r| checkout_topic(r).unwrap();
+        let (order, payment, inventory, shipping) = (
+            topic(Role::Order),
+            topic(Role::Payment),
+            topic(Role::Inventory),
+            topic(Role::Shipping),
+        );
+        let chor = TxMode::SagaChor;
+        assert_eq!(audience(chor, &CheckoutKind::OrderPlaced), [payment]);
+        assert_eq!(
+            audience(chor, &CheckoutKind::Applied { step: Payment }),
+            [inventory, order]
+        );
+        assert_eq!(audience(chor, &CheckoutKind::Applied { step: Shipping }), [order]);
+        assert_eq!(audience(chor, &rejected(Shipping)), [inventory, order]);
+        assert_eq!(
+            audience(chor, &CheckoutKind::Compensated { step: Payment }),
+            [order],
+            "the end of the compensation chain"
+        );
+        let outbox = TxMode::Outbox;
+        assert_eq!(
+            audience(outbox, &CheckoutKind::OrderPlaced),
+            [payment, inventory, shipping]
+        );
+        assert_eq!(audience(outbox, &rejected(Inventory)), [order]);
+        for m in [chor, outbox] {
+            assert_eq!(
+                audience(m, &CheckoutKind::CancelRequested),
+                [payment, inventory, shipping]
+            );
+            // Whatever the event, a participant is sent it exactly when it reacts.
+            let kinds = [CheckoutKind::OrderPlaced, CheckoutKind::CancelRequested]
+                .into_iter()
+                .chain(Step::ALL.into_iter().flat_map(|s| {
+                    [
+                        CheckoutKind::Applied { step: s },
+                        rejected(s),
+                        CheckoutKind::Compensated { step: s },
+                    ]
+                }));
+            for kind in kinds {
+                for step in Step::ALL {
+                    assert_eq!(
+                        audience(m, &kind).contains(&topic(step.role())),
+                        react(m, step, &kind).is_some(),
+                        "{m} {kind:?} to {step}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgPool};
-use txlab_api::event::{CHECKOUT_TOPIC, ORDER_EVENTS_TOPIC};
+use txlab_api::event::{checkout_topics, CHECKOUT_TOPICS, ORDER_EVENTS_TOPIC};
 use txlab_api::order::{OrderItem, OrderState};
 use txlab_api::participant::{LedgerOp, RecordState};
 use txlab_api::{Role, TxMode};
@@ -215,9 +215,7 @@ impl Snapshots {
 pub fn active_consumers(method: TxMode) -> Vec<(Role, &'static str)> {
     let mut out = vec![(Role::Notification, ORDER_EVENTS_TOPIC)];
     if method.is_event_driven() {
-        out.extend(
-            [Role::Order, Role::Payment, Role::Inventory, Role::Shipping].map(|r| (r, CHECKOUT_TOPIC)),
-        );
+        out.extend(CHECKOUT_TOPICS);
     }
     out
 }
@@ -293,7 +291,7 @@ impl Reader {
         tokio::task::spawn_blocking(move || {
             let timeout = Duration::from_secs(5);
             let mut ends = BTreeMap::new();
-            for topic in [ORDER_EVENTS_TOPIC, CHECKOUT_TOPIC] {
+            for topic in [ORDER_EVENTS_TOPIC].into_iter().chain(checkout_topics()) {
                 let metadata = kafka
                     .fetch_metadata(Some(topic), timeout)
                     .with_context(|| format!("reading the partitions of {topic}"))?;

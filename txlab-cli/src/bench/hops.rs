@@ -5,10 +5,11 @@
 //! the order's `created_ms` / `decided_ms`. All clocks are the same host's.
 //!
 //! Stages, per order (happy path: one event per service and order):
-//! - `relay <service>`: its row written → acknowledged by the broker
-//!   (commit, wake-up, the relay's read, the produce round trip);
-//! - `<from> → <to>`: acknowledged → the consumer's transaction began
-//!   (the broker's fetch, the consumer's dispatch);
+//! - `relay <service>`: its event written → first acknowledged by the
+//!   broker (commit, wake-up, the relay's read, the produce round trip);
+//! - `<from> → <to>`: the copy on `<to>`'s topic acknowledged → the
+//!   consumer's transaction began (the broker's fetch, the consumer's
+//!   dispatch);
 //! - `handle <service>`: that transaction began → its own event written;
 //! - `verdict`: the order's last inbox row → the order decided;
 //! - `checkout`: order created → decided.
@@ -18,7 +19,7 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use serde::Serialize;
 use sqlx::Connection;
-use txlab_api::event::CHECKOUT_TOPIC;
+use txlab_api::event::{checkout_topics, CHECKOUT_TOPICS};
 use txlab_api::Role;
 
 /// One stage's spread over the orders measured, in ms.
@@ -31,11 +32,21 @@ pub struct Stage {
     pub p99_ms: f64,
 }
 
+/// A service's first checkout event of an order: its outbox rows, one per
+/// service it was sent to.
+#[derive(Debug, Default)]
+struct Sent {
+    event: String,
+    written: i64,
+    /// When the broker acknowledged the copy for each reader.
+    published: BTreeMap<Role, i64>,
+}
+
 /// The rows read from one service's database.
 #[derive(Default)]
 struct ServiceRows {
-    /// Order id → (event id, created, published) of its first checkout event.
-    sent: BTreeMap<String, (String, i64, Option<i64>)>,
+    /// Order id → its first checkout event.
+    sent: BTreeMap<String, Sent>,
     /// Event id → when this service's transaction for it began.
     received: BTreeMap<String, i64>,
 }
@@ -55,11 +66,11 @@ pub async fn measure(databases: &BTreeMap<Role, String>, skip_ms: i64) -> anyhow
         let mut db = sqlx::PgConnection::connect(url)
             .await
             .with_context(|| format!("connecting to {role}'s database"))?;
-        let sent: Vec<(String, String, i64, Option<i64>)> = sqlx::query_as(
-            "SELECT DISTINCT ON (key) key, payload->>'event_id', created_ms, published_ms \
-             FROM outbox WHERE topic = $1 ORDER BY key, id",
+        let rows_sent: Vec<(String, String, String, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT key, payload->>'event_id', topic, created_ms, published_ms \
+             FROM outbox WHERE topic = ANY($1) ORDER BY id",
         )
-        .bind(CHECKOUT_TOPIC)
+        .bind(checkout_topics().collect::<Vec<_>>())
         .fetch_all(&mut db)
         .await?;
         let received: Vec<(String, i64)> = sqlx::query_as("SELECT message_id, received_ms FROM inbox")
@@ -70,10 +81,22 @@ pub async fn measure(databases: &BTreeMap<Role, String>, skip_ms: i64) -> anyhow
                 .fetch_all(&mut db)
                 .await?;
         }
+        let mut sent = BTreeMap::<String, Sent>::new();
+        for (order, event, topic, written, published) in rows_sent {
+            let first = sent.entry(order).or_insert_with(|| Sent {
+                event: event.clone(),
+                written,
+                ..Sent::default()
+            });
+            let reader = CHECKOUT_TOPICS.iter().find(|(_, t)| *t == topic).map(|(r, _)| *r);
+            if let (true, Some(reader), Some(at)) = (first.event == event, reader, published) {
+                first.published.insert(reader, at);
+            }
+        }
         rows.insert(
             role,
             ServiceRows {
-                sent: sent.into_iter().map(|(k, e, c, p)| (k, (e, c, p))).collect(),
+                sent,
                 received: received.into_iter().collect(),
             },
         );
@@ -98,19 +121,22 @@ fn stages(
         };
         let mut last_heard_by_order = None;
         for from in SERVICES {
-            let Some((event, written, Some(published))) = rows[&from].sent.get(order) else {
+            let Some(sent) = rows[&from].sent.get(order) else {
                 continue;
             };
-            add(format!("relay {from}"), published - written);
-            for to in SERVICES {
-                let Some(began) = rows[&to].received.get(event) else {
+            let Some(first_ack) = sent.published.values().min() else {
+                continue;
+            };
+            add(format!("relay {from}"), first_ack - sent.written);
+            for (to, published) in &sent.published {
+                let Some(began) = rows[to].received.get(&sent.event) else {
                     continue;
                 };
                 add(format!("{from} → {to}"), began - published);
-                if to == Role::Order {
+                if *to == Role::Order {
                     last_heard_by_order = last_heard_by_order.max(Some(*began));
-                } else if let Some((_, answered, _)) = rows[&to].sent.get(order) {
-                    add(format!("handle {to}"), answered - began);
+                } else if let Some(answer) = rows[to].sent.get(order) {
+                    add(format!("handle {to}"), answer.written - began);
                 }
             }
         }
@@ -139,25 +165,34 @@ fn stages(
 mod tests {
     use super::*;
 
-    fn sent(order: &str, event: &str, written: i64, published: i64) -> (String, (String, i64, Option<i64>)) {
-        (order.into(), (event.into(), written, Some(published)))
+    fn sent(order: &str, event: &str, written: i64, published: &[(Role, i64)]) -> (String, Sent) {
+        let sent = Sent {
+            event: event.into(),
+            written,
+            published: published.iter().copied().collect(),
+        };
+        (order.into(), sent)
     }
 
     #[test]
     fn a_chain_of_events_splits_into_relays_deliveries_and_handlers() {
         // Order o1 placed at 0: order's event e0 written at 2, acknowledged
-        // at 5; payment began at 20, wrote e1 at 23, acknowledged at 30;
-        // the order heard e1 at 45 and decided at 47. Order o0, placed
-        // before the skip, is left out.
+        // at 5; payment began at 20, wrote e1 at 23 for the order and
+        // inventory, acknowledged at 30 and 31; the order heard e1 at 45
+        // and decided at 47 (inventory's handling is left out). Order o0,
+        // placed before the skip, is left out.
         let mut rows: BTreeMap<Role, ServiceRows> =
             SERVICES.iter().map(|r| (*r, ServiceRows::default())).collect();
         let order = rows.get_mut(&Role::Order).unwrap();
-        order
-            .sent
-            .extend([sent("o1", "e0", 2, 5), sent("o0", "x0", -99, -98)]);
+        order.sent.extend([
+            sent("o1", "e0", 2, &[(Role::Payment, 5)]),
+            sent("o0", "x0", -99, &[(Role::Payment, -98)]),
+        ]);
         order.received.insert("e1".into(), 45);
         let payment = rows.get_mut(&Role::Payment).unwrap();
-        payment.sent.extend([sent("o1", "e1", 23, 30)]);
+        payment
+            .sent
+            .extend([sent("o1", "e1", 23, &[(Role::Order, 30), (Role::Inventory, 31)])]);
         payment.received.insert("e0".into(), 20);
         let orders = [
             ("o1".to_string(), 0, Some(47)),

@@ -484,7 +484,7 @@ async fn store_dead_letter(
     crate::messaging::outbox::enqueue(
         &mut tx,
         &crate::messaging::outbox::RelayWake::Notify,
-        txlab_api::event::DEAD_LETTER_TOPIC,
+        &[txlab_api::event::DEAD_LETTER_TOPIC],
         key.unwrap_or(""),
         &letter,
     )

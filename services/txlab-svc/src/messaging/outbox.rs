@@ -100,22 +100,23 @@ impl RelayWake {
     }
 }
 
-/// Writes an event with the caller's transaction; the relay is woken as
-/// `wake` says (the caller calls [`RelayWake::committed`] after its commit).
+/// Writes an event with the caller's transaction, a row for each of
+/// `topics`; the relay is woken as `wake` says (the caller calls
+/// [`RelayWake::committed`] after its commit).
 pub async fn enqueue(
     conn: &mut PgConnection,
     wake: &RelayWake,
-    topic: &str,
+    topics: &[&str],
     key: &str,
     payload: &serde_json::Value,
 ) -> sqlx::Result<()> {
     // One statement, one round trip.
     sqlx::query(&format!(
-        "WITH written AS (INSERT INTO outbox (topic, key, payload, created_ms) VALUES ($1, $2, $3, $4) \
-                          RETURNING 1) {}",
+        "WITH written AS (INSERT INTO outbox (topic, key, payload, created_ms) \
+                          SELECT topic, $2, $3, $4 FROM UNNEST($1::text[]) AS t(topic) RETURNING 1) {}",
         wake.wake_sql()
     ))
-    .bind(topic)
+    .bind(topics)
     .bind(key)
     .bind(payload)
     .bind(txlab_tx::now_ms())

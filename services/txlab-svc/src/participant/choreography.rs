@@ -4,12 +4,13 @@
 //! row of the event that caused it and the outgoing event are one local
 //! transaction; a relay publishes the outgoing event afterwards.
 
+use anyhow::Context;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use txlab_api::event::{CheckoutEvent, CheckoutKind, CHECKOUT_TOPIC, DEAD_LETTER_TOPIC};
+use txlab_api::event::{checkout_topic, checkout_topics, CheckoutEvent, CheckoutKind, DEAD_LETTER_TOPIC};
 use txlab_api::fault::FaultPoint;
 use txlab_api::TxMode;
-use txlab_tx::choreography::{react, Reaction};
+use txlab_tx::choreography::{audience, react, Reaction};
 use uuid::Uuid;
 
 use super::ledger::{self, Forward};
@@ -28,9 +29,10 @@ pub async fn start<P: Participant>(
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     crate::roles::order::ensure_topics_with_retry(brokers).await?;
+    let produced: Vec<&str> = checkout_topics().chain([DEAD_LETTER_TOPIC]).collect();
     let relay = crate::messaging::outbox::Relay::new(
         state.pool.clone(),
-        crate::messaging::kafka::ready_producer(brokers, &[CHECKOUT_TOPIC, DEAD_LETTER_TOPIC]).await?,
+        crate::messaging::kafka::ready_producer(brokers, &produced).await?,
         state.relay.clone(),
         state.metrics.clone(),
     );
@@ -38,7 +40,7 @@ pub async fn start<P: Participant>(
     let offsets = crate::messaging::consumer::Offsets {
         pool: state.pool.clone(),
         consumer: P::ROLE.as_str(),
-        topic: CHECKOUT_TOPIC,
+        topic: checkout_topic(P::ROLE).with_context(|| format!("{} has no checkout topic", P::ROLE))?,
     };
     let consumer = crate::messaging::consumer::assigned(brokers, &offsets, state.replica).await?;
     let metrics = state.metrics.clone();
@@ -78,7 +80,7 @@ async fn handle<P: Participant>(
     let step = P::STEP;
     if reaction == Reaction::Apply && !may_fire(state, &event, FaultPoint::AfterEvent)? {
         let out = outgoing(&event, CheckoutKind::Applied { step });
-        if apply_at_once::<P>(state, &event, &out).await? {
+        if apply_at_once::<P>(state, method, &event, &out).await? {
             state.relay.committed();
             return handled(state, &event, reaction, &out.kind).await;
         }
@@ -107,12 +109,13 @@ async fn handle<P: Participant>(
     };
     let out = outgoing(&event, kind);
     let payload = serde_json::to_value(&out)?;
-    let key = event.order_id.to_string();
-    crate::messaging::outbox::enqueue(&mut tx, &state.relay, CHECKOUT_TOPIC, &key, &payload).await?;
+    let mut to = audience(method, &out.kind);
     if method == TxMode::Outbox && matches!(out.kind, CheckoutKind::Rejected { .. }) {
         // No compensation under outbox: the failure waits for a person.
-        crate::messaging::outbox::enqueue(&mut tx, &state.relay, DEAD_LETTER_TOPIC, &key, &payload).await?;
+        to.push(DEAD_LETTER_TOPIC);
     }
+    let key = event.order_id.to_string();
+    crate::messaging::outbox::enqueue(&mut tx, &state.relay, &to, &key, &payload).await?;
     fire_once(state, &event, FaultPoint::AfterEvent).await?;
     tx.commit().await?;
     state.relay.committed();
@@ -171,14 +174,21 @@ fn may_fire(state: &AppState, event: &CheckoutEvent, point: FaultPoint) -> anyho
 /// primary keys, and the transaction path then finds what it wrote.
 async fn apply_at_once<P: Participant>(
     state: &AppState,
+    method: TxMode,
     event: &CheckoutEvent,
     out: &CheckoutEvent,
 ) -> anyhow::Result<bool> {
+    let to = audience(method, &out.kind);
+    if to.is_empty() {
+        // The statement says it applied by the outbox rows it wrote.
+        return Ok(false);
+    }
     let sql = format!(
         "WITH lab AS (SELECT epoch = $3 AS current FROM lab_epoch FOR SHARE), {}, \
               seen AS (INSERT INTO inbox (message_id, received_ms) SELECT $9, $5 WHERE EXISTS (SELECT FROM go)), \
               written AS (INSERT INTO outbox (topic, key, payload, created_ms) \
-                          SELECT $10, $11, $12, $5 WHERE EXISTS (SELECT FROM go) RETURNING 1) {}",
+                          SELECT topic, $11, $12, $5 FROM UNNEST($10::text[]) AS t(topic) \
+                          WHERE EXISTS (SELECT FROM go) RETURNING 1) {}",
         ledger::forward_ctes::<P>(
             Forward::Take,
             "(SELECT current FROM lab) AND NOT EXISTS (SELECT FROM inbox WHERE message_id = $9)",
@@ -198,7 +208,7 @@ async fn apply_at_once<P: Participant>(
         &request,
     )
     .bind(event.event_id.to_string())
-    .bind(CHECKOUT_TOPIC)
+    .bind(&to)
     .bind(event.order_id.to_string())
     .bind(&payload)
     .fetch_optional(&state.pool)

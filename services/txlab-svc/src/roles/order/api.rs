@@ -181,6 +181,7 @@ async fn insert_order(
         super::choreography::emit(
             tx,
             relay,
+            order.method,
             id,
             spec,
             txlab_api::event::CheckoutKind::OrderPlaced,
@@ -294,6 +295,7 @@ pub async fn cancel(
         super::choreography::emit(
             &mut tx,
             &orders.app.relay,
+            order.method,
             id,
             order.spec(),
             txlab_api::event::CheckoutKind::CancelRequested,

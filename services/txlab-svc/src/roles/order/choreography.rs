@@ -6,11 +6,13 @@
 
 use std::sync::Arc;
 
+use anyhow::Context;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use txlab_api::event::{CheckoutEvent, CheckoutKind, OrderSpec, CHECKOUT_TOPIC};
+use txlab_api::event::{checkout_topic, CheckoutEvent, CheckoutKind, OrderSpec};
 use txlab_api::order::OrderState;
-use txlab_tx::choreography::{applied_may_decide, verdict, Heard};
+use txlab_api::{Role, TxMode};
+use txlab_tx::choreography::{applied_may_decide, audience, verdict, Heard};
 use txlab_tx::saga::{Compensation, Forward};
 use uuid::Uuid;
 
@@ -28,6 +30,7 @@ use crate::messaging::outbox::RelayWake;
 pub async fn emit(
     conn: &mut sqlx::PgConnection,
     relay: &RelayWake,
+    method: TxMode,
     order_id: Uuid,
     spec: OrderSpec,
     kind: CheckoutKind,
@@ -41,7 +44,8 @@ pub async fn emit(
         epoch,
     };
     let payload = serde_json::to_value(&event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    crate::messaging::outbox::enqueue(conn, relay, CHECKOUT_TOPIC, &order_id.to_string(), &payload).await
+    let to = audience(method, &event.kind);
+    crate::messaging::outbox::enqueue(conn, relay, &to, &order_id.to_string(), &payload).await
 }
 
 /// Consumes the participants' checkout events, and writes held results
@@ -54,7 +58,7 @@ pub async fn start(
     let offsets = crate::messaging::consumer::Offsets {
         pool: orders.app.pool.clone(),
         consumer: "order",
-        topic: CHECKOUT_TOPIC,
+        topic: checkout_topic(Role::Order).context("the order service has no checkout topic")?,
     };
     let consumer = crate::messaging::consumer::assigned(brokers, &offsets, orders.app.replica).await?;
     Ok(tokio::spawn(async move {
@@ -80,7 +84,7 @@ async fn handle(orders: &Orders, event: CheckoutEvent, receipt: Receipt) -> anyh
             Some(format!("{step}: {reason}")),
         ),
         CheckoutKind::Compensated { step } => (*step, Mark::Compensation(Compensation::Done), None),
-        // Our own events, read back from the shared topic.
+        // Our own events: not sent here (`audience`).
         CheckoutKind::OrderPlaced | CheckoutKind::CancelRequested => return Ok(Ack::Now),
     };
     let mut this = HeldResult {

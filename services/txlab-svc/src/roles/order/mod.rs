@@ -37,7 +37,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use txlab_api::event::{CHECKOUT_TOPIC, DEAD_LETTER_TOPIC, ORDER_EVENTS_TOPIC};
+use txlab_api::event::{checkout_topics, ORDER_EVENTS_TOPIC};
 use txlab_api::TxMode;
 use uuid::Uuid;
 
@@ -86,9 +86,10 @@ pub async fn build(
 ) -> anyhow::Result<(Router, Vec<JoinHandle<()>>)> {
     let brokers = config.kafka_brokers.clone().unwrap_or_default();
     ensure_topics_with_retry(&brokers).await?;
+    let produced: Vec<&str> = checkout_topics().chain([ORDER_EVENTS_TOPIC]).collect();
     let relay = crate::messaging::outbox::Relay::new(
         app.pool.clone(),
-        crate::messaging::kafka::ready_producer(&brokers, &[CHECKOUT_TOPIC, ORDER_EVENTS_TOPIC]).await?,
+        crate::messaging::kafka::ready_producer(&brokers, &produced).await?,
         app.relay.clone(),
         app.metrics.clone(),
     );
@@ -148,7 +149,7 @@ pub async fn build(
 /// Creates the lab's topics; the broker may still be starting when a
 /// service starts, so this retries for a while.
 pub async fn ensure_topics_with_retry(brokers: &str) -> anyhow::Result<()> {
-    for topic in [ORDER_EVENTS_TOPIC, CHECKOUT_TOPIC, DEAD_LETTER_TOPIC] {
+    for topic in txlab_api::event::lab_topics() {
         let mut attempt = 0u32;
         loop {
             attempt += 1;

@@ -140,7 +140,7 @@ pub async fn decide_in(
     crate::messaging::outbox::enqueue(
         &mut *tx,
         &app.relay,
-        ORDER_EVENTS_TOPIC,
+        &[ORDER_EVENTS_TOPIC],
         &order.id.to_string(),
         &payload,
     )
