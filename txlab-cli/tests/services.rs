@@ -424,10 +424,11 @@ async fn only_the_relay_lock_holder_publishes_and_a_waiting_relay_takes_over() {
 /// commit and send no NOTIFY (each would serialize its commit with every
 /// other notifying commit of the cluster). The test listens on the
 /// relays' channel in the order's and the payment's databases while a
-/// choreographed order goes through: nothing is heard, and both services
-/// count wake-ups from memory.
+/// choreographed order goes through: nothing is heard, both services
+/// count wake-ups from memory, and every outbox row of the order reached
+/// the relay from its writer, none read back from the table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lone_replica_wakes_its_relay_in_memory_without_a_notify() {
+async fn a_lone_replica_hands_its_rows_to_its_relay_in_memory_without_a_notify() {
     let (platform, e, dir, client) = common::seeded_with("relay-wake", TxMode::SagaChor).await;
     let mut listeners = Vec::new();
     for role in [Role::Order, Role::Payment] {
@@ -450,6 +451,23 @@ async fn a_lone_replica_wakes_its_relay_in_memory_without_a_notify() {
             l.contains("cause=\"memory\"")
         });
         assert!(memory >= 1.0, "{role}: no relay wake-up from memory:\n{text}");
+        let relayed = |how: &str| {
+            common::counter_sum(&text, "txlab_events_total", |l| {
+                l.contains("kind=\"relayed\"") && l.contains(&format!("detail=\"{how}\""))
+            })
+        };
+        let mut db = common::db(&e, role).await;
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE key = $1")
+            .bind(&id)
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+        assert!(rows >= 2, "{role}: {rows} outbox rows of the order");
+        assert_eq!(
+            (relayed("handed"), relayed("read")),
+            (rows as f64, 0.0),
+            "{role}: rows handed over and read back\n{text}"
+        );
     }
     platform.shutdown().await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();

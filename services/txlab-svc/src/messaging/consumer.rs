@@ -480,8 +480,9 @@ async fn store_dead_letter(
         .bind(txlab_tx::now_ms())
         .execute(&mut *tx)
         .await?;
-    // Rare, and written where the relay may be another process's: a NOTIFY.
-    crate::messaging::outbox::enqueue(
+    // Rare, and written where the relay may be another process's: a NOTIFY
+    // wakes it, and it reads the row from the table.
+    let _read_by_the_relay = crate::messaging::outbox::enqueue(
         &mut tx,
         &crate::messaging::outbox::RelayWake::Notify,
         &[txlab_api::event::DEAD_LETTER_TOPIC],

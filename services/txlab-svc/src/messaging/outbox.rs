@@ -16,6 +16,12 @@
 //! transaction per batch held open across the broker's round trip, a
 //! durable commit per batch (at 100 orders/s nearly one per event).
 //!
+//! When the relay runs in the writer's own process, the writer hands it
+//! the rows it committed ([`RelayWake::committed`]) and the relay sends
+//! them without reading them back: the table is read when the relay takes
+//! over and at each fallback poll, which finds whatever a handover missed
+//! (a writer that failed between its commit and the handover).
+//!
 //! A crash between an acknowledgement and its mark makes the row go out
 //! again, as does a relay that lost its lock without noticing yet: delivery
 //! is at-least-once and consumers deduplicate (see [`crate::inbox`]).
@@ -47,7 +53,7 @@ pub struct RelayError {
     source: rdkafka::error::KafkaError,
 }
 
-/// How the writer of an outbox row wakes the relay that publishes it.
+/// How the writer of an outbox row gets it to the relay that publishes it.
 ///
 /// A NOTIFY is dear: PostgreSQL serializes the commits of all
 /// transactions that NOTIFY, cluster-wide, by a lock it takes before the
@@ -59,9 +65,60 @@ pub struct RelayError {
 pub enum RelayWake {
     /// The relay may run in another replica: a NOTIFY, delivered at commit.
     Notify,
-    /// The relay runs in this process (the role's only replica): woken in
-    /// memory once the writer has committed ([`RelayWake::committed`]).
-    InProcess(Arc<tokio::sync::Notify>),
+    /// The relay runs in this process (the role's only replica): the
+    /// writer hands it the rows once it has committed
+    /// ([`RelayWake::committed`]), so the relay need not read them back.
+    InProcess(Arc<Handoff>),
+}
+
+/// Rows committed by this process's writers, waiting for its relay.
+#[derive(Default)]
+pub struct Handoff {
+    rows: std::sync::Mutex<Vec<Outgoing>>,
+    bell: tokio::sync::Notify,
+}
+
+impl Handoff {
+    /// The rows handed over so far, in the order their writers committed.
+    fn take(&self) -> Vec<Outgoing> {
+        std::mem::take(&mut *self.rows.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+}
+
+/// An outbox row as the producer needs it.
+pub struct Outgoing {
+    row: RowId,
+    topic: String,
+    key: String,
+    body: String,
+}
+
+/// Outbox rows a transaction wrote: the relay's once it has committed.
+#[must_use = "hand the rows to the relay with RelayWake::committed after the commit"]
+#[derive(Default)]
+pub struct Written(Vec<Outgoing>);
+
+impl Written {
+    /// The rows of a statement ending in [`RelayWake::written_sql`], with
+    /// the key and payload it wrote to each.
+    pub fn from_rows(rows: Vec<(i64, i64, String)>, key: &str, payload: &serde_json::Value) -> Written {
+        let body = payload.to_string();
+        Written(
+            rows.into_iter()
+                .map(|(id, created_ms, topic)| Outgoing {
+                    row: (id, created_ms),
+                    topic,
+                    key: key.to_string(),
+                    body: body.clone(),
+                })
+                .collect(),
+        )
+    }
+
+    /// Whether the statement wrote any row.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 impl RelayWake {
@@ -74,55 +131,65 @@ impl RelayWake {
         }
     }
 
-    /// To be called once the transaction that wrote outbox rows has
-    /// committed (before, the relay would not see them). A writer that
+    /// To be called once the transaction that wrote `written` has
+    /// committed (before, the relay must not see them). A writer that
     /// does not call it leaves its rows to the relay's next poll.
-    pub fn committed(&self) {
-        if let RelayWake::InProcess(bell) = self {
-            bell.notify_one();
+    pub fn committed(&self, written: Written) {
+        if let RelayWake::InProcess(handoff) = self {
+            if written.is_empty() {
+                return;
+            }
+            handoff
+                .rows
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .extend(written.0);
+            handoff.bell.notify_one();
         }
     }
 
     /// The SQL that ends a statement writing outbox rows from the CTE
-    /// `written`: with a NOTIFY per row when the relay needs one. It
-    /// returns one row per outbox row written.
-    pub fn wake_sql(&self) -> &'static str {
+    /// `written` (`RETURNING id, created_ms, topic`): with a NOTIFY per
+    /// row when the relay needs one. It returns those three columns of
+    /// each row written, for [`Written::from_rows`].
+    pub fn written_sql(&self) -> &'static str {
         match self {
             RelayWake::Notify => {
                 concat!(
-                    "SELECT true FROM written CROSS JOIN LATERAL (SELECT pg_notify('",
+                    "SELECT id, created_ms, topic FROM written CROSS JOIN LATERAL (SELECT pg_notify('",
                     channel!(),
                     "', '')) AS woken"
                 )
             }
-            RelayWake::InProcess(_) => "SELECT true FROM written",
+            RelayWake::InProcess(_) => "SELECT id, created_ms, topic FROM written",
         }
     }
 }
 
 /// Writes an event with the caller's transaction, a row for each of
-/// `topics`; the relay is woken as `wake` says (the caller calls
-/// [`RelayWake::committed`] after its commit).
+/// `topics`; the caller hands the rows to the relay with
+/// [`RelayWake::committed`] after its commit.
 pub async fn enqueue(
     conn: &mut PgConnection,
     wake: &RelayWake,
     topics: &[&str],
     key: &str,
     payload: &serde_json::Value,
-) -> sqlx::Result<()> {
+) -> sqlx::Result<Written> {
     // One statement, one round trip.
-    sqlx::query(&format!(
+    let rows: Vec<(i64, i64, String)> = sqlx::query_as(&format!(
         "WITH written AS (INSERT INTO outbox (topic, key, payload, created_ms) \
-                          SELECT topic, $2, $3, $4 FROM UNNEST($1::text[]) AS t(topic) RETURNING 1) {}",
-        wake.wake_sql()
+                          SELECT topic, $2, $3, $4 FROM UNNEST($1::text[]) AS t(topic) \
+                          RETURNING id, created_ms, topic) {}",
+        wake.written_sql()
     ))
     .bind(topics)
     .bind(key)
     .bind(payload)
     .bind(txlab_tx::now_ms())
-    .execute(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
-    Ok(())
+    Ok(Written::from_rows(rows, key, payload))
 }
 
 /// How often acknowledged rows are marked published.
@@ -150,7 +217,9 @@ pub struct Relay {
     pub wake: RelayWake,
     /// Counts the relay's wake-ups by what woke it
     /// (`txlab_relay_wakeups_total{cause}`: `memory`, `notify`, `poll`):
-    /// rows found only by the poll waited up to [`Relay::poll_every`] for it.
+    /// rows found only by the poll waited up to [`Relay::poll_every`] for it;
+    /// and the rows it sent by how it got them
+    /// (`txlab_events_total{kind="relayed"}`: `handed`, `read`).
     pub metrics: Arc<Metrics>,
 }
 
@@ -249,6 +318,9 @@ impl Relay {
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Read at once on taking over: rows may be waiting.
         let mut read_now = true;
+        // Rows this process's writers handed over, waiting for the batch
+        // in flight to be acknowledged.
+        let mut handed: Vec<Outgoing> = Vec::new();
         // After a send failed, rows are read again no sooner than
         // FAILURE_PAUSE: a broker refusing at once must not make a loop of
         // reads and refusals.
@@ -260,12 +332,17 @@ impl Relay {
             // a request per row as soon as it is written falls behind.
             let paused = failed_at.is_some_and(|t| t.elapsed() < FAILURE_PAUSE);
             if read_now && sends.is_empty() && !paused {
+                // Handed over before the read began, so committed before
+                // it: the read finds them.
+                drop(self.take_handed());
+                handed.clear();
                 match self.read_new(&state).await {
                     Ok(rows) => {
                         read_now = rows.len() as i64 == self.batch_size;
-                        for (row, topic, key, payload) in rows {
-                            state.sent.insert(row);
-                            sends.spawn(self.send(row, topic, key, payload));
+                        for out in rows {
+                            state.sent.insert(out.row);
+                            self.metrics.event("relayed", "read");
+                            sends.spawn(self.send(out));
                         }
                     }
                     Err(e) => {
@@ -277,9 +354,18 @@ impl Relay {
                 }
                 continue;
             }
+            if !handed.is_empty() && sends.is_empty() && !paused {
+                for out in handed.drain(..) {
+                    if state.sent.insert(out.row) {
+                        self.metrics.event("relayed", "handed");
+                        sends.spawn(self.send(out));
+                    }
+                }
+                continue;
+            }
             let in_process = async {
                 match &self.wake {
-                    RelayWake::InProcess(bell) => bell.notified().await,
+                    RelayWake::InProcess(handoff) => handoff.bell.notified().await,
                     RelayWake::Notify => std::future::pending().await,
                 }
             };
@@ -311,7 +397,12 @@ impl Relay {
                 }
                 _ = in_process => {
                     self.metrics.relay_woken("memory");
-                    read_now = true;
+                    // A row a read has already sent (its writer handed it
+                    // over after the read began) is dropped now, while it
+                    // is still among the rows sent: once marked it is not,
+                    // and would go out twice.
+                    let sent = &state.sent;
+                    handed.extend(self.take_handed().into_iter().filter(|out| !sent.contains(&out.row)));
                 }
                 Some(sent) = sends.join_next() => match sent {
                     Ok(Ok(acked)) => state.acked.push(acked),
@@ -319,6 +410,10 @@ impl Relay {
                         tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), "outbox relay failed to publish; the row goes out again");
                         state.sent.remove(&e.row);
                         failed_at = Some(std::time::Instant::now());
+                        // After the pause the table, not the handover, says
+                        // what goes next: the failed row again, in id order
+                        // with the rows written after it.
+                        read_now = true;
                     }
                     // A send task that panicked leaves a row this relay
                     // would never read again: start over from the table.
@@ -348,11 +443,16 @@ impl Relay {
         }
     }
 
+    /// The rows this process's writers have handed over since the last call.
+    fn take_handed(&self) -> Vec<Outgoing> {
+        match &self.wake {
+            RelayWake::InProcess(handoff) => handoff.take(),
+            RelayWake::Notify => Vec::new(),
+        }
+    }
+
     /// Unpublished rows not already handed to the producer, oldest first.
-    async fn read_new(
-        &self,
-        state: &InFlight,
-    ) -> sqlx::Result<Vec<(RowId, String, String, serde_json::Value)>> {
+    async fn read_new(&self, state: &InFlight) -> sqlx::Result<Vec<Outgoing>> {
         let (ids, created): (Vec<i64>, Vec<i64>) = state.sent.iter().copied().unzip();
         let rows: Vec<(i64, i64, String, String, serde_json::Value)> = sqlx::query_as(
             "SELECT id, created_ms, topic, key, payload FROM outbox o WHERE published_ms IS NULL \
@@ -367,7 +467,12 @@ impl Relay {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(id, created_ms, topic, key, payload)| ((id, created_ms), topic, key, payload))
+            .map(|(id, created_ms, topic, key, payload)| Outgoing {
+                row: (id, created_ms),
+                topic,
+                key,
+                body: payload.to_string(),
+            })
             .collect())
     }
 
@@ -375,14 +480,16 @@ impl Relay {
     /// it, with the time it did.
     fn send(
         &self,
-        row: RowId,
-        topic: String,
-        key: String,
-        payload: serde_json::Value,
+        out: Outgoing,
     ) -> impl std::future::Future<Output = Result<(RowId, i64), RelayError>> + Send + 'static {
-        let body = payload.to_string();
-        // Handed over now, in the order read: the idempotent producer keeps
-        // each partition's order from here.
+        let Outgoing {
+            row,
+            topic,
+            key,
+            body,
+        } = out;
+        // Handed over now, in the order read or committed: the idempotent
+        // producer keeps each partition's order from here.
         let delivery = self
             .producer
             .send_result(FutureRecord::to(&topic).key(&key).payload(&body))

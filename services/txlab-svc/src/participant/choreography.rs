@@ -19,6 +19,7 @@ use super::{stored_request, OpError, Participant};
 use crate::faults::Faults;
 use crate::messaging::consumer::{consume, Ack};
 use crate::messaging::inbox::{self, Delivery};
+use crate::messaging::outbox::Written;
 use crate::roles::AppState;
 
 /// Starts the participant's outbox relay and its checkout-event consumer.
@@ -80,8 +81,8 @@ async fn handle<P: Participant>(
     let step = P::STEP;
     if reaction == Reaction::Apply && !may_fire(state, &event, FaultPoint::AfterEvent)? {
         let out = outgoing(&event, CheckoutKind::Applied { step });
-        if apply_at_once::<P>(state, method, &event, &out).await? {
-            state.relay.committed();
+        if let Some(written) = apply_at_once::<P>(state, method, &event, &out).await? {
+            state.relay.committed(written);
             return handled(state, &event, reaction, &out.kind).await;
         }
     }
@@ -115,10 +116,10 @@ async fn handle<P: Participant>(
         to.push(DEAD_LETTER_TOPIC);
     }
     let key = event.order_id.to_string();
-    crate::messaging::outbox::enqueue(&mut tx, &state.relay, &to, &key, &payload).await?;
+    let written = crate::messaging::outbox::enqueue(&mut tx, &state.relay, &to, &key, &payload).await?;
     fire_once(state, &event, FaultPoint::AfterEvent).await?;
     tx.commit().await?;
-    state.relay.committed();
+    state.relay.committed(written);
     handled(state, &event, reaction, &out.kind).await
 }
 
@@ -164,9 +165,9 @@ fn may_fire(state: &AppState, event: &CheckoutEvent, point: FaultPoint) -> anyho
 /// inbox's check holds it), the inbox has not seen the event, the order
 /// has no record here and every item can be taken. Then the items are
 /// taken, their ledger lines, the record, the inbox row and `out` are
-/// written (the caller wakes the relay): one round trip and one
-/// durable commit instead of the transaction's five round trips.
-/// Otherwise nothing is written and `false` leaves the answer to the
+/// written (the caller hands `out`'s rows to the relay): one round trip
+/// and one durable commit instead of the transaction's five round trips.
+/// Otherwise nothing is written and `None` leaves the answer to the
 /// transaction path (a stale or repeated event, a record, a refusal).
 ///
 /// Neither the inbox nor the record is locked: the same event (or the
@@ -177,28 +178,29 @@ async fn apply_at_once<P: Participant>(
     method: TxMode,
     event: &CheckoutEvent,
     out: &CheckoutEvent,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Option<Written>> {
     let to = audience(method, &out.kind);
     if to.is_empty() {
         // The statement says it applied by the outbox rows it wrote.
-        return Ok(false);
+        return Ok(None);
     }
     let sql = format!(
         "WITH lab AS (SELECT epoch = $3 AS current FROM lab_epoch FOR SHARE), {}, \
               seen AS (INSERT INTO inbox (message_id, received_ms) SELECT $9, $5 WHERE EXISTS (SELECT FROM go)), \
               written AS (INSERT INTO outbox (topic, key, payload, created_ms) \
                           SELECT topic, $11, $12, $5 FROM UNNEST($10::text[]) AS t(topic) \
-                          WHERE EXISTS (SELECT FROM go) RETURNING 1) {}",
+                          WHERE EXISTS (SELECT FROM go) RETURNING id, created_ms, topic) {}",
         ledger::forward_ctes::<P>(
             Forward::Take,
             "(SELECT current FROM lab) AND NOT EXISTS (SELECT FROM inbox WHERE message_id = $9)",
         ),
-        state.relay.wake_sql()
+        state.relay.written_sql()
     );
     let req = P::request_for(&event.order);
     let request = stored_request::<P>(&req)?;
     let payload = serde_json::to_value(out)?;
-    let applied: sqlx::Result<Option<(bool,)>> = ledger::forward_query::<P, _>(
+    let key = event.order_id.to_string();
+    let applied: sqlx::Result<Vec<(i64, i64, String)>> = ledger::forward_query::<P, _>(
         &sql,
         Some(&event.epoch),
         event.order_id,
@@ -209,13 +211,14 @@ async fn apply_at_once<P: Participant>(
     )
     .bind(event.event_id.to_string())
     .bind(&to)
-    .bind(event.order_id.to_string())
+    .bind(&key)
     .bind(&payload)
-    .fetch_optional(&state.pool)
+    .fetch_all(&state.pool)
     .await;
     match applied {
-        Ok(row) => Ok(row.is_some()),
-        Err(e) if crate::db::is_unique_violation(&e) => Ok(false),
+        Ok(rows) if rows.is_empty() => Ok(None),
+        Ok(rows) => Ok(Some(Written::from_rows(rows, &key, &payload))),
+        Err(e) if crate::db::is_unique_violation(&e) => Ok(None),
         Err(e) => Err(e.into()),
     }
 }

@@ -16,6 +16,7 @@ use super::store::{self, load_order, Mark, OrderRow};
 use super::Orders;
 use crate::faults::Faults;
 use crate::http::ApiError;
+use crate::messaging::outbox::Written;
 
 /// Longest a `GET /orders/{id}?wait_ms=` may hold the connection.
 const MAX_WAIT_MS: u64 = 30_000;
@@ -100,7 +101,8 @@ pub async fn create(
     let mut tx = orders.app.pool.begin().await?;
     // This replica drives the orders it takes (methods with an engine).
     let driver = (!order.method.is_event_driven()).then(|| orders.driver.key());
-    let epoch = insert_order(&mut tx, &orders.app.relay, &order, faults.raw.as_deref(), driver).await?;
+    let (epoch, written) =
+        insert_order(&mut tx, &orders.app.relay, &order, faults.raw.as_deref(), driver).await?;
     if let Some(key) = &key {
         if !claim_key(&mut tx, key, &request, &order).await? {
             // A concurrent request with the same key won: answer with its order.
@@ -118,9 +120,9 @@ pub async fn create(
     let engine = !order.method.is_event_driven();
     let left = engine.then(|| orders.leave_for_engine(OrderRow::written(&order, faults.raw, epoch)));
     tx.commit().await?;
-    match left {
-        Some(left) => left.keep(),
-        None => orders.app.relay.committed(), // the order's event
+    orders.app.relay.committed(written); // the order's event, if any
+    if let Some(left) = left {
+        left.keep();
     }
     tracing::info!(order_id = %order.id, amount, "order accepted");
     orders.app.metrics.event("order", "accepted");
@@ -136,14 +138,14 @@ pub async fn create(
 /// the lab epoch, read first as every epoch reader does), the step log its
 /// method's engine keeps, and, without a coordinator, the event that
 /// places it. `driver` is the replica whose engine will run it. Returns
-/// the epoch the order was born in.
+/// the epoch the order was born in and the outbox rows written.
 async fn insert_order(
     tx: &mut sqlx::PgConnection,
     relay: &crate::messaging::outbox::RelayWake,
     order: &OrderView,
     fault: Option<&str>,
     driver: Option<i32>,
-) -> sqlx::Result<String> {
+) -> sqlx::Result<(String, Written)> {
     let epoch = crate::epoch::epoch(&mut *tx).await?;
     let (id, now) = (order.id, order.created_ms);
     sqlx::query(
@@ -170,6 +172,7 @@ async fn insert_order(
     if matches!(order.method, TxMode::Twopc | TxMode::Tcc) {
         store::insert_two_phase_log(tx, id, now).await?;
     }
+    let mut written = Written::default();
     if order.method.is_event_driven() {
         let spec = txlab_api::event::OrderSpec {
             customer: order.customer.clone(),
@@ -178,7 +181,7 @@ async fn insert_order(
             slot: order.slot.clone(),
             fault: fault.map(str::to_string),
         };
-        super::choreography::emit(
+        written = super::choreography::emit(
             tx,
             relay,
             order.method,
@@ -189,7 +192,7 @@ async fn insert_order(
         )
         .await?;
     }
-    Ok(epoch)
+    Ok((epoch, written))
 }
 
 /// Records the idempotency key of a new order with the caller's
@@ -291,8 +294,9 @@ pub async fn cancel(
         });
     }
     // Without a coordinator, the cancel itself is an event every participant hears.
+    let mut written = Written::default();
     if order.method.is_event_driven() {
-        super::choreography::emit(
+        written = super::choreography::emit(
             &mut tx,
             &orders.app.relay,
             order.method,
@@ -309,8 +313,8 @@ pub async fn cancel(
     tx.commit().await?;
     tracing::info!(order_id = %id, stage = %order.state, "cancel requested");
     orders.app.metrics.event("order", "cancel_requested");
+    orders.app.relay.committed(written); // the cancel's event, if any
     if order.method.is_event_driven() {
-        orders.app.relay.committed(); // the cancel's event
         orders.clone().drive(id);
     }
     Ok((StatusCode::ACCEPTED, Json(order.view())))

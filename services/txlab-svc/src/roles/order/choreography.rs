@@ -22,11 +22,11 @@ use super::store::{load_order_and_saga, write_marks, Mark, OrderRow, Unwritten};
 use super::Orders;
 use crate::messaging::consumer::{Ack, Receipt};
 use crate::messaging::inbox::{self, Delivery};
-use crate::messaging::outbox::RelayWake;
+use crate::messaging::outbox::{RelayWake, Written};
 
 /// Writes a checkout event with the caller's transaction. `epoch` must
 /// have been read first thing in that transaction (see [`crate::epoch::epoch`]).
-/// The caller wakes the relay after its commit ([`RelayWake::committed`]).
+/// The caller hands the rows to the relay after its commit ([`RelayWake::committed`]).
 pub async fn emit(
     conn: &mut sqlx::PgConnection,
     relay: &RelayWake,
@@ -35,7 +35,7 @@ pub async fn emit(
     spec: OrderSpec,
     kind: CheckoutKind,
     epoch: String,
-) -> sqlx::Result<()> {
+) -> sqlx::Result<Written> {
     let event = CheckoutEvent {
         event_id: Uuid::new_v4(),
         order_id,

@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::store::{OrderRow, Unwritten};
 use super::Orders;
+use crate::messaging::outbox::Written;
 use crate::roles::AppState;
 
 /// Marks a running order as compensating. Only a pending order moves here;
@@ -61,11 +62,10 @@ pub async fn finish_with(
 }
 
 /// What [`decide_in`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decided {
     /// This transaction records the outcome (once it commits): the order
-    /// as it then reads.
-    Now(OrderView),
+    /// as it then reads, and the outcome event's outbox row.
+    Now(OrderView, Written),
     /// Reset away, or decided before: nothing to do.
     Already,
     /// Still open: a cancel overtook the confirmation; the engine goes on.
@@ -137,7 +137,7 @@ pub async fn decide_in(
         epoch: order.epoch.clone(),
     };
     let payload = serde_json::to_value(&event).context("encoding the outcome event")?;
-    crate::messaging::outbox::enqueue(
+    let written = crate::messaging::outbox::enqueue(
         &mut *tx,
         &app.relay,
         &[ORDER_EVENTS_TOPIC],
@@ -160,7 +160,7 @@ pub async fn decide_in(
     view.state = state;
     view.reason = reason;
     view.decided_ms = Some(now);
-    Ok(Decided::Now(view))
+    Ok(Decided::Now(view, written))
 }
 
 /// After the commit of a [`decide_in`]: counts the outcome and wakes
@@ -168,8 +168,8 @@ pub async fn decide_in(
 /// cancel reopened it and the engine must go on).
 pub fn announce(orders: &Orders, order: &OrderRow, state: OrderState, decided: Decided) -> bool {
     match decided {
-        Decided::Now(view) => {
-            orders.app.relay.committed(); // the outcome event
+        Decided::Now(view, written) => {
+            orders.app.relay.committed(written); // the outcome event
             if orders.app.replica.is_lone() {
                 // Otherwise heard with the other replicas' decisions, from the NOTIFY.
                 orders.admission.heard_decision();
