@@ -6,19 +6,21 @@
 #    of listing everything the partition holds;
 #  - storage/fetch-answers-when-found.patch: a fetch that found records
 #    answers at once instead of waiting out its max_wait;
+#  - storage/fetch-stops-at-a-hole.patch: a fetch never answers past a
+#    batch that is not stored yet, nor with only the batch before it;
 #  - storage/fetch-wakes-on-produce.patch: a fetch that found nothing is
 #    woken by the next produce to one of its topics instead of sleeping
 #    out its max_wait;
 #  - service/frames-on-the-worker.patch: requests are decoded and
 #    responses encoded where they are handled, not on the blocking pool;
-# and installs it as $CARGO_HOME/bin/tansu-0.6.0-txlab5, the
+# and installs it as $CARGO_HOME/bin/tansu-0.6.0-txlab6, the
 # name the lab looks for. About 15 minutes on 2 cores, once.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # The name says which patch it carries: raise txlab<N> with every change
 # to the patches (here, in setup.sh, tools.rs and the nightly workflow), so
 # that no older build is taken for it.
-name=tansu-0.6.0-txlab5
+name=tansu-0.6.0-txlab6
 cargo_home="${CARGO_HOME:-$HOME/.cargo}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT

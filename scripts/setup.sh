@@ -55,7 +55,7 @@ fi
 
 # tansu with txlab's patches (see scripts/install-tansu.sh), unless the user
 # names a broker binary of their own.
-tansu_patched=tansu-0.6.0-txlab5
+tansu_patched=tansu-0.6.0-txlab6
 if [ -z "${TXLAB_TANSU:-}" ] && ! command -v "$tansu_patched" >/dev/null 2>&1 \
   && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/$tansu_patched" ]; then
   echo "setup: building tansu 0.6.0 with txlab's patches (a Kafka-API broker; about 15 minutes on 2 cores, once)"

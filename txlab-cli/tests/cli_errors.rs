@@ -86,7 +86,7 @@ fn a_typo_in_the_profile_names_file_line_and_field() {
 #[test]
 fn a_plain_tansu_is_run_with_a_warning_and_the_patched_one_without() {
     let warning = "a tansu without txlab's patch";
-    for (file, warned) in [("tansu", true), ("tansu-0.6.0-txlab5", false)] {
+    for (file, warned) in [("tansu", true), ("tansu-0.6.0-txlab6", false)] {
         let bin = common::temp_dir(&format!("fake-{file}"));
         let fake = bin.join(file);
         std::fs::write(&fake, "#!/bin/sh\necho 'tansu 0.0.0'\nexit 3\n").unwrap();

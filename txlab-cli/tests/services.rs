@@ -705,7 +705,6 @@ async fn held_results_are_written_when_overdue_and_heard_again_after_a_crash() {
 /// when that sleep ends, 4 s into the wait; with it, at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_answers_a_fetch_as_soon_as_it_has_records() {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::producer::{FutureProducer, FutureRecord};
     use rdkafka::{Message, Offset, TopicPartitionList};
@@ -713,20 +712,7 @@ async fn the_broker_answers_a_fetch_as_soon_as_it_has_records() {
     const FETCH_WAIT: Duration = Duration::from_secs(8);
 
     let (platform, e, dir) = common::deployed("broker-fetch").await;
-    let admin: AdminClient<_> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &e.brokers)
-        .create()
-        .unwrap();
-    for created in admin
-        .create_topics(
-            &[NewTopic::new(TOPIC, 1, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap()
-    {
-        created.expect("the probe topic is created");
-    }
+    one_partition_topic(&e.brokers, TOPIC).await;
     let producer: FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &e.brokers)
         .create()
@@ -786,6 +772,118 @@ async fn the_broker_answers_a_fetch_as_soon_as_it_has_records() {
     read_soon(&consumer, produced, "second", "a waiting fetch, from the produce").await;
     platform.shutdown().await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Producers that overlap on one partition never make a consumer skip a
+/// record or get an answer it cannot use. A produce takes its offsets
+/// before it stores its batch; tansu without fetch-stops-at-a-hole.patch
+/// answered a fetch that came in between with the batch after the hole
+/// (the consumer saw an offset jump) or only the batch before it
+/// (librdkafka fetched again at once until it reported MSG_SIZE_TOO_LARGE).
+/// Four producers sending one record at a time, as the relays do, and a
+/// consumer with the lab's settings reading the partition as it fills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_reads_every_offset_in_order_while_producers_overlap() {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    const TOPIC: &str = "overlap-probe";
+    const PRODUCERS: usize = 4;
+    const EACH: usize = 300;
+    const TOTAL: i64 = (PRODUCERS * EACH) as i64;
+
+    let (platform, e, dir) = common::deployed("broker-overlap").await;
+    one_partition_topic(&e.brokers, TOPIC).await;
+
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &e.brokers)
+        .set("group.id", "overlap-probe")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "500")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(TOPIC, 0, Offset::Offset(0)).unwrap();
+    consumer.assign(&tpl).unwrap();
+    // Offset jumps (expected, got) and receive errors, until every record
+    // was read or 60 s passed.
+    let reader = tokio::spawn(async move {
+        let (mut next, mut jumps, mut errors) = (0_i64, Vec::new(), Vec::new());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while next < TOTAL {
+            match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                Err(_) => break,
+                Ok(Ok(message)) => {
+                    if message.offset() != next {
+                        jumps.push((next, message.offset()));
+                    }
+                    next = message.offset() + 1;
+                }
+                Ok(Err(e)) => errors.push(e.to_string()),
+            }
+        }
+        (next, jumps, errors)
+    });
+
+    let started = std::time::Instant::now();
+    let mut producers = tokio::task::JoinSet::new();
+    for p in 0..PRODUCERS {
+        let mut config = rdkafka::ClientConfig::new();
+        config.set("bootstrap.servers", &e.brokers);
+        for (k, v) in txlab_api::event::PRODUCER_SETTINGS {
+            config.set(k, v);
+        }
+        let producer: FutureProducer = config.create().unwrap();
+        producers.spawn(async move {
+            for i in 0..EACH {
+                let key = format!("{p}-{i}");
+                producer
+                    .send(
+                        FutureRecord::to(TOPIC).key(&key).payload("overlap"),
+                        Duration::from_secs(10),
+                    )
+                    .await
+                    .map_err(|(e, _)| e)
+                    .expect("the record is acknowledged");
+            }
+        });
+    }
+    while let Some(done) = producers.join_next().await {
+        done.unwrap();
+    }
+    let produced = started.elapsed();
+    let (read_to, jumps, errors) = reader.await.unwrap();
+    eprintln!(
+        "{TOTAL} records produced in {produced:?}, read in {:?}: to offset {read_to}; jumps {jumps:?}; errors {errors:?}",
+        started.elapsed()
+    );
+    assert!(
+        jumps.is_empty(),
+        "the consumer was served past records not stored yet (expected, got): {jumps:?}"
+    );
+    assert!(errors.is_empty(), "the consumer's fetches failed: {errors:?}");
+    assert_eq!(read_to, TOTAL, "every record acknowledged is read");
+    platform.shutdown().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Creates `topic` with one partition on the lab's broker, for a probe.
+async fn one_partition_topic(brokers: &str, topic: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<_> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    for created in admin
+        .create_topics(
+            &[NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap()
+    {
+        created.expect("the probe topic is created");
+    }
 }
 
 /// A forward call that is refused moves nothing, even when it is refused

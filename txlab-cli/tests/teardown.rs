@@ -27,7 +27,7 @@ fn start_run(name: &str) -> (std::process::Child, PathBuf, Vec<(u32, String)>, P
         let tree = common::tree(child.id());
         let services = tree.iter().filter(|(_, c)| c.contains("txlab-svc")).count();
         let infra = tree.iter().any(|(_, c)| c.contains("postgres -D"))
-            // The binary is `tansu` or txlab's patched `tansu-0.6.0-txlab5`.
+            // The binary is `tansu` or txlab's patched `tansu-0.6.0-txlab6`.
             && tree.iter().any(|(_, c)| c.contains("tansu") && c.contains(" broker "));
         if services == 5 && infra {
             // Let the load begin, so work is in flight when the signal lands.

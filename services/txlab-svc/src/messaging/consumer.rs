@@ -304,6 +304,7 @@ pub async fn consume<T, F, Fut>(
     // OFFSET_FLUSH rather than one write per message: a crash in between
     // redelivers a few messages, which the handlers' inboxes absorb.
     let mut unstored: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut failures_in_a_row = 0_u32;
     let mut flush = tokio::time::interval(OFFSET_FLUSH);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stopped = crate::stopped(stop);
@@ -322,6 +323,7 @@ pub async fn consume<T, F, Fut>(
             }
             m = consumer.recv() => match m {
                 Ok(msg) => {
+                    failures_in_a_row = 0;
                     let msg = msg.detach();
                     let (partition, offset) = (msg.partition(), msg.offset());
                     if let Some(expected) = progress.started(partition, offset) {
@@ -351,7 +353,14 @@ pub async fn consume<T, F, Fut>(
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, what, "kafka receive failed");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    // librdkafka goes on fetching after the errors it
+                    // reports, so a lone one is not waited on (the pause
+                    // held every partition of this consumer); a run of
+                    // them, a broker gone, is, so failures do not spin.
+                    failures_in_a_row += 1;
+                    if failures_in_a_row > 1 {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
                 }
             },
         }

@@ -70,7 +70,7 @@ pub fn postgres_bin_dir() -> anyhow::Result<PathBuf> {
 
 /// The tansu build the lab runs: 0.6.0 with txlab's patches
 /// (scripts/install-tansu.sh), on PATH or in cargo's bin directory.
-pub const TANSU_PATCHED: &str = "tansu-0.6.0-txlab5";
+pub const TANSU_PATCHED: &str = "tansu-0.6.0-txlab6";
 
 /// The tansu binary: `TXLAB_TANSU`, else the patched build, else a plain
 /// `tansu` (with a warning).
