@@ -194,6 +194,57 @@ async fn the_tcc_barrier_stops_repeats_empty_cancels_and_hanging_tries() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `on_branch` leaves nothing in the connection's statement cache (through
+/// `sqlx::query` every gid's command was kept there), keeps a quote inside
+/// the gid's literal, and passes PostgreSQL's error for an unknown gid on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_phase_commands_leave_no_prepared_statement_behind() {
+    use sqlx::Connection;
+    use txlab_svc::db::{on_branch, OnBranch};
+
+    let dir = common::temp_dir("branch-commands");
+    let platform = LocalPlatform::start(txlab_cli::platform::local::LocalOptions {
+        log_dir: dir.join("logs"),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut conn = sqlx::PgConnection::connect(platform.admin_url()).await.unwrap();
+    // A quote in a gid is escaped, not taken for the literal's end.
+    for (gid, end) in [
+        ("txlab_test_1", OnBranch::Commit),
+        ("txlab_test_it's", OnBranch::Rollback),
+    ] {
+        sqlx::Executor::execute(&mut conn, "BEGIN; SELECT 1")
+            .await
+            .unwrap();
+        on_branch(&mut conn, OnBranch::Prepare, gid).await.unwrap();
+        on_branch(&mut conn, end, gid).await.unwrap();
+    }
+    assert_eq!(
+        conn.cached_statements_size(),
+        0,
+        "a gid's command was kept as a prepared statement"
+    );
+    let left: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'txlab\\_test\\_%'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(left, 0, "every branch prepared here was ended");
+    // A gid that names no branch is PostgreSQL's error, passed on.
+    let unknown = on_branch(&mut conn, OnBranch::Commit, "txlab_test_none")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&unknown, sqlx::Error::Database(d) if d.code().as_deref() == Some("42704")),
+        "{unknown}"
+    );
+    conn.close().await.unwrap();
+    platform.shutdown().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_in_doubt_2pc_branch_is_rolled_back_by_presumed_abort() {
     let (platform, e, dir) = common::deployed_with("in-doubt", TxMode::Twopc).await;

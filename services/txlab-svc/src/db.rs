@@ -74,6 +74,33 @@ pub fn is_lock_timeout(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("55P03"))
 }
 
+/// The two-phase commands that name a branch by its gid, which PostgreSQL
+/// takes only as a literal.
+#[derive(Debug, Clone, Copy)]
+pub enum OnBranch {
+    Prepare,
+    Commit,
+    Rollback,
+}
+
+/// Runs `what` on the branch `gid` as a simple query: one round trip, and
+/// no prepared statement. Through `sqlx::query` each gid's text became a
+/// statement of its own: parsed and described in a round trip first, then
+/// kept in the connection's statement cache, where every order's gids
+/// pushed out the statements worth keeping.
+pub async fn on_branch<'c, E>(conn: E, what: OnBranch, gid: &str) -> sqlx::Result<()>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+{
+    let command = match what {
+        OnBranch::Prepare => "PREPARE TRANSACTION",
+        OnBranch::Commit => "COMMIT PREPARED",
+        OnBranch::Rollback => "ROLLBACK PREPARED",
+    };
+    let sql = format!("{command} '{}'", gid.replace('\'', "''"));
+    conn.execute(sql.as_str()).await.map(drop)
+}
+
 /// Rolls back every prepared 2PC branch of the lab in this database: the
 /// lab's reset ends a cell, and a branch left in doubt would otherwise keep
 /// its row locks (and block the reset's TRUNCATE) for ever. Returns how many.
@@ -85,12 +112,8 @@ pub async fn roll_back_lab_branches(pool: &sqlx::PgPool) -> sqlx::Result<usize> 
     .await?;
     let mut rolled_back = 0;
     for gid in gids {
-        // The gid is one of ours (a role name and a UUID's hex digits), so
-        // inlining it is safe; a branch resolved meanwhile is not an error.
-        match sqlx::query(&format!("ROLLBACK PREPARED '{}'", gid.replace('\'', "''")))
-            .execute(pool)
-            .await
-        {
+        // A branch resolved meanwhile is not an error.
+        match on_branch(pool, OnBranch::Rollback, &gid).await {
             Ok(_) => rolled_back += 1,
             Err(sqlx::Error::Database(d)) if d.code().as_deref() == Some("42704") => {}
             Err(e) => return Err(e),

@@ -16,6 +16,7 @@ use txlab_api::participant::StepReply;
 use uuid::Uuid;
 
 use super::*;
+use crate::db::{on_branch, OnBranch};
 
 /// How long a prepare waits for a row lock held by another in-doubt branch
 /// before it gives up (and the coordinator retries or aborts).
@@ -61,10 +62,7 @@ async fn prepare_in<P: Participant>(
         .fire(FaultPoint::DuringPrepare)
         .await
         .map_err(OpError::Fault)?;
-    // The gid is made of a role name and a UUID's hex digits: safe to inline.
-    sqlx::query(&format!("PREPARE TRANSACTION '{}'", gid(P::ROLE, order_id)))
-        .execute(&mut *conn)
-        .await?;
+    on_branch(&mut *conn, OnBranch::Prepare, &gid(P::ROLE, order_id)).await?;
     Ok(reply(order_id, RecordState::Prepared, false))
 }
 
@@ -158,11 +156,8 @@ async fn commit_once<P: Participant>(
         .map_err(OpError::Fault)?;
     let mut conn = pool.acquire().await?;
     fence.check_alone(&mut conn).await?;
-    match sqlx::query(&format!("COMMIT PREPARED '{}'", gid(P::ROLE, order_id)))
-        .execute(&mut *conn)
-        .await
-    {
-        Ok(_) => Ok(reply(order_id, P::APPLIED, false)),
+    match on_branch(&mut *conn, OnBranch::Commit, &gid(P::ROLE, order_id)).await {
+        Ok(()) => Ok(reply(order_id, P::APPLIED, false)),
         Err(e) if is_unknown_gid(&e) => {
             let state: Option<String> =
                 sqlx::query_scalar(&format!("SELECT state FROM {} WHERE order_id = $1", P::RECORDS))
@@ -190,11 +185,8 @@ pub async fn rollback_once<P: Participant>(
 ) -> Result<StepReply, OpError> {
     let mut conn = pool.acquire().await?;
     fence.check_alone(&mut conn).await?;
-    let rolled_back = match sqlx::query(&format!("ROLLBACK PREPARED '{}'", gid(P::ROLE, order_id)))
-        .execute(&mut *conn)
-        .await
-    {
-        Ok(_) => true,
+    let rolled_back = match on_branch(&mut *conn, OnBranch::Rollback, &gid(P::ROLE, order_id)).await {
+        Ok(()) => true,
         Err(e) if is_unknown_gid(&e) => false,
         Err(e) => return Err(e.into()),
     };
@@ -312,7 +304,7 @@ async fn recover_once<P: Participant>(
         tracing::info!(order_id = %order_id, decision = ?decision.decision, "resolving in-doubt branch");
         match decision.decision {
             Some(txlab_api::participant::DecisionKind::Commit) => {
-                match sqlx::query(&format!("COMMIT PREPARED '{g}'")).execute(pool).await {
+                match on_branch(pool, OnBranch::Commit, &g).await {
                     Err(e) if !is_unknown_gid(&e) => return Err(e.into()),
                     _ => {}
                 }
