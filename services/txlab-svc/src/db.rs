@@ -86,8 +86,8 @@ pub enum OnBranch {
 /// Runs `what` on the branch `gid` as a simple query: one round trip, and
 /// no prepared statement. Through `sqlx::query` each gid's text became a
 /// statement of its own: parsed and described in a round trip first, then
-/// kept in the connection's statement cache, where every order's gids
-/// pushed out the statements worth keeping.
+/// held in the connection's statement cache (and on the server) until
+/// evicted by later gids, each eviction one more message to close it.
 pub async fn on_branch<'c, E>(conn: E, what: OnBranch, gid: &str) -> sqlx::Result<()>
 where
     E: sqlx::Executor<'c, Database = sqlx::Postgres>,
