@@ -74,6 +74,11 @@ pub fn is_lock_timeout(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("55P03"))
 }
 
+/// SQLSTATE 42704: the named prepared transaction does not exist.
+pub fn is_unknown_gid(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("42704"))
+}
+
 /// The two-phase commands that name a branch by its gid, which PostgreSQL
 /// takes only as a literal.
 #[derive(Debug, Clone, Copy)]
@@ -114,8 +119,8 @@ pub async fn roll_back_lab_branches(pool: &sqlx::PgPool) -> sqlx::Result<usize> 
     for gid in gids {
         // A branch resolved meanwhile is not an error.
         match on_branch(pool, OnBranch::Rollback, &gid).await {
-            Ok(_) => rolled_back += 1,
-            Err(sqlx::Error::Database(d)) if d.code().as_deref() == Some("42704") => {}
+            Ok(()) => rolled_back += 1,
+            Err(e) if is_unknown_gid(&e) => {}
             Err(e) => return Err(e),
         }
     }

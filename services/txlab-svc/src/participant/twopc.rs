@@ -16,7 +16,7 @@ use txlab_api::participant::StepReply;
 use uuid::Uuid;
 
 use super::*;
-use crate::db::{on_branch, OnBranch};
+use crate::db::{is_unknown_gid, on_branch, OnBranch};
 
 /// How long a prepare waits for a row lock held by another in-doubt branch
 /// before it gives up (and the coordinator retries or aborts).
@@ -31,11 +31,6 @@ pub fn gid(role: Role, order_id: Uuid) -> String {
 
 pub fn path<P: Participant>(op: &str) -> String {
     format!("/twopc/{}/{{order_id}}/{op}", P::COLLECTION)
-}
-
-/// SQLSTATE 42704: the named prepared transaction does not exist.
-fn is_unknown_gid(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("42704"))
 }
 
 /// The branch's work inside an explicit BEGIN, ending in PREPARE TRANSACTION.
