@@ -161,6 +161,9 @@ pub struct Figures {
     /// the driver's, and the stub's while the driver drove it.
     pub driver_cpu_us: Option<f64>,
     pub stub_cpu_us_under_driver: Option<f64>,
+    /// The most memory the bench process (the driver) held during the
+    /// search, MiB.
+    pub driver_peak_rss_mib: Option<f64>,
 }
 
 /// CPU µs per request between two readings of [`Stub::cpu_seconds`].

@@ -426,6 +426,7 @@ async fn driver_against(
         stub_cpu_us_under_wrk,
         driver_cpu_us: cpu_at_pass.map(|c| c.0),
         stub_cpu_us_under_driver: cpu_at_pass.map(|c| c.1),
+        driver_peak_rss_mib: resources::own_peak_rss_mib(),
     })
 }
 
@@ -819,11 +820,12 @@ fn print_report(r: &BenchReport) {
             d.ratio.map_or("–".into(), |a| format!("{a:.2}")),
         );
         println!(
-            "driver: CPU per request: wrk {:.1} µs, the stub {:.1} µs under wrk; txlab's driver {} µs, the stub {} µs under it",
+            "driver: CPU per request: wrk {:.1} µs, the stub {:.1} µs under wrk; txlab's driver {} µs, the stub {} µs under it; the driver's memory at most {} MiB",
             d.wrk_cpu_us,
             d.stub_cpu_us_under_wrk,
             d.driver_cpu_us.map_or("–".into(), |a| format!("{a:.1}")),
             d.stub_cpu_us_under_driver.map_or("–".into(), |a| format!("{a:.1}")),
+            d.driver_peak_rss_mib.map_or("–".into(), |m| format!("{m:.0}")),
         );
     }
 }

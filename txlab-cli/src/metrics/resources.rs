@@ -270,6 +270,18 @@ pub async fn watch_steal<F: std::future::Future>(work: F) -> (F::Output, Option<
     )
 }
 
+/// The most resident memory this process has held so far, in MiB
+/// (`VmHWM` in /proc/self/status).
+pub fn own_peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_peak_rss_kib(&status).map(|kib| kib as f64 / 1024.0)
+}
+
+fn parse_peak_rss_kib(status: &str) -> Option<u64> {
+    let value = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+    value.trim().strip_suffix("kB")?.trim().parse().ok()
+}
+
 /// txlab's own process: the driver.
 pub fn driver() -> Component {
     Component {
@@ -282,6 +294,17 @@ pub fn driver() -> Component {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peak_memory_is_read_from_the_status_file() {
+        let status = "Name:\ttxlab\nVmPeak:\t 2097152 kB\nVmHWM:\t   40160 kB\nVmRSS:\t   38000 kB\n";
+        assert_eq!(parse_peak_rss_kib(status), Some(40_160));
+        assert_eq!(parse_peak_rss_kib("VmRSS:\t 1 kB\n"), None);
+        assert!(
+            own_peak_rss_mib().is_some_and(|m| m > 0.0),
+            "this process's status"
+        );
+    }
 
     #[test]
     fn stolen_time_is_read_from_the_machine_line() {
