@@ -234,6 +234,23 @@ impl Client {
         })
     }
 
+    /// Opens up to `n` connections, as many as the idle stack has room
+    /// for, and keeps them idle; stops at the first that cannot be opened
+    /// (the requests will meet the same failure and count it) or after
+    /// `within`. Returns how many it opened.
+    pub async fn warm(&self, n: usize, within: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut opened = 0;
+        while opened < n && self.idle.lock().expect("idle connections lock").len() < self.max_idle {
+            match tokio::time::timeout_at(deadline, self.connect()).await {
+                Ok(Ok(conn)) => self.idle.lock().expect("idle connections lock").push(conn),
+                _ => break,
+            }
+            opened += 1;
+        }
+        opened
+    }
+
     fn put_back(&self, conn: Conn) {
         let mut idle = self.idle.lock().expect("idle connections lock");
         if idle.len() < self.max_idle {
@@ -417,6 +434,9 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, ()> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
     use super::*;
 
     #[test]
@@ -440,12 +460,20 @@ mod tests {
     /// A loopback server that answers every request on a connection with
     /// `reply` and then does what `after` says; its address.
     async fn server(reply: &'static str, after: After) -> String {
+        counting_server(reply, after).await.0
+    }
+
+    /// [`server`], and how many connections it has accepted so far.
+    async fn counting_server(reply: &'static str, after: After) -> (String, Arc<AtomicUsize>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
         tokio::spawn(async move {
             loop {
                 let (mut socket, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 4096];
                     // Every request here is a head without a body.
@@ -467,7 +495,7 @@ mod tests {
                 });
             }
         });
-        format!("http://{addr}")
+        (format!("http://{addr}"), accepted)
     }
 
     #[derive(Clone, Copy, PartialEq)]
@@ -501,6 +529,49 @@ mod tests {
             1,
             "one connection, back in the stack"
         );
+    }
+
+    /// `n` GETs sent at once; how many were answered 200.
+    async fn at_once(c: &Arc<Client>, n: usize) -> usize {
+        let mut sends = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let c = c.clone();
+            sends.spawn(async move { c.send(Method::GET, "/", &[], None).await });
+        }
+        let replies = sends.join_all().await;
+        replies
+            .iter()
+            .filter(|r| matches!(r, Ok(r) if r.status == StatusCode::OK))
+            .count()
+    }
+
+    #[tokio::test]
+    async fn warmed_connections_carry_the_requests() {
+        let (base, accepted) = counting_server(OK, After::KeepAlive).await;
+        let c = Arc::new(client(&base));
+        assert_eq!(c.warm(5, Duration::from_secs(1)).await, 5);
+        assert_eq!(c.idle.lock().unwrap().len(), 5);
+        assert_eq!(at_once(&c, 5).await, 5);
+        assert_eq!(
+            accepted.load(Ordering::Relaxed),
+            5,
+            "no connection opened past the warm ones"
+        );
+        // No more than the client keeps idle (8 here), counting those it has.
+        assert_eq!(c.warm(20, Duration::from_secs(1)).await, 3);
+        assert_eq!(at_once(&c, 8).await, 8);
+        assert_eq!(accepted.load(Ordering::Relaxed), 8);
+    }
+
+    #[tokio::test]
+    async fn warming_stops_at_a_target_that_refuses() {
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        let c = client(&closed);
+        assert_eq!(c.warm(5, Duration::from_secs(1)).await, 0);
+        assert!(c.idle.lock().unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -28,6 +28,16 @@ use super::{cell_seed, orders::make_order, schedule::arrivals};
 use crate::audit::ClientView;
 use crate::spec::{Cell, Plan};
 
+/// The driver opens, before the clock starts, as many connections as its
+/// highest rate sends orders in this long. Past its knee a connection is
+/// opened for each order that finds none idle, and opening costs driver and
+/// endpoint several times a request's CPU: a pause of a few tens of ms then
+/// sets off a storm of connects that feeds itself until `max_in_flight`
+/// drops orders (docs/performance.md, "A warm pool of connections").
+const WARM_FOR: Duration = Duration::from_millis(25);
+/// Longest the warming may take (a target that does not answer connects).
+const WARM_WITHIN: Duration = Duration::from_secs(1);
+
 /// A send that starts this much after its intended time counts as late.
 const LATE_AFTER: Duration = Duration::from_millis(10);
 /// Longest an order is followed before it counts as undecided; also the
@@ -223,6 +233,16 @@ pub async fn drive(
         Duration::from_secs(35),
         spec.max_in_flight,
     )?;
+    let peak_rate = cell.stages.iter().map(|s| s.rate).fold(0.0, f64::max);
+    let warming = Instant::now();
+    let warm = client
+        .warm((peak_rate * WARM_FOR.as_secs_f64()).ceil() as usize, WARM_WITHIN)
+        .await;
+    tracing::debug!(
+        warm,
+        took_ms = warming.elapsed().as_millis() as u64,
+        "connections opened before the load"
+    );
     let start = Instant::now() + Duration::from_millis(20);
     let rec = Arc::new(Mutex::new(Recorder {
         report: LoadReport {
