@@ -33,6 +33,8 @@ async fn smoke_profile_decides_every_order_and_audits_clean() {
         serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
     assert_eq!(meta["status"], "finished");
     assert_eq!(meta["seed"], 7);
+    let wall_s = meta["wall_s"].as_f64().unwrap();
+    assert!(wall_s >= 10.0, "five cells of 2 s load took {wall_s} s in all");
     assert!(meta["platform"]["versions"]["postgres"]
         .as_str()
         .unwrap()

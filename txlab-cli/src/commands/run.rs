@@ -387,8 +387,15 @@ async fn close(
     if !summaries.is_empty() {
         println!("{}", crate::report::table(&summaries));
     }
+    println!("wall time: {:.1} s", wall_s(started));
     println!("results: {}", run.root.display());
     Ok(())
+}
+
+/// Seconds since `started`, to a tenth.
+fn wall_s(started: SystemTime) -> f64 {
+    let s = started.elapsed().map_or(0.0, |d| d.as_secs_f64());
+    (s * 10.0).round() / 10.0
 }
 
 /// 0, or what went wrong: violations (3) before broken thresholds (4).
@@ -785,6 +792,9 @@ async fn run_metadata(
         "status": status,
         "started": rfc3339(started),
         "finished": rfc3339(SystemTime::now()),
+        // From the command's start to here: the profile's whole wall time,
+        // lab start-up, seeding and audits included.
+        "wall_s": wall_s(started),
         "txlab_version": env!("CARGO_PKG_VERSION"),
         "git": git_revision().await,
         "profile_path": plan.profile_path,
