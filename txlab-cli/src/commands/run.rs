@@ -380,14 +380,12 @@ async fn close(
             "interrupted".to_string(),
         ),
     };
-    run.write_json(
-        "run.json",
-        &run_metadata(plan, run, started, &status, description).await,
-    )?;
+    let metadata = run_metadata(plan, run, started, &status, description).await;
+    run.write_json("run.json", &metadata)?;
     if !summaries.is_empty() {
         println!("{}", crate::report::table(&summaries));
     }
-    println!("wall time: {:.1} s", wall_s(started));
+    println!("wall time: {} s", metadata["wall_s"]);
     println!("results: {}", run.root.display());
     Ok(())
 }
