@@ -12,12 +12,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::Context;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http::{Method, StatusCode};
 use indicatif::ProgressBar;
 use rand::{rngs::SmallRng, SeedableRng};
 use serde::Serialize;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use txlab_api::fault::FAULT_HEADER;
 use txlab_api::order::{CreateOrder, OrderState, OrderView, IDEMPOTENCY_KEY_HEADER};
@@ -26,7 +28,7 @@ use uuid::Uuid;
 use super::client::{Client, Failure, Reply};
 use super::{cell_seed, orders::make_order, schedule::arrivals};
 use crate::audit::ClientView;
-use crate::spec::{Cell, Plan};
+use crate::spec::{Cell, OrderTemplate, Plan, SeedPlan};
 
 /// The driver opens, before the clock starts, as many connections as its
 /// highest rate sends orders in this long. Past its knee a connection is
@@ -37,6 +39,8 @@ use crate::spec::{Cell, Plan};
 const WARM_FOR: Duration = Duration::from_millis(25);
 /// Longest the warming may take (a target that does not answer connects).
 const WARM_WITHIN: Duration = Duration::from_secs(1);
+/// Most lanes (threads) a load is dealt to, whatever the core count.
+const MAX_LANES: usize = 8;
 
 /// A send that starts this much after its intended time counts as late.
 const LATE_AFTER: Duration = Duration::from_millis(10);
@@ -123,6 +127,110 @@ struct Recorder {
 }
 
 impl Recorder {
+    fn new(start: Instant) -> Recorder {
+        Recorder {
+            report: LoadReport {
+                target_rate: 0.0,
+                duration_s: 0.0,
+                scheduled: 0,
+                sent: 0,
+                accepted: 0,
+                decided: 0,
+                measured: 0,
+                censored: 0,
+                late: 0,
+                dropped: 0,
+                errors: 0,
+                undecided: 0,
+                unexpected: 0,
+                outcomes: BTreeMap::new(),
+                error_kinds: BTreeMap::new(),
+                accepted_us: histogram(),
+                decided_us: histogram(),
+                seconds: Vec::new(),
+                achieved_rate: 0.0,
+                completions: Vec::new(),
+                client: ClientView::default(),
+                unexpected_examples: Vec::new(),
+                decided_orders: Vec::new(),
+            },
+            per_second: BTreeMap::new(),
+            start,
+        }
+    }
+
+    /// Adds what another lane recorded. Every field is named, so a field
+    /// added to the report cannot be left out of the sum unnoticed.
+    fn absorb(&mut self, lane: Recorder) {
+        let LoadReport {
+            // Set once for the whole cell, after the lanes.
+            target_rate: _,
+            duration_s: _,
+            scheduled: _,
+            seconds: _,
+            achieved_rate: _,
+            sent,
+            accepted,
+            decided,
+            measured,
+            censored,
+            late,
+            dropped,
+            errors,
+            undecided,
+            unexpected,
+            outcomes,
+            error_kinds,
+            accepted_us,
+            decided_us,
+            completions,
+            client,
+            unexpected_examples,
+            decided_orders,
+        } = lane.report;
+        let r = &mut self.report;
+        for (sum, n) in [
+            (&mut r.sent, sent),
+            (&mut r.accepted, accepted),
+            (&mut r.decided, decided),
+            (&mut r.measured, measured),
+            (&mut r.censored, censored),
+            (&mut r.late, late),
+            (&mut r.dropped, dropped),
+            (&mut r.errors, errors),
+            (&mut r.undecided, undecided),
+            (&mut r.unexpected, unexpected),
+        ] {
+            *sum += n;
+        }
+        for (sums, counts) in [(&mut r.outcomes, outcomes), (&mut r.error_kinds, error_kinds)] {
+            for (key, n) in counts {
+                *sums.entry(key).or_default() += n;
+            }
+        }
+        // Same bounds on every side, so adding cannot fail.
+        let _ = r.accepted_us.add(&accepted_us);
+        let _ = r.decided_us.add(&decided_us);
+        if r.completions.len() < completions.len() {
+            r.completions.resize(completions.len(), 0);
+        }
+        for (sum, n) in r.completions.iter_mut().zip(completions) {
+            *sum += n;
+        }
+        r.client.orders.extend(client.orders);
+        r.unexpected_examples.extend(unexpected_examples);
+        r.unexpected_examples.truncate(10);
+        r.decided_orders.extend(decided_orders);
+        for (s, (stats, hist)) in lane.per_second {
+            let (sum, sum_hist) = self.second(s);
+            sum.sent += stats.sent;
+            sum.accepted += stats.accepted;
+            sum.decided += stats.decided;
+            sum.errors += stats.errors;
+            let _ = sum_hist.add(&hist);
+        }
+    }
+
     fn second(&mut self, s: u64) -> &mut (SecondStats, Histogram<u64>) {
         self.per_second.entry(s).or_insert_with(|| {
             (
@@ -218,127 +326,118 @@ pub struct Target<'a> {
 }
 
 /// Runs the cell's load and returns what it measured.
+///
+/// The arrivals are dealt round-robin to lanes, one per core the process
+/// may use, each a thread with a single-threaded runtime and connections
+/// of its own: a request, its connection and its recording stay on one
+/// thread, as in wrk, instead of waking another runtime worker at each
+/// reply (docs/performance.md, "Lanes"). Dropping the returned future
+/// stops every lane and abandons the orders in flight.
 pub async fn drive(
     target: Target<'_>,
     plan: &Plan,
     cell: &Cell,
     progress: &ProgressBar,
 ) -> anyhow::Result<LoadReport> {
+    drive_in_lanes(target, plan, cell, progress, lane_count()).await
+}
+
+async fn drive_in_lanes(
+    target: Target<'_>,
+    plan: &Plan,
+    cell: &Cell,
+    progress: &ProgressBar,
+    lanes: usize,
+) -> anyhow::Result<LoadReport> {
     let spec = &plan.profile.load;
-    let mut rng = SmallRng::seed_from_u64(cell_seed(plan.profile.seed, &cell.scenario.name, cell.repetition));
-    let offsets = arrivals(spec.arrival, &cell.stages, &mut rng);
-    let client = Client::new(
-        target.base_url,
-        Duration::from_secs(2),
-        Duration::from_secs(35),
-        spec.max_in_flight,
-    )?;
+    let seed = cell_seed(plan.profile.seed, &cell.scenario.name, cell.repetition);
+    let offsets = Arc::new(arrivals(
+        spec.arrival,
+        &cell.stages,
+        &mut SmallRng::seed_from_u64(seed),
+    ));
     let peak_rate = cell.stages.iter().map(|s| s.rate).fold(0.0, f64::max);
+    let warm_each = (peak_rate * WARM_FOR.as_secs_f64() / lanes as f64).ceil() as usize;
+    let shared = Arc::new(LaneShared {
+        offsets: offsets.clone(),
+        lanes,
+        orders: OrderSource {
+            template: cell.scenario.order.clone(),
+            seed_plan: plan.seed.clone(),
+            seed,
+        },
+        warmup: Duration::from_secs_f64(spec.warmup_s),
+        max_in_flight: spec.max_in_flight,
+        in_flight: AtomicUsize::new(0),
+        progress: progress.clone(),
+    });
+    let mut readies = Vec::with_capacity(lanes);
+    let mut gos = Vec::with_capacity(lanes);
+    let mut dones = Vec::with_capacity(lanes);
+    for index in 0..lanes {
+        let script = Script {
+            client: Client::new(
+                target.base_url,
+                Duration::from_secs(2),
+                Duration::from_secs(35),
+                spec.max_in_flight,
+            )?,
+            key_prefix: format!("{}/{}", target.run_id, cell.id),
+            fault: cell.scenario.fault.clone(),
+            cancel_after_ms: cell.scenario.cancel_after_ms,
+            expect: cell.scenario.expect_for(cell.method),
+        };
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (go_tx, go_rx) = oneshot::channel();
+        let (done_tx, done_rx) = oneshot::channel();
+        let lane = Lane {
+            index,
+            shared: shared.clone(),
+            script: Arc::new(script),
+        };
+        std::thread::Builder::new()
+            .name(format!("txlab-load-{index}"))
+            .spawn(move || lane.run(warm_each, ready_tx, go_rx, done_tx))
+            .context("starting a load lane's thread")?;
+        readies.push(ready_rx);
+        gos.push(go_tx);
+        dones.push(done_rx);
+    }
     let warming = Instant::now();
-    let warm = client
-        .warm((peak_rate * WARM_FOR.as_secs_f64()).ceil() as usize, WARM_WITHIN)
-        .await;
+    let mut warm = 0;
+    for ready in readies {
+        warm += ready
+            .await
+            .map_err(|_| anyhow::anyhow!("a load lane ended before the load began"))?;
+    }
     tracing::debug!(
         warm,
+        lanes,
         took_ms = warming.elapsed().as_millis() as u64,
         "connections opened before the load"
     );
     let start = Instant::now() + Duration::from_millis(20);
-    let rec = Arc::new(Mutex::new(Recorder {
-        report: LoadReport {
-            target_rate: cell.offered_rate(),
-            duration_s: cell.duration_s(),
-            scheduled: offsets.len() as u64,
-            sent: 0,
-            accepted: 0,
-            decided: 0,
-            measured: 0,
-            censored: 0,
-            late: 0,
-            dropped: 0,
-            errors: 0,
-            undecided: 0,
-            unexpected: 0,
-            outcomes: BTreeMap::new(),
-            error_kinds: BTreeMap::new(),
-            accepted_us: histogram(),
-            decided_us: histogram(),
-            seconds: Vec::new(),
-            achieved_rate: 0.0,
-            completions: Vec::new(),
-            client: ClientView::default(),
-            unexpected_examples: Vec::new(),
-            decided_orders: Vec::new(),
-        },
-        per_second: BTreeMap::new(),
-        start,
-    }));
     progress.set_length(offsets.len() as u64);
     progress.set_position(0);
-    let in_flight = Arc::new(AtomicUsize::new(0));
-    let warmup = Duration::from_secs_f64(spec.warmup_s);
-    let script = Arc::new(Script {
-        client,
-        key_prefix: format!("{}/{}", target.run_id, cell.id),
-        fault: cell.scenario.fault.clone(),
-        cancel_after_ms: cell.scenario.cancel_after_ms,
-        expect: cell.scenario.expect_for(cell.method),
-    });
-    // Finished orders are reaped as the load goes: a task's memory is
-    // freed only once its handle is, and holding a handle per order grew
-    // the driver by hundreds of MB at tens of thousands of arrivals/s.
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut last_send = start;
-    for (index, offset) in offsets.iter().enumerate() {
-        let order = make_order(&cell.scenario.order, &plan.seed, &mut rng);
-        let intended = start + *offset;
-        tokio::time::sleep_until(intended).await;
-        let now = Instant::now();
-        last_send = now;
-        let journey = Journey {
-            index: index as u64,
-            intended,
-            second: offset.as_secs(),
-            measured: *offset >= warmup,
-            order,
-        };
-        {
-            let mut r = rec.lock().expect("recorder lock");
-            if now.duration_since(intended) > LATE_AFTER {
-                r.report.late += 1;
-            }
-            if in_flight.load(Ordering::Relaxed) >= spec.max_in_flight {
-                r.report.dropped += 1;
-                r.censor(journey.measured, true);
-                progress.inc(1);
-                continue;
-            }
-            r.report.sent += 1;
-            r.second(journey.second).0.sent += 1;
-        }
-        in_flight.fetch_add(1, Ordering::Relaxed);
-        let (script, rec, in_flight, progress) =
-            (script.clone(), rec.clone(), in_flight.clone(), progress.clone());
-        while let Some(done) = tasks.try_join_next() {
-            done?;
-        }
-        tasks.spawn(async move {
-            follow(&script, journey, &rec).await;
-            in_flight.fetch_sub(1, Ordering::Relaxed);
-            progress.inc(1);
-        });
+    for go in gos {
+        let _ = go.send(start);
     }
+    let mut last_send = start;
+    let mut r = Recorder::new(start);
+    for done in dones {
+        let (lane_last, lane) = done
+            .await
+            .map_err(|_| anyhow::anyhow!("a load lane's thread died"))??;
+        last_send = last_send.max(lane_last);
+        r.absorb(lane);
+    }
+    r.report.target_rate = cell.offered_rate();
+    r.report.duration_s = cell.duration_s();
+    r.report.scheduled = offsets.len() as u64;
     // The load's real length: its planned window, or longer if sending fell behind.
     let window = cell
         .duration_s()
         .max(last_send.duration_since(start).as_secs_f64());
-    while let Some(done) = tasks.join_next().await {
-        done?;
-    }
-    let mut r = Arc::try_unwrap(rec)
-        .map_err(|_| anyhow::anyhow!("load tasks still hold the recorder"))?
-        .into_inner()
-        .expect("recorder lock");
     r.report.achieved_rate = r.report.sent as f64 / window;
     r.report.seconds = r
         .per_second
@@ -352,6 +451,153 @@ pub async fn drive(
         })
         .collect();
     Ok(r.report)
+}
+
+/// Lanes the arrivals are dealt to: one per core this process may use
+/// (cgroup quotas included), at most [`MAX_LANES`].
+fn lane_count() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_LANES)
+}
+
+/// Draws the order of each arrival. Each arrival's order comes from a
+/// generator seeded by the cell's seed and the arrival's index, so the
+/// orders are the same whichever lane sends them and however many lanes
+/// there are: every method of a cell gets identical orders.
+struct OrderSource {
+    template: OrderTemplate,
+    seed_plan: SeedPlan,
+    seed: u64,
+}
+
+impl OrderSource {
+    fn order(&self, index: usize) -> CreateOrder {
+        // SplitMix64's increment: neighbouring indices give unrelated seeds.
+        let mix = self.seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        make_order(&self.template, &self.seed_plan, &mut SmallRng::seed_from_u64(mix))
+    }
+}
+
+/// What every lane of a cell shares.
+struct LaneShared {
+    offsets: Arc<Vec<Duration>>,
+    lanes: usize,
+    orders: OrderSource,
+    warmup: Duration,
+    max_in_flight: usize,
+    /// Orders in flight across all lanes.
+    in_flight: AtomicUsize,
+    progress: ProgressBar,
+}
+
+/// One lane: every `lanes`-th arrival from `index`, with its own client.
+struct Lane {
+    index: usize,
+    shared: Arc<LaneShared>,
+    script: Arc<Script>,
+}
+
+impl Lane {
+    /// The lane's thread: warm its connections, say how many, wait for the
+    /// clock's start, send its arrivals and follow them; hand back when its
+    /// last send was and what it recorded. Stops early, abandoning its
+    /// orders, if nobody waits any more.
+    fn run(
+        self,
+        warm: usize,
+        ready: oneshot::Sender<usize>,
+        go: oneshot::Receiver<Instant>,
+        mut done: oneshot::Sender<anyhow::Result<(Instant, Recorder)>>,
+    ) {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = done.send(Err(
+                    anyhow::Error::new(e).context("building a load lane's runtime")
+                ));
+                return;
+            }
+        };
+        let result = runtime.block_on(async {
+            let work = async {
+                let _ = ready.send(self.script.client.warm(warm, WARM_WITHIN).await);
+                match go.await {
+                    Ok(start) => Some(self.send_all(start).await),
+                    Err(_) => None,
+                }
+            };
+            tokio::select! {
+                result = work => result,
+                _ = done.closed() => None,
+            }
+        });
+        // The orders' tasks go with the runtime: nothing of the lane's is
+        // left running once it says it is done.
+        drop(runtime);
+        if let Some(result) = result {
+            let _ = done.send(result);
+        }
+    }
+
+    async fn send_all(&self, start: Instant) -> anyhow::Result<(Instant, Recorder)> {
+        let shared = &self.shared;
+        // The lane's own recorder: its orders' tasks all run on this thread,
+        // so the lock is never contended nor its memory shared between cores.
+        let rec = Arc::new(Mutex::new(Recorder::new(start)));
+        // Finished orders are reaped as the load goes: a task's memory is
+        // freed only once its handle is, and holding a handle per order grew
+        // the driver by hundreds of MB at tens of thousands of arrivals/s.
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut last_send = start;
+        for index in (self.index..shared.offsets.len()).step_by(shared.lanes) {
+            let offset = shared.offsets[index];
+            let order = shared.orders.order(index);
+            let intended = start + offset;
+            tokio::time::sleep_until(intended).await;
+            let now = Instant::now();
+            last_send = now;
+            let journey = Journey {
+                index: index as u64,
+                intended,
+                second: offset.as_secs(),
+                measured: offset >= shared.warmup,
+                order,
+            };
+            {
+                let mut r = rec.lock().expect("recorder lock");
+                if now.duration_since(intended) > LATE_AFTER {
+                    r.report.late += 1;
+                }
+                if shared.in_flight.load(Ordering::Relaxed) >= shared.max_in_flight {
+                    r.report.dropped += 1;
+                    r.censor(journey.measured, true);
+                    shared.progress.inc(1);
+                    continue;
+                }
+                r.report.sent += 1;
+                r.second(journey.second).0.sent += 1;
+            }
+            shared.in_flight.fetch_add(1, Ordering::Relaxed);
+            let (script, rec, shared) = (self.script.clone(), rec.clone(), self.shared.clone());
+            while let Some(done) = tasks.try_join_next() {
+                done?;
+            }
+            tasks.spawn(async move {
+                follow(&script, journey, &rec).await;
+                shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+                shared.progress.inc(1);
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done?;
+        }
+        let rec = Arc::try_unwrap(rec)
+            .map_err(|_| anyhow::anyhow!("load tasks still hold the lane's recorder"))?
+            .into_inner()
+            .expect("recorder lock");
+        Ok((last_send, rec))
+    }
 }
 
 /// What every order of a cell is sent with.
@@ -540,11 +786,16 @@ mod tests {
         }
     }
 
+    /// The bench profile.
+    fn bench_plan() -> Plan {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        Plan::load(&root.join("profiles/bench.yaml"), &root.join("scenarios")).unwrap()
+    }
+
     /// The bench profile's happy path at a constant `rate` for
     /// `duration_s`, a counting stub to send it to, and the stub's count.
     async fn setup(rate: f64, duration_s: f64) -> (Plan, String, Arc<AtomicU64>) {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let mut plan = Plan::load(&root.join("profiles/bench.yaml"), &root.join("scenarios")).unwrap();
+        let mut plan = bench_plan();
         plan.set_constant_load(rate, duration_s);
         let posted = Arc::new(AtomicU64::new(0));
         let base = counting_stub(posted.clone()).await;
@@ -553,10 +804,22 @@ mod tests {
 
     #[tokio::test]
     async fn every_arrival_is_recorded_once() {
+        for lanes in [1, 3] {
+            arrivals_recorded_once_in(lanes).await;
+        }
+    }
+
+    async fn arrivals_recorded_once_in(lanes: usize) {
         let (plan, base, posted) = setup(300.0, 1.0).await;
-        let load = drive(target(&base), &plan, &plan.cells[0], &ProgressBar::hidden())
-            .await
-            .unwrap();
+        let load = drive_in_lanes(
+            target(&base),
+            &plan,
+            &plan.cells[0],
+            &ProgressBar::hidden(),
+            lanes,
+        )
+        .await
+        .unwrap();
         assert_eq!(load.scheduled, 300);
         assert_eq!(
             (load.sent, load.accepted, load.decided, load.measured),
@@ -579,6 +842,31 @@ mod tests {
             .seconds
             .iter()
             .all(|s| s.decided == s.sent && s.decided_p99_ms > 0.0));
+    }
+
+    #[test]
+    fn each_arrival_draws_the_same_order_whatever_lane_sends_it() {
+        let plan = bench_plan();
+        let source = OrderSource {
+            template: plan.cells[0].scenario.order.clone(),
+            seed_plan: plan.seed.clone(),
+            seed: 7,
+        };
+        let forward: Vec<CreateOrder> = (0..100).map(|i| source.order(i)).collect();
+        let mut backward: Vec<CreateOrder> = (0..100).rev().map(|i| source.order(i)).collect();
+        backward.reverse();
+        assert_eq!(forward, backward, "an arrival's order depends on its index only");
+        let customers: std::collections::HashSet<_> = forward.iter().map(|o| &o.customer).collect();
+        assert!(
+            customers.len() > 50,
+            "orders vary between arrivals: {} customers",
+            customers.len()
+        );
+        let other = OrderSource { seed: 8, ..source };
+        assert_ne!(
+            forward[0..10],
+            (0..10).map(|i| other.order(i)).collect::<Vec<_>>()[..]
+        );
     }
 
     #[tokio::test]
