@@ -331,7 +331,7 @@ pub struct Target<'a> {
 /// may use, each a thread with a single-threaded runtime and connections
 /// of its own: a request, its connection and its recording stay on one
 /// thread, as in wrk, instead of waking another runtime worker at each
-/// reply (docs/performance.md, "Lanes"). Dropping the returned future
+/// reply (docs/performance.md, "Lanes: a thread per core"). Dropping the returned future
 /// stops every lane and abandons the orders in flight.
 pub async fn drive(
     target: Target<'_>,
@@ -349,6 +349,7 @@ async fn drive_in_lanes(
     progress: &ProgressBar,
     lanes: usize,
 ) -> anyhow::Result<LoadReport> {
+    let lanes = lanes.max(1);
     let spec = &plan.profile.load;
     let seed = cell_seed(plan.profile.seed, &cell.scenario.name, cell.repetition);
     let offsets = Arc::new(arrivals(
