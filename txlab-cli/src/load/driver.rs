@@ -352,15 +352,12 @@ async fn drive_in_lanes(
     let lanes = lanes.max(1);
     let spec = &plan.profile.load;
     let seed = cell_seed(plan.profile.seed, &cell.scenario.name, cell.repetition);
-    let offsets = Arc::new(arrivals(
-        spec.arrival,
-        &cell.stages,
-        &mut SmallRng::seed_from_u64(seed),
-    ));
+    let offsets = arrivals(spec.arrival, &cell.stages, &mut SmallRng::seed_from_u64(seed));
     let peak_rate = cell.stages.iter().map(|s| s.rate).fold(0.0, f64::max);
     let warm_each = (peak_rate * WARM_FOR.as_secs_f64() / lanes as f64).ceil() as usize;
+    let scheduled = offsets.len();
     let shared = Arc::new(LaneShared {
-        offsets: offsets.clone(),
+        offsets,
         lanes,
         orders: OrderSource {
             template: cell.scenario.order.clone(),
@@ -418,7 +415,7 @@ async fn drive_in_lanes(
         "connections opened before the load"
     );
     let start = Instant::now() + Duration::from_millis(20);
-    progress.set_length(offsets.len() as u64);
+    progress.set_length(scheduled as u64);
     progress.set_position(0);
     for go in gos {
         let _ = go.send(start);
@@ -434,7 +431,7 @@ async fn drive_in_lanes(
     }
     r.report.target_rate = cell.offered_rate();
     r.report.duration_s = cell.duration_s();
-    r.report.scheduled = offsets.len() as u64;
+    r.report.scheduled = scheduled as u64;
     // The load's real length: its planned window, or longer if sending fell behind.
     let window = cell
         .duration_s()
@@ -482,7 +479,7 @@ impl OrderSource {
 
 /// What every lane of a cell shares.
 struct LaneShared {
-    offsets: Arc<Vec<Duration>>,
+    offsets: Vec<Duration>,
     lanes: usize,
     orders: OrderSource,
     warmup: Duration,
