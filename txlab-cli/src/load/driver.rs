@@ -122,6 +122,12 @@ fn histogram() -> Histogram<u64> {
 struct Recorder {
     report: LoadReport,
     per_second: BTreeMap<u64, (SecondStats, Histogram<u64>)>,
+    /// Each order as it was accepted (no state yet) and decided, in that
+    /// order: turned into the audit's map of orders after the load, as
+    /// inserting random ids into a map of hundreds of thousands took 4 % of
+    /// the driver's CPU at its knee (docs/performance.md, "The audit's map
+    /// after the load").
+    sightings: Vec<(Uuid, Option<OrderState>)>,
     /// When the load began, for [`LoadReport::completions`].
     start: Instant,
 }
@@ -155,8 +161,21 @@ impl Recorder {
                 decided_orders: Vec::new(),
             },
             per_second: BTreeMap::new(),
+            sightings: Vec::new(),
             start,
         }
+    }
+
+    /// The audit's view of the orders, from what the lanes saw of them.
+    fn client_view(&mut self) -> ClientView {
+        let mut orders = BTreeMap::new();
+        for (id, state) in self.sightings.drain(..) {
+            let seen = orders.entry(id).or_insert(None);
+            if state.is_some() {
+                *seen = state;
+            }
+        }
+        ClientView { orders }
     }
 
     /// Adds what another lane recorded. Every field is named, so a field
@@ -218,6 +237,7 @@ impl Recorder {
             *sum += n;
         }
         r.client.orders.extend(client.orders);
+        self.sightings.extend(lane.sightings);
         r.unexpected_examples.extend(unexpected_examples);
         r.unexpected_examples.truncate(10);
         r.decided_orders.extend(decided_orders);
@@ -253,7 +273,7 @@ impl Recorder {
     fn accepted(&mut self, j: &Journey, id: Uuid) {
         let latency = j.intended.elapsed();
         self.report.accepted += 1;
-        self.report.client.orders.insert(id, None);
+        self.sightings.push((id, None));
         self.second(j.second).0.accepted += 1;
         if j.measured {
             let _ = self.report.accepted_us.record(latency.as_micros().max(1) as u64);
@@ -264,7 +284,7 @@ impl Recorder {
     fn decided(&mut self, j: &Journey, v: OrderView, expect: OrderState) {
         let us = j.intended.elapsed().as_micros().max(1) as u64;
         self.report.decided += 1;
-        self.report.client.orders.insert(v.id, Some(v.state));
+        self.sightings.push((v.id, Some(v.state)));
         *self.report.outcomes.entry(v.state.to_string()).or_default() += 1;
         if v.state == expect {
             let at = self.start.elapsed().as_secs() as usize;
@@ -429,6 +449,7 @@ async fn drive_in_lanes(
         last_send = last_send.max(lane_last);
         r.absorb(lane);
     }
+    r.report.client = r.client_view();
     r.report.target_rate = cell.offered_rate();
     r.report.duration_s = cell.duration_s();
     r.report.scheduled = scheduled as u64;
@@ -840,6 +861,18 @@ mod tests {
             .seconds
             .iter()
             .all(|s| s.decided == s.sent && s.decided_p99_ms > 0.0));
+    }
+
+    #[test]
+    fn the_client_view_keeps_each_order_once_with_its_decision_if_seen() {
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let mut rec = Recorder::new(Instant::now());
+        rec.sightings = vec![(a, None), (b, None), (a, Some(OrderState::Rejected))];
+        let view = rec.client_view();
+        assert_eq!(
+            view.orders.into_iter().collect::<Vec<_>>(),
+            vec![(a, Some(OrderState::Rejected)), (b, None)]
+        );
     }
 
     #[test]
