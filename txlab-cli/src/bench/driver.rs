@@ -13,10 +13,11 @@ use axum::extract::Path;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
-use txlab_api::order::{OrderState, OrderView};
+use txlab_api::order::{OrderState, OrderView, IDEMPOTENCY_KEY_HEADER};
 use txlab_api::TxMode;
 use uuid::Uuid;
 
+use crate::load::driver::decision_path;
 use crate::metrics::resources::{self, Component};
 
 /// What the stub answers for any order: decided, confirmed.
@@ -113,19 +114,30 @@ impl Stub {
     }
 }
 
+/// What wrk sends.
+pub enum WrkLoad<'a> {
+    /// The stub's GET of one order, again and again: the cheapest request
+    /// the endpoint serves, so the highest rate any client gets from it.
+    Get,
+    /// The driver's requests, in turn: the POST of an order (this Lua
+    /// script, see [`mix_script`]) and the GET that long-polls one.
+    Mix(&'a std::path::Path),
+}
+
 /// wrk's requests per second: 2 threads, `connections` connections, `secs` seconds.
-pub async fn wrk(url: &str, connections: u32, secs: u32) -> anyhow::Result<f64> {
-    let out = tokio::process::Command::new("wrk")
-        .args([
-            "-t2",
-            &format!("-c{connections}"),
-            &format!("-d{secs}s"),
-            "--latency",
-            url,
-        ])
-        .output()
-        .await
-        .context("running wrk (Debian package `wrk`)")?;
+pub async fn wrk(stub: &Stub, load: WrkLoad<'_>, connections: u32, secs: u32) -> anyhow::Result<f64> {
+    let mut cmd = tokio::process::Command::new("wrk");
+    cmd.args([
+        "-t2",
+        &format!("-c{connections}"),
+        &format!("-d{secs}s"),
+        "--latency",
+    ]);
+    match load {
+        WrkLoad::Get => cmd.arg(stub.order_url()),
+        WrkLoad::Mix(script) => cmd.arg("-s").arg(script).arg(&stub.base_url),
+    };
+    let out = cmd.output().await.context("running wrk (Debian package `wrk`)")?;
     if !out.status.success() {
         bail!(
             "wrk failed ({}): {}",
@@ -134,29 +146,104 @@ pub async fn wrk(url: &str, connections: u32, secs: u32) -> anyhow::Result<f64> 
         );
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    parse_wrk(&text).with_context(|| format!("no Requests/sec in wrk's output:\n{text}"))
+    parse_wrk(&text)
 }
 
-/// `Requests/sec:  23456.78`
-fn parse_wrk(text: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
+/// A wrk script that sends, in turn on each thread, the driver's POST of
+/// `body` with its headers and the driver's GET of an order. Both are
+/// formatted once, when the script loads; the stub answers any order id.
+pub fn mix_script(body: &str, idempotency_key: &str) -> String {
+    format!(
+        "-- Written by `txlab bench --parts driver`: the requests txlab's driver sends.\n\
+         local post = wrk.format(\"POST\", \"/orders\", {{\n\
+         \x20 [\"content-type\"] = \"application/json\",\n\
+         \x20 [ {} ] = {},\n\
+         }}, {})\n\
+         local get = wrk.format(\"GET\", {})\n\
+         local sent = 0\n\
+         function request()\n\
+         \x20 sent = sent + 1\n\
+         \x20 if sent % 2 == 1 then return post end\n\
+         \x20 return get\n\
+         end\n",
+        lua_string(IDEMPOTENCY_KEY_HEADER),
+        lua_string(idempotency_key),
+        lua_string(body),
+        lua_string(&decision_path(Uuid::nil())),
+    )
+}
+
+/// `text` as a Lua string literal that reads back byte for byte: a long
+/// bracket (`[[…]]`, `[=[…]=]`, …) that nothing in it closes early, so a
+/// JSON body stays readable; decimal escapes where a long bracket would
+/// change it (Lua reads any line break in one as `\n`).
+fn lua_string(text: &str) -> String {
+    if !text.contains(['\r', '\n']) {
+        for level in 0.. {
+            let eq = "=".repeat(level);
+            let close = format!("]{eq}]");
+            if format!("{text}{close}").find(&close) == Some(text.len()) {
+                return format!("[{eq}[{text}{close}");
+            }
+        }
+    }
+    let mut s = String::with_capacity(text.len() + 2);
+    s.push('"');
+    for b in text.bytes() {
+        if (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\' {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("\\{b:03}"));
+        }
+    }
+    s.push('"');
+    s
+}
+
+/// wrk's `Requests/sec:  23456.78`; an error if any reply was not a
+/// success (the stub refused what wrk sent: its rate is not a yardstick)
+/// or a socket failed.
+fn parse_wrk(text: &str) -> anyhow::Result<f64> {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(name).map(str::trim))
+    };
+    if let Some(n) = field("Non-2xx or 3xx responses:") {
+        bail!("wrk got {n} replies that were not a success from the stub:\n{text}");
+    }
+    if let Some(errors) = field("Socket errors:") {
+        bail!("wrk's sockets failed ({errors}):\n{text}");
+    }
+    field("Requests/sec:")
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk's output:\n{text}"))
+}
+
+/// What wrk got from the stub, and what it cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct WrkFigures {
+    pub requests_per_s: f64,
+    /// CPU per request, µs: wrk's (with the idle bench process), and the
+    /// stub's while wrk drove it.
+    pub cpu_us: f64,
+    pub stub_cpu_us: f64,
 }
 
 /// The driver's figures next to wrk's.
 #[derive(Debug, Clone, Serialize)]
 pub struct Figures {
-    pub wrk_requests_per_s: f64,
+    /// wrk sending the driver's requests: the yardstick of the target.
+    pub wrk_mix: WrkFigures,
+    /// wrk sending the GET of one order only.
+    pub wrk_get: WrkFigures,
     /// Highest arrival rate the driver sent on schedule (each arrival is a
     /// POST and a GET that finds it decided).
     pub driver_arrivals_per_s: Option<f64>,
     pub driver_requests_per_s: Option<f64>,
-    /// Driver requests per second over wrk's.
+    /// Driver requests per second over wrk's with the same requests.
     pub ratio: Option<f64>,
-    /// CPU per request, µs: wrk's, and the stub's while wrk drove it.
-    pub wrk_cpu_us: f64,
-    pub stub_cpu_us_under_wrk: f64,
+    /// Driver requests per second over wrk's GET-only.
+    pub ratio_to_get: Option<f64>,
     /// CPU per request, µs, at the driver's highest rate on schedule:
     /// the driver's, and the stub's while the driver drove it.
     pub driver_cpu_us: Option<f64>,
@@ -180,7 +267,25 @@ mod tests {
     fn wrk_rate_is_read() {
         let text = "Running 10s test @ http://127.0.0.1:1/\n  2 threads and 64 connections\n\
                     Requests/sec:  23456.78\nTransfer/sec:      3.10MB\n";
-        assert_eq!(parse_wrk(text), Some(23456.78));
-        assert_eq!(parse_wrk("nothing"), None);
+        assert_eq!(parse_wrk(text).unwrap(), 23456.78);
+        assert!(parse_wrk("nothing").is_err());
+        let refused = format!("{text}  Non-2xx or 3xx responses: 5120\n");
+        assert!(parse_wrk(&refused)
+            .unwrap_err()
+            .to_string()
+            .contains("5120 replies"));
+        let broken = format!("{text}  Socket errors: connect 0, read 3, write 0, timeout 0\n");
+        assert!(parse_wrk(&broken).unwrap_err().to_string().contains("read 3"));
+    }
+
+    #[test]
+    fn lua_strings_read_back_as_written() {
+        assert_eq!(lua_string(r#"{"sku":"a\"b"}"#), r#"[[{"sku":"a\"b"}]]"#);
+        // Nothing inside may close the bracket early, nor end in a part of it.
+        assert_eq!(lua_string("a]]b"), "[=[a]]b]=]");
+        assert_eq!(lua_string("a]"), "[=[a]]=]");
+        assert_eq!(lua_string("]=]]]"), "[==[]=]]]]==]");
+        // Line breaks take escapes; so do quotes and backslashes then.
+        assert_eq!(lua_string("é\"\\\r\n1"), r#""\195\169\034\092\013\0101""#);
     }
 }

@@ -18,7 +18,7 @@ use txlab_api::{Role, TxMode};
 use crate::bench::driver;
 use crate::bench::{ceiling, commits, hops, knee, overload};
 use crate::commands::run::{admin_client, measure_cell, prepare_cell, print_cell_line, EXIT_INTERRUPTED};
-use crate::load::{drive, driver::Target};
+use crate::load::{drive, driver::first_request, driver::Target};
 use crate::metrics::resources::{self, Use};
 use crate::platform::local::{LocalOptions, LocalPlatform};
 use crate::platform::Platform;
@@ -351,11 +351,28 @@ async fn driver_against(
 ) -> anyhow::Result<driver::Figures> {
     const WRK_CONNECTIONS: u32 = 64;
     const WRK_S: u32 = 10;
-    eprintln!("txlab: wrk -t2 -c{WRK_CONNECTIONS} -d{WRK_S}s against the stub endpoint");
-    let before = stub.cpu_seconds();
-    let wrk = driver::wrk(&stub.order_url(), WRK_CONNECTIONS, WRK_S).await?;
-    let (wrk_cpu_us, stub_cpu_us_under_wrk) =
-        driver::cpu_us_per_request(before, stub.cpu_seconds(), wrk * f64::from(WRK_S));
+    let (body, key) = first_request(plan, &plan.cells[0], &run.id)?;
+    let script = run.root.join("wrk-mix.lua");
+    let text = driver::mix_script(&body, &key);
+    std::fs::write(&script, text).with_context(|| format!("writing {}", script.display()))?;
+    let wrk = |load| async move {
+        let before = stub.cpu_seconds();
+        let rate = driver::wrk(stub, load, WRK_CONNECTIONS, WRK_S).await?;
+        let (cpu_us, stub_cpu_us) =
+            driver::cpu_us_per_request(before, stub.cpu_seconds(), rate * f64::from(WRK_S));
+        anyhow::Ok(driver::WrkFigures {
+            requests_per_s: rate,
+            cpu_us,
+            stub_cpu_us,
+        })
+    };
+    eprintln!("txlab: wrk -t2 -c{WRK_CONNECTIONS} -d{WRK_S}s against the stub endpoint: the GET of an order");
+    let wrk_get = wrk(driver::WrkLoad::Get).await?;
+    eprintln!(
+        "txlab: the same with the driver's requests in turn ({})",
+        script.display()
+    );
+    let wrk_mix = wrk(driver::WrkLoad::Mix(&script)).await?;
     let mut cpu_at_pass = None;
     // A fixed rate is a search that starts and ends at it.
     let search = knee::Search {
@@ -418,12 +435,12 @@ async fn driver_against(
     }
     let requests = seen.pass.map(|a| 2.0 * a);
     Ok(driver::Figures {
-        wrk_requests_per_s: wrk,
         driver_arrivals_per_s: seen.pass,
         driver_requests_per_s: requests,
-        ratio: requests.map(|r| r / wrk),
-        wrk_cpu_us,
-        stub_cpu_us_under_wrk,
+        ratio: requests.map(|r| r / wrk_mix.requests_per_s),
+        ratio_to_get: requests.map(|r| r / wrk_get.requests_per_s),
+        wrk_mix,
+        wrk_get,
         driver_cpu_us: cpu_at_pass.map(|c| c.0),
         stub_cpu_us_under_driver: cpu_at_pass.map(|c| c.1),
         driver_peak_rss_mib: resources::own_peak_rss_mib(),
@@ -810,19 +827,26 @@ fn print_report(r: &BenchReport) {
         );
     }
     if let Some(d) = &r.driver {
+        let ratio = |r: Option<f64>| r.map_or("–".into(), |a| format!("{a:.2}"));
         println!(
-            "driver: wrk {:.0} requests/s; txlab's driver kept schedule up to {}{} arrivals/s ({} requests/s, {} of wrk)",
-            d.wrk_requests_per_s,
+            "driver: wrk {:.0} requests/s with the driver's requests (POST an order, GET an order), {:.0} with GETs alone; \
+             txlab's driver kept schedule up to {}{} arrivals/s ({} requests/s, {} of wrk with the same requests, {} of wrk's GETs)",
+            d.wrk_mix.requests_per_s,
+            d.wrk_get.requests_per_s,
             // Passing the highest rate tried says nothing of the driver's limit.
             if d.driver_arrivals_per_s == Some(DRIVER_MAX_RATE) { "at least " } else { "" },
             d.driver_arrivals_per_s.map_or("–".into(), |a| format!("{a:.0}")),
             d.driver_requests_per_s.map_or("–".into(), |a| format!("{a:.0}")),
-            d.ratio.map_or("–".into(), |a| format!("{a:.2}")),
+            ratio(d.ratio),
+            ratio(d.ratio_to_get),
         );
         println!(
-            "driver: CPU per request: wrk {:.1} µs, the stub {:.1} µs under wrk; txlab's driver {} µs, the stub {} µs under it; the driver's memory at most {} MiB",
-            d.wrk_cpu_us,
-            d.stub_cpu_us_under_wrk,
+            "driver: CPU per request: wrk {:.1} µs, the stub {:.1} µs under it (GETs alone: {:.1} and {:.1}); \
+             txlab's driver {} µs, the stub {} µs under it; the driver's memory at most {} MiB",
+            d.wrk_mix.cpu_us,
+            d.wrk_mix.stub_cpu_us,
+            d.wrk_get.cpu_us,
+            d.wrk_get.stub_cpu_us,
             d.driver_cpu_us.map_or("–".into(), |a| format!("{a:.1}")),
             d.stub_cpu_us_under_driver.map_or("–".into(), |a| format!("{a:.1}")),
             d.driver_peak_rss_mib.map_or("–".into(), |m| format!("{m:.0}")),

@@ -379,11 +379,7 @@ async fn drive_in_lanes(
     let shared = Arc::new(LaneShared {
         offsets,
         lanes,
-        orders: OrderSource {
-            template: cell.scenario.order.clone(),
-            seed_plan: plan.seed.clone(),
-            seed,
-        },
+        orders: OrderSource::for_cell(plan, cell),
         warmup: Duration::from_secs_f64(spec.warmup_s),
         max_in_flight: spec.max_in_flight,
         in_flight: AtomicUsize::new(0),
@@ -400,7 +396,7 @@ async fn drive_in_lanes(
                 Duration::from_secs(35),
                 spec.max_in_flight,
             )?,
-            key_prefix: format!("{}/{}", target.run_id, cell.id),
+            key_prefix: key_prefix(target.run_id, &cell.id),
             fault: cell.scenario.fault.clone(),
             cancel_after_ms: cell.scenario.cancel_after_ms,
             expect: cell.scenario.expect_for(cell.method),
@@ -491,11 +487,42 @@ struct OrderSource {
 }
 
 impl OrderSource {
+    fn for_cell(plan: &Plan, cell: &Cell) -> OrderSource {
+        OrderSource {
+            template: cell.scenario.order.clone(),
+            seed_plan: plan.seed.clone(),
+            seed: cell_seed(plan.profile.seed, &cell.scenario.name, cell.repetition),
+        }
+    }
+
     fn order(&self, index: usize) -> CreateOrder {
         // SplitMix64's increment: neighbouring indices give unrelated seeds.
         let mix = self.seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         make_order(&self.template, &self.seed_plan, &mut SmallRng::seed_from_u64(mix))
     }
+}
+
+/// The POST body and Idempotency-Key of the cell's first arrival, as the
+/// driver sends them: what `txlab bench --parts driver` gives wrk to send,
+/// so that both load the endpoint with the same requests.
+pub fn first_request(plan: &Plan, cell: &Cell, run_id: &str) -> anyhow::Result<(String, String)> {
+    let body =
+        serde_json::to_string(&OrderSource::for_cell(plan, cell).order(0)).context("encoding an order")?;
+    Ok((body, idempotency_key(&key_prefix(run_id, &cell.id), 0)))
+}
+
+/// The part of every Idempotency-Key of a cell before the arrival's index.
+fn key_prefix(run_id: &str, cell_id: &str) -> String {
+    format!("{run_id}/{cell_id}")
+}
+
+fn idempotency_key(prefix: &str, index: u64) -> String {
+    format!("{prefix}/{index}")
+}
+
+/// The path that long-polls an order until it is decided.
+pub fn decision_path(id: Uuid) -> String {
+    format!("/orders/{id}?wait_ms=10000")
 }
 
 /// What every lane of a cell shares.
@@ -676,7 +703,7 @@ const CREATE_ATTEMPTS: u32 = 3;
 
 /// `POST /orders`; the new order's id, or a short error kind.
 async fn create(script: &Script, j: &Journey) -> Result<Uuid, String> {
-    let key = format!("{}/{}", script.key_prefix, j.index);
+    let key = idempotency_key(&script.key_prefix, j.index);
     let mut attempt = 1;
     let order = Bytes::from(serde_json::to_vec(&j.order).map_err(|_| "order body".to_string())?);
     let mut headers = vec![(IDEMPOTENCY_KEY_HEADER, key.as_str())];
@@ -732,7 +759,7 @@ async fn decision(
             s.is_terminal()
         }
     };
-    let path = format!("/orders/{id}?wait_ms=10000");
+    let path = decision_path(id);
     loop {
         let view: Result<OrderView, String> =
             json_reply(script.client.send(Method::GET, &path, &[], None).await);
