@@ -203,7 +203,8 @@ impl Recorder {
             accepted_us,
             decided_us,
             completions,
-            client,
+            // Built from the sightings once every lane is in.
+            client: _,
             unexpected_examples,
             decided_orders,
         } = lane.report;
@@ -236,7 +237,6 @@ impl Recorder {
         for (sum, n) in r.completions.iter_mut().zip(completions) {
             *sum += n;
         }
-        r.client.orders.extend(client.orders);
         self.sightings.extend(lane.sightings);
         r.unexpected_examples.extend(unexpected_examples);
         r.unexpected_examples.truncate(10);
@@ -371,15 +371,19 @@ async fn drive_in_lanes(
 ) -> anyhow::Result<LoadReport> {
     let lanes = lanes.max(1);
     let spec = &plan.profile.load;
-    let seed = cell_seed(plan.profile.seed, &cell.scenario.name, cell.repetition);
-    let offsets = arrivals(spec.arrival, &cell.stages, &mut SmallRng::seed_from_u64(seed));
+    let orders = OrderSource::for_cell(plan, cell);
+    let offsets = arrivals(
+        spec.arrival,
+        &cell.stages,
+        &mut SmallRng::seed_from_u64(orders.seed),
+    );
     let peak_rate = cell.stages.iter().map(|s| s.rate).fold(0.0, f64::max);
     let warm_each = (peak_rate * WARM_FOR.as_secs_f64() / lanes as f64).ceil() as usize;
     let scheduled = offsets.len();
     let shared = Arc::new(LaneShared {
         offsets,
         lanes,
-        orders: OrderSource::for_cell(plan, cell),
+        orders,
         warmup: Duration::from_secs_f64(spec.warmup_s),
         max_in_flight: spec.max_in_flight,
         in_flight: AtomicUsize::new(0),
